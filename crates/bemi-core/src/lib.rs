@@ -1,0 +1,55 @@
+//! The core of bemi-rs: automatic, context-aware audit trails for PostgreSQL.
+//!
+//! bemi-rs captures every row change from PostgreSQL's write-ahead log and stores it, with the
+//! application context that caused it, in a `changes` table. This crate holds what every other
+//! part shares and needs no database connection:
+//!
+//! - [`Context`], the JSON object describing who/where/why, and its scoping:
+//!   [`with_context`] for async tasks, [`enter_context`] for threads, [`current_context`] to read
+//!   it (see [`scope`] for the rules);
+//! - the wire format: [`CommentEncoder`] appends `/*Bemi {json} Bemi*/` to write statements
+//!   ([`is_write`]), [`decode_payload`] and [`parse_payload`] read it back;
+//! - [`setup`]: the SQL that installs the triggers, publication and `changes` table, and the
+//!   attribution rule the worker applies;
+//! - [`Change`] and [`Operation`], one row of `changes`.
+//!
+//! # Example
+//!
+//! ```
+//! use bemi_core::{CommentEncoder, Context, current_context, enter_context};
+//!
+//! let _request = enter_context(Context::new().with("user_id", 187234).with("endpoint", "/todo"));
+//! let sql = CommentEncoder::default().tag("INSERT INTO todo (task) VALUES ($1)", &current_context());
+//! assert_eq!(
+//!     sql,
+//!     r#"INSERT INTO todo (task) VALUES ($1) /*Bemi {"endpoint":"\u002ftodo","user_id":187234} Bemi*/"#
+//! );
+//! ```
+//!
+//! Users normally depend on the `bemi` facade crate, which re-exports this crate and adds the
+//! ORM integrations behind the features `diesel`, `diesel-async` and `sea-orm`.
+
+mod change;
+mod comment;
+mod context;
+mod error;
+mod ident;
+pub mod scope;
+pub mod setup;
+mod statement;
+#[cfg(any(test, feature = "proptest"))]
+pub mod strategies;
+
+pub use change::{Change, Operation};
+pub use comment::{
+    COMMENT_PREFIX, COMMENT_SUFFIX, Comment, CommentEncoder, DEFAULT_MAX_PAYLOAD_BYTES, MARKER_KEY,
+    decode_payload, encode_payload, oversized_marker, parse_payload,
+};
+pub use context::Context;
+pub use error::{Error, Result};
+pub use ident::{QualifiedName, quote_ident, quote_literal};
+pub use scope::{
+    ContextGuard, WithContext, current_context, enter_context, enter_context_replaced,
+    in_current_context, with_context, with_context_replaced, with_current_context,
+};
+pub use statement::is_write;

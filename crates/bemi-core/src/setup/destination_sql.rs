@@ -1,0 +1,105 @@
+//! SQL for the destination database: the `changes` table and the worker's progress.
+
+use crate::QualifiedName;
+use crate::ident::quote_ident;
+
+/// Columns of the `changes` table. Bemi's columns come first, in Bemi's order and meaning, then
+/// bemi-rs's own: `commit_lsn` and `sequence` order changes exactly (commit order, then order
+/// within the transaction) and identify a change across redeliveries.
+const CHANGES_COLUMNS: &str = r#"(
+    id uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    primary_key text,
+    "before" jsonb NOT NULL DEFAULT '{}',
+    "after" jsonb NOT NULL DEFAULT '{}',
+    context jsonb NOT NULL DEFAULT '{}',
+    database text NOT NULL,
+    schema text NOT NULL,
+    "table" text NOT NULL,
+    operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    committed_at timestamptz NOT NULL,
+    queued_at timestamptz NOT NULL,
+    transaction_id bigint NOT NULL,
+    position bigint NOT NULL,
+    commit_lsn bigint NOT NULL,
+    sequence integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+)"#;
+
+const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS bemi.worker_progress (
+    source text PRIMARY KEY,
+    commit_lsn bigint NOT NULL,
+    stored_changes integer NOT NULL,
+    complete boolean NOT NULL,
+    committed_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+";
+
+/// The install script for the destination database.
+pub(super) fn install(changes: &QualifiedName) -> String {
+    let table = changes.to_string();
+    // Both parts were validated when the name was built.
+    let schema = quote_ident(changes.schema()).unwrap_or_default();
+    let index =
+        |suffix: &str| quote_ident(&format!("{}_{suffix}", changes.name())).unwrap_or_default();
+    let mut sql = String::new();
+    sql.push_str("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);\n");
+    sql.push_str("CREATE SCHEMA IF NOT EXISTS bemi;\n");
+    sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {schema};\n"));
+    sql.push_str(&format!(
+        "CREATE TABLE IF NOT EXISTS {table} {CHANGES_COLUMNS};\n"
+    ));
+    sql.push_str(&format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {table} (\"table\", primary_key, committed_at);\n",
+        index("key_idx")
+    ));
+    sql.push_str(&format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {table} (committed_at);\n",
+        index("committed_at_idx")
+    ));
+    sql.push_str(&format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {table} (transaction_id);\n",
+        index("transaction_id_idx")
+    ));
+    sql.push_str(&format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {table} USING gin (context jsonb_path_ops);\n",
+        index("context_idx")
+    ));
+    sql.push_str(PROGRESS_TABLE);
+    sql
+}
+
+/// The teardown script for the destination database: drops all audit data.
+pub(super) fn teardown(changes: &QualifiedName) -> String {
+    format!(
+        "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);\n\
+         DROP TABLE IF EXISTS {changes};\n\
+         DROP TABLE IF EXISTS bemi.worker_progress;\n\
+         DO $bemi$\n\
+         BEGIN\n    \
+             DROP SCHEMA IF EXISTS bemi;\n\
+         EXCEPTION WHEN dependent_objects_still_exist THEN\n    \
+             NULL;\n\
+         END\n\
+         $bemi$;\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_the_table_and_index_names() {
+        let sql = install(&QualifiedName::new("audit log", "My Changes").unwrap());
+        assert!(sql.contains(r#"CREATE SCHEMA IF NOT EXISTS "audit log";"#));
+        assert!(sql.contains(r#"CREATE TABLE IF NOT EXISTS "audit log"."My Changes" ("#));
+        assert!(sql.contains(
+            r#"CREATE INDEX IF NOT EXISTS "My Changes_key_idx" ON "audit log"."My Changes""#
+        ));
+        assert!(
+            teardown(&QualifiedName::new("a", "b").unwrap())
+                .contains(r#"DROP TABLE IF EXISTS "a"."b";"#)
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! The database objects bemi installs, as SQL, shared by the worker's CLI, the tests and the
+//! examples.
+//!
+//! # What is installed
+//!
+//! In the **source** database ([`Setup::source_sql`]), all in schema `bemi` unless noted:
+//!
+//! | object | purpose |
+//! | --- | --- |
+//! | function `bemi.emit_context()` | statement trigger: copies the statement's context into the WAL |
+//! | trigger `_bemi_context` on each tracked table | `BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE FOR EACH STATEMENT`, see below |
+//! | `REPLICA IDENTITY FULL` on each tracked table | the WAL carries the whole old row, for `before` |
+//! | publication (default `bemi`) | the tracked tables, never the `changes` table |
+//! | tables `bemi.tracked_tables`, `bemi.tracked_schemas` | what is tracked and each table's previous replica identity (restored by teardown) |
+//! | functions `bemi.track_table`, `bemi.untrack_table`, `bemi.sync_tracking`, `bemi.is_excluded` | apply the treatment to one table or to the configured set |
+//! | event trigger `_bemi_track_new_tables` + function `bemi.track_new_tables()` | tables created later in a tracked schema get the same treatment (needs superuser; otherwise a NOTICE says to run setup again after creating tables) |
+//!
+//! In the **destination** database ([`Setup::destination_sql`]): the `changes` table (default
+//! `bemi.changes`) with its indexes, and `bemi.worker_progress` (the last stored position per
+//! slot). The replication **slot** (default `bemi`) is created by [`Setup::create_slot_sql`],
+//! after the publication and outside any transaction that wrote.
+//!
+//! Everything is idempotent (running setup twice changes nothing) and reversible
+//! ([`Setup::teardown_source_sql`] removes every source object and restores replica identities;
+//! the `changes` table is kept unless [`Setup::teardown_destination_sql`] is run). All SQL runs
+//! with an explicit `search_path` and qualifies every name, so table names that need quotes
+//! (`"Order Items"`, `my-table`) work.
+//!
+//! # Emission: one message per statement
+//!
+//! The trigger fires once per *statement*, not per row, and only when
+//!
+//! - the statement's text carries a `/*Bemi ... Bemi*/` comment, or
+//! - the transaction-local setting `bemi.context_active` is `on` (an earlier statement of this
+//!   transaction had a context), or
+//! - the setting `bemi.context` is set (a context for clients that cannot append comments, e.g.
+//!   `SET LOCAL bemi.context = '{"user":"dba"}'` in psql; a comment takes precedence).
+//!
+//! Untagged statements in untagged transactions never enter PL/pgSQL and write nothing extra to
+//! the WAL. When the trigger runs it emits one transactional logical message, prefix `_bemi`,
+//! whose content is the statement's payload, or the empty string when the statement has no
+//! context; it sets `bemi.context_active` accordingly.
+//!
+//! # The attribution rule (what the worker applies)
+//!
+//! Within one transaction, in WAL stream order:
+//!
+//! 1. a transaction starts with no context;
+//! 2. a `_bemi` message with non-empty content sets the context for every following row change;
+//! 3. a `_bemi` message with empty content clears it;
+//! 4. a row change (INSERT, UPDATE, DELETE, TRUNCATE) gets the context set at that point.
+//!
+//! This gives each change the context of its own statement: a tagged statement's message
+//! precedes its rows (and those of its FK cascades and triggers, which see the same query text);
+//! an untagged statement following a tagged one emits an empty message first. A rolled-back
+//! savepoint discards its messages together with its rows and reverts `bemi.context_active`, so
+//! the rule stays exact. Pair messages and changes by stream order, never by LSN: a message's LSN
+//! is the end of its record, and TOAST records may sit between it and the row.
+
+mod destination_sql;
+mod requirements;
+mod source_sql;
+
+use crate::ident::quote_literal;
+use crate::{QualifiedName, Result};
+
+pub use requirements::{Problem, RequirementError, ServerFacts};
+
+/// The schema holding bemi's own objects.
+pub const BEMI_SCHEMA: &str = "bemi";
+/// The name of the statement trigger on each tracked table.
+pub const TRIGGER_NAME: &str = "_bemi_context";
+/// The name of the event trigger that tracks new tables.
+pub const EVENT_TRIGGER_NAME: &str = "_bemi_track_new_tables";
+/// The prefix of bemi's logical messages.
+pub const MESSAGE_PREFIX: &str = "_bemi";
+/// The default publication name.
+pub const DEFAULT_PUBLICATION: &str = "bemi";
+/// The default replication slot name.
+pub const DEFAULT_SLOT: &str = "bemi";
+
+/// Which tables to track.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tracked {
+    /// Every table in these schemas, including tables created later.
+    Schemas(Vec<String>),
+    /// Exactly these tables.
+    Tables(Vec<QualifiedName>),
+}
+
+/// What [`Setup`] installs and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetupOptions {
+    tracked: Tracked,
+    changes_table: QualifiedName,
+    publication: String,
+    slot: String,
+}
+
+impl Default for SetupOptions {
+    /// Track schema `public`, store into `bemi.changes`, publication and slot `bemi`.
+    fn default() -> Self {
+        Self {
+            tracked: Tracked::Schemas(vec!["public".to_owned()]),
+            changes_table: QualifiedName::from_static(BEMI_SCHEMA, "changes"),
+            publication: DEFAULT_PUBLICATION.to_owned(),
+            slot: DEFAULT_SLOT.to_owned(),
+        }
+    }
+}
+
+impl SetupOptions {
+    /// Tracks every table of these schemas, including tables created later.
+    #[must_use]
+    pub fn schemas<S: Into<String>>(mut self, schemas: impl IntoIterator<Item = S>) -> Self {
+        self.tracked = Tracked::Schemas(schemas.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Tracks exactly these tables.
+    #[must_use]
+    pub fn tables(mut self, tables: impl IntoIterator<Item = QualifiedName>) -> Self {
+        self.tracked = Tracked::Tables(tables.into_iter().collect());
+        self
+    }
+
+    /// Where changes are stored (default `bemi.changes`).
+    #[must_use]
+    pub fn changes_table(mut self, table: QualifiedName) -> Self {
+        self.changes_table = table;
+        self
+    }
+
+    /// The publication name (default `bemi`).
+    #[must_use]
+    pub fn publication(mut self, name: impl Into<String>) -> Self {
+        self.publication = name.into();
+        self
+    }
+
+    /// The replication slot name (default `bemi`).
+    #[must_use]
+    pub fn slot(mut self, name: impl Into<String>) -> Self {
+        self.slot = name.into();
+        self
+    }
+
+    /// What is tracked.
+    pub fn tracked(&self) -> &Tracked {
+        &self.tracked
+    }
+
+    /// The changes table.
+    pub fn changes_table_name(&self) -> &QualifiedName {
+        &self.changes_table
+    }
+
+    /// The publication name.
+    pub fn publication_name(&self) -> &str {
+        &self.publication
+    }
+
+    /// The replication slot name.
+    pub fn slot_name(&self) -> &str {
+        &self.slot
+    }
+}
+
+/// The SQL that installs and removes bemi, for given [`SetupOptions`].
+///
+/// # Examples
+///
+/// ```
+/// use bemi_core::setup::{Setup, SetupOptions};
+///
+/// let setup = Setup::new(SetupOptions::default().schemas(["public", "sales"]))?;
+/// assert!(setup.source_sql().contains("CREATE OR REPLACE FUNCTION bemi.emit_context()"));
+/// assert!(setup.destination_sql().contains("CREATE TABLE IF NOT EXISTS \"bemi\".\"changes\""));
+/// # Ok::<(), bemi_core::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Setup {
+    options: SetupOptions,
+}
+
+impl Setup {
+    /// Validates the options.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidIdentifier`] when a schema, publication or slot name is empty or
+    /// contains NUL.
+    pub fn new(options: SetupOptions) -> Result<Self> {
+        crate::ident::quote_ident(&options.publication)?;
+        crate::ident::quote_ident(&options.slot)?;
+        if let Tracked::Schemas(schemas) = &options.tracked {
+            for schema in schemas {
+                crate::ident::quote_ident(schema)?;
+            }
+        }
+        Ok(Self { options })
+    }
+
+    /// The options.
+    pub fn options(&self) -> &SetupOptions {
+        &self.options
+    }
+
+    /// The idempotent script that installs the triggers, functions, publication and tracking
+    /// in the source database. Run it as one transaction (one `batch_execute`), after
+    /// [`Setup::destination_sql`] when both databases are the same.
+    pub fn source_sql(&self) -> String {
+        source_sql::install(&self.options)
+    }
+
+    /// The idempotent script that creates the `changes` table, its indexes and the worker's
+    /// progress table in the destination database.
+    pub fn destination_sql(&self) -> String {
+        destination_sql::install(&self.options.changes_table)
+    }
+
+    /// Creates the replication slot (pgoutput) if it does not exist. Run it after
+    /// [`Setup::source_sql`] has committed, outside a transaction that wrote anything.
+    pub fn create_slot_sql(&self) -> String {
+        let slot = quote_literal(&self.options.slot);
+        format!(
+            "SELECT pg_catalog.pg_create_logical_replication_slot({slot}, 'pgoutput') \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {slot})"
+        )
+    }
+
+    /// Drops the replication slot if it exists. Fails while a worker is connected to it.
+    pub fn drop_slot_sql(&self) -> String {
+        let slot = quote_literal(&self.options.slot);
+        format!(
+            "SELECT pg_catalog.pg_drop_replication_slot(slot_name) \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = {slot}"
+        )
+    }
+
+    /// Removes every object [`Setup::source_sql`] installed and restores each table's previous
+    /// replica identity. Audit data in the `changes` table is not touched.
+    pub fn teardown_source_sql(&self) -> String {
+        source_sql::teardown(&self.options)
+    }
+
+    /// Drops the `changes` table (all audit data!) and the progress table.
+    pub fn teardown_destination_sql(&self) -> String {
+        destination_sql::teardown(&self.options.changes_table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_invalid_names() {
+        assert!(Setup::new(SetupOptions::default().publication("")).is_err());
+        assert!(Setup::new(SetupOptions::default().slot("a\0")).is_err());
+        assert!(Setup::new(SetupOptions::default().schemas([""])).is_err());
+    }
+
+    #[test]
+    fn slot_sql_quotes_the_name() {
+        let setup = Setup::new(SetupOptions::default().slot("it's")).unwrap();
+        assert!(setup.create_slot_sql().contains("'it''s'"));
+        assert!(setup.drop_slot_sql().contains("'it''s'"));
+    }
+}

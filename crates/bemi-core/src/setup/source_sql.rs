@@ -1,0 +1,371 @@
+//! SQL installed in the source database: context emission, tracking, publication.
+
+use super::{SetupOptions, Tracked};
+use crate::ident::{quote_ident, quote_literal};
+
+/// The `WHEN` condition of the statement trigger: enter PL/pgSQL only when the statement is
+/// tagged, an earlier statement of the transaction had a context, or `bemi.context` is set.
+const TRIGGER_CONDITION: &str = "pg_catalog.strpos(pg_catalog.current_query(), '/*Bemi ') > 0 \
+    OR pg_catalog.current_setting('bemi.context_active', true) = 'on' \
+    OR pg_catalog.current_setting('bemi.context', true) <> ''";
+
+const EMIT_CONTEXT: &str = r#"
+CREATE OR REPLACE FUNCTION bemi.emit_context() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $bemi$
+DECLARE
+    query text := pg_catalog.current_query();
+    found integer;
+    rest text;
+    payload text := '';
+BEGIN
+    -- The payload of the statement's last /*Bemi ... Bemi*/ comment (the one the client appended).
+    found := pg_catalog.strpos(pg_catalog.reverse(query), ' imeB*/');
+    IF found > 0 THEN
+        rest := pg_catalog.substr(query, pg_catalog.length(query) - found + 2);
+        found := pg_catalog.strpos(rest, ' Bemi*/');
+        IF found > 0 THEN
+            payload := pg_catalog.left(rest, found - 1);
+        END IF;
+    END IF;
+    IF payload = '' THEN
+        payload := COALESCE(pg_catalog.current_setting('bemi.context', true), '');
+    END IF;
+    IF payload <> '' THEN
+        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', payload);
+        PERFORM pg_catalog.set_config('bemi.context_active', 'on', true);
+    ELSIF pg_catalog.current_setting('bemi.context_active', true) = 'on' THEN
+        -- An earlier statement of this transaction had a context: clear it for this one.
+        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', '');
+        PERFORM pg_catalog.set_config('bemi.context_active', 'off', true);
+    END IF;
+    RETURN NULL;
+END
+$bemi$;
+"#;
+
+const IS_EXCLUDED: &str = r#"
+CREATE OR REPLACE FUNCTION bemi.is_excluded(rel oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $bemi$
+    SELECT COALESCE((
+        SELECT n.nspname IN ('bemi', 'pg_catalog', 'information_schema', 'pg_toast')
+            OR n.nspname LIKE 'pg\_temp\_%'
+            OR n.nspname LIKE 'pg\_toast\_temp\_%'
+            OR c.relpersistence <> 'p'
+            OR c.oid = pg_catalog.to_regclass(@CHANGES_TABLE@)
+        FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = rel
+    ), true)
+$bemi$;
+"#;
+
+const TRACK_TABLE: &str = r#"
+CREATE OR REPLACE FUNCTION bemi.track_table(target regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $bemi$
+DECLARE
+    rel record;
+BEGIN
+    SELECT c.relkind, c.relreplident INTO rel FROM pg_catalog.pg_class c WHERE c.oid = target;
+    IF rel.relkind IS NULL OR rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'bemi can only track tables, and % is not one', target;
+    END IF;
+    IF bemi.is_excluded(target) THEN
+        RAISE EXCEPTION 'bemi does not track %: it is a system, temporary or unlogged table, or bemi''s own', target;
+    END IF;
+    -- Forget tables that were dropped, so a reused OID starts afresh.
+    DELETE FROM bemi.tracked_tables t
+    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.relid);
+    INSERT INTO bemi.tracked_tables (relid, previous_replica_identity, previous_identity_index)
+    SELECT target, rel.relreplident,
+        (SELECT i.indexrelid FROM pg_catalog.pg_index i WHERE i.indrelid = target AND i.indisreplident)
+    ON CONFLICT (relid) DO NOTHING;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = target AND t.tgname = '_bemi_context'
+    ) THEN
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER _bemi_context BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
+            'FOR EACH STATEMENT WHEN (@CONDITION@) EXECUTE FUNCTION bemi.emit_context()',
+            target);
+    END IF;
+    IF rel.relreplident <> 'f' THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', target);
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_publication_rel pr
+        JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+        WHERE p.pubname = @PUBLICATION@ AND pr.prrelid = target
+    ) THEN
+        EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE %s', @PUBLICATION@, target);
+    END IF;
+END
+$bemi$;
+"#;
+
+const UNTRACK_TABLE: &str = r#"
+CREATE OR REPLACE FUNCTION bemi.untrack_table(rel oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $bemi$
+DECLARE
+    tracked record;
+    index_name name;
+    identity text;
+BEGIN
+    SELECT t.previous_replica_identity, t.previous_identity_index INTO tracked
+    FROM bemi.tracked_tables t WHERE t.relid = rel;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = rel) THEN
+        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS _bemi_context ON %s', rel::regclass);
+        IF EXISTS (
+            SELECT 1 FROM pg_catalog.pg_publication_rel pr
+            JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+            WHERE p.pubname = @PUBLICATION@ AND pr.prrelid = rel
+        ) THEN
+            EXECUTE pg_catalog.format('ALTER PUBLICATION %I DROP TABLE %s', @PUBLICATION@, rel::regclass);
+        END IF;
+        identity := CASE tracked.previous_replica_identity
+            WHEN 'd' THEN 'DEFAULT'
+            WHEN 'n' THEN 'NOTHING'
+            WHEN 'i' THEN 'INDEX'
+        END;
+        IF identity = 'INDEX' THEN
+            SELECT c.relname INTO index_name FROM pg_catalog.pg_class c
+            WHERE c.oid = tracked.previous_identity_index;
+            identity := CASE WHEN index_name IS NULL THEN 'DEFAULT'
+                ELSE pg_catalog.format('USING INDEX %I', index_name) END;
+        END IF;
+        IF identity IS NOT NULL THEN
+            EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY %s', rel::regclass, identity);
+        END IF;
+    END IF;
+    DELETE FROM bemi.tracked_tables t WHERE t.relid = rel;
+END
+$bemi$;
+"#;
+
+const SYNC_TRACKING: &str = r#"
+CREATE OR REPLACE FUNCTION bemi.sync_tracking(schemas name[], tables regclass[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $bemi$
+DECLARE
+    wanted oid[];
+    rel oid;
+BEGIN
+    DELETE FROM bemi.tracked_tables t
+    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = t.relid);
+    DELETE FROM bemi.tracked_schemas s WHERE NOT (s.schema_name = ANY (schemas));
+    INSERT INTO bemi.tracked_schemas (schema_name)
+    SELECT DISTINCT s FROM pg_catalog.unnest(schemas) AS s
+    ON CONFLICT (schema_name) DO NOTHING;
+    FOREACH rel IN ARRAY tables LOOP
+        IF bemi.is_excluded(rel) THEN
+            RAISE NOTICE 'bemi does not track %: it is a system, temporary or unlogged table, or bemi''s own', rel::regclass;
+        END IF;
+    END LOOP;
+    SELECT COALESCE(pg_catalog.array_agg(c.oid ORDER BY c.oid), '{}') INTO wanted
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p')
+      AND (n.nspname = ANY (schemas) OR c.oid = ANY (tables::oid[]))
+      AND NOT bemi.is_excluded(c.oid);
+    FOR rel IN SELECT t.relid FROM bemi.tracked_tables t WHERE NOT (t.relid = ANY (wanted)) LOOP
+        PERFORM bemi.untrack_table(rel);
+    END LOOP;
+    FOREACH rel IN ARRAY wanted LOOP
+        PERFORM bemi.track_table(rel::regclass);
+    END LOOP;
+END
+$bemi$;
+"#;
+
+const TRACK_NEW_TABLES: &str = r#"
+CREATE OR REPLACE FUNCTION bemi.track_new_tables() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $bemi$
+DECLARE
+    created record;
+BEGIN
+    FOR created IN
+        SELECT DISTINCT d.objid
+        FROM pg_catalog.pg_event_trigger_ddl_commands() d
+        WHERE d.object_type = 'table'
+          AND d.schema_name IN (SELECT s.schema_name FROM bemi.tracked_schemas s)
+    LOOP
+        IF NOT bemi.is_excluded(created.objid) THEN
+            PERFORM bemi.track_table(created.objid::regclass);
+        END IF;
+    END LOOP;
+END
+$bemi$;
+"#;
+
+const CREATE_EVENT_TRIGGER: &str = r#"
+DO $bemi$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = '_bemi_track_new_tables'
+    ) THEN
+        CREATE EVENT TRIGGER _bemi_track_new_tables ON ddl_command_end
+            WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+            EXECUTE FUNCTION bemi.track_new_tables();
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'bemi could not create event trigger _bemi_track_new_tables (%): tables created later are not tracked automatically; run the setup again after creating tables, or run it as a superuser', SQLERRM;
+END
+$bemi$;
+"#;
+
+const CREATE_PUBLICATION: &str = r#"
+DO $bemi$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = @PUBLICATION@) THEN
+        EXECUTE pg_catalog.format(
+            'CREATE PUBLICATION %I WITH (publish = %L)',
+            @PUBLICATION@, 'insert, update, delete, truncate');
+    END IF;
+END
+$bemi$;
+"#;
+
+const TEARDOWN: &str = r#"
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+DROP EVENT TRIGGER IF EXISTS _bemi_track_new_tables;
+DO $bemi$
+DECLARE
+    rel oid;
+    leftover record;
+BEGIN
+    IF pg_catalog.to_regclass('bemi.tracked_tables') IS NOT NULL
+        AND pg_catalog.to_regprocedure('bemi.untrack_table(oid)') IS NOT NULL
+    THEN
+        FOR rel IN SELECT t.relid FROM bemi.tracked_tables t LOOP
+            PERFORM bemi.untrack_table(rel);
+        END LOOP;
+    END IF;
+    -- Triggers whose bookkeeping is gone.
+    FOR leftover IN
+        SELECT t.tgname, t.tgrelid FROM pg_catalog.pg_trigger t
+        WHERE t.tgfoid = pg_catalog.to_regprocedure('bemi.emit_context()')
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', leftover.tgname, leftover.tgrelid::regclass);
+    END LOOP;
+END
+$bemi$;
+DROP PUBLICATION IF EXISTS @PUBLICATION_IDENT@;
+DROP FUNCTION IF EXISTS bemi.track_new_tables();
+DROP FUNCTION IF EXISTS bemi.sync_tracking(name[], regclass[]);
+DROP FUNCTION IF EXISTS bemi.track_table(regclass);
+DROP FUNCTION IF EXISTS bemi.untrack_table(oid);
+DROP FUNCTION IF EXISTS bemi.is_excluded(oid);
+DROP FUNCTION IF EXISTS bemi.emit_context();
+DROP TABLE IF EXISTS bemi.tracked_tables;
+DROP TABLE IF EXISTS bemi.tracked_schemas;
+DO $bemi$
+BEGIN
+    DROP SCHEMA IF EXISTS bemi;
+EXCEPTION WHEN dependent_objects_still_exist THEN
+    NULL; -- the changes table or other objects live there: keep the schema
+END
+$bemi$;
+"#;
+
+/// The install script for the source database.
+pub(super) fn install(options: &SetupOptions) -> String {
+    let publication = quote_literal(&options.publication);
+    let substitute = |template: &str| {
+        template
+            .replace("@PUBLICATION@", &publication)
+            .replace("@CHANGES_TABLE@", &options.changes_table.regclass_literal())
+            .replace("@CONDITION@", &TRIGGER_CONDITION.replace('\'', "''"))
+    };
+    let (schemas, tables) = match &options.tracked {
+        Tracked::Schemas(schemas) => (schemas.as_slice(), &[][..]),
+        Tracked::Tables(tables) => (&[][..], tables.as_slice()),
+    };
+    let schemas_array = sql_array(schemas.iter().map(|schema| quote_literal(schema)), "name");
+    let tables_array = sql_array(
+        tables.iter().map(|table| table.regclass_literal()),
+        "regclass",
+    );
+
+    let mut sql = String::new();
+    sql.push_str("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);\n");
+    sql.push_str("CREATE SCHEMA IF NOT EXISTS bemi;\n");
+    sql.push_str(
+        "CREATE TABLE IF NOT EXISTS bemi.tracked_schemas (schema_name name PRIMARY KEY);\n\
+         CREATE TABLE IF NOT EXISTS bemi.tracked_tables (\n    \
+             relid oid PRIMARY KEY,\n    \
+             previous_replica_identity \"char\" NOT NULL,\n    \
+             previous_identity_index oid\n\
+         );\n\
+         REVOKE ALL ON bemi.tracked_schemas, bemi.tracked_tables FROM PUBLIC;\n",
+    );
+    for template in [
+        EMIT_CONTEXT,
+        IS_EXCLUDED,
+        TRACK_TABLE,
+        UNTRACK_TABLE,
+        SYNC_TRACKING,
+        TRACK_NEW_TABLES,
+        CREATE_PUBLICATION,
+    ] {
+        sql.push_str(&substitute(template));
+    }
+    sql.push_str(
+        "REVOKE ALL ON FUNCTION bemi.track_table(regclass), bemi.untrack_table(oid), \
+         bemi.sync_tracking(name[], regclass[]), bemi.track_new_tables() FROM PUBLIC;\n",
+    );
+    if matches!(options.tracked, Tracked::Schemas(_)) {
+        sql.push_str(CREATE_EVENT_TRIGGER);
+    }
+    sql.push_str(&format!(
+        "SELECT bemi.sync_tracking({schemas_array}, {tables_array});\n"
+    ));
+    sql
+}
+
+/// The teardown script for the source database.
+pub(super) fn teardown(options: &SetupOptions) -> String {
+    // The publication name was validated by `Setup::new`.
+    let publication = quote_ident(&options.publication).unwrap_or_default();
+    TEARDOWN.replace("@PUBLICATION_IDENT@", &publication)
+}
+
+fn sql_array(items: impl Iterator<Item = String>, element_type: &str) -> String {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() {
+        format!("'{{}}'::{element_type}[]")
+    } else {
+        format!("ARRAY[{}]::{element_type}[]", items.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::QualifiedName;
+
+    #[test]
+    fn schemas_mode_installs_the_event_trigger() {
+        let sql = install(&SetupOptions::default().schemas(["public", "it's"]));
+        assert!(sql.contains("CREATE EVENT TRIGGER _bemi_track_new_tables"));
+        assert!(sql.contains(
+            "SELECT bemi.sync_tracking(ARRAY['public', 'it''s']::name[], '{}'::regclass[]);"
+        ));
+        assert!(!sql.contains('@'), "every placeholder is substituted");
+    }
+
+    #[test]
+    fn tables_mode_lists_quoted_tables() {
+        let tables = [
+            QualifiedName::new("public", "Order Items").unwrap(),
+            QualifiedName::new("sales", "my-table").unwrap(),
+        ];
+        let sql = install(&SetupOptions::default().tables(tables));
+        assert!(!sql.contains("CREATE EVENT TRIGGER"));
+        assert!(sql.contains(
+            r#"SELECT bemi.sync_tracking('{}'::name[], ARRAY['"public"."Order Items"', '"sales"."my-table"']::regclass[]);"#
+        ));
+    }
+
+    #[test]
+    fn teardown_drops_the_named_publication() {
+        let sql = teardown(&SetupOptions::default().publication("audit \"pub\""));
+        assert!(sql.contains(r#"DROP PUBLICATION IF EXISTS "audit ""pub""";"#));
+    }
+}

@@ -359,6 +359,27 @@ fn a_changes_table_inside_a_tracked_schema_is_never_captured() {
 }
 
 #[test]
+fn a_source_without_the_changes_table_tracks_its_tables() {
+    let database = test_database!();
+    let mut client = database.connect_sync();
+    client
+        .batch_execute("CREATE TABLE todo (id int PRIMARY KEY)")
+        .unwrap();
+    let setup = Setup::new(SetupOptions::default().slot(database.slot_name())).unwrap();
+    // The changes table lives in another database: only the source part runs here.
+    client.batch_execute(&setup.source_sql()).unwrap();
+    let catalog = catalog(&mut client);
+    assert_eq!(
+        lines_starting(&catalog, "published "),
+        strings(&["published bemi todo"])
+    );
+    assert_eq!(
+        lines_starting(&catalog, "trigger "),
+        strings(&["trigger todo _bemi_context"])
+    );
+}
+
+#[test]
 fn names_that_need_quotes_work_end_to_end() {
     let database = test_database!();
     let mut client = database.connect_sync();

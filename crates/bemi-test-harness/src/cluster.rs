@@ -4,7 +4,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Names the server to use instead of starting a throwaway cluster. It must run with
@@ -30,6 +30,7 @@ struct ManagedCluster {
     dir: PathBuf,
     bin_dir: PathBuf,
     run_as_postgres: bool,
+    extra_settings: Vec<String>,
 }
 
 impl TestCluster {
@@ -38,12 +39,22 @@ impl TestCluster {
     /// # Panics
     ///
     /// When no server can be found or started; the message says what to install or set.
-    pub fn shared() -> &'static TestCluster {
-        static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
-        CLUSTER.get_or_init(|| match std::env::var(DATABASE_URL_VARIABLE) {
-            Ok(url) if !url.is_empty() => Self::external(&url),
-            _ => Self::start(),
-        })
+    pub fn shared() -> Arc<TestCluster> {
+        static CLUSTER: OnceLock<Arc<TestCluster>> = OnceLock::new();
+        Arc::clone(CLUSTER.get_or_init(|| {
+            Arc::new(match std::env::var(DATABASE_URL_VARIABLE) {
+                Ok(url) if !url.is_empty() => Self::external(&url),
+                _ => Self::start(&[]),
+            })
+        }))
+    }
+
+    /// A throwaway cluster of its own, always started from the server binaries (also when
+    /// `BEMI_TEST_DATABASE_URL` is set), for tests that stop or restart the server or need other
+    /// settings (`extra_settings` are `name=value` server settings, applied after the defaults).
+    /// It is stopped and removed when dropped.
+    pub fn dedicated(extra_settings: &[&str]) -> Arc<TestCluster> {
+        Arc::new(Self::start(extra_settings))
     }
 
     fn external(url: &str) -> TestCluster {
@@ -67,7 +78,7 @@ impl TestCluster {
         }
     }
 
-    fn start() -> TestCluster {
+    fn start(extra_settings: &[&str]) -> TestCluster {
         let bin_dir = find_bin_dir();
         let run_as_postgres = running_as_root();
         let base = std::env::temp_dir().join("bemi-test-clusters");
@@ -75,10 +86,12 @@ impl TestCluster {
         set_mode(&base, 0o1777);
         remove_stale_clusters(&base, &bin_dir, run_as_postgres);
 
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.subsec_nanos());
-        let dir = base.join(format!("{}-{nanos}", std::process::id()));
+        let count = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = base.join(format!("{}-{nanos}-{count}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the test cluster directory");
         if run_as_postgres {
             chown_to_postgres(&dir);
@@ -87,6 +100,10 @@ impl TestCluster {
             dir,
             bin_dir,
             run_as_postgres,
+            extra_settings: extra_settings
+                .iter()
+                .map(|setting| (*setting).to_owned())
+                .collect(),
         };
         managed.spawn_watchdog();
         managed.initdb();
@@ -185,6 +202,22 @@ impl TestCluster {
     }
 }
 
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if let Some(managed) = &self.managed {
+            let _ = managed
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(managed.data_dir())
+                .args(["-m", "immediate", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(&managed.dir);
+        }
+    }
+}
+
 impl ManagedCluster {
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
@@ -262,6 +295,13 @@ impl ManagedCluster {
             "-c log_line_prefix='%m [%p] %d '".to_owned(),
             "-c TimeZone=UTC".to_owned(),
         ]
+        .into_iter()
+        .chain(
+            self.extra_settings
+                .iter()
+                .map(|setting| format!("-c {setting}")),
+        )
+        .collect::<Vec<_>>()
         .join(" ");
         let output = self
             .command("pg_ctl")
@@ -358,6 +398,7 @@ fn remove_stale_clusters(base: &Path, bin_dir: &Path, run_as_postgres: bool) {
             dir: entry.path(),
             bin_dir: bin_dir.to_owned(),
             run_as_postgres,
+            extra_settings: Vec::new(),
         };
         if stale.data_dir().join("postmaster.pid").exists() {
             let _ = stale

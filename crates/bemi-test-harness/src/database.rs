@@ -1,5 +1,6 @@
 //! One fresh database per test, dropped with its replication slots when the test ends.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::TestCluster;
@@ -11,7 +12,7 @@ use crate::TestCluster;
 /// replication connections), drops its slots and drops the database.
 #[derive(Debug)]
 pub struct TestDatabase {
-    cluster: &'static TestCluster,
+    cluster: Arc<TestCluster>,
     name: String,
 }
 
@@ -19,12 +20,19 @@ impl TestDatabase {
     /// Creates the database for the test called `test_path` (any unique string; the
     /// [`test_database!`](crate::test_database) macro passes the test function's path).
     pub fn new(test_path: &str) -> TestDatabase {
-        let cluster = TestCluster::shared();
+        Self::new_in(&TestCluster::shared(), test_path)
+    }
+
+    /// Creates the database for `test_path` in `cluster` (e.g. a
+    /// [`TestCluster::dedicated`] one).
+    pub fn new_in(cluster: &Arc<TestCluster>, test_path: &str) -> TestDatabase {
+        let cluster = Arc::clone(cluster);
         let name = database_name(test_path);
         let database = TestDatabase { cluster, name };
         database.drop_leftovers();
         let create = format!("CREATE DATABASE \"{}\"", database.name);
-        cluster
+        database
+            .cluster
             .with_admin(|client| client.batch_execute(&create))
             .unwrap_or_else(|error| panic!("create test database {}: {error}", database.name));
         database
@@ -51,8 +59,8 @@ impl TestDatabase {
     }
 
     /// The server.
-    pub fn cluster(&self) -> &'static TestCluster {
-        self.cluster
+    pub fn cluster(&self) -> &TestCluster {
+        &self.cluster
     }
 
     /// Connects with tokio-postgres; the connection runs on a spawned task.

@@ -1,2 +1,58 @@
-//! The bemi-rs worker: reads logical replication (pgoutput), attributes the application context
-//! to each row change and stores it in the `changes` table, exactly once.
+//! The bemi-rs worker: captures every row change of PostgreSQL from its write-ahead log into the
+//! `changes` table, with the application context of the statement that made it, exactly once.
+//!
+//! # Concepts
+//!
+//! - **Source**: logical replication with the `pgoutput` plugin (protocol 1, `messages`), over
+//!   [`pgwire-replication`](https://docs.rs/pgwire-replication); the row messages are decoded
+//!   by [`pgoutput`].
+//! - **Attribution**: `_bemi` logical messages set the context of the changes that follow them
+//!   in their transaction (the rule is documented in `bemi_core::setup`).
+//! - **Values**: converted to JSON without loss (see the `values` table in the README):
+//!   NUMERIC and int8 stay exact numbers, json stays structured, arrays become arrays,
+//!   timestamps become ISO-8601 UTC; unchanged TOAST values are filled from the old row.
+//! - **Exactly once**: batches are written with their progress in one destination transaction;
+//!   the slot is confirmed only up to what is stored. After a crash the slot re-delivers and the
+//!   progress (and the deterministic change id) absorb the replay.
+//! - **Bad data is data**: malformed context, `\u0000`, unknown types and values PostgreSQL
+//!   rejects are stored with a marker in `context._bemi`, never dropped, never fatal.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use bemi_worker::{ConnectionOptions, Worker, WorkerConfig};
+//!
+//! # async fn example() -> bemi_worker::Result<()> {
+//! let source = ConnectionOptions::parse("postgres://bemi:secret@db/app")?;
+//! let worker = Worker::new(WorkerConfig::new(source));
+//! worker.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The `bemi-worker` binary wraps this with `setup`, `run`, `status` and `teardown` commands.
+
+mod batch;
+mod catalog;
+mod change_row;
+mod connection;
+mod context;
+mod error;
+mod install;
+mod json;
+pub mod pgoutput;
+mod progress;
+mod status;
+mod stitch;
+mod store;
+pub mod tls;
+mod values;
+mod worker;
+
+pub use change_row::ChangeRow;
+pub use connection::{ConnectionOptions, mask_password};
+pub use context::DEFAULT_MAX_CONTEXT_BYTES;
+pub use error::{Error, Result};
+pub use install::{setup, teardown};
+pub use status::{SlotInfo, Status, status};
+pub use worker::{Metrics, Worker, WorkerConfig};

@@ -45,7 +45,9 @@ pub(super) fn install(changes: &QualifiedName) -> String {
     let mut sql = String::new();
     sql.push_str("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);\n");
     sql.push_str("CREATE SCHEMA IF NOT EXISTS bemi;\n");
-    sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {schema};\n"));
+    if changes.schema() != crate::setup::BEMI_SCHEMA {
+        sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {schema};\n"));
+    }
     sql.push_str(&format!(
         "CREATE TABLE IF NOT EXISTS {table} {CHANGES_COLUMNS};\n"
     ));

@@ -1,0 +1,215 @@
+//! What the WAL does not say about a relation, read from the source's catalog: its real primary
+//! key, and how to convert values of non-built-in types (domains, enums, arrays of those).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::pgoutput::Relation;
+use crate::values::ValueKind;
+use crate::{Error, Result};
+
+/// A relation ready for turning its tuples into changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RelationInfo {
+    pub(crate) id: u32,
+    pub(crate) schema: Arc<str>,
+    pub(crate) table: Arc<str>,
+    /// Column names, in order.
+    pub(crate) columns: Vec<String>,
+    /// How each column's values become JSON.
+    pub(crate) kinds: Vec<ValueKind>,
+    /// Positions of the primary-key columns, in key order; empty when the table has none.
+    pub(crate) key: Vec<usize>,
+}
+
+/// Reads and caches catalog facts through a regular connection to the source database.
+pub(crate) struct Catalog {
+    client: tokio_postgres::Client,
+    types: HashMap<u32, ValueKind>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("types", &self.types.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const PRIMARY_KEY: &str = "SELECT a.attname::text \
+    FROM pg_catalog.pg_index i \
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+    WHERE i.indrelid = $1 AND i.indisprimary \
+    ORDER BY pg_catalog.array_position(i.indkey::int2[], a.attnum)";
+
+const TYPES: &str = "SELECT t.oid, t.typtype::text, t.typcategory::text, t.typelem, \
+    t.typbasetype, e.typdelim::text \
+    FROM pg_catalog.pg_type t \
+    LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem \
+    WHERE t.oid = ANY ($1)";
+
+impl Catalog {
+    pub(crate) fn new(client: tokio_postgres::Client) -> Self {
+        Self {
+            client,
+            types: HashMap::new(),
+        }
+    }
+
+    /// The connection (also used for status queries).
+    pub(crate) fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
+    /// Describes a relation from its Relation message and the catalog.
+    ///
+    /// The primary key comes from the catalog (a table whose replica identity is `FULL` marks
+    /// every column as key in the WAL). When the catalog has no primary key (no key, or the
+    /// table is gone by now), the replica identity key columns are used if the WAL marks a
+    /// proper subset of the columns.
+    pub(crate) async fn describe(&mut self, relation: &Relation) -> Result<RelationInfo> {
+        let type_ids: Vec<u32> = relation
+            .columns
+            .iter()
+            .map(|column| column.type_id)
+            .collect();
+        self.resolve_types(&type_ids).await?;
+        let kinds = type_ids
+            .iter()
+            .map(|type_id| self.types.get(type_id).cloned().unwrap_or(ValueKind::Text))
+            .collect();
+        let columns: Vec<String> = relation
+            .columns
+            .iter()
+            .map(|column| column.name.clone())
+            .collect();
+
+        let key_names: Vec<String> = self
+            .client
+            .query(PRIMARY_KEY, &[&relation.id])
+            .await
+            .map_err(Error::postgres(format!(
+                "read the primary key of {}.{}",
+                relation.namespace, relation.name
+            )))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut key: Vec<usize> = key_names
+            .iter()
+            .filter_map(|name| columns.iter().position(|column| column == name))
+            .collect();
+        if key.len() != key_names.len() {
+            key.clear();
+        }
+        if key.is_empty() {
+            let flagged: Vec<usize> = relation
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, column)| column.is_key)
+                .map(|(position, _)| position)
+                .collect();
+            if !flagged.is_empty() && flagged.len() < columns.len() {
+                key = flagged;
+            }
+        }
+
+        Ok(RelationInfo {
+            id: relation.id,
+            schema: Arc::from(relation.namespace.as_str()),
+            table: Arc::from(relation.name.as_str()),
+            columns,
+            kinds,
+            key,
+        })
+    }
+
+    /// Resolves the value kinds of `type_ids` (and, recursively, of array elements and domain
+    /// base types) into the cache.
+    async fn resolve_types(&mut self, type_ids: &[u32]) -> Result<()> {
+        let mut pending: Vec<u32> = type_ids
+            .iter()
+            .copied()
+            .filter(|id| !self.types.contains_key(id))
+            .collect();
+        let mut rows: HashMap<u32, TypeRow> = HashMap::new();
+        // Fetch unknown types level by level (arrays → elements, domains → base types).
+        while !pending.is_empty() {
+            pending.sort_unstable();
+            pending.dedup();
+            for id in pending.iter().copied() {
+                if let Some(kind) = ValueKind::builtin(id) {
+                    self.types.insert(id, kind);
+                }
+            }
+            pending.retain(|id| !self.types.contains_key(id) && !rows.contains_key(id));
+            if pending.is_empty() {
+                break;
+            }
+            let fetched = self
+                .client
+                .query(TYPES, &[&pending])
+                .await
+                .map_err(Error::postgres("read column types"))?;
+            let mut next = Vec::new();
+            for row in fetched {
+                let type_row = TypeRow {
+                    kind: row.get::<_, String>(1),
+                    category: row.get::<_, String>(2),
+                    element: row.get(3),
+                    base: row.get(4),
+                    delimiter: row.get::<_, Option<String>>(5),
+                };
+                if type_row.element != 0 {
+                    next.push(type_row.element);
+                }
+                if type_row.base != 0 {
+                    next.push(type_row.base);
+                }
+                rows.insert(row.get(0), type_row);
+            }
+            pending = next;
+        }
+        for id in type_ids {
+            if !self.types.contains_key(id) {
+                let kind = self.kind_of(*id, &rows, 0);
+                self.types.insert(*id, kind);
+            }
+        }
+        Ok(())
+    }
+
+    fn kind_of(&self, id: u32, rows: &HashMap<u32, TypeRow>, depth: usize) -> ValueKind {
+        if let Some(kind) = self.types.get(&id) {
+            return kind.clone();
+        }
+        let Some(row) = rows.get(&id).filter(|_| depth < 16) else {
+            return ValueKind::Text;
+        };
+        if row.kind == "d" && row.base != 0 {
+            return self.kind_of(row.base, rows, depth + 1);
+        }
+        if row.category == "A" && row.element != 0 {
+            let delimiter = row
+                .delimiter
+                .as_deref()
+                .and_then(|text| text.bytes().next())
+                .unwrap_or(b',');
+            return ValueKind::Array {
+                element: Box::new(self.kind_of(row.element, rows, depth + 1)),
+                delimiter,
+            };
+        }
+        ValueKind::Text
+    }
+}
+
+#[derive(Debug)]
+struct TypeRow {
+    kind: String,
+    category: String,
+    element: u32,
+    base: u32,
+    delimiter: Option<String>,
+}

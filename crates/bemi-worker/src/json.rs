@@ -1,0 +1,137 @@
+//! Small helpers for writing JSON text directly, without building `serde_json` values.
+
+/// Appends `text` as a JSON string literal (quoted, with `"`, `\` and control characters
+/// escaped).
+pub(crate) fn push_string(out: &mut String, text: &str) {
+    out.reserve(text.len() + 2);
+    out.push('"');
+    let mut clean_from = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[clean_from..at]);
+        if escape.is_empty() {
+            out.push_str(&format!("\\u{byte:04x}"));
+        } else {
+            out.push_str(escape);
+        }
+        clean_from = at + 1;
+    }
+    out.push_str(&text[clean_from..]);
+    out.push('"');
+}
+
+/// Whether `text` is a JSON number (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`).
+pub(crate) fn is_number(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut at = usize::from(bytes.first() == Some(&b'-'));
+    let digits = |at: &mut usize| {
+        let start = *at;
+        while bytes.get(*at).is_some_and(u8::is_ascii_digit) {
+            *at += 1;
+        }
+        *at - start
+    };
+    match bytes.get(at) {
+        Some(b'0') => at += 1,
+        Some(b'1'..=b'9') => {
+            digits(&mut at);
+        }
+        _ => return false,
+    }
+    if bytes.get(at) == Some(&b'.') {
+        at += 1;
+        if digits(&mut at) == 0 {
+            return false;
+        }
+    }
+    if matches!(bytes.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(bytes.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        if digits(&mut at) == 0 {
+            return false;
+        }
+    }
+    at == bytes.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn escapes_like_serde_json() {
+        for text in [
+            "plain",
+            "quote\" back\\slash",
+            "ctl\n\r\t\u{8}\u{c}\u{1}\u{1f}",
+            "zoë 😀",
+            "\0",
+        ] {
+            let mut out = String::new();
+            push_string(&mut out, text);
+            assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn recognises_json_numbers() {
+        for number in [
+            "0",
+            "-0",
+            "12",
+            "-12.50",
+            "1e5",
+            "1.5E+20",
+            "2.5e-05",
+            "123456789012345678901234567890.000001",
+        ] {
+            assert!(is_number(number), "{number}");
+        }
+        for not in [
+            "",
+            "-",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "1e+",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "1_000",
+            " 1",
+            "0x10",
+            "+1",
+        ] {
+            assert!(!is_number(not), "{not}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_string_round_trips(text in any::<String>()) {
+            let mut out = String::new();
+            push_string(&mut out, &text);
+            prop_assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text);
+        }
+
+        #[test]
+        fn numbers_agree_with_serde_json(text in "-?[0-9]{0,3}(\\.[0-9]{0,2})?([eE][+-]?[0-9]{0,2})?") {
+            prop_assert_eq!(is_number(&text), serde_json::from_str::<serde_json::Number>(&text).is_ok());
+        }
+    }
+}

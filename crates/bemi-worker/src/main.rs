@@ -1,0 +1,226 @@
+//! `bemi-worker`: set up, run, inspect and remove bemi's change capture.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bemi_core::QualifiedName;
+use bemi_core::setup::{Setup, SetupOptions};
+use bemi_worker::{ConnectionOptions, Worker, WorkerConfig};
+use clap::{Args, Parser, Subcommand};
+
+/// Captures every row change of PostgreSQL, with the application context that caused it, into
+/// a `changes` table.
+#[derive(Debug, Parser)]
+#[command(name = "bemi-worker", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install triggers, publication, slot and the changes table (idempotent).
+    Setup(SetupArgs),
+    /// Stream changes into the changes table until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Show the slot's position, lag and retained WAL, and the last stored commit.
+    Status(CommonArgs),
+    /// Remove triggers, publication and slot (the changes table is kept unless
+    /// --drop-changes).
+    Teardown(TeardownArgs),
+}
+
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// The database whose changes are captured (needs wal_level=logical and a role with
+    /// REPLICATION). sslmode, sslrootcert, sslcert and sslkey are accepted as URL parameters.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// The database holding the changes table [default: the source database].
+    #[arg(long, env = "BEMI_DESTINATION_URL", hide_env_values = true)]
+    destination_url: Option<String>,
+    /// The replication slot.
+    #[arg(long, env = "BEMI_SLOT", default_value = bemi_core::setup::DEFAULT_SLOT)]
+    slot: String,
+    /// The publication.
+    #[arg(long, env = "BEMI_PUBLICATION", default_value = bemi_core::setup::DEFAULT_PUBLICATION)]
+    publication: String,
+    /// The changes table, `schema.table`.
+    #[arg(long, env = "BEMI_CHANGES_TABLE", default_value = "bemi.changes")]
+    changes_table: QualifiedName,
+}
+
+#[derive(Debug, Args)]
+struct SetupArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Track every table of this schema, including tables created later (repeatable).
+    #[arg(
+        long = "schema",
+        env = "BEMI_SCHEMAS",
+        value_delimiter = ',',
+        conflicts_with = "tables"
+    )]
+    schemas: Vec<String>,
+    /// Track exactly these tables (comma-separated, `table` or `schema.table`).
+    #[arg(long, env = "BEMI_TABLES", value_delimiter = ',')]
+    tables: Vec<QualifiedName>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Changes per stored batch (bounds memory whatever the transaction size).
+    #[arg(long, env = "BEMI_BATCH_SIZE", default_value_t = 5_000)]
+    batch_size: usize,
+    /// Longest time a change waits before its batch is stored, in milliseconds.
+    #[arg(long, env = "BEMI_FLUSH_INTERVAL_MS", default_value_t = 100)]
+    flush_interval_ms: u64,
+    /// Largest context stored, in bytes; larger ones are replaced by a marker.
+    #[arg(long, env = "BEMI_MAX_CONTEXT_BYTES", default_value_t = bemi_worker::DEFAULT_MAX_CONTEXT_BYTES)]
+    max_context_bytes: usize,
+    /// How often progress is logged, in seconds.
+    #[arg(long, env = "BEMI_LOG_INTERVAL_SECONDS", default_value_t = 10)]
+    log_interval_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+struct TeardownArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Also drop the changes table and all audit data in it.
+    #[arg(long)]
+    drop_changes: bool,
+    /// Confirm the removal.
+    #[arg(long)]
+    yes: bool,
+}
+
+impl CommonArgs {
+    fn connections(&self) -> anyhow::Result<(ConnectionOptions, ConnectionOptions)> {
+        let source = ConnectionOptions::parse(&self.database_url)?;
+        let destination = match &self.destination_url {
+            Some(url) => ConnectionOptions::parse(url)?,
+            None => source.clone(),
+        };
+        Ok((source, destination))
+    }
+
+    fn setup_options(&self) -> SetupOptions {
+        SetupOptions::default()
+            .slot(&self.slot)
+            .publication(&self.publication)
+            .changes_table(self.changes_table.clone())
+    }
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Setup(args) => {
+            let (source, destination) = args.common.connections()?;
+            let mut options = args.common.setup_options();
+            options = if args.tables.is_empty() {
+                let schemas = if args.schemas.is_empty() {
+                    vec!["public".to_owned()]
+                } else {
+                    args.schemas
+                };
+                options.schemas(schemas)
+            } else {
+                options.tables(args.tables)
+            };
+            let setup = Setup::new(options)?;
+            bemi_worker::setup(&source, &destination, &setup).await?;
+            println!(
+                "bemi is set up on {source}: run `bemi-worker run` to start capturing changes"
+            );
+        }
+        Command::Run(args) => {
+            let (source, destination) = args.common.connections()?;
+            let mut config = WorkerConfig::new(source);
+            config.destination = destination;
+            config.slot = args.common.slot;
+            config.publication = args.common.publication;
+            config.changes_table = args.common.changes_table;
+            config.batch_size = args.batch_size.max(1);
+            config.flush_interval = Duration::from_millis(args.flush_interval_ms);
+            config.max_context_bytes = args.max_context_bytes;
+            config.log_interval = Duration::from_secs(args.log_interval_seconds.max(1));
+            let worker = Worker::new(config);
+            worker.run(shutdown_signal()).await?;
+        }
+        Command::Status(args) => {
+            let (source, destination) = args.connections()?;
+            let status = bemi_worker::status(&source, &destination, &args.setup_options()).await?;
+            print!("{status}");
+        }
+        Command::Teardown(args) => {
+            if !args.yes {
+                anyhow::bail!(
+                    "teardown removes bemi's triggers, publication and replication slot{}: run it again with --yes to confirm",
+                    if args.drop_changes {
+                        " and drops the changes table with all audit data"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            let (source, destination) = args.common.connections()?;
+            let setup = Setup::new(args.common.setup_options())?;
+            bemi_worker::teardown(&source, &destination, &setup, args.drop_changes)
+                .await
+                .context("teardown failed")?;
+            println!("bemi is removed from {source}");
+        }
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: storing and confirming what was received");
+}

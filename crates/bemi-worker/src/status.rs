@@ -1,0 +1,158 @@
+//! `bemi-worker status`: where the slot is, how far behind the worker is, and how much WAL the
+//! slot keeps.
+
+use std::fmt;
+
+use bemi_core::setup::SetupOptions;
+use chrono::{DateTime, Utc};
+
+use crate::{ConnectionOptions, Error, Result};
+
+/// The state of a bemi source and its worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The source, password masked.
+    pub source: String,
+    /// The slot's name.
+    pub slot: String,
+    /// The slot, when it exists.
+    pub slot_info: Option<SlotInfo>,
+    /// The newest stored commit, when anything was stored.
+    pub last_stored_commit: Option<DateTime<Utc>>,
+    /// When the worker last stored a batch.
+    pub last_stored_at: Option<DateTime<Utc>>,
+}
+
+/// The replication slot's position and retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// The walsender streaming from the slot, if one is.
+    pub active_pid: Option<i32>,
+    /// The newest position the worker confirmed as stored.
+    pub confirmed_flush_lsn: Option<String>,
+    /// The server's current WAL position.
+    pub current_lsn: String,
+    /// WAL written since the confirmed position: how far behind the worker is, in bytes.
+    pub lag_bytes: Option<i64>,
+    /// WAL the slot keeps on disk, in bytes.
+    pub retained_bytes: Option<i64>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL's `wal_status`).
+    pub wal_status: Option<String>,
+    /// The time between a commit and the worker confirming it, as the server measured it last.
+    pub replay_lag: Option<String>,
+}
+
+/// Reads the status of the slot named in `options` and the worker's stored progress.
+///
+/// # Errors
+///
+/// Connection and query failures.
+pub async fn status(
+    source: &ConnectionOptions,
+    destination: &ConnectionOptions,
+    options: &SetupOptions,
+) -> Result<Status> {
+    let client = source.connect("bemi-worker status").await?;
+    let slot = options.slot_name();
+    let slot_info = client
+        .query_opt(
+            "SELECT s.active_pid, s.confirmed_flush_lsn::text, pg_catalog.pg_current_wal_lsn()::text, \
+             pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
+             pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn)::bigint, \
+             s.wal_status, r.replay_lag::text \
+             FROM pg_catalog.pg_replication_slots s \
+             LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::postgres("read the replication slot"))?
+        .map(|row| SlotInfo {
+            active_pid: row.get(0),
+            confirmed_flush_lsn: row.get(1),
+            current_lsn: row.get(2),
+            lag_bytes: row.get(3),
+            retained_bytes: row.get(4),
+            wal_status: row.get(5),
+            replay_lag: row.get(6),
+        });
+    let destination_client = destination.connect("bemi-worker status").await?;
+    let suffix = format!("/{}/{}", source.database(), slot);
+    let progress = destination_client
+        .query_opt(
+            "SELECT max(committed_at), max(updated_at) FROM bemi.worker_progress \
+             WHERE pg_catalog.right(source, pg_catalog.length($1)) = $1",
+            &[&suffix],
+        )
+        .await;
+    let (last_stored_commit, last_stored_at) = match progress {
+        Ok(Some(row)) => (row.get(0), row.get(1)),
+        Ok(None) => (None, None),
+        // No progress table: the destination was never set up.
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            (None, None)
+        }
+        Err(error) => return Err(Error::postgres("read the worker's progress")(error)),
+    };
+    Ok(Status {
+        source: source.to_string(),
+        slot: slot.to_owned(),
+        slot_info,
+        last_stored_commit,
+        last_stored_at,
+    })
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "source:              {}", self.source)?;
+        let Some(slot) = &self.slot_info else {
+            return writeln!(
+                f,
+                "slot:                {} (missing: run `bemi-worker setup`)",
+                self.slot
+            );
+        };
+        let state = slot.active_pid.map_or_else(
+            || "no worker connected".to_owned(),
+            |pid| format!("streaming (walsender pid {pid})"),
+        );
+        writeln!(f, "slot:                {} ({state})", self.slot)?;
+        writeln!(
+            f,
+            "confirmed position:  {} (server at {})",
+            slot.confirmed_flush_lsn.as_deref().unwrap_or("-"),
+            slot.current_lsn
+        )?;
+        writeln!(f, "lag:                 {}", bytes(slot.lag_bytes))?;
+        if let Some(replay_lag) = &slot.replay_lag {
+            writeln!(f, "replay lag:          {replay_lag}")?;
+        }
+        writeln!(
+            f,
+            "WAL retained:        {} ({})",
+            bytes(slot.retained_bytes),
+            slot.wal_status.as_deref().unwrap_or("-")
+        )?;
+        match self.last_stored_commit {
+            Some(commit) => {
+                let age = (Utc::now() - commit).num_seconds();
+                writeln!(
+                    f,
+                    "last stored commit:  {} ({age} s ago)",
+                    commit.to_rfc3339()
+                )
+            }
+            None => writeln!(f, "last stored commit:  none yet"),
+        }
+    }
+}
+
+fn bytes(value: Option<i64>) -> String {
+    match value {
+        None => "-".to_owned(),
+        Some(bytes) if bytes < 1024 => format!("{bytes} B"),
+        Some(bytes) if bytes < 1 << 20 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        Some(bytes) => format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20)),
+    }
+}

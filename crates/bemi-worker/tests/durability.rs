@@ -1,0 +1,272 @@
+//! Nothing lost, nothing doubled: stops, crashes, lost connections and server restarts.
+
+use std::time::Duration;
+
+use bemi_test_harness::{TestCluster, TestDatabase, test_database, wait_until_async};
+use bemi_worker::ConnectionOptions;
+
+use crate::support::{RunningWorker, TIMEOUT, count, fixture, spawn_binary};
+
+const TODO: &str =
+    "CREATE TABLE todo (id bigserial PRIMARY KEY, task text NOT NULL, batch int NOT NULL);";
+
+/// Asserts every stored change is there once: `expected` rows, no two with the same primary
+/// key and operation, each with its batch's context.
+async fn assert_exactly_once(client: &tokio_postgres::Client, expected: i64) {
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT (primary_key, operation)), count(DISTINCT id), \
+             count(*) FILTER (WHERE context->>'batch' IS DISTINCT FROM \"after\"->>'batch') \
+             FROM bemi.changes",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (total, distinct_keys, distinct_ids, wrong_context): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(total, expected, "stored changes");
+    assert_eq!(distinct_keys, expected, "each row change once");
+    assert_eq!(distinct_ids, expected, "distinct ids");
+    assert_eq!(wrong_context, 0, "every change carries its batch's context");
+}
+
+/// Inserts `rows` rows in one transaction tagged with `{"batch": batch}`.
+async fn insert_batch(client: &tokio_postgres::Client, batch: i32, rows: i32) {
+    let sql = format!(
+        "INSERT INTO todo (task, batch) SELECT 'task ' || i, {batch} FROM generate_series(1, {rows}) AS i \
+         /*Bemi {{\"batch\":\"{batch}\"}} Bemi*/"
+    );
+    client.batch_execute(&sql).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_the_worker_is_stopped_are_captured_once() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let worker = RunningWorker::start(fixture.config());
+    insert_batch(&fixture.client, 1, 3).await;
+    fixture.wait_for(3).await;
+    worker.stop().await.unwrap();
+
+    // The stop confirmed what was stored.
+    let (confirmed, positions): (bool, String) = fixture
+        .client
+        .query_one(
+            "SELECT confirmed_flush_lsn > (SELECT '0/0'::pg_lsn + max(commit_lsn) FROM bemi.changes), \
+             confirmed_flush_lsn::text || ' vs ' || (SELECT '0/0'::pg_lsn + max(commit_lsn) FROM bemi.changes)::text \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&fixture.database.slot_name()],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert!(
+        confirmed,
+        "slot confirmed past the stored commit: {positions}"
+    );
+
+    insert_batch(&fixture.client, 2, 4).await;
+    insert_batch(&fixture.client, 3, 5).await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture.wait_for(12).await;
+    worker.stop().await.unwrap();
+    assert_exactly_once(&fixture.client, 12).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_larger_than_a_batch_is_stored_in_chunks() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let mut config = fixture.config();
+    config.batch_size = 100;
+    let worker = RunningWorker::start(config);
+    insert_batch(&fixture.client, 1, 5_000).await;
+    fixture.wait_for(5_000).await;
+    let metrics = worker.metrics.clone();
+    worker.stop().await.unwrap();
+    assert_eq!(metrics.stored_changes(), 5_000);
+    assert_exactly_once(&fixture.client, 5_000).await;
+    let progress: (i32, bool) = fixture
+        .client
+        .query_one(
+            "SELECT stored_changes, complete FROM bemi.worker_progress",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(progress, (5_000, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_worker_mid_stream_loses_and_doubles_nothing() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let url = fixture.database.url();
+    let slot = fixture.database.slot_name().to_owned();
+    let args = [
+        "run",
+        "--database-url",
+        &url,
+        "--slot",
+        &slot,
+        "--batch-size",
+        "50",
+        "--flush-interval-ms",
+        "5",
+    ];
+    let writer_client = fixture.database.connect().await;
+    let writer = tokio::spawn(async move {
+        for batch in 1..=60 {
+            insert_batch(&writer_client, batch, 300).await;
+        }
+    });
+    // Kill the worker three times mid-stream, each time after it stored past a threshold.
+    for (round, threshold) in [3_000, 7_000, 12_000].into_iter().enumerate() {
+        let (mut child, log) = spawn_binary(&args, &format!("sigkill-{slot}-{round}"));
+        wait_until_async("the worker to store more", TIMEOUT, || async {
+            (count(&fixture.client, &fixture.setup).await >= threshold).then_some(())
+        })
+        .await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(log.contains("streaming"), "{log}");
+    }
+    writer.await.unwrap();
+    let (mut child, _) = spawn_binary(&args, &format!("sigkill-{slot}-final"));
+    fixture.wait_for(18_000).await;
+    // Give a duplicate, if any, the chance to arrive before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_exactly_once(&fixture.client, 18_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stores_confirms_and_exits_cleanly() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let url = fixture.database.url();
+    let slot = fixture.database.slot_name().to_owned();
+    let (mut child, log) = spawn_binary(
+        &["run", "--database-url", &url, "--slot", &slot],
+        &format!("sigterm-{slot}"),
+    );
+    insert_batch(&fixture.client, 1, 10).await;
+    fixture.wait_for(10).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(exit.success(), "exit {exit:?}: {log}");
+    assert!(log.contains("shutting down"), "{log}");
+    let confirmed: bool = fixture
+        .client
+        .query_one(
+            "SELECT confirmed_flush_lsn > (SELECT '0/0'::pg_lsn + max(commit_lsn) FROM bemi.changes) \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(confirmed, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_source_connections_are_reestablished() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let worker = RunningWorker::start(fixture.config());
+    insert_batch(&fixture.client, 1, 5).await;
+    fixture.wait_for(5).await;
+    // Cut the replication and catalog connections.
+    fixture
+        .client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'bemi-worker'",
+            &[],
+        )
+        .await
+        .unwrap();
+    insert_batch(&fixture.client, 2, 5).await;
+    fixture.wait_for(10).await;
+    assert!(worker.metrics.sessions() >= 2, "reconnected");
+    worker.stop().await.unwrap();
+    assert_exactly_once(&fixture.client, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_destination_connections_are_reestablished() {
+    let source_database = test_database!();
+    let destination_database = TestDatabase::new(&format!("{}::destination", module_path!()));
+    let source = ConnectionOptions::parse(&source_database.url()).unwrap();
+    let destination = ConnectionOptions::parse(&destination_database.url()).unwrap();
+    let source_client = source_database.connect().await;
+    source_client.batch_execute(TODO).await.unwrap();
+    let setup = bemi_core::setup::Setup::new(
+        bemi_core::setup::SetupOptions::default().slot(source_database.slot_name()),
+    )
+    .unwrap();
+    bemi_worker::setup(&source, &destination, &setup)
+        .await
+        .unwrap();
+    let destination_client = destination_database.connect().await;
+
+    let mut config = bemi_worker::WorkerConfig::new(source);
+    config.destination = destination;
+    config.slot = source_database.slot_name().to_owned();
+    config.flush_interval = Duration::from_millis(20);
+    config.max_backoff = Duration::from_millis(500);
+    let worker = RunningWorker::start(config);
+    insert_batch(&source_client, 1, 5).await;
+    crate::support::wait_for_changes(&destination_client, &setup, 5).await;
+    destination_client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'bemi-worker'",
+            &[],
+        )
+        .await
+        .unwrap();
+    insert_batch(&source_client, 2, 5).await;
+    crate::support::wait_for_changes(&destination_client, &setup, 10).await;
+    worker.stop().await.unwrap();
+    assert_exactly_once(&destination_client, 10).await;
+    // Nothing was written into the source's own changes table.
+    let in_source: Option<i64> = source_client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'changes'",
+            &[],
+        )
+        .await
+        .map(|row| row.get(0))
+        .ok();
+    assert_eq!(in_source, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_reconnects_when_the_database_restarts() {
+    let cluster = TestCluster::dedicated(&[]);
+    let database = TestDatabase::new_in(&cluster, &format!("{}::restart", module_path!()));
+    let fixture = fixture(database, TODO).await;
+    let worker = RunningWorker::start(fixture.config());
+    insert_batch(&fixture.client, 1, 5).await;
+    fixture.wait_for(5).await;
+
+    let restarted = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        restarted.stop();
+        restarted.restart();
+    })
+    .await
+    .unwrap();
+    let client = fixture.database.connect().await;
+    insert_batch(&client, 2, 5).await;
+    crate::support::wait_for_changes(&client, &fixture.setup, 10).await;
+    assert!(worker.metrics.sessions() >= 2);
+    worker.stop().await.unwrap();
+    assert_exactly_once(&client, 10).await;
+}

@@ -1,0 +1,17 @@
+//! End-to-end tests of the worker against a real PostgreSQL: real WAL, the real worker (in
+//! process, and the binary where crashes and signals matter).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod attribution;
+mod cli;
+mod durability;
+mod operations;
+mod startup;
+mod support;
+mod values;

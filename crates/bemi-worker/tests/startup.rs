@@ -1,0 +1,87 @@
+//! Refusing to start, clearly, when the worker cannot work.
+
+use bemi_core::setup::Problem;
+use bemi_test_harness::{TestCluster, TestDatabase, test_database};
+use bemi_worker::{ConnectionOptions, Error, WorkerConfig};
+
+use crate::support::{RunningWorker, fixture};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_replica_is_refused_with_the_fix() {
+    let cluster = TestCluster::dedicated(&["wal_level=replica"]);
+    let database = TestDatabase::new_in(&cluster, &format!("{}::replica", module_path!()));
+    let source = ConnectionOptions::parse(&database.url()).unwrap();
+    let setup = bemi_core::setup::Setup::new(bemi_core::setup::SetupOptions::default()).unwrap();
+    let error = bemi_worker::setup(&source, &source, &setup)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::Requirement(requirement)
+        if requirement.problems() == [Problem::WalLevel { found: "replica".into() }]),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("ALTER SYSTEM SET wal_level = logical;"),
+        "{error}"
+    );
+
+    let worker = RunningWorker::start(WorkerConfig::new(source));
+    let error = worker.ended().await.unwrap_err();
+    assert!(matches!(error, Error::Requirement(_)), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_slot_is_refused() {
+    let fixture = fixture(test_database!(), "").await;
+    let mut config = fixture.config();
+    config.slot = "no_such_slot".into();
+    let error = RunningWorker::start(config).ended().await.unwrap_err();
+    assert!(
+        matches!(&error, Error::SlotMissing { slot } if slot == "no_such_slot"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("run `bemi-worker setup` first"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_held_by_another_consumer_is_refused() {
+    let fixture = fixture(test_database!(), "CREATE TABLE item (id int PRIMARY KEY);").await;
+    let first = RunningWorker::start(fixture.config());
+    fixture.sql("INSERT INTO item VALUES (1)").await;
+    fixture.wait_for(1).await;
+    let error = RunningWorker::start(fixture.config())
+        .ended()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::SlotInUse { .. }), "{error}");
+    assert!(
+        error.to_string().contains("is in use by another consumer"),
+        "{error}"
+    );
+    first.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_replication_is_told_what_to_run() {
+    let fixture = fixture(test_database!(), "").await;
+    let role = format!("{}_app", fixture.database.name());
+    fixture
+        .sql(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN NOSUPERUSER NOREPLICATION PASSWORD 'bemi-test';"
+        ))
+        .await;
+    let mut config = fixture.config();
+    config.source =
+        ConnectionOptions::parse(&fixture.database.url_for_user(&role, Some("bemi-test"))).unwrap();
+    let error = RunningWorker::start(config).ended().await.unwrap_err();
+    fixture.sql(&format!("DROP ROLE {role}")).await;
+    assert!(matches!(error, Error::Requirement(_)), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("ALTER ROLE \"{role}\" WITH REPLICATION;")),
+        "{error}"
+    );
+}

@@ -1,0 +1,241 @@
+//! Helpers for the worker's end-to-end tests: a database with bemi set up, a worker running
+//! in-process or as the real binary, and whole `changes` rows to assert on.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bemi_core::setup::{Setup, SetupOptions};
+use bemi_core::{CommentEncoder, Context};
+use bemi_test_harness::{TestDatabase, wait_until_async};
+use bemi_worker::{ConnectionOptions, Metrics, Worker, WorkerConfig};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long the tests wait for changes to arrive.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A test database with tables and bemi set up.
+pub struct Fixture {
+    pub database: TestDatabase,
+    pub client: tokio_postgres::Client,
+    pub source: ConnectionOptions,
+    pub setup: Setup,
+}
+
+/// Sends the worker's logs to the test output when `RUST_LOG` is set.
+pub fn init_logging() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// Creates the tables of `schema_sql`, then sets bemi up tracking schema `public`.
+pub async fn fixture(database: TestDatabase, schema_sql: &str) -> Fixture {
+    fixture_with(database, schema_sql, SetupOptions::default()).await
+}
+
+/// Like [`fixture`], with setup options (the slot is always the test's own).
+pub async fn fixture_with(
+    database: TestDatabase,
+    schema_sql: &str,
+    options: SetupOptions,
+) -> Fixture {
+    init_logging();
+    let client = database.connect().await;
+    if !schema_sql.is_empty() {
+        client.batch_execute(schema_sql).await.unwrap();
+    }
+    let source = ConnectionOptions::parse(&database.url()).unwrap();
+    let setup = Setup::new(options.slot(database.slot_name())).unwrap();
+    bemi_worker::setup(&source, &source, &setup).await.unwrap();
+    Fixture {
+        database,
+        client,
+        source,
+        setup,
+    }
+}
+
+impl Fixture {
+    /// A worker configuration for this fixture, tuned for fast tests.
+    pub fn config(&self) -> WorkerConfig {
+        let mut config = WorkerConfig::new(self.source.clone());
+        config.slot = self.setup.options().slot_name().to_owned();
+        config.publication = self.setup.options().publication_name().to_owned();
+        config.changes_table = self.setup.options().changes_table_name().clone();
+        config.flush_interval = Duration::from_millis(20);
+        config.status_interval = Duration::from_millis(200);
+        config.max_backoff = Duration::from_millis(500);
+        config
+    }
+
+    /// Runs `sql` with `context` appended as a bemi comment, as the ORM wrappers do.
+    pub async fn tagged(&self, sql: &str, context: Value) {
+        let context = Context::try_from(context).unwrap();
+        let tagged = CommentEncoder::default().tag(sql, &context);
+        self.client.batch_execute(&tagged).await.unwrap();
+    }
+
+    /// Runs untagged SQL.
+    pub async fn sql(&self, sql: &str) {
+        self.client.batch_execute(sql).await.unwrap();
+    }
+
+    /// Waits until at least `count` changes are stored and returns all of them.
+    pub async fn wait_for(&self, count: usize) -> Vec<Stored> {
+        wait_for_changes(&self.client, &self.setup, count).await
+    }
+}
+
+/// A worker running on the test's runtime.
+pub struct RunningWorker {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<bemi_worker::Result<()>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RunningWorker {
+    pub fn start(config: WorkerConfig) -> Self {
+        init_logging();
+        let worker = Worker::new(config);
+        let metrics = worker.metrics();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            worker
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self {
+            stop: Some(stop),
+            task,
+            metrics,
+        }
+    }
+
+    /// Stops the worker gracefully and returns how its run ended.
+    pub async fn stop(mut self) -> bemi_worker::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(TIMEOUT, &mut self.task)
+            .await
+            .expect("the worker stops in time")
+            .unwrap()
+    }
+
+    /// Waits for the worker to end on its own (an error it cannot retry).
+    pub async fn ended(mut self) -> bemi_worker::Result<()> {
+        tokio::time::timeout(TIMEOUT, &mut self.task)
+            .await
+            .expect("the worker ends in time")
+            .unwrap()
+    }
+}
+
+/// One stored change, with the columns the tests compare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub table: String,
+    pub operation: String,
+    pub primary_key: Option<String>,
+    pub before: Value,
+    pub after: Value,
+    pub context: Value,
+}
+
+/// An expected change.
+pub fn stored(
+    table: &str,
+    operation: &str,
+    primary_key: Option<&str>,
+    before: Value,
+    after: Value,
+    context: Value,
+) -> Stored {
+    Stored {
+        table: table.to_owned(),
+        operation: operation.to_owned(),
+        primary_key: primary_key.map(str::to_owned),
+        before,
+        after,
+        context,
+    }
+}
+
+/// Every stored change, in commit order.
+pub async fn changes(client: &tokio_postgres::Client, setup: &Setup) -> Vec<Stored> {
+    client
+        .query(
+            &format!(
+                "SELECT \"table\", operation, primary_key, \"before\", \"after\", context \
+                 FROM {} ORDER BY commit_lsn, sequence",
+                setup.options().changes_table_name()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| Stored {
+            table: row.get(0),
+            operation: row.get(1),
+            primary_key: row.get(2),
+            before: row.get(3),
+            after: row.get(4),
+            context: row.get(5),
+        })
+        .collect()
+}
+
+/// Waits until at least `count` changes are stored; returns them all.
+pub async fn wait_for_changes(
+    client: &tokio_postgres::Client,
+    setup: &Setup,
+    count: usize,
+) -> Vec<Stored> {
+    wait_until_async(&format!("{count} stored changes"), TIMEOUT, || async {
+        let all = changes(client, setup).await;
+        (all.len() >= count).then_some(all)
+    })
+    .await
+}
+
+/// The number of stored changes.
+pub async fn count(client: &tokio_postgres::Client, setup: &Setup) -> i64 {
+    client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {}",
+                setup.options().changes_table_name()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Starts the real `bemi-worker` binary with `args`, logging to a file under the test's temp
+/// directory; returns the child and the log's path.
+pub fn spawn_binary(args: &[&str], log_name: &str) -> (Child, std::path::PathBuf) {
+    let log = std::env::temp_dir().join(format!("{log_name}-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_bemi-worker"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    (child, log)
+}

@@ -196,6 +196,13 @@ impl TestCluster {
         }
     }
 
+    /// The directory of the server binaries, for throwaway clusters.
+    pub fn bin_dir(&self) -> Option<&Path> {
+        self.managed
+            .as_ref()
+            .map(|managed| managed.bin_dir.as_path())
+    }
+
     /// Whether this process started the cluster (and so can stop, restart or read its log).
     pub fn is_throwaway(&self) -> bool {
         self.managed.is_some()

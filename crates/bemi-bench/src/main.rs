@@ -1,0 +1,72 @@
+//! `bemi-bench`: benchmarks of bemi-rs, each one command that starts its own PostgreSQL
+//! (durable settings) and prints a Markdown table. Build in release mode:
+//!
+//! ```text
+//! cargo run --release -p bemi-bench -- worker-throughput
+//! cargo run --release -p bemi-bench -- worker-memory
+//! ```
+
+mod environment;
+mod memory;
+mod stats;
+mod throughput;
+mod worker_process;
+mod workload;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmarks of bemi-rs against the physical limits.
+#[derive(Debug, Parser)]
+#[command(name = "bemi-bench")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Worker changes/s vs the raw slot drain (read limit) and COPY (write limit).
+    WorkerThroughput {
+        /// Row changes to generate.
+        #[arg(long, default_value_t = 200_000)]
+        changes: usize,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+    },
+    /// Worker peak RSS while storing one large transaction, and idle.
+    WorkerMemory {
+        /// Transaction sizes, in rows.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        rows: Vec<usize>,
+    },
+    /// Runs the worker in this process until SIGTERM (used by the scenarios).
+    #[command(name = "__worker", hide = true)]
+    Worker {
+        #[arg(long)]
+        database_url: String,
+        #[arg(long)]
+        slot: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::WorkerThroughput {
+            changes,
+            repetitions,
+        } => throughput::run(changes, repetitions.max(1)).await,
+        Scenario::WorkerMemory { rows } => memory::run(&rows).await,
+        Scenario::Worker { database_url, slot } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            worker_process::run_worker(&database_url, &slot).await
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! `worker-throughput`: the worker's stored changes per second against the read limit (raw
+//! drain of the slot) and the write limit (COPY of the same rows into an identical table).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+
+use crate::environment::Environment;
+use crate::stats::summary;
+use crate::worker_process::{WorkerProcess, wait_confirmed};
+use crate::workload::{SCHEMA, mixed};
+
+const COLUMNS: &str = "id, primary_key, \"before\", \"after\", context, database, schema, \"table\", \
+    operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Drain,
+    Copy,
+    Worker,
+}
+
+/// Measures, on identical slots, the raw drain, COPY of the stored rows, and the worker.
+pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()> {
+    let env = Environment::start("throughput", SCHEMA).await?;
+    let slot = |kind: &str, repetition: usize| format!("bench_{kind}_{repetition}");
+    for repetition in 0..repetitions {
+        env.create_slot(&slot("drain", repetition)).await?;
+        env.create_slot(&slot("worker", repetition)).await?;
+    }
+    let generated = Instant::now();
+    let statements = mixed(changes, 1_000);
+    for statement in &statements {
+        env.client.batch_execute(statement).await?;
+    }
+    let target = env.current_lsn().await?;
+    let generation = generated.elapsed();
+    env.client
+        .batch_execute("CREATE TABLE bemi.changes_copy (LIKE bemi.changes INCLUDING ALL)")
+        .await?;
+
+    let mut copy_data: Option<Vec<Bytes>> = None;
+    let mut seconds: Vec<(Method, f64)> = Vec::new();
+    let mut peak_rss = Vec::new();
+    for repetition in 0..repetitions {
+        // Rotate the order; the first repetition runs the worker first (its rows feed COPY).
+        let mut order = vec![Method::Worker, Method::Copy, Method::Drain];
+        order.rotate_right(repetition % 3);
+        if copy_data.is_none() {
+            order.retain(|method| *method != Method::Worker);
+            order.insert(0, Method::Worker);
+        }
+        for method in order {
+            env.client.batch_execute("CHECKPOINT").await?;
+            let elapsed = match method {
+                Method::Worker => {
+                    env.client
+                        .batch_execute("TRUNCATE bemi.changes; DELETE FROM bemi.worker_progress;")
+                        .await?;
+                    env.client.batch_execute("CHECKPOINT").await?;
+                    let started = Instant::now();
+                    let worker =
+                        WorkerProcess::spawn(&env.database.url(), &slot("worker", repetition))?;
+                    let elapsed = wait_confirmed(
+                        &env.client,
+                        &slot("worker", repetition),
+                        &target,
+                        started,
+                        Duration::from_secs(3_600),
+                    )
+                    .await?;
+                    peak_rss.push(worker.peak_rss_kib().unwrap_or(0) as f64 / 1024.0);
+                    worker.stop().await?;
+                    let stored: i64 = env
+                        .client
+                        .query_one("SELECT count(*) FROM bemi.changes", &[])
+                        .await?
+                        .get(0);
+                    anyhow::ensure!(
+                        stored == changes as i64,
+                        "the worker stored {stored} of {changes} changes"
+                    );
+                    if copy_data.is_none() {
+                        copy_data = Some(copy_out(&env.client).await?);
+                    }
+                    elapsed
+                }
+                Method::Copy => {
+                    let data = copy_data
+                        .as_ref()
+                        .ok_or_else(|| anyhow::anyhow!("no rows to copy"))?;
+                    env.client
+                        .batch_execute("TRUNCATE bemi.changes_copy; CHECKPOINT;")
+                        .await?;
+                    let started = Instant::now();
+                    copy_in(&env.client, data).await?;
+                    started.elapsed()
+                }
+                Method::Drain => {
+                    let started = Instant::now();
+                    drain(&env, &slot("drain", repetition), &target).await?;
+                    started.elapsed()
+                }
+            };
+            eprintln!(
+                "repetition {}: {method:?} {:.2} s",
+                repetition + 1,
+                elapsed.as_secs_f64()
+            );
+            seconds.push((method, elapsed.as_secs_f64()));
+        }
+    }
+
+    let of = |method: Method| -> Vec<f64> {
+        seconds
+            .iter()
+            .filter(|(m, _)| *m == method)
+            .map(|(_, seconds)| *seconds)
+            .collect()
+    };
+    let (drain_s, copy_s, worker_s) = (of(Method::Drain), of(Method::Copy), of(Method::Worker));
+    let rate = |values: &[f64]| -> Vec<f64> { values.iter().map(|s| changes as f64 / s).collect() };
+    let ratio = |numerator: &[f64], denominator: &[f64]| -> Vec<f64> {
+        // Per repetition: time of the limit / time of the worker = rate ratio.
+        numerator
+            .iter()
+            .zip(denominator)
+            .map(|(worker, limit)| limit / worker)
+            .collect()
+    };
+    println!(
+        "## worker-throughput: {changes} row changes ({} transactions of 1,000; 3/4 inserts, 1/4 updates; every statement with a context)",
+        statements.len()
+    );
+    println!();
+    println!(
+        "{}; generated in {:.1} s; median [min–max] of {repetitions} repetitions",
+        env.machine().await?,
+        generation.as_secs_f64()
+    );
+    println!();
+    println!("| method | seconds | changes/s |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| (a) raw drain, `pg_recvlogical` (pgoutput, messages) — the read limit | {} | {} |",
+        summary(&drain_s, 2),
+        summary(&rate(&drain_s), 0)
+    );
+    println!(
+        "| (b) `COPY` of the same rows into an identical `changes` table — the write limit | {} | {} |",
+        summary(&copy_s, 2),
+        summary(&rate(&copy_s), 0)
+    );
+    println!(
+        "| (c) `bemi-worker`, start to all stored and confirmed | {} | {} |",
+        summary(&worker_s, 2),
+        summary(&rate(&worker_s), 0)
+    );
+    println!();
+    println!(
+        "- (c) / (b): {} (target ≥ 0.9)",
+        summary(&ratio(&worker_s, &copy_s), 2)
+    );
+    println!(
+        "- (c) / (a): {} (target ≥ 0.5)",
+        summary(&ratio(&worker_s, &drain_s), 2)
+    );
+    println!("- worker peak RSS: {} MiB", summary(&peak_rss, 1));
+    Ok(())
+}
+
+async fn copy_out(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Bytes>> {
+    let stream = client
+        .copy_out(&format!(
+            "COPY (SELECT {COLUMNS} FROM bemi.changes) TO STDOUT"
+        ))
+        .await?;
+    let mut stream = std::pin::pin!(stream);
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        chunks.push(chunk?);
+    }
+    Ok(chunks)
+}
+
+async fn copy_in(client: &tokio_postgres::Client, data: &[Bytes]) -> anyhow::Result<()> {
+    client.batch_execute("BEGIN").await?;
+    let sink = client
+        .copy_in(&format!("COPY bemi.changes_copy ({COLUMNS}) FROM STDIN"))
+        .await?;
+    let mut sink = std::pin::pin!(sink);
+    for chunk in data {
+        sink.feed(chunk.clone()).await?;
+    }
+    sink.as_mut().finish().await?;
+    client.batch_execute("COMMIT").await?;
+    Ok(())
+}
+
+async fn drain(env: &Environment, slot: &str, target: &str) -> anyhow::Result<()> {
+    let program = env
+        .cluster
+        .bin_dir()
+        .map_or_else(|| "pg_recvlogical".into(), |dir| dir.join("pg_recvlogical"));
+    let status = tokio::process::Command::new(program)
+        .args([
+            "-d",
+            &env.database.url(),
+            "--slot",
+            slot,
+            "--start",
+            "--endpos",
+            target,
+            "--no-loop",
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=bemi",
+            "-o",
+            "messages=true",
+            "-f",
+            "/dev/null",
+        ])
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "pg_recvlogical failed: {status}");
+    Ok(())
+}

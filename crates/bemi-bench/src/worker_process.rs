@@ -1,0 +1,104 @@
+//! The worker under test, run as a separate process (this binary's hidden `__worker` command)
+//! so its memory is measured alone.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+/// A running worker process.
+pub(crate) struct WorkerProcess {
+    child: Child,
+    pid: u32,
+}
+
+impl WorkerProcess {
+    /// Starts a worker streaming `slot` of the database at `url` into its `bemi.changes`.
+    pub(crate) fn spawn(url: &str, slot: &str) -> anyhow::Result<Self> {
+        let child = Command::new(std::env::current_exe()?)
+            .args(["__worker", "--database-url", url, "--slot", slot])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("the worker process exited at once"))?;
+        Ok(Self { child, pid })
+    }
+
+    /// The process's peak resident memory so far (`VmHWM`), in KiB.
+    pub(crate) fn peak_rss_kib(&self) -> Option<u64> {
+        status_field(self.pid, "VmHWM:")
+    }
+
+    /// The process's resident memory now (`VmRSS`), in KiB.
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
+        status_field(self.pid, "VmRSS:")
+    }
+
+    /// Stops the worker with SIGTERM and waits for it.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        anyhow::ensure!(status.success(), "the worker exited with {status}");
+        Ok(())
+    }
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Waits until `slot` has confirmed `target` (all changes before it are stored); returns how
+/// long that took. Polls every 20 ms.
+pub(crate) async fn wait_confirmed(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    target: &str,
+    started: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    loop {
+        let done: Option<bool> = client
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot, &target],
+            )
+            .await?
+            .get(0);
+        if done == Some(true) {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "the worker did not catch up within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the worker in this process until SIGTERM (the `__worker` command).
+pub(crate) async fn run_worker(url: &str, slot: &str) -> anyhow::Result<()> {
+    let mut config = bemi_worker::WorkerConfig::new(bemi_worker::ConnectionOptions::parse(url)?);
+    config.slot = slot.to_owned();
+    config.status_interval = Duration::from_millis(100);
+    let worker = bemi_worker::Worker::new(config);
+    worker
+        .run(async {
+            if let Ok(mut terminate) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                terminate.recv().await;
+            }
+        })
+        .await?;
+    Ok(())
+}

@@ -31,6 +31,7 @@ struct ManagedCluster {
     bin_dir: PathBuf,
     run_as_postgres: bool,
     extra_settings: Vec<String>,
+    tls: bool,
 }
 
 impl TestCluster {
@@ -44,7 +45,7 @@ impl TestCluster {
         Arc::clone(CLUSTER.get_or_init(|| {
             Arc::new(match std::env::var(DATABASE_URL_VARIABLE) {
                 Ok(url) if !url.is_empty() => Self::external(&url),
-                _ => Self::start(&[]),
+                _ => Self::start(&[], false),
             })
         }))
     }
@@ -54,7 +55,14 @@ impl TestCluster {
     /// settings (`extra_settings` are `name=value` server settings, applied after the defaults).
     /// It is stopped and removed when dropped.
     pub fn dedicated(extra_settings: &[&str]) -> Arc<TestCluster> {
-        Arc::new(Self::start(extra_settings))
+        Arc::new(Self::start(extra_settings, false))
+    }
+
+    /// A [dedicated](TestCluster::dedicated) cluster that also accepts TLS connections, with a
+    /// certificate for `localhost` only (connecting to `127.0.0.1` does not match its name)
+    /// signed by [`TestCluster::root_cert`]; [`TestCluster::other_root_cert`] did not sign it.
+    pub fn dedicated_with_tls() -> Arc<TestCluster> {
+        Arc::new(Self::start(&[], true))
     }
 
     fn external(url: &str) -> TestCluster {
@@ -78,7 +86,7 @@ impl TestCluster {
         }
     }
 
-    fn start(extra_settings: &[&str]) -> TestCluster {
+    fn start(extra_settings: &[&str], tls: bool) -> TestCluster {
         let bin_dir = find_bin_dir();
         let run_as_postgres = running_as_root();
         let base = std::env::temp_dir().join("bemi-test-clusters");
@@ -93,17 +101,42 @@ impl TestCluster {
         let count = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = base.join(format!("{}-{nanos}-{count}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the test cluster directory");
+        let mut extra_settings: Vec<String> = extra_settings
+            .iter()
+            .map(|setting| (*setting).to_owned())
+            .collect();
+        if tls {
+            crate::certificates::write(&dir);
+            set_mode(&dir.join(crate::certificates::SERVER_KEY), 0o600);
+            extra_settings.extend([
+                "ssl=on".to_owned(),
+                format!(
+                    "ssl_cert_file={}",
+                    dir.join(crate::certificates::SERVER_CERT).display()
+                ),
+                format!(
+                    "ssl_key_file={}",
+                    dir.join(crate::certificates::SERVER_KEY).display()
+                ),
+            ]);
+        }
         if run_as_postgres {
             chown_to_postgres(&dir);
+            if tls {
+                for name in [
+                    crate::certificates::SERVER_CERT,
+                    crate::certificates::SERVER_KEY,
+                ] {
+                    chown_to_postgres(&dir.join(name));
+                }
+            }
         }
         let managed = ManagedCluster {
             dir,
             bin_dir,
             run_as_postgres,
-            extra_settings: extra_settings
-                .iter()
-                .map(|setting| (*setting).to_owned())
-                .collect(),
+            extra_settings,
+            tls,
         };
         managed.spawn_watchdog();
         managed.initdb();
@@ -194,6 +227,22 @@ impl TestCluster {
         if let Some(managed) = &self.managed {
             managed.pg_ctl_start(self.port);
         }
+    }
+
+    /// The root certificate that signed the server's certificate (TLS clusters only).
+    pub fn root_cert(&self) -> Option<PathBuf> {
+        self.managed
+            .as_ref()
+            .filter(|managed| managed.tls)
+            .map(|managed| managed.dir.join(crate::certificates::ROOT_CERT))
+    }
+
+    /// A root certificate that did not sign the server's certificate (TLS clusters only).
+    pub fn other_root_cert(&self) -> Option<PathBuf> {
+        self.managed
+            .as_ref()
+            .filter(|managed| managed.tls)
+            .map(|managed| managed.dir.join(crate::certificates::OTHER_ROOT_CERT))
     }
 
     /// The directory of the server binaries, for throwaway clusters.
@@ -406,6 +455,7 @@ fn remove_stale_clusters(base: &Path, bin_dir: &Path, run_as_postgres: bool) {
             bin_dir: bin_dir.to_owned(),
             run_as_postgres,
             extra_settings: Vec::new(),
+            tls: false,
         };
         if stale.data_dir().join("postmaster.pid").exists() {
             let _ = stale
@@ -469,7 +519,7 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-fn chown_to_postgres(dir: &Path) {
+fn chown_to_postgres(path: &Path) {
     let id = |flag: &str| -> u32 {
         let output = Command::new("id")
             .args([flag, "postgres"])
@@ -482,8 +532,8 @@ fn chown_to_postgres(dir: &Path) {
                 panic!("running as root needs a `postgres` OS user to run the PostgreSQL server")
             })
     };
-    std::os::unix::fs::chown(dir, Some(id("-u")), Some(id("-g")))
-        .expect("give the test cluster directory to the postgres user");
+    std::os::unix::fs::chown(path, Some(id("-u")), Some(id("-g")))
+        .expect("give the test cluster's files to the postgres user");
 }
 
 fn set_mode(path: &Path, mode: u32) {

@@ -22,6 +22,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod certificates;
 mod cluster;
 mod database;
 mod wait;

@@ -42,6 +42,14 @@ const PRIMARY_KEY: &str = "SELECT a.attname::text \
     WHERE i.indrelid = $1 AND i.indisprimary \
     ORDER BY pg_catalog.array_position(i.indkey::int2[], a.attnum)";
 
+/// Whether the 32-bit `xid` $1 is visible to a new snapshot; the epoch is taken from the
+/// snapshot's xmax (an xid above xmax's low bits belongs to the previous epoch).
+const VISIBLE: &str = "SELECT pg_catalog.pg_visible_in_snapshot(\
+    (((x.xmax >> 32) << 32) + $1::bigint \
+      - CASE WHEN $1::bigint > (x.xmax & 4294967295) THEN 4294967296 ELSE 0 END)::text::xid8, s.snap) \
+    FROM (SELECT pg_catalog.pg_current_snapshot() AS snap) s, \
+    LATERAL (SELECT pg_catalog.pg_snapshot_xmax(s.snap)::text::bigint AS xmax) x";
+
 const TYPES: &str = "SELECT t.oid, t.typtype::text, t.typcategory::text, t.typelem, \
     t.typbasetype, e.typdelim::text \
     FROM pg_catalog.pg_type t \
@@ -61,13 +69,50 @@ impl Catalog {
         &self.client
     }
 
-    /// Describes a relation from its Relation message and the catalog.
+    /// Waits until transaction `xid` is visible to new snapshots of the catalog connection.
+    ///
+    /// The server streams a transaction once its commit record is flushed, which can be a
+    /// moment before the committing session makes it visible to others. A Relation message
+    /// re-sent after DDL in that same transaction must be described from the catalog as that
+    /// transaction left it. Gives up (with a warning) after 5 seconds.
+    async fn wait_visible(&self, xid: u32) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let visible: bool = self
+                .client
+                .query_one(VISIBLE, &[&i64::from(xid)])
+                .await
+                .map_err(Error::postgres("check a transaction's visibility"))?
+                .get(0);
+            if visible {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(
+                    xid,
+                    "transaction still invisible after 5 s: describing the relation from the current catalog"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Describes a relation from its Relation message and the catalog, as transaction `xid`
+    /// (the one being streamed) left it.
     ///
     /// The primary key comes from the catalog (a table whose replica identity is `FULL` marks
     /// every column as key in the WAL). When the catalog has no primary key (no key, or the
     /// table is gone by now), the replica identity key columns are used if the WAL marks a
     /// proper subset of the columns.
-    pub(crate) async fn describe(&mut self, relation: &Relation) -> Result<RelationInfo> {
+    pub(crate) async fn describe(
+        &mut self,
+        relation: &Relation,
+        xid: Option<u32>,
+    ) -> Result<RelationInfo> {
+        if let Some(xid) = xid {
+            self.wait_visible(xid).await?;
+        }
         let type_ids: Vec<u32> = relation
             .columns
             .iter()

@@ -20,7 +20,7 @@ pub enum Error {
     Config(String),
 
     /// Connecting to or querying PostgreSQL failed.
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Postgres {
         /// What the worker was doing.
         action: String,
@@ -30,7 +30,7 @@ pub enum Error {
     },
 
     /// The replication stream failed.
-    #[error("replication stream: {0}")]
+    #[error("replication stream")]
     Replication(#[source] pgwire_replication::PgWireError),
 
     /// The server sent a pgoutput message the decoder cannot read.
@@ -71,6 +71,32 @@ pub enum Error {
     /// The store task ended unexpectedly.
     #[error("the store task ended unexpectedly")]
     StoreGone,
+}
+
+/// Formats an error with its chain of causes: `outer: cause: root cause`.
+///
+/// # Examples
+///
+/// ```
+/// let error = bemi_worker::Error::Decode(bemi_worker::pgoutput::decode(&[]).unwrap_err());
+/// assert_eq!(
+///     bemi_worker::error_chain(&error),
+///     "undecodable replication message: pgoutput message: truncated while reading a byte"
+/// );
+/// ```
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let next_text = next.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.ends_with(&next_text) {
+            text.push_str(": ");
+            text.push_str(&next_text);
+        }
+        cause = next.source();
+    }
+    text
 }
 
 /// `Result` with the worker's [`enum@Error`].

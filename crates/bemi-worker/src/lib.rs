@@ -52,7 +52,7 @@ mod worker;
 pub use change_row::ChangeRow;
 pub use connection::{ConnectionOptions, mask_password};
 pub use context::DEFAULT_MAX_CONTEXT_BYTES;
-pub use error::{Error, Result};
+pub use error::{Error, Result, error_chain};
 pub use install::{setup, teardown};
 pub use status::{SlotInfo, Status, status};
 pub use worker::{Metrics, Worker, WorkerConfig};

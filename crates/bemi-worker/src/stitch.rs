@@ -74,6 +74,13 @@ impl Stitcher {
         self.transaction.is_some()
     }
 
+    /// The id of the open transaction.
+    pub(crate) fn xid(&self) -> Option<u32> {
+        self.transaction
+            .as_ref()
+            .and_then(|transaction| u32::try_from(transaction.xid).ok())
+    }
+
     /// The commit LSN of the open transaction.
     pub(crate) fn commit_lsn(&self) -> Option<u64> {
         self.transaction

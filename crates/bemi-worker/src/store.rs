@@ -92,7 +92,7 @@ impl Store {
                 self.write_with(&data, progress, Method::Staged).await
             }
             Err(Error::Postgres { source, .. }) if is_data_exception(&source) => {
-                tracing::warn!(rows = rows.len(), error = %source, "a change was rejected: storing the batch row by row");
+                tracing::warn!(rows = rows.len(), error = %describe(&source), "a change was rejected: storing the batch row by row");
                 self.write_row_by_row(rows, progress).await
             }
             other => other,
@@ -198,7 +198,7 @@ impl Store {
                         .await
                         .map_err(Error::postgres("roll back a savepoint"))?;
                     tracing::warn!(
-                        table = %row.table, primary_key = ?row.primary_key, error = %source,
+                        table = %row.table, primary_key = ?row.primary_key, error = %describe(&source),
                         "change rejected by PostgreSQL: stored with its values as text"
                     );
                     let kept = unstorable(row, &describe(&source));

@@ -171,6 +171,7 @@ impl Worker {
                 attempt = 0;
             }
             attempt += 1;
+            let error = crate::error_chain(&error);
             tracing::warn!(%error, attempt, retry_in = ?backoff, "replication session ended: reconnecting");
             tokio::select! {
                 () = shutdown.as_mut() => return Ok(()),
@@ -499,7 +500,7 @@ impl Stream<'_> {
                 let message = pgoutput::decode(&data)?;
                 match &message {
                     Message::Relation(relation) => {
-                        let info = self.catalog.describe(relation).await?;
+                        let info = self.catalog.describe(relation, self.stitcher.xid()).await?;
                         self.relations.insert(relation.id, Arc::new(info));
                     }
                     Message::Insert { .. }

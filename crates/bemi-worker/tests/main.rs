@@ -14,4 +14,5 @@ mod durability;
 mod operations;
 mod startup;
 mod support;
+mod tls;
 mod values;

@@ -1,1 +1,11 @@
-//! End-to-end tests of the `bemi` crate.
+//! End-to-end tests of the `bemi` facade: a request's context, set with the scoping API, reaches
+//! the `changes` table through PostgreSQL's WAL and the worker.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod request_context;

@@ -480,7 +480,7 @@ fn without_superuser_tables_created_later_get_a_notice_instead() {
             db = database.name()
         ))
         .unwrap();
-    let result = std::panic::catch_unwind(|| {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let (mut client, notices) = connect_collecting_notices(&database, &owner);
         client
             .batch_execute("CREATE TABLE owned (id int PRIMARY KEY)")
@@ -496,7 +496,7 @@ fn without_superuser_tables_created_later_get_a_notice_instead() {
             .unwrap();
         client.batch_execute("DROP TABLE owned").unwrap();
         (notices, catalog)
-    });
+    }));
     admin
         .batch_execute(&format!(
             "REVOKE ALL ON DATABASE {db} FROM {owner}; REVOKE ALL ON SCHEMA public FROM {owner}; \

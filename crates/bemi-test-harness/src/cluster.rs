@@ -10,6 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Names the server to use instead of starting a throwaway cluster. It must run with
 /// `wal_level=logical` and the user must be allowed to create databases and replication slots.
 pub const DATABASE_URL_VARIABLE: &str = "BEMI_TEST_DATABASE_URL";
+/// Selects the backend of the shared cluster: `testcontainers` for a Docker container (needs the
+/// `testcontainers` feature); anything else, or unset, for a cluster from the system binaries.
+pub const BACKEND_VARIABLE: &str = "BEMI_TEST_BACKEND";
 /// Overrides where the PostgreSQL server binaries (`initdb`, `pg_ctl`, `postgres`) are found.
 pub const BIN_DIR_VARIABLE: &str = "BEMI_PG_BIN_DIR";
 
@@ -22,6 +25,8 @@ pub struct TestCluster {
     password: Option<String>,
     admin_database: String,
     managed: Option<ManagedCluster>,
+    #[cfg(feature = "testcontainers")]
+    _container: Option<crate::container::PostgresContainer>,
 }
 
 /// A cluster this process started; a watchdog stops and removes it when the process ends.
@@ -45,6 +50,9 @@ impl TestCluster {
         Arc::clone(CLUSTER.get_or_init(|| {
             Arc::new(match std::env::var(DATABASE_URL_VARIABLE) {
                 Ok(url) if !url.is_empty() => Self::external(&url),
+                _ if std::env::var(BACKEND_VARIABLE).as_deref() == Ok("testcontainers") => {
+                    Self::container()
+                }
                 _ => Self::start(&[], false),
             })
         }))
@@ -65,6 +73,25 @@ impl TestCluster {
         Arc::new(Self::start(&[], true))
     }
 
+    #[cfg(feature = "testcontainers")]
+    fn container() -> TestCluster {
+        let container = crate::container::start();
+        let url = format!(
+            "postgresql://postgres:postgres@{}:{}/postgres",
+            container.host, container.port
+        );
+        let mut cluster = Self::external(&url);
+        cluster._container = Some(container);
+        cluster
+    }
+
+    #[cfg(not(feature = "testcontainers"))]
+    fn container() -> TestCluster {
+        panic!(
+            "{BACKEND_VARIABLE}=testcontainers needs the harness built with its `testcontainers` feature"
+        );
+    }
+
     fn external(url: &str) -> TestCluster {
         let config = tokio_postgres::Config::from_str(url)
             .unwrap_or_else(|error| panic!("{DATABASE_URL_VARIABLE} is not a valid URL: {error}"));
@@ -83,6 +110,8 @@ impl TestCluster {
                 .map(|password| String::from_utf8_lossy(password).into_owned()),
             admin_database: config.get_dbname().unwrap_or("postgres").to_owned(),
             managed: None,
+            #[cfg(feature = "testcontainers")]
+            _container: None,
         }
     }
 
@@ -148,6 +177,8 @@ impl TestCluster {
             password: None,
             admin_database: "postgres".to_owned(),
             managed: Some(managed),
+            #[cfg(feature = "testcontainers")]
+            _container: None,
         }
     }
 

@@ -18,16 +18,24 @@
 //! # }
 //! ```
 //!
+//! - With the `testcontainers` feature and `BEMI_TEST_BACKEND=testcontainers`, the shared
+//!   cluster is a `postgres` Docker container instead (for machines with Docker; never the
+//!   default, and CI does not need it).
+//!
 //! Test code is allowed to panic: every failure here is a test failure with a message.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod certificates;
 mod cluster;
+#[cfg(feature = "testcontainers")]
+mod container;
 mod database;
 mod wait;
 
-pub use cluster::{BIN_DIR_VARIABLE, DATABASE_URL_VARIABLE, TestCluster};
+pub use cluster::{BACKEND_VARIABLE, BIN_DIR_VARIABLE, DATABASE_URL_VARIABLE, TestCluster};
+#[cfg(feature = "testcontainers")]
+pub use container::IMAGE_TAG_VARIABLE;
 pub use database::TestDatabase;
 pub use wait::{wait_until, wait_until_async};
 

@@ -173,3 +173,61 @@ async fn stored_rows_carry_source_and_position_columns() {
     assert!(ids[0] < ids[1], "ids sort in commit order");
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_tables_are_captured_per_partition() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE event (id int, at date, note text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE event_2024 PARTITION OF event FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');",
+    )
+    .await;
+    // A partition created after setup is tracked too.
+    fixture
+        .sql("CREATE TABLE event_2025 PARTITION OF event FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')")
+        .await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture
+        .tagged(
+            "INSERT INTO event VALUES (1, '2024-05-01', 'a'), (2, '2025-05-01', 'b')",
+            json!({"via": "root"}),
+        )
+        .await;
+    fixture
+        .tagged(
+            "UPDATE event_2025 SET note = 'c'",
+            json!({"via": "partition"}),
+        )
+        .await;
+    let changes = fixture.wait_for(3).await;
+    assert_eq!(
+        changes,
+        [
+            stored(
+                "event_2024",
+                "CREATE",
+                Some(r#"["1","2024-05-01"]"#),
+                json!({}),
+                json!({"id": 1, "at": "2024-05-01", "note": "a"}),
+                json!({"via": "root"})
+            ),
+            stored(
+                "event_2025",
+                "CREATE",
+                Some(r#"["2","2025-05-01"]"#),
+                json!({}),
+                json!({"id": 2, "at": "2025-05-01", "note": "b"}),
+                json!({"via": "root"})
+            ),
+            stored(
+                "event_2025",
+                "UPDATE",
+                Some(r#"["2","2025-05-01"]"#),
+                json!({"id": 2, "at": "2025-05-01", "note": "b"}),
+                json!({"id": 2, "at": "2025-05-01", "note": "c"}),
+                json!({"via": "partition"})
+            ),
+        ]
+    );
+    worker.stop().await.unwrap();
+}

@@ -1,10 +1,10 @@
 //! `worker-memory`: the worker's peak resident memory while it stores one large transaction,
 //! and while idle.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::environment::Environment;
-use crate::worker_process::{WorkerProcess, wait_confirmed};
+use crate::worker_process::{WorkerProcess, measure};
 use crate::workload::{SCHEMA, insert};
 
 /// For each size, stores one transaction of that many inserted rows and reports the worker's
@@ -36,27 +36,8 @@ pub(crate) async fn run(sizes: &[usize]) -> anyhow::Result<()> {
         env.client.batch_execute(&insert(0, rows)).await?;
         let target = env.current_lsn().await?;
         env.client.batch_execute("CHECKPOINT").await?;
-        let started = Instant::now();
-        let worker = WorkerProcess::spawn(&env.database.url(), "bench_memory")?;
-        let elapsed = wait_confirmed(
-            &env.client,
-            "bench_memory",
-            &target,
-            started,
-            Duration::from_secs(3_600),
-        )
-        .await?;
-        let peak = worker.peak_rss_kib().unwrap_or(0);
-        worker.stop().await?;
-        let stored: i64 = env
-            .client
-            .query_one("SELECT count(*) FROM bemi.changes", &[])
-            .await?
-            .get(0);
-        anyhow::ensure!(
-            stored == rows as i64,
-            "the worker stored {stored} of {rows} changes"
-        );
+        let run = measure(&env, "bench_memory", &target, rows).await?;
+        let (elapsed, peak) = (run.elapsed, run.peak_rss_kib);
         println!(
             "| {rows} | {:.1} | {:.0} | {:.1} |",
             elapsed.as_secs_f64(),

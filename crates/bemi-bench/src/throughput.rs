@@ -1,14 +1,14 @@
 //! `worker-throughput`: the worker's stored changes per second against the read limit (raw
 //! drain of the slot) and the write limit (COPY of the same rows into an identical table).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 
 use crate::environment::Environment;
 use crate::stats::summary;
-use crate::worker_process::{WorkerProcess, wait_confirmed};
+use crate::worker_process::measure;
 use crate::workload::{SCHEMA, mixed};
 
 const COLUMNS: &str = "id, primary_key, \"before\", \"after\", context, database, schema, \"table\", \
@@ -59,32 +59,12 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
                         .batch_execute("TRUNCATE bemi.changes; DELETE FROM bemi.worker_progress;")
                         .await?;
                     env.client.batch_execute("CHECKPOINT").await?;
-                    let started = Instant::now();
-                    let worker =
-                        WorkerProcess::spawn(&env.database.url(), &slot("worker", repetition))?;
-                    let elapsed = wait_confirmed(
-                        &env.client,
-                        &slot("worker", repetition),
-                        &target,
-                        started,
-                        Duration::from_secs(3_600),
-                    )
-                    .await?;
-                    peak_rss.push(worker.peak_rss_kib().unwrap_or(0) as f64 / 1024.0);
-                    worker.stop().await?;
-                    let stored: i64 = env
-                        .client
-                        .query_one("SELECT count(*) FROM bemi.changes", &[])
-                        .await?
-                        .get(0);
-                    anyhow::ensure!(
-                        stored == changes as i64,
-                        "the worker stored {stored} of {changes} changes"
-                    );
+                    let run = measure(&env, &slot("worker", repetition), &target, changes).await?;
+                    peak_rss.push(run.peak_rss_kib as f64 / 1024.0);
                     if copy_data.is_none() {
                         copy_data = Some(copy_out(&env.client).await?);
                     }
-                    elapsed
+                    run.elapsed
                 }
                 Method::Copy => {
                     let data = copy_data

@@ -85,6 +85,49 @@ pub(crate) async fn wait_confirmed(
     }
 }
 
+/// What one run of the worker measured.
+pub(crate) struct Run {
+    /// From process start until every change was stored and confirmed.
+    pub(crate) elapsed: Duration,
+    /// Peak resident memory, in KiB.
+    pub(crate) peak_rss_kib: u64,
+}
+
+/// Runs a worker process on `slot` until it confirmed `target`, stops it, and checks that it
+/// stored exactly `expected` changes.
+pub(crate) async fn measure(
+    env: &crate::environment::Environment,
+    slot: &str,
+    target: &str,
+    expected: usize,
+) -> anyhow::Result<Run> {
+    let started = Instant::now();
+    let worker = WorkerProcess::spawn(&env.database.url(), slot)?;
+    let elapsed = wait_confirmed(
+        &env.client,
+        slot,
+        target,
+        started,
+        Duration::from_secs(3_600),
+    )
+    .await?;
+    let peak_rss_kib = worker.peak_rss_kib().unwrap_or(0);
+    worker.stop().await?;
+    let stored: i64 = env
+        .client
+        .query_one("SELECT count(*) FROM bemi.changes", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        usize::try_from(stored) == Ok(expected),
+        "the worker stored {stored} of {expected} changes"
+    );
+    Ok(Run {
+        elapsed,
+        peak_rss_kib,
+    })
+}
+
 /// Runs the worker in this process until SIGTERM (the `__worker` command).
 pub(crate) async fn run_worker(url: &str, slot: &str) -> anyhow::Result<()> {
     let mut config = bemi_worker::WorkerConfig::new(bemi_worker::ConnectionOptions::parse(url)?);

@@ -41,13 +41,6 @@ pub enum Error {
     #[error(transparent)]
     Requirement(#[from] bemi_core::setup::RequirementError),
 
-    /// The replication slot does not exist.
-    #[error("replication slot {slot:?} does not exist: run `bemi-worker setup` first")]
-    SlotMissing {
-        /// The slot's name.
-        slot: String,
-    },
-
     /// Another process is consuming the replication slot.
     #[error(
         "replication slot {slot:?} is in use by another consumer (walsender pid {pid}): stop it \

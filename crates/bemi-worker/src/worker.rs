@@ -193,9 +193,22 @@ impl Worker {
         server_facts(&catalog_client).await?.check_source()?;
         match slot_state(&catalog_client, &config.slot).await? {
             SlotState::Missing => {
-                return Err(Error::SlotMissing {
-                    slot: config.slot.clone(),
-                });
+                // Created after the publication, so decoding can read it from the slot's start.
+                ensure_publication(&catalog_client, config).await?;
+                catalog_client
+                    .execute(
+                        "SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
+                        &[&config.slot],
+                    )
+                    .await
+                    .map_err(Error::postgres(format!(
+                        "create replication slot {:?}",
+                        config.slot
+                    )))?;
+                tracing::warn!(
+                    slot = %config.slot,
+                    "the replication slot was missing and is created now: changes made before this moment are not captured"
+                );
             }
             SlotState::Active(pid) if Some(pid) == *own_walsender => {
                 // Our previous session's walsender has not noticed the lost connection yet.
@@ -217,36 +230,10 @@ impl Worker {
             }
             SlotState::Free => {}
         }
-        let publication_exists = catalog_client
-            .query_opt(
-                "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
-                &[&config.publication],
-            )
-            .await
-            .map_err(Error::postgres("read the publication"))?
-            .is_some();
-        if !publication_exists {
-            return Err(Error::Config(format!(
-                "publication {:?} does not exist in {}: run `bemi-worker setup`",
-                config.publication, config.source
-            )));
-        }
+        ensure_publication(&catalog_client, config).await?;
 
         let destination = config.destination.connect("bemi-worker").await?;
-        let tables = destination
-            .query_one(
-                "SELECT pg_catalog.to_regclass($1) IS NOT NULL, \
-                 pg_catalog.to_regclass('bemi.worker_progress') IS NOT NULL",
-                &[&config.changes_table.to_string()],
-            )
-            .await
-            .map_err(Error::postgres("look for the changes table"))?;
-        if !tables.get::<_, bool>(0) || !tables.get::<_, bool>(1) {
-            return Err(Error::Config(format!(
-                "{} or bemi.worker_progress does not exist in {}: run `bemi-worker setup`",
-                config.changes_table, config.destination
-            )));
-        }
+        check_destination_privileges(&destination, config).await?;
 
         let mut replication_config = config
             .source
@@ -352,6 +339,116 @@ impl Worker {
                 Err(stream_error)
             }
         }
+    }
+}
+
+/// Refuses to start without the publication, which `bemi-worker setup` creates.
+async fn ensure_publication(client: &tokio_postgres::Client, config: &WorkerConfig) -> Result<()> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&config.publication],
+        )
+        .await
+        .map_err(Error::postgres("read the publication"))?
+        .is_some();
+    if exists {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "publication {:?} does not exist in {}: run `bemi-worker setup`",
+            config.publication, config.source
+        )))
+    }
+}
+
+/// Refuses to start when the `changes` or progress table is missing, or the worker's role
+/// cannot write them (naming the GRANT to run).
+async fn check_destination_privileges(
+    client: &tokio_postgres::Client,
+    config: &WorkerConfig,
+) -> Result<()> {
+    let changes = config.changes_table.to_string();
+    let schema_usage = |schema: &str| {
+        format!(
+            "(SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n \
+             WHERE n.nspname = {})",
+            bemi_core::quote_literal(schema)
+        )
+    };
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT current_user::text, {}, {}",
+                schema_usage(bemi_core::setup::BEMI_SCHEMA),
+                schema_usage(config.changes_table.schema())
+            ),
+            &[],
+        )
+        .await
+        .map_err(Error::postgres(
+            "check the worker's privileges in the destination",
+        ))?;
+    let role = bemi_core::quote_ident(&row.get::<_, String>(0))?;
+    let setup_needed = || {
+        Error::Config(format!(
+            "{changes} or bemi.worker_progress does not exist in {}: run `bemi-worker setup`",
+            config.destination
+        ))
+    };
+    let mut missing = Vec::new();
+    for (column, schema) in [
+        (1, bemi_core::setup::BEMI_SCHEMA),
+        (2, config.changes_table.schema()),
+    ] {
+        match row.get::<_, Option<bool>>(column) {
+            None => return Err(setup_needed()),
+            Some(false) => missing.push(format!(
+                "GRANT USAGE ON SCHEMA {} TO {role};",
+                bemi_core::quote_ident(schema)?
+            )),
+            Some(true) => {}
+        }
+    }
+    missing.dedup();
+    if missing.is_empty() {
+        let row = client
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL AND pg_catalog.to_regclass('bemi.worker_progress') IS NOT NULL",
+                &[&changes],
+            )
+            .await
+            .map_err(Error::postgres("look for the changes table"))?;
+        if !row.get::<_, bool>(0) {
+            return Err(setup_needed());
+        }
+        let row = client
+            .query_one(
+                "SELECT pg_catalog.has_table_privilege($1, 'INSERT') AND pg_catalog.has_table_privilege($1, 'SELECT'), \
+                 pg_catalog.has_table_privilege('bemi.worker_progress', 'INSERT') \
+                 AND pg_catalog.has_table_privilege('bemi.worker_progress', 'SELECT') \
+                 AND pg_catalog.has_table_privilege('bemi.worker_progress', 'UPDATE')",
+                &[&changes],
+            )
+            .await
+            .map_err(Error::postgres("check the worker's privileges on the changes table"))?;
+        if !row.get::<_, bool>(0) {
+            missing.push(format!("GRANT SELECT, INSERT ON {changes} TO {role};"));
+        }
+        if !row.get::<_, bool>(1) {
+            missing.push(format!(
+                "GRANT SELECT, INSERT, UPDATE ON bemi.worker_progress TO {role};"
+            ));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "the worker's role cannot store changes in {}: run {}",
+            config.destination,
+            missing.join(" ")
+        )))
     }
 }
 

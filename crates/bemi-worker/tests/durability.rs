@@ -270,3 +270,51 @@ async fn the_worker_reconnects_when_the_database_restarts() {
     worker.stop().await.unwrap();
     assert_exactly_once(&client, 10).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_delivered_twice_are_stored_once() {
+    let fixture = fixture(test_database!(), TODO).await;
+    // A second slot sees the same transactions: same commit positions, same change ids.
+    let second_slot = format!("{}_second", fixture.database.slot_name());
+    fixture
+        .client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&second_slot],
+        )
+        .await
+        .unwrap();
+    insert_batch(&fixture.client, 1, 500).await;
+    insert_batch(&fixture.client, 2, 500).await;
+    let first = RunningWorker::start(fixture.config());
+    fixture.wait_for(1_000).await;
+    first.stop().await.unwrap();
+
+    // Its progress is keyed by slot, so it skips nothing: the unique key absorbs the replay.
+    let mut config = fixture.config();
+    config.slot = second_slot.clone();
+    let second = RunningWorker::start(config);
+    insert_batch(&fixture.client, 3, 10).await;
+    fixture.wait_for(1_010).await;
+    wait_until_async("the second worker to catch up", TIMEOUT, || async {
+        let progress: Option<bool> = fixture
+            .client
+            .query_opt(
+                "SELECT complete FROM bemi.worker_progress WHERE source LIKE '%' || $1",
+                &[&second_slot],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get(0));
+        (progress == Some(true)).then_some(())
+    })
+    .await;
+    let metrics = second.metrics.clone();
+    second.stop().await.unwrap();
+    assert_eq!(
+        metrics.stored_changes(),
+        1_010,
+        "the second worker handled every change"
+    );
+    assert_exactly_once(&fixture.client, 1_010).await;
+}

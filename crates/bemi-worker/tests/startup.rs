@@ -1,10 +1,10 @@
 //! Refusing to start, clearly, when the worker cannot work.
 
 use bemi_core::setup::Problem;
-use bemi_test_harness::{TestCluster, TestDatabase, test_database};
+use bemi_test_harness::{TestCluster, TestDatabase, test_database, wait_until_async};
 use bemi_worker::{ConnectionOptions, Error, WorkerConfig};
 
-use crate::support::{RunningWorker, fixture};
+use crate::support::{RunningWorker, TIMEOUT, fixture};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_level_replica_is_refused_with_the_fix() {
@@ -33,16 +33,74 @@ async fn wal_level_replica_is_refused_with_the_fix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_slot_is_refused() {
-    let fixture = fixture(test_database!(), "").await;
+async fn a_missing_slot_is_created() {
+    let fixture = fixture(test_database!(), "CREATE TABLE item (id int PRIMARY KEY);").await;
     let mut config = fixture.config();
-    config.slot = "no_such_slot".into();
-    let error = RunningWorker::start(config).ended().await.unwrap_err();
-    assert!(
-        matches!(&error, Error::SlotMissing { slot } if slot == "no_such_slot"),
-        "{error}"
+    config.slot = format!("{}_new", fixture.database.slot_name());
+    let worker = RunningWorker::start(config.clone());
+    wait_until_async("the worker to create its slot", TIMEOUT, || async {
+        let active: Option<bool> = fixture
+            .client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&config.slot],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get(0));
+        (active == Some(true)).then_some(())
+    })
+    .await;
+    fixture.sql("INSERT INTO item VALUES (1)").await;
+    assert_eq!(fixture.wait_for(1).await.len(), 1);
+    worker.stop().await.unwrap();
+}
+
+/// The fixture's worker configuration, connecting as `role`.
+fn config_for(fixture: &crate::support::Fixture, role: &str) -> WorkerConfig {
+    let mut config = fixture.config();
+    let url = fixture.database.url_for_user(role, Some("bemi-test"));
+    config.source = ConnectionOptions::parse(&url).unwrap();
+    config.destination = config.source.clone();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_cannot_write_the_changes_table_is_told_what_to_grant() {
+    let fixture = fixture(test_database!(), "").await;
+    let role = format!("{}_worker", fixture.database.name());
+    let create = format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'bemi-test';"
     );
-    assert!(error.to_string().contains("run `bemi-worker setup` first"));
+    fixture.sql(&create).await;
+    let error = RunningWorker::start(config_for(&fixture, &role))
+        .ended()
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("GRANT USAGE ON SCHEMA \"bemi\" TO \"{role}\";")),
+        "{message}"
+    );
+
+    // With the schema granted, the missing table privileges are named.
+    fixture
+        .sql(&format!("GRANT USAGE ON SCHEMA bemi TO {role}"))
+        .await;
+    let error = RunningWorker::start(config_for(&fixture, &role))
+        .ended()
+        .await
+        .unwrap_err();
+    fixture
+        .sql(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await;
+    let message = error.to_string();
+    for grant in [
+        format!("GRANT SELECT, INSERT ON \"bemi\".\"changes\" TO \"{role}\";"),
+        format!("GRANT SELECT, INSERT, UPDATE ON bemi.worker_progress TO \"{role}\";"),
+    ] {
+        assert!(message.contains(&grant), "{grant} in {message}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,41 @@
-//! Diesel integration of bemi-rs.
+//! Diesel integration of bemi-rs: every write Diesel sends carries the request's context.
 //!
-//! The connection wrapper that appends the active [`bemi_core::Context`] to every write sent
-//! through Diesel (sync `PgConnection` and, with the `async` feature, diesel-async) will live
-//! here. Use it through the `bemi` crate's `diesel` and `diesel-async` features.
+//! Replace `diesel::PgConnection` with [`PgConnection`] (and, with the `async` feature,
+//! `diesel_async::AsyncPgConnection` with `AsyncPgConnection`): one line. Every INSERT, UPDATE,
+//! DELETE, upsert, `RETURNING` query and `sql_query` write then carries the active
+//! `bemi_core::Context` as a `/*Bemi ... Bemi*/` comment, which bemi's trigger copies into the
+//! WAL for the worker. Reads are untouched.
+//!
+//! ```no_run
+//! use bemi_core::{Context, with_context};
+//! use diesel::prelude::*;
+//!
+//! # fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! // Was: let mut conn = diesel::PgConnection::establish(url)?;
+//! let mut conn = bemi_diesel::PgConnection::establish("postgres://app@localhost/app")?;
+//! let _request = bemi_core::enter_context(Context::new().with("user_id", 187234).with("endpoint", "/todo"));
+//! diesel::sql_query("INSERT INTO todo (task) VALUES ('Sleep')").execute(&mut conn)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Prepared statements
+//!
+//! A tagged statement's text changes with its context, so it is never put in Diesel's
+//! prepared-statement cache (otherwise the first request's context would be reused for every later
+//! one, and the cache would grow without bound). Writes without a context and all reads are
+//! cached as usual.
+//!
+//! # Features
+//!
+//! - `async`: `AsyncPgConnection` for diesel-async 0.9, with its deadpool and bb8 pools.
 
-pub use bemi_core::Context;
+#[cfg(feature = "async")]
+mod async_connection;
+mod connection;
+mod tagged_query;
+mod tagging;
+
+#[cfg(feature = "async")]
+pub use async_connection::AsyncPgConnection;
+pub use connection::PgConnection;

@@ -1,0 +1,216 @@
+//! [`PgConnection`]: Diesel's `PgConnection` with the request's context on every write.
+
+use bemi_core::{CommentEncoder, Context};
+use diesel::connection::{
+    AnsiTransactionManager, CacheSize, Connection, ConnectionSealed, Instrumentation,
+    LoadConnection, SimpleConnection, TransactionManager,
+};
+use diesel::expression::QueryMetadata;
+use diesel::migration::MigrationConnection;
+use diesel::pg::{GetPgMetadataCache, Pg, PgMetadataCache};
+use diesel::query_builder::{Query, QueryFragment, QueryId};
+use diesel::result::{ConnectionResult, QueryResult};
+
+use crate::tagged_query::Tagged;
+use crate::tagging::Tagging;
+
+/// A drop-in replacement for [`diesel::PgConnection`]: every INSERT, UPDATE, DELETE, MERGE,
+/// TRUNCATE (also `RETURNING` queries, upserts and `sql_query` writes) carries the active
+/// context as a `/*Bemi ... Bemi*/` comment; reads are sent unchanged.
+///
+/// The context is the active scope's (`bemi::with_context`, `bemi::enter_context`) with the
+/// connection's own context ([`PgConnection::set_context`]) merged over it. Without any
+/// context, statements go out untouched and stay in Diesel's prepared-statement cache; tagged
+/// statements are never cached (their text changes with the context).
+///
+/// Every query DSL, `sql_query`, transactions and savepoints, `diesel_migrations` and r2d2 pools
+/// work through it as with Diesel's own connection.
+///
+/// # Examples
+///
+/// ```no_run
+/// use bemi_diesel::PgConnection;
+/// use diesel::prelude::*;
+///
+/// # fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut conn = PgConnection::establish("postgres://app@localhost/app")?;
+/// let _request = bemi_core::enter_context(bemi_core::Context::new().with("user_id", 7));
+/// diesel::sql_query("UPDATE todo SET done = true WHERE id = 1").execute(&mut conn)?;
+/// // sent as: UPDATE todo SET done = true WHERE id = 1 /*Bemi {"user_id":7} Bemi*/
+/// # Ok(())
+/// # }
+/// ```
+pub struct PgConnection {
+    inner: diesel::PgConnection,
+    tagging: Tagging,
+}
+
+impl std::fmt::Debug for PgConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("context", &self.tagging.context)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgConnection {
+    /// Wraps an established connection.
+    pub fn new(inner: diesel::PgConnection) -> Self {
+        Self {
+            inner,
+            tagging: Tagging::default(),
+        }
+    }
+
+    /// Sets a context of this connection, merged over the active scope's for every write until
+    /// it is cleared (for a unit of work, e.g. a job holding the connection).
+    pub fn set_context(&mut self, context: impl Into<Context>) {
+        self.tagging.context = Some(context.into());
+    }
+
+    /// Removes the connection's own context.
+    pub fn clear_context(&mut self) {
+        self.tagging.context = None;
+    }
+
+    /// The connection's own context, if set.
+    pub fn context(&self) -> Option<&Context> {
+        self.tagging.context.as_ref()
+    }
+
+    /// Uses `encoder` (e.g. with another size cap) for the comments.
+    pub fn set_encoder(&mut self, encoder: CommentEncoder) {
+        self.tagging.encoder = encoder;
+    }
+
+    /// The wrapped Diesel connection (writes made through it directly are not tagged).
+    pub fn inner_mut(&mut self) -> &mut diesel::PgConnection {
+        &mut self.inner
+    }
+
+    /// Unwraps the Diesel connection.
+    pub fn into_inner(self) -> diesel::PgConnection {
+        self.inner
+    }
+}
+
+impl From<diesel::PgConnection> for PgConnection {
+    fn from(inner: diesel::PgConnection) -> Self {
+        Self::new(inner)
+    }
+}
+
+impl SimpleConnection for PgConnection {
+    fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
+        match self.tagging.comment_for_sql(query) {
+            Some(comment) => self.inner.batch_execute(&comment.append_to(query)),
+            None => self.inner.batch_execute(query),
+        }
+    }
+}
+
+impl ConnectionSealed for PgConnection {}
+
+impl Connection for PgConnection {
+    type Backend = Pg;
+    type TransactionManager = AnsiTransactionManager;
+
+    fn establish(database_url: &str) -> ConnectionResult<Self> {
+        diesel::PgConnection::establish(database_url).map(Self::new)
+    }
+
+    fn execute_returning_count<T>(&mut self, source: &T) -> QueryResult<usize>
+    where
+        T: QueryFragment<Pg> + QueryId,
+    {
+        match self.tagging.comment_for(source)? {
+            Some(comment) => self
+                .inner
+                .execute_returning_count(&Tagged::new(source, &comment)),
+            None => self.inner.execute_returning_count(source),
+        }
+    }
+
+    fn transaction_state(
+        &mut self,
+    ) -> &mut <AnsiTransactionManager as TransactionManager<Self>>::TransactionStateData {
+        self.inner.transaction_state()
+    }
+
+    fn instrumentation(&mut self) -> &mut dyn Instrumentation {
+        self.inner.instrumentation()
+    }
+
+    fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
+        self.inner.set_instrumentation(instrumentation);
+    }
+
+    fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
+        self.inner.set_prepared_statement_cache_size(size);
+    }
+}
+
+impl<B> LoadConnection<B> for PgConnection
+where
+    diesel::PgConnection: LoadConnection<B, Backend = Pg>,
+{
+    type Cursor<'conn, 'query> = <diesel::PgConnection as LoadConnection<B>>::Cursor<'conn, 'query>;
+    type Row<'conn, 'query> = <diesel::PgConnection as LoadConnection<B>>::Row<'conn, 'query>;
+
+    fn load<'conn, 'query, T>(
+        &'conn mut self,
+        source: T,
+    ) -> QueryResult<Self::Cursor<'conn, 'query>>
+    where
+        T: Query + QueryFragment<Pg> + QueryId + 'query,
+        Pg: QueryMetadata<T::SqlType>,
+    {
+        match self.tagging.comment_for(&source)? {
+            Some(comment) => {
+                LoadConnection::<B>::load(&mut self.inner, Tagged::new(source, &comment))
+            }
+            None => LoadConnection::<B>::load(&mut self.inner, source),
+        }
+    }
+}
+
+impl GetPgMetadataCache for PgConnection {
+    fn get_metadata_cache(&mut self) -> &mut PgMetadataCache {
+        self.inner.get_metadata_cache()
+    }
+}
+
+impl MigrationConnection for PgConnection {
+    fn setup(&mut self) -> QueryResult<usize> {
+        self.inner.setup()
+    }
+}
+
+impl diesel::r2d2::R2D2Connection for PgConnection {
+    fn ping(&mut self) -> QueryResult<()> {
+        self.inner.ping()
+    }
+
+    fn is_broken(&mut self) -> bool {
+        self.inner.is_broken()
+    }
+}
+
+impl<'b, Changes, Output> diesel::query_dsl::UpdateAndFetchResults<Changes, Output> for PgConnection
+where
+    Changes: Copy
+        + diesel::AsChangeset<Target = <Changes as diesel::associations::HasTable>::Table>
+        + diesel::query_builder::IntoUpdateTarget,
+    diesel::dsl::Update<Changes, Changes>: diesel::query_dsl::LoadQuery<'b, PgConnection, Output>,
+    <Changes::Table as diesel::Table>::AllColumns: diesel::expression::ValidGrouping<()>,
+    <<Changes::Table as diesel::Table>::AllColumns as diesel::expression::ValidGrouping<()>>::IsAggregate:
+        diesel::expression::MixedAggregates<
+            diesel::expression::is_aggregate::No,
+            Output = diesel::expression::is_aggregate::No,
+        >,
+{
+    fn update_and_fetch(&mut self, changeset: Changes) -> QueryResult<Output> {
+        use diesel::RunQueryDsl;
+        diesel::update(changeset).set(changeset).get_result(self)
+    }
+}

@@ -34,11 +34,40 @@ impl Environment {
         Self::in_cluster(cluster, name, schema_sql).await
     }
 
-    /// Creates the database in an existing cluster.
+    /// Starts the cluster and creates the database, with bemi tracking only `tables`.
+    pub(crate) async fn start_tracking(
+        name: &str,
+        schema_sql: &str,
+        tables: &[&str],
+    ) -> anyhow::Result<Self> {
+        let cluster = tokio::task::spawn_blocking(|| TestCluster::dedicated(SETTINGS)).await?;
+        let tables = tables
+            .iter()
+            .map(|table| bemi_core::QualifiedName::new("public", *table))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::create(
+            cluster,
+            name,
+            schema_sql,
+            SetupOptions::default().tables(tables),
+        )
+        .await
+    }
+
+    /// Creates the database in an existing cluster, tracking schema `public`.
     pub(crate) async fn in_cluster(
         cluster: Arc<TestCluster>,
         name: &str,
         schema_sql: &str,
+    ) -> anyhow::Result<Self> {
+        Self::create(cluster, name, schema_sql, SetupOptions::default()).await
+    }
+
+    async fn create(
+        cluster: Arc<TestCluster>,
+        name: &str,
+        schema_sql: &str,
+        options: SetupOptions,
     ) -> anyhow::Result<Self> {
         let database = {
             let cluster = Arc::clone(&cluster);
@@ -48,8 +77,7 @@ impl Environment {
         let client = database.connect().await;
         client.batch_execute(schema_sql).await?;
         let source = ConnectionOptions::parse(&database.url())?;
-        let setup =
-            Setup::new(SetupOptions::default().slot(format!("{}_setup", database.slot_name())))?;
+        let setup = Setup::new(options.slot(format!("{}_setup", database.slot_name())))?;
         bemi_worker::setup(&source, &source, &setup).await?;
         // The setup's own slot is not used by the benchmarks.
         client.batch_execute(&setup.drop_slot_sql()).await?;

@@ -4,12 +4,16 @@
 //! ```text
 //! cargo run --release -p bemi-bench -- worker-throughput
 //! cargo run --release -p bemi-bench -- worker-memory
+//! cargo run --release -p bemi-bench -- diesel-insert
+//! cargo run --release -p bemi-bench -- trigger-cost
 //! ```
 
+mod diesel_insert;
 mod environment;
 mod memory;
 mod stats;
 mod throughput;
+mod trigger_cost;
 mod worker_process;
 mod workload;
 
@@ -40,6 +44,27 @@ enum Scenario {
         #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
         rows: Vec<usize>,
     },
+    /// Single-row INSERT tps through bemi's Diesel wrapper vs plain Diesel.
+    DieselInsert {
+        /// Interleaved rounds (each runs every variant once).
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// Seconds per variant per round.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Client threads.
+        #[arg(long, default_value_t = 2)]
+        clients: usize,
+    },
+    /// Server time per single-row INSERT added by bemi's trigger, untagged and tagged.
+    TriggerCost {
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repetitions: usize,
+        /// INSERTs per measurement.
+        #[arg(long, default_value_t = 20_000)]
+        statements: u32,
+    },
     /// Runs the worker in this process until SIGTERM (used by the scenarios).
     #[command(name = "__worker", hide = true)]
     Worker {
@@ -59,6 +84,15 @@ async fn main() -> anyhow::Result<()> {
             repetitions,
         } => throughput::run(changes, repetitions.max(1)).await,
         Scenario::WorkerMemory { rows } => memory::run(&rows).await,
+        Scenario::TriggerCost {
+            repetitions,
+            statements,
+        } => trigger_cost::run(repetitions.max(1), statements.max(1)).await,
+        Scenario::DieselInsert {
+            rounds,
+            seconds,
+            clients,
+        } => diesel_insert::run(rounds.max(1), seconds.max(1), clients.max(1)).await,
         Scenario::Worker { database_url, slot } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -28,18 +28,20 @@
 //!
 //! # Emission: one message per statement
 //!
-//! The trigger fires once per *statement*, not per row, and only when
+//! The trigger fires once per *statement*, not per row. Its function emits one transactional
+//! logical message, prefix `_bemi`, when
 //!
-//! - the statement's text carries a `/*Bemi ... Bemi*/` comment, or
-//! - the transaction-local setting `bemi.context_active` is `on` (an earlier statement of this
-//!   transaction had a context), or
+//! - the statement's text carries a `/*Bemi ... Bemi*/` comment (content: its payload), or
 //! - the setting `bemi.context` is set (a context for clients that cannot append comments, e.g.
-//!   `SET LOCAL bemi.context = '{"user":"dba"}'` in psql; a comment takes precedence).
+//!   `SET LOCAL bemi.context = '{"user":"dba"}'` in psql; a comment takes precedence), or
+//! - the transaction-local setting `bemi.context_active` is `on`, i.e. an earlier statement of
+//!   this transaction had a context (content: the empty string, which clears it).
 //!
-//! Untagged statements in untagged transactions never enter PL/pgSQL and write nothing extra to
-//! the WAL. When the trigger runs it emits one transactional logical message, prefix `_bemi`,
-//! whose content is the statement's payload, or the empty string when the statement has no
-//! context; it sets `bemi.context_active` accordingly.
+//! It sets `bemi.context_active` accordingly. Untagged statements in untagged transactions emit
+//! nothing. The trigger has no `WHEN` clause on purpose: PostgreSQL compiles a `WHEN` clause for
+//! every statement execution, which measured more expensive than entering PL/pgSQL (per
+//! single-row INSERT, server CPU: plain 3.4 µs, untagged +1.9 µs, tagged +5 µs; with a `WHEN`
+//! clause: untagged +6.5 µs, tagged +14.5 µs).
 //!
 //! # The attribution rule (what the worker applies)
 //!

@@ -3,40 +3,49 @@
 use super::{SetupOptions, Tracked};
 use crate::ident::{quote_ident, quote_literal};
 
-/// The `WHEN` condition of the statement trigger: enter PL/pgSQL only when the statement is
-/// tagged, an earlier statement of the transaction had a context, or `bemi.context` is set.
-const TRIGGER_CONDITION: &str = "pg_catalog.strpos(pg_catalog.current_query(), '/*Bemi ') > 0 \
-    OR pg_catalog.current_setting('bemi.context_active', true) = 'on' \
-    OR pg_catalog.current_setting('bemi.context', true) <> ''";
-
+/// The statement trigger's function. It has no `SET search_path` clause: it runs with the rights
+/// of the statement's author (so a search path cannot grant anything), and names every function
+/// and operator with its schema. Measured per single-row INSERT (server CPU, PostgreSQL 15, this
+/// project's 2-core machine): plain 3.4 µs; untagged +1.9 µs; tagged +5 µs. A `WHEN` clause on
+/// the trigger, which PostgreSQL deserialises and compiles for every statement, cost more than
+/// entering PL/pgSQL: +6.5 µs untagged, +14.5 µs tagged with this body.
 const EMIT_CONTEXT: &str = r#"
 CREATE OR REPLACE FUNCTION bemi.emit_context() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $bemi$
+LANGUAGE plpgsql AS $bemi$
 DECLARE
     query text := pg_catalog.current_query();
-    found integer;
+    found integer := pg_catalog.strpos(query, '/*Bemi ');
     rest text;
+    next integer;
     payload text := '';
+    emitted pg_catalog.pg_lsn;
+    ignored text;
 BEGIN
-    -- The payload of the statement's last /*Bemi ... Bemi*/ comment (the one the client appended).
-    found := pg_catalog.strpos(pg_catalog.reverse(query), ' imeB*/');
-    IF found > 0 THEN
-        rest := pg_catalog.substr(query, pg_catalog.length(query) - found + 2);
+    IF found OPERATOR(pg_catalog.>) 0 THEN
+        -- The payload of the statement's last /*Bemi ... Bemi*/ comment (the one the client appended).
+        rest := pg_catalog.substr(query, found OPERATOR(pg_catalog.+) 7);
+        next := pg_catalog.strpos(rest, '/*Bemi ');
+        WHILE next OPERATOR(pg_catalog.>) 0 LOOP
+            rest := pg_catalog.substr(rest, next OPERATOR(pg_catalog.+) 7);
+            next := pg_catalog.strpos(rest, '/*Bemi ');
+        END LOOP;
         found := pg_catalog.strpos(rest, ' Bemi*/');
-        IF found > 0 THEN
-            payload := pg_catalog.left(rest, found - 1);
+        IF found OPERATOR(pg_catalog.>) 0 THEN
+            payload := pg_catalog.left(rest, found OPERATOR(pg_catalog.-) 1);
         END IF;
     END IF;
-    IF payload = '' THEN
+    IF payload OPERATOR(pg_catalog.=) '' THEN
         payload := COALESCE(pg_catalog.current_setting('bemi.context', true), '');
     END IF;
-    IF payload <> '' THEN
-        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', payload);
-        PERFORM pg_catalog.set_config('bemi.context_active', 'on', true);
-    ELSIF pg_catalog.current_setting('bemi.context_active', true) = 'on' THEN
+    IF payload OPERATOR(pg_catalog.<>) '' THEN
+        emitted := pg_catalog.pg_logical_emit_message(true, '_bemi', payload);
+        IF pg_catalog.current_setting('bemi.context_active', true) IS DISTINCT FROM 'on' THEN
+            ignored := pg_catalog.set_config('bemi.context_active', 'on', true);
+        END IF;
+    ELSIF pg_catalog.current_setting('bemi.context_active', true) OPERATOR(pg_catalog.=) 'on' THEN
         -- An earlier statement of this transaction had a context: clear it for this one.
-        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', '');
-        PERFORM pg_catalog.set_config('bemi.context_active', 'off', true);
+        emitted := pg_catalog.pg_logical_emit_message(true, '_bemi', '');
+        ignored := pg_catalog.set_config('bemi.context_active', 'off', true);
     END IF;
     RETURN NULL;
 END
@@ -84,7 +93,7 @@ BEGIN
     ) THEN
         EXECUTE pg_catalog.format(
             'CREATE TRIGGER _bemi_context BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
-            'FOR EACH STATEMENT WHEN (@CONDITION@) EXECUTE FUNCTION bemi.emit_context()',
+            'FOR EACH STATEMENT EXECUTE FUNCTION bemi.emit_context()',
             target);
     END IF;
     IF rel.relreplident <> 'f' THEN
@@ -271,7 +280,6 @@ pub(super) fn install(options: &SetupOptions) -> String {
         template
             .replace("@PUBLICATION@", &publication)
             .replace("@CHANGES_TABLE@", &options.changes_table.regclass_literal())
-            .replace("@CONDITION@", &TRIGGER_CONDITION.replace('\'', "''"))
     };
     let (schemas, tables) = match &options.tracked {
         Tracked::Schemas(schemas) => (schemas.as_slice(), &[][..]),

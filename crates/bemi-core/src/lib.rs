@@ -26,6 +26,11 @@
 //! );
 //! ```
 //!
+//! # Features
+//!
+//! - `tower`: [`ContextLayer`], a tower layer setting each HTTP request's context (axum, tonic).
+//! - `proptest`: `strategies`, hostile contexts for property tests.
+//!
 //! Users normally depend on the `bemi` facade crate, which re-exports this crate and adds the
 //! ORM integrations behind the features `diesel`, `diesel-async` and `sea-orm`.
 
@@ -34,6 +39,8 @@ mod comment;
 mod context;
 mod error;
 mod ident;
+#[cfg(feature = "tower")]
+mod layer;
 pub mod scope;
 pub mod setup;
 mod statement;
@@ -48,6 +55,8 @@ pub use comment::{
 pub use context::Context;
 pub use error::{Error, Result};
 pub use ident::{QualifiedName, quote_ident, quote_literal};
+#[cfg(feature = "tower")]
+pub use layer::{ContextLayer, ContextService};
 pub use scope::{
     ContextGuard, WithContext, current_context, enter_context, enter_context_replaced,
     in_current_context, with_context, with_context_replaced, with_current_context,

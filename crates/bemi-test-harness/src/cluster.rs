@@ -66,6 +66,17 @@ impl TestCluster {
         Arc::new(Self::start(extra_settings, false))
     }
 
+    /// Like [`TestCluster::dedicated`], but says what to install instead of panicking when the
+    /// PostgreSQL server binaries are missing.
+    ///
+    /// # Errors
+    ///
+    /// A message naming what to install when `initdb`/`pg_ctl` cannot be found.
+    pub fn try_dedicated(extra_settings: &[&str]) -> Result<Arc<TestCluster>, String> {
+        find_bin_dir()?;
+        Ok(Self::dedicated(extra_settings))
+    }
+
     /// A [dedicated](TestCluster::dedicated) cluster that also accepts TLS connections, with a
     /// certificate for `localhost` only (connecting to `127.0.0.1` does not match its name)
     /// signed by [`TestCluster::root_cert`]; [`TestCluster::other_root_cert`] did not sign it.
@@ -116,7 +127,7 @@ impl TestCluster {
     }
 
     fn start(extra_settings: &[&str], tls: bool) -> TestCluster {
-        let bin_dir = find_bin_dir();
+        let bin_dir = find_bin_dir().unwrap_or_else(|message| panic!("{message}"));
         let run_as_postgres = running_as_root();
         let base = std::env::temp_dir().join("bemi-test-clusters");
         std::fs::create_dir_all(&base).expect("create the test cluster directory");
@@ -504,9 +515,17 @@ fn remove_stale_clusters(base: &Path, bin_dir: &Path, run_as_postgres: bool) {
 
 /// Finds `initdb`/`pg_ctl`: `BEMI_PG_BIN_DIR`, Debian's `/usr/lib/postgresql/<major>/bin`
 /// (newest first), `pg_config --bindir`, then `PATH`.
-fn find_bin_dir() -> PathBuf {
+fn find_bin_dir() -> Result<PathBuf, String> {
     if let Ok(dir) = std::env::var(BIN_DIR_VARIABLE) {
-        return PathBuf::from(dir);
+        let dir = PathBuf::from(dir);
+        return if dir.join("initdb").exists() && dir.join("pg_ctl").exists() {
+            Ok(dir)
+        } else {
+            Err(format!(
+                "{BIN_DIR_VARIABLE} is {}, which holds no initdb and pg_ctl",
+                dir.display()
+            ))
+        };
     }
     let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -520,26 +539,27 @@ fn find_bin_dir() -> PathBuf {
         .collect();
     debian.sort();
     if let Some((_, bin)) = debian.pop() {
-        return bin;
+        return Ok(bin);
     }
     if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
         let bin = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
         if bin.join("initdb").exists() {
-            return bin;
+            return Ok(bin);
         }
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if dir.join("initdb").exists() && dir.join("pg_ctl").exists() {
-                return dir;
+                return Ok(dir);
             }
         }
     }
-    panic!(
+    Err(format!(
         "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian/Ubuntu: \
-         `apt-get install postgresql`), point {BIN_DIR_VARIABLE} at their directory, or set \
-         {DATABASE_URL_VARIABLE} to a server running with wal_level=logical"
-    );
+         `apt-get install postgresql`; macOS: `brew install postgresql`), point \
+         {BIN_DIR_VARIABLE} at their directory, or set {DATABASE_URL_VARIABLE} to a server \
+         running with wal_level=logical"
+    ))
 }
 
 fn running_as_root() -> bool {

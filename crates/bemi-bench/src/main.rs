@@ -6,11 +6,13 @@
 //! cargo run --release -p bemi-bench -- worker-memory
 //! cargo run --release -p bemi-bench -- diesel-insert
 //! cargo run --release -p bemi-bench -- trigger-cost
+//! cargo run --release -p bemi-bench -- seaorm-insert
 //! ```
 
 mod diesel_insert;
 mod environment;
 mod memory;
+mod seaorm_insert;
 mod stats;
 mod throughput;
 mod trigger_cost;
@@ -56,6 +58,18 @@ enum Scenario {
         #[arg(long, default_value_t = 2)]
         clients: usize,
     },
+    /// Single-row INSERT tps through bemi's SeaORM wrapper vs plain SeaORM.
+    SeaormInsert {
+        /// Interleaved rounds (each runs every variant once).
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// Seconds per variant per round.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent tasks (and pool connections).
+        #[arg(long, default_value_t = 2)]
+        clients: u32,
+    },
     /// Server time per single-row INSERT added by bemi's trigger, untagged and tagged.
     TriggerCost {
         /// Repetitions (the median is reported).
@@ -84,6 +98,11 @@ async fn main() -> anyhow::Result<()> {
             repetitions,
         } => throughput::run(changes, repetitions.max(1)).await,
         Scenario::WorkerMemory { rows } => memory::run(&rows).await,
+        Scenario::SeaormInsert {
+            rounds,
+            seconds,
+            clients,
+        } => seaorm_insert::run(rounds.max(1), seconds.max(1), clients.max(1)).await,
         Scenario::TriggerCost {
             repetitions,
             statements,

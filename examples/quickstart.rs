@@ -5,14 +5,11 @@
 //! app's writes through the Diesel wrapper with a request context each, waits for the worker and
 //! prints the audit trail. Cleans everything up before exiting.
 
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod support;
 
-use bemi::setup::{Setup, SetupOptions};
+use std::process::ExitCode;
+
 use bemi::{Context, enter_context};
-use bemi_test_harness::TestCluster;
-use bemi_worker::{ConnectionOptions, Worker, WorkerConfig};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::json;
@@ -29,14 +26,6 @@ diesel::table! {
     }
 }
 
-/// Where the example runs.
-enum Server {
-    /// A cluster started for the example (stopped when dropped).
-    Embedded(Arc<TestCluster>),
-    /// A database created on the server of `DATABASE_URL` (dropped at the end).
-    Existing { admin_url: String, database: String },
-}
-
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -51,93 +40,22 @@ fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (server, url) = start_server(&runtime)?;
-    let outcome = demo(&runtime, &url);
-    cleanup(&runtime, server)?;
+    let (server, url) = support::start_server(&runtime, "quickstart")?;
+    let outcome = todo_app(&runtime, &url);
+    support::cleanup(&runtime, server)?;
     outcome
 }
 
-fn start_server(runtime: &tokio::runtime::Runtime) -> anyhow::Result<(Server, String)> {
-    match std::env::var("DATABASE_URL") {
-        Ok(admin_url) if !admin_url.is_empty() => {
-            let database = format!("bemi_quickstart_{}", std::process::id());
-            let options = ConnectionOptions::parse(&admin_url)?;
-            println!("Using the server of DATABASE_URL ({options}), database {database}");
-            runtime.block_on(async {
-                let (client, connection) =
-                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("CREATE DATABASE {database}"))
-                    .await?;
-                anyhow::Ok(())
-            })?;
-            let url = with_database(&admin_url, &database);
-            Ok((
-                Server::Existing {
-                    admin_url,
-                    database,
-                },
-                url,
-            ))
-        }
-        _ => {
-            println!(
-                "Starting a throwaway PostgreSQL (wal_level=logical) from the system's binaries..."
-            );
-            let cluster =
-                TestCluster::try_dedicated(&["log_statement=none"]).map_err(anyhow::Error::msg)?;
-            let url = cluster.url("postgres");
-            Ok((Server::Embedded(cluster), url))
-        }
-    }
-}
-
-/// `url` pointing at `database` instead.
-fn with_database(url: &str, database: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let (base, query) = url
-            .split_once('?')
-            .map_or((url, None), |(base, query)| (base, Some(query)));
-        let authority_end = base[scheme_end + 3..]
-            .find('/')
-            .map_or(base.len(), |end| scheme_end + 3 + end);
-        let mut result = format!("{}/{database}", &base[..authority_end]);
-        if let Some(query) = query {
-            result.push('?');
-            result.push_str(query);
-        }
-        result
-    } else {
-        format!("{url} dbname={database}")
-    }
-}
-
-fn demo(runtime: &tokio::runtime::Runtime, url: &str) -> anyhow::Result<()> {
-    // The application's table.
+fn todo_app(runtime: &tokio::runtime::Runtime, url: &str) -> anyhow::Result<()> {
+    // One line: bemi's connection instead of diesel::PgConnection.
     let mut conn = bemi::diesel::PgConnection::establish(url)?;
     conn.batch_execute(
         "CREATE TABLE todo (id serial PRIMARY KEY, task text NOT NULL, is_completed boolean NOT NULL DEFAULT false)",
     )?;
+    let audit = support::Audit::start(runtime, url)?;
 
-    // bemi: triggers, publication, slot and the changes table; then the worker.
-    let source = ConnectionOptions::parse(url)?;
-    let setup = Setup::new(SetupOptions::default().slot("bemi_quickstart"))?;
-    runtime.block_on(bemi_worker::setup(&source, &source, &setup))?;
-    let mut config = WorkerConfig::new(source);
-    config.slot = "bemi_quickstart".into();
-    config.flush_interval = Duration::from_millis(20);
-    let worker = Worker::new(config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = runtime.spawn(async move {
-        worker
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-
-    // The app's requests, each with its context (a web app sets it in a middleware instead).
+    // The app's requests, each with its context (a web app sets it in a middleware instead, see
+    // examples/axum-todo).
     let request = |endpoint: &str, params: serde_json::Value| {
         Context::new()
             .with("userId", 187234)
@@ -160,103 +78,5 @@ fn demo(runtime: &tokio::runtime::Runtime, url: &str) -> anyhow::Result<()> {
         let _request = enter_context(request("/todo/delete", json!({"id": 2})));
         diesel::delete(todo::table.find(2)).execute(&mut conn)?;
     }
-
-    // Wait for the worker to store the five changes, then print them.
-    let rows = runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let rows = client
-                .query(
-                    "SELECT coalesce(primary_key, ''), \"table\", operation, \"before\"::text, \"after\"::text, \
-                     context::text, to_char(committed_at, 'YYYY-MM-DD HH24:MI:SS.MS') \
-                     FROM bemi.changes ORDER BY commit_lsn, sequence",
-                    &[],
-                )
-                .await?;
-            if rows.len() >= 5 {
-                break anyhow::Ok(rows);
-            }
-            anyhow::ensure!(Instant::now() < deadline, "the worker stored {} of 5 changes in 30 s", rows.len());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })?;
-    let _ = stop.send(());
-    runtime.block_on(running)??;
-
-    let header = [
-        "primary_key",
-        "table",
-        "operation",
-        "before",
-        "after",
-        "context",
-        "committed_at",
-    ];
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|row| {
-            (0..header.len())
-                .map(|column| row.get::<_, String>(column))
-                .collect()
-        })
-        .collect();
-    println!();
-    print_table(&header, &cells);
-    println!();
-    println!("Every change is in bemi.changes, with the context of the request that made it.");
-    Ok(())
-}
-
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|column| {
-            rows.iter()
-                .map(|row| row[column].chars().count())
-                .chain([header[column].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        println!("{}", padded.join(" | ").trim_end());
-    };
-    line(header.to_vec());
-    println!(
-        "{}",
-        widths
-            .iter()
-            .map(|width| "-".repeat(*width))
-            .collect::<Vec<_>>()
-            .join("-+-")
-    );
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-}
-
-fn cleanup(runtime: &tokio::runtime::Runtime, server: Server) -> anyhow::Result<()> {
-    match server {
-        // Stops the cluster and removes its files.
-        Server::Embedded(cluster) => drop(cluster),
-        Server::Existing { admin_url, database } => runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
-            client
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1",
-                    &[&database],
-                )
-                .await?;
-            client.batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)")).await?;
-            anyhow::Ok(())
-        })?,
-    }
-    Ok(())
+    audit.print_changes(runtime, url, 5)
 }

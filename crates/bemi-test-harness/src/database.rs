@@ -89,26 +89,34 @@ impl TestDatabase {
     pub fn logged_statements(&self) -> Option<Vec<String>> {
         let log = std::fs::read_to_string(self.cluster.server_log()?).ok()?;
         let marker = format!(" {} LOG:  ", self.name);
-        let mut statements = Vec::new();
+        let mut statements: Vec<String> = Vec::new();
+        // Whether the previous log line started a statement of this database: only
+        // then do the tab-indented lines that follow belong to it (other sessions'
+        // multi-line statements interleave in the same log).
+        let mut continuing = false;
         for line in log.lines() {
-            if let Some(at) = line.find(&marker) {
-                let message = &line[at + marker.len()..];
-                let statement = if let Some(sql) = message.strip_prefix("statement: ") {
-                    Some(sql)
-                } else if message.starts_with("execute ") {
-                    message.split_once(": ").map(|(_, sql)| sql)
-                } else {
-                    None
-                };
-                if let Some(statement) = statement {
-                    statements.push(statement.to_owned());
-                }
-            } else if let Some(last) = statements.last_mut() {
-                // Continuation lines of a multi-line statement start with a tab.
-                if let Some(continued) = line.strip_prefix('\t') {
+            if let Some(continued) = line.strip_prefix('\t') {
+                if continuing && let Some(last) = statements.last_mut() {
                     last.push('\n');
                     last.push_str(continued);
                 }
+                continue;
+            }
+            continuing = false;
+            let Some(at) = line.find(&marker) else {
+                continue;
+            };
+            let message = &line[at + marker.len()..];
+            let statement = if let Some(sql) = message.strip_prefix("statement: ") {
+                Some(sql)
+            } else if message.starts_with("execute ") {
+                message.split_once(": ").map(|(_, sql)| sql)
+            } else {
+                None
+            };
+            if let Some(statement) = statement {
+                statements.push(statement.to_owned());
+                continuing = true;
             }
         }
         Some(statements)

@@ -10,6 +10,8 @@
 //! | `sea-orm` | module `sea_orm`: the wrapper for SeaORM connections |
 
 pub use bemi_core::*;
+/// `#[derive(Audited)]`: see [`bemi_macros`] for its attributes.
+pub use bemi_macros::Audited;
 
 /// Diesel integration (feature `diesel`).
 #[cfg(feature = "diesel")]

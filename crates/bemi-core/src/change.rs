@@ -22,16 +22,21 @@ pub enum Operation {
     Delete,
     /// The table was truncated (one change per table, without row values).
     Truncate,
+    /// The row as it was when `bemi-worker snapshot` recorded the table: a baseline for time
+    /// travel, not a write (`after` holds the row, `before` is empty).
+    Snapshot,
 }
 
 impl Operation {
-    /// The name stored in the `operation` column: `CREATE`, `UPDATE`, `DELETE` or `TRUNCATE`.
+    /// The name stored in the `operation` column: `CREATE`, `UPDATE`, `DELETE`, `TRUNCATE` or
+    /// `SNAPSHOT`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Operation::Create => "CREATE",
             Operation::Update => "UPDATE",
             Operation::Delete => "DELETE",
             Operation::Truncate => "TRUNCATE",
+            Operation::Snapshot => "SNAPSHOT",
         }
     }
 }
@@ -51,6 +56,7 @@ impl FromStr for Operation {
             "UPDATE" => Ok(Operation::Update),
             "DELETE" => Ok(Operation::Delete),
             "TRUNCATE" => Ok(Operation::Truncate),
+            "SNAPSHOT" => Ok(Operation::Snapshot),
             other => Err(Error::UnknownOperation(other.to_owned())),
         }
     }
@@ -65,6 +71,10 @@ pub struct Change {
     /// texts for a composite key (`["7","2024-01-01"]`), `None` for tables without a primary key
     /// and for TRUNCATE.
     pub primary_key: Option<String>,
+    /// For an UPDATE that changed the row's primary key: the key before it (in `primary_key`'s
+    /// format); `None` otherwise.
+    #[serde(default)]
+    pub previous_primary_key: Option<String>,
     /// The row before the change (empty for CREATE and TRUNCATE).
     pub before: Map<String, Value>,
     /// The row after the change (empty for DELETE and TRUNCATE).
@@ -107,7 +117,8 @@ impl Change {
     /// # use serde_json::json;
     /// # let at = chrono::Utc::now();
     /// # let mut change = Change {
-    /// #     id: uuid::Uuid::nil(), primary_key: Some("1".into()), before: Default::default(),
+    /// #     id: uuid::Uuid::nil(), primary_key: Some("1".into()), previous_primary_key: None,
+    /// #     before: Default::default(),
     /// #     after: Default::default(), context: Context::new(), database: "app".into(),
     /// #     schema: "public".into(), table: "todo".into(), operation: Operation::Update,
     /// #     committed_at: at, queued_at: at, transaction_id: 1, position: 1, commit_lsn: 1,
@@ -142,6 +153,7 @@ mod tests {
             Operation::Update,
             Operation::Delete,
             Operation::Truncate,
+            Operation::Snapshot,
         ] {
             assert_eq!(operation.as_str().parse::<Operation>().unwrap(), operation);
             assert_eq!(

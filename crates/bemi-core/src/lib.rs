@@ -11,7 +11,11 @@
 //!   ([`is_write`]), [`decode_payload`] and [`parse_payload`] read it back;
 //! - [`setup`]: the SQL that installs the triggers, publication and `changes` table, and the
 //!   attribution rule the worker applies;
-//! - [`Change`] and [`Operation`], one row of `changes`.
+//! - [`Change`] and [`Operation`], one row of `changes`;
+//! - reading it back: [`ChangeQuery`] (filters, order, keyset pages), [`time_travel`] (a row's
+//!   history, a row or a whole table as of an instant), [`revert`] (conflict-aware undo of a
+//!   change, a transaction or a request), typed through [`Audited`] models. They run on any
+//!   connection implementing [`SqlRunner`] (the ORM integrations and the worker do).
 //!
 //! # Example
 //!
@@ -34,19 +38,26 @@
 //! Users normally depend on the `bemi` facade crate, which re-exports this crate and adds the
 //! ORM integrations behind the features `diesel`, `diesel-async` and `sea-orm`.
 
+mod audited;
 mod change;
 mod comment;
 mod context;
 mod error;
 mod ident;
+mod key;
 #[cfg(feature = "tower")]
 mod layer;
+mod query;
+pub mod revert;
+mod runner;
 pub mod scope;
 pub mod setup;
 mod statement;
 #[cfg(any(test, feature = "proptest"))]
 pub mod strategies;
+pub mod time_travel;
 
+pub use audited::{AuditLog, Audited, AuditedChange, FieldChange, REDACTED, read_field};
 pub use change::{Change, Operation};
 pub use comment::{
     COMMENT_PREFIX, COMMENT_SUFFIX, Comment, CommentEncoder, DEFAULT_MAX_PAYLOAD_BYTES, MARKER_KEY,
@@ -55,10 +66,24 @@ pub use comment::{
 pub use context::Context;
 pub use error::{Error, Result};
 pub use ident::{QualifiedName, quote_ident, quote_literal};
+pub use key::{AuditKey, KeyPart};
 #[cfg(feature = "tower")]
 pub use layer::{ContextLayer, ContextService};
+pub use query::{ChangeCursor, ChangeQuery, Order};
+pub use runner::{ROW_COLUMN, SqlParam, SqlRunner, block_on_ready};
 pub use scope::{
     ContextGuard, WithContext, current_context, enter_context, enter_context_replaced,
     in_current_context, with_context, with_context_replaced, with_current_context,
 };
 pub use statement::is_write;
+
+/// What `#[derive(Audited)]` expands to needs; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde_json;
+
+    /// A qualified name whose parts `#[derive(Audited)]` already validated.
+    pub fn qualified_name(schema: &'static str, name: &'static str) -> crate::QualifiedName {
+        crate::QualifiedName::from_static(schema, name)
+    }
+}

@@ -422,7 +422,7 @@ fn names_that_need_quotes_work_end_to_end() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(changes_columns, 16);
+    assert_eq!(changes_columns, 17);
 
     client.batch_execute(&setup.teardown_source_sql()).unwrap();
     let after = self::catalog(&mut client);

@@ -88,6 +88,11 @@ impl AsyncPgConnection {
     pub fn into_inner(self) -> Inner {
         self.inner
     }
+
+    /// The context a write made now carries (the task's with the connection's own over it).
+    pub fn effective_context(&self) -> Context {
+        self.tagging.effective_context().unwrap_or_default()
+    }
 }
 
 impl From<Inner> for AsyncPgConnection {

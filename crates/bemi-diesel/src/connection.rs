@@ -92,6 +92,11 @@ impl PgConnection {
     pub fn into_inner(self) -> diesel::PgConnection {
         self.inner
     }
+
+    /// The context a write made now carries (the scope's with the connection's own over it).
+    pub fn effective_context(&self) -> Context {
+        self.tagging.effective_context().unwrap_or_default()
+    }
 }
 
 impl From<diesel::PgConnection> for PgConnection {

@@ -26,16 +26,29 @@
 //! one, and the cache would grow without bound). Writes without a context and all reads are
 //! cached as usual.
 //!
+//! # History, time travel, revert
+//!
+//! For models with `#[derive(bemi::Audited)]`: [`AuditedQueries`] (`Todo::history(conn, 1)`,
+//! `Todo::as_of(conn, 1, t)`, `Todo::all_as_of(conn, t)`), [`plan_revert`] and
+//! [`apply_revert`]; with `async`, the same in [`audit_async`]. [`SyncRunner`] runs any
+//! `bemi_core` query (e.g. a `ChangeQuery`) on a Diesel connection.
+//!
 //! # Features
 //!
 //! - `async`: `AsyncPgConnection` for diesel-async 0.9, with its deadpool and bb8 pools.
 
 #[cfg(feature = "async")]
 mod async_connection;
+mod audit;
+#[cfg(feature = "async")]
+pub mod audit_async;
 mod connection;
+mod runner;
 mod tagged_query;
 mod tagging;
 
 #[cfg(feature = "async")]
 pub use async_connection::AsyncPgConnection;
+pub use audit::{AuditConnection, AuditedQueries, apply_revert, plan_revert};
 pub use connection::PgConnection;
+pub use runner::SyncRunner;

@@ -1,5 +1,452 @@
-//! Derive macros for bemi-rs.
+//! Derive macros for bemi-rs. Use them through the `bemi` crate: `#[derive(bemi::Audited)]`.
 //!
-//! `#[derive(Audited)]`, which describes a Diesel or SeaORM model's table and key to bemi's
-//! history, time travel and revert API, will live here. Use the macros through the `bemi`
-//! crate.
+//! `#[derive(Audited)]` implements `bemi::Audited` for a Diesel model or a SeaORM `Model`: the
+//! table, schema, primary key and column names come from the `#[diesel(...)]` or
+//! `#[sea_orm(...)]` attributes already on the struct, and `#[bemi(...)]` overrides them.
+//!
+//! | attribute | on | meaning |
+//! | --- | --- | --- |
+//! | `#[bemi(table = "todo")]` | struct | the table (default: `#[sea_orm(table_name)]`, or the last segment of `#[diesel(table_name)]`) |
+//! | `#[bemi(schema = "sales")]` | struct | the schema (default: `#[sea_orm(schema_name)]`, or `public`) |
+//! | `#[bemi(key(a, b))]` | struct | the primary-key fields (default: `#[diesel(primary_key(..))]`, fields with `#[sea_orm(primary_key)]` or `#[bemi(key)]`, or a field `id`) |
+//! | `#[bemi(changes_table = "audit.changes")]` | struct | where the model's changes are stored (default `bemi.changes`) |
+//! | `#[bemi(crate = "::my_bemi")]` | struct | the path of the `bemi` crate in generated code |
+//! | `#[bemi(column = "name")]` | field | the column (default: `#[diesel(column_name)]`, `#[sea_orm(column_name)]`, or the field's name) |
+//! | `#[bemi(key)]` | field | part of the primary key |
+//! | `#[bemi(ignore)]` | field | left out of typed history (the field takes `Default::default()`) |
+//! | `#[bemi(redact)]` | field | never shown by typed history (images show `[REDACTED]`, the field takes `Default::default()`) |
+//!
+//! Field types must implement `serde::Deserialize` (values come from the `changes` table's JSON
+//! images); key fields must implement `bemi::KeyPart` (integers, strings, UUIDs, booleans,
+//! dates).
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2, TokenTree};
+use quote::{quote, quote_spanned};
+use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Fields, LitStr, Path, Type};
+
+/// Implements `bemi::Audited` for a Diesel or SeaORM model. See the crate documentation for
+/// the attributes.
+#[proc_macro_derive(Audited, attributes(bemi))]
+pub fn derive_audited(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as DeriveInput);
+    match expand(&input) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+/// A field of the model.
+struct Field {
+    ident: syn::Ident,
+    ty: Type,
+    column: String,
+    key: bool,
+    ignore: bool,
+    redact: bool,
+}
+
+/// What the struct's attributes say.
+#[derive(Default)]
+struct StructAttributes {
+    table: Option<String>,
+    diesel_table: Option<String>,
+    sea_orm_table: Option<String>,
+    schema: Option<String>,
+    sea_orm_schema: Option<String>,
+    bemi_key: Vec<syn::Ident>,
+    diesel_key: Vec<syn::Ident>,
+    changes_table: Option<LitStr>,
+    krate: Option<Path>,
+}
+
+fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
+    let name = &input.ident;
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            input.generics.span(),
+            "#[derive(Audited)] does not support generic models",
+        ));
+    }
+    let named = match &input.data {
+        Data::Struct(data) => match &data.fields {
+            Fields::Named(named) => named,
+            _ => {
+                return Err(syn::Error::new(
+                    name.span(),
+                    "#[derive(Audited)] needs a struct with named fields",
+                ));
+            }
+        },
+        _ => {
+            return Err(syn::Error::new(
+                name.span(),
+                "#[derive(Audited)] needs a struct with named fields",
+            ));
+        }
+    };
+    let attributes = struct_attributes(input)?;
+    let fields: Vec<Field> = named.named.iter().map(field).collect::<syn::Result<_>>()?;
+    let krate = attributes
+        .krate
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(::bemi));
+
+    let table = table_name(name, &attributes)?;
+    let schema = attributes
+        .schema
+        .clone()
+        .or_else(|| attributes.sea_orm_schema.clone())
+        .unwrap_or_else(|| "public".to_owned());
+    check_identifier(&schema, name.span(), "schema")?;
+    check_identifier(&table, name.span(), "table")?;
+
+    let key_fields = key_fields(name, &attributes, &fields)?;
+    for field in &key_fields {
+        if field.ignore || field.redact {
+            return Err(syn::Error::new(
+                field.ident.span(),
+                "a primary-key field cannot be ignored or redacted",
+            ));
+        }
+    }
+    let key_columns: Vec<&str> = key_fields
+        .iter()
+        .map(|field| field.column.as_str())
+        .collect();
+    let key_types: Vec<TokenStream2> = key_fields
+        .iter()
+        .map(|field| {
+            let ty = &field.ty;
+            quote_spanned!(ty.span()=> #ty)
+        })
+        .collect();
+    let key_values: Vec<TokenStream2> = key_fields
+        .iter()
+        .map(|field| {
+            let ident = &field.ident;
+            quote!(::core::clone::Clone::clone(&self.#ident))
+        })
+        .collect();
+    let (key_type, key_value) = if key_fields.len() == 1 {
+        (key_types[0].clone(), key_values[0].clone())
+    } else {
+        (quote!((#(#key_types,)*)), quote!((#(#key_values,)*)))
+    };
+    let key_part_checks = key_fields.iter().map(|field| {
+        let ty = &field.ty;
+        quote_spanned! {ty.span()=>
+            const _: fn() = || {
+                fn key_part<T: #krate::KeyPart + ?::core::marker::Sized>() {}
+                key_part::<#ty>();
+            };
+        }
+    });
+
+    let ignored: Vec<&str> = fields
+        .iter()
+        .filter(|field| field.ignore)
+        .map(|field| field.column.as_str())
+        .collect();
+    let redacted: Vec<&str> = fields
+        .iter()
+        .filter(|field| field.redact)
+        .map(|field| field.column.as_str())
+        .collect();
+    let reads = fields.iter().map(|field| {
+        let ident = &field.ident;
+        let ty = &field.ty;
+        let column = &field.column;
+        if field.ignore || field.redact {
+            quote_spanned!(ty.span()=> #ident: <#ty as ::core::default::Default>::default())
+        } else {
+            quote_spanned!(ty.span()=> #ident: #krate::read_field::<#ty>(row, #table, #column)?)
+        }
+    });
+    let audit_log = match &attributes.changes_table {
+        Some(literal) => {
+            let (log_schema, log_table) = split_qualified(literal)?;
+            quote! {
+                fn audit_log() -> #krate::AuditLog {
+                    #krate::AuditLog::new(#krate::__private::qualified_name(#log_schema, #log_table))
+                }
+            }
+        }
+        None => TokenStream2::new(),
+    };
+
+    Ok(quote! {
+        #(#key_part_checks)*
+
+        #[automatically_derived]
+        impl #krate::Audited for #name {
+            type Key = #key_type;
+            const SCHEMA: &'static str = #schema;
+            const TABLE: &'static str = #table;
+            const PRIMARY_KEY: &'static [&'static str] = &[#(#key_columns),*];
+            const IGNORED: &'static [&'static str] = &[#(#ignored),*];
+            const REDACTED: &'static [&'static str] = &[#(#redacted),*];
+
+            fn key(&self) -> Self::Key {
+                #key_value
+            }
+
+            fn from_row(
+                row: &#krate::__private::serde_json::Map<::std::string::String, #krate::__private::serde_json::Value>,
+            ) -> #krate::Result<Self> {
+                ::core::result::Result::Ok(Self { #(#reads),* })
+            }
+
+            #audit_log
+        }
+    })
+}
+
+fn struct_attributes(input: &DeriveInput) -> syn::Result<StructAttributes> {
+    let mut attributes = StructAttributes::default();
+    for attribute in &input.attrs {
+        if attribute.path().is_ident("bemi") {
+            attribute.parse_nested_meta(|meta| {
+                if meta.path.is_ident("table") {
+                    attributes.table = Some(meta.value()?.parse::<LitStr>()?.value());
+                } else if meta.path.is_ident("schema") {
+                    attributes.schema = Some(meta.value()?.parse::<LitStr>()?.value());
+                } else if meta.path.is_ident("key") {
+                    meta.parse_nested_meta(|inner| {
+                        attributes.bemi_key.push(field_ident(&inner)?);
+                        Ok(())
+                    })?;
+                } else if meta.path.is_ident("changes_table") {
+                    attributes.changes_table = Some(meta.value()?.parse()?);
+                } else if meta.path.is_ident("crate") {
+                    let value: LitStr = meta.value()?.parse()?;
+                    attributes.krate = Some(value.parse()?);
+                } else {
+                    return Err(meta.error(
+                        "unknown bemi attribute: expected `table`, `schema`, `key(..)`, `changes_table` or `crate`",
+                    ));
+                }
+                Ok(())
+            })?;
+        } else if attribute.path().is_ident("diesel") {
+            attribute.parse_nested_meta(|meta| {
+                if meta.path.is_ident("table_name") {
+                    let path: Path = meta.value()?.parse()?;
+                    if let Some(last) = path.segments.last() {
+                        attributes.diesel_table = Some(last.ident.to_string());
+                    }
+                } else if meta.path.is_ident("primary_key") {
+                    meta.parse_nested_meta(|inner| {
+                        attributes.diesel_key.push(field_ident(&inner)?);
+                        Ok(())
+                    })?;
+                } else {
+                    skip(&meta)?;
+                }
+                Ok(())
+            })?;
+        } else if attribute.path().is_ident("sea_orm") {
+            attribute.parse_nested_meta(|meta| {
+                if meta.path.is_ident("table_name") {
+                    attributes.sea_orm_table = Some(meta.value()?.parse::<LitStr>()?.value());
+                } else if meta.path.is_ident("schema_name") {
+                    attributes.sea_orm_schema = Some(meta.value()?.parse::<LitStr>()?.value());
+                } else {
+                    skip(&meta)?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(attributes)
+}
+
+fn field(field: &syn::Field) -> syn::Result<Field> {
+    let ident = field
+        .ident
+        .clone()
+        .ok_or_else(|| syn::Error::new(field.span(), "expected a named field"))?;
+    let mut column: Option<String> = None;
+    let mut other_column: Option<String> = None;
+    let (mut key, mut ignore, mut redact) = (false, false, false);
+    for attribute in &field.attrs {
+        if attribute.path().is_ident("bemi") {
+            attribute.parse_nested_meta(|meta| {
+                if meta.path.is_ident("column") {
+                    column = Some(meta.value()?.parse::<LitStr>()?.value());
+                } else if meta.path.is_ident("key") {
+                    key = true;
+                } else if meta.path.is_ident("ignore") {
+                    ignore = true;
+                } else if meta.path.is_ident("redact") {
+                    redact = true;
+                } else {
+                    return Err(meta.error(
+                        "unknown bemi field attribute: expected `column`, `key`, `ignore` or `redact`",
+                    ));
+                }
+                Ok(())
+            })?;
+        } else if attribute.path().is_ident("diesel") {
+            attribute.parse_nested_meta(|meta| {
+                if meta.path.is_ident("column_name") {
+                    let value = meta.value()?;
+                    other_column = Some(if value.peek(LitStr) {
+                        value.parse::<LitStr>()?.value()
+                    } else {
+                        value.parse::<syn::Ident>()?.to_string()
+                    });
+                } else {
+                    skip(&meta)?;
+                }
+                Ok(())
+            })?;
+        } else if attribute.path().is_ident("sea_orm") {
+            attribute.parse_nested_meta(|meta| {
+                if meta.path.is_ident("column_name") {
+                    other_column = Some(meta.value()?.parse::<LitStr>()?.value());
+                } else if meta.path.is_ident("primary_key") {
+                    key = true;
+                } else {
+                    skip(&meta)?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    if ignore && redact {
+        return Err(syn::Error::new(
+            ident.span(),
+            "a field is either ignored or redacted, not both",
+        ));
+    }
+    let column = column
+        .or(other_column)
+        .unwrap_or_else(|| ident.to_string().trim_start_matches("r#").to_owned());
+    check_identifier(&column, ident.span(), "column")?;
+    Ok(Field {
+        ident,
+        ty: field.ty.clone(),
+        column,
+        key,
+        ignore,
+        redact,
+    })
+}
+
+/// A field named in a key list.
+fn field_ident(meta: &ParseNestedMeta<'_>) -> syn::Result<syn::Ident> {
+    meta.path
+        .get_ident()
+        .cloned()
+        .ok_or_else(|| meta.error("expected a field name"))
+}
+
+/// Skips the value of an attribute item bemi does not read (`= expr` or `(..)`).
+fn skip(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    meta.input.step(|cursor| {
+        let mut rest = *cursor;
+        while let Some((tree, next)) = rest.token_tree() {
+            if let TokenTree::Punct(punct) = &tree
+                && punct.as_char() == ','
+            {
+                return Ok(((), rest));
+            }
+            rest = next;
+        }
+        Ok(((), rest))
+    })
+}
+
+fn table_name(name: &syn::Ident, attributes: &StructAttributes) -> syn::Result<String> {
+    if let Some(table) = &attributes.table {
+        return Ok(table.clone());
+    }
+    if let Some(table) = &attributes.sea_orm_table {
+        return Ok(table.clone());
+    }
+    if let Some(table) = &attributes.diesel_table {
+        return Ok(table.clone());
+    }
+    Err(syn::Error::new(
+        name.span(),
+        "cannot tell the model's table: add #[diesel(table_name = ...)], #[sea_orm(table_name = \"...\")] or #[bemi(table = \"...\")]",
+    ))
+}
+
+fn key_fields<'a>(
+    name: &syn::Ident,
+    attributes: &StructAttributes,
+    fields: &'a [Field],
+) -> syn::Result<Vec<&'a Field>> {
+    let by_name = |ident: &syn::Ident| {
+        fields
+            .iter()
+            .find(|field| field.ident == *ident)
+            .ok_or_else(|| {
+                syn::Error::new(
+                    ident.span(),
+                    format!("primary key field `{ident}` is not a field of the model"),
+                )
+            })
+    };
+    let keys: Vec<&Field> = if !attributes.bemi_key.is_empty() {
+        attributes
+            .bemi_key
+            .iter()
+            .map(by_name)
+            .collect::<syn::Result<_>>()?
+    } else if fields.iter().any(|field| field.key) {
+        fields.iter().filter(|field| field.key).collect()
+    } else if !attributes.diesel_key.is_empty() {
+        attributes
+            .diesel_key
+            .iter()
+            .map(by_name)
+            .collect::<syn::Result<_>>()?
+    } else if let Some(id) = fields.iter().find(|field| field.ident == "id") {
+        vec![id]
+    } else {
+        return Err(syn::Error::new(
+            name.span(),
+            "cannot tell the model's primary key: mark its fields with #[bemi(key)] (or #[diesel(primary_key(..))], #[sea_orm(primary_key)])",
+        ));
+    };
+    if keys.len() > 4 {
+        return Err(syn::Error::new(
+            name.span(),
+            "a primary key of more than 4 columns is not supported",
+        ));
+    }
+    Ok(keys)
+}
+
+/// Splits `"schema.table"` (or `"table"`, in schema `bemi`).
+fn split_qualified(literal: &LitStr) -> syn::Result<(String, String)> {
+    let value = literal.value();
+    let (schema, table) = match value.split_once('.') {
+        Some((schema, table)) => (schema.to_owned(), table.to_owned()),
+        None => ("bemi".to_owned(), value.clone()),
+    };
+    if table.contains('.') || table.contains('"') || schema.contains('"') {
+        return Err(syn::Error::new(
+            literal.span(),
+            "expected `schema.table` with plain names",
+        ));
+    }
+    check_identifier(&schema, literal.span(), "schema")?;
+    check_identifier(&table, literal.span(), "table")?;
+    Ok((schema, table))
+}
+
+fn check_identifier(name: &str, span: Span, what: &str) -> syn::Result<()> {
+    if name.is_empty() || name.contains('\0') {
+        return Err(syn::Error::new(
+            span,
+            format!("invalid {what} name {name:?}: it must be non-empty and contain no NUL"),
+        ));
+    }
+    Ok(())
+}

@@ -87,6 +87,15 @@ impl<C> Connection<C> {
         self.inner
     }
 
+    /// The context a write made now carries (the task's with the wrapper's own over it).
+    pub fn effective_context(&self) -> Context {
+        let scope = bemi_core::current_context();
+        match &self.context {
+            Some(own) => scope.merged(own),
+            None => scope,
+        }
+    }
+
     fn tag(&self, statement: Statement) -> Statement {
         tag_statement(statement, self.context.as_deref(), &self.encoder)
     }

@@ -19,6 +19,12 @@
 //! # }
 //! ```
 //!
+//! # History, time travel, revert
+//!
+//! For models with `#[derive(bemi::Audited)]`: [`AuditedQueries`] (`todo::Model::history(&db,
+//! 1)`, `as_of`, `all_as_of`), [`plan_revert`] and [`apply_revert`]. [`SeaOrmRunner`] runs any
+//! `bemi_core` query (e.g. a `ChangeQuery`) on a SeaORM connection.
+//!
 //! # Prepared statements
 //!
 //! SeaORM runs every statement through sqlx as a named prepared statement, cached per connection
@@ -29,7 +35,9 @@
 //! named statements (transact-rs/sqlx#4328). SeaORM 2.0 has no per-statement switch to unnamed
 //! statements.
 
+mod audit;
 mod connection;
 mod tagging;
 
+pub use audit::{AuditConnection, AuditedQueries, SeaOrmRunner, apply_revert, plan_revert};
 pub use connection::{Connection, Transaction};

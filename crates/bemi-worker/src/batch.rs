@@ -128,6 +128,7 @@ mod tests {
             position: 1,
             commit_lsn,
             sequence,
+            previous_primary_key: None,
         }
     }
 

@@ -40,6 +40,8 @@ pub struct ChangeRow {
     pub commit_lsn: i64,
     /// The change's index within its transaction.
     pub sequence: i32,
+    /// The key before an UPDATE that changed it (see `bemi_core::Change::previous_primary_key`).
+    pub previous_primary_key: Option<String>,
 }
 
 /// The id of a change: a UUID (version 8) whose bits are, in order, the commit LSN (64 bits),

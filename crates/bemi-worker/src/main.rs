@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bemi_core::QualifiedName;
+use bemi_core::revert::Revert;
 use bemi_core::setup::{Setup, SetupOptions};
 use bemi_worker::{ConnectionOptions, Worker, WorkerConfig};
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +30,65 @@ enum Command {
     /// Remove triggers, publication and slot (the changes table is kept unless
     /// --drop-changes).
     Teardown(TeardownArgs),
+    /// Record the current rows of tracked tables once, as SNAPSHOT changes: the baseline time
+    /// travel needs for rows that never change. Each table is locked against writes (SHARE)
+    /// while it is read.
+    Snapshot(SnapshotArgs),
+    /// Undo changes (one change, a source transaction, or everything done under a context),
+    /// newest first, refusing rows changed since unless --force.
+    Revert(RevertArgs),
+}
+
+#[derive(Debug, Args)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Only these tables (comma-separated, `table` or `schema.table`) [default: every tracked
+    /// table].
+    #[arg(long, env = "BEMI_TABLES", value_delimiter = ',')]
+    tables: Vec<QualifiedName>,
+    /// Give up on a table whose lock is not granted within this many seconds.
+    #[arg(long, default_value_t = 10)]
+    lock_timeout_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("selection").required(true).args(["change", "transaction", "context"])))]
+struct RevertArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Revert one change (its id in the changes table).
+    #[arg(long)]
+    change: Option<uuid::Uuid>,
+    /// Revert every change of this source transaction (`transaction_id` in the changes table).
+    #[arg(long)]
+    transaction: Option<i64>,
+    /// Revert every change whose context contains this JSON object, e.g.
+    /// '{"request_id":"req-42"}'.
+    #[arg(long)]
+    context: Option<String>,
+    /// Show what would be done, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Revert conflicting rows too (restore the changed columns of rows changed since, delete
+    /// rows that differ, overwrite re-created rows).
+    #[arg(long)]
+    force: bool,
+}
+
+impl RevertArgs {
+    fn selection(&self) -> anyhow::Result<Revert> {
+        Ok(match (&self.change, &self.transaction, &self.context) {
+            (Some(id), _, _) => Revert::change(*id),
+            (_, Some(id), _) => Revert::transaction(*id),
+            (_, _, Some(json)) => {
+                let value: serde_json::Value =
+                    serde_json::from_str(json).context("--context is not valid JSON")?;
+                Revert::context(bemi_core::Context::from_value(value)?)
+            }
+            _ => anyhow::bail!("give one of --change, --transaction or --context"),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +260,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("teardown failed")?;
             println!("bemi is removed from {source}");
+        }
+        Command::Snapshot(args) => {
+            let (source, _) = args.common.connections()?;
+            let counts = bemi_worker::snapshot(
+                &source,
+                &args.common.publication,
+                &args.tables,
+                Duration::from_secs(args.lock_timeout_seconds),
+            )
+            .await?;
+            for (table, rows) in &counts {
+                println!("{table}: {rows} rows");
+            }
+            println!(
+                "snapshot of {} table(s) recorded: the worker stores the rows as SNAPSHOT changes",
+                counts.len()
+            );
+        }
+        Command::Revert(args) => {
+            let (source, destination) = args.common.connections()?;
+            let selection = args.selection()?;
+            let result = bemi_worker::revert(
+                &source,
+                &destination,
+                &args.common.changes_table,
+                selection,
+                args.dry_run,
+                args.force,
+            )
+            .await;
+            match result {
+                Ok(plan) => {
+                    print!("{plan}");
+                    let verb = if args.dry_run {
+                        "would revert"
+                    } else {
+                        "reverted"
+                    };
+                    println!("{verb} {} change(s)", plan.steps().len());
+                    if args.dry_run && plan.conflicts().next().is_some() {
+                        println!("conflicts found: apply with --force to revert them anyway");
+                    }
+                }
+                Err(bemi_worker::Error::Core(bemi_core::Error::RevertConflicts(plan))) => {
+                    print!("{plan}");
+                    anyhow::bail!(
+                        "nothing was reverted: {} change(s) conflict with the current rows (use --force to revert anyway)",
+                        plan.conflicts().count()
+                    );
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
     }
     Ok(())

@@ -115,6 +115,65 @@ impl Stitcher {
         }
     }
 
+    /// Turns one snapshotted row (the columns' texts, in `info`'s order) into a `SNAPSHOT`
+    /// change row, numbered like any change; `None` when `keep` skips it.
+    ///
+    /// # Errors
+    ///
+    /// Outside a transaction, or when the row's column count is not the table's.
+    pub(crate) fn snapshot_row(
+        &mut self,
+        info: &RelationInfo,
+        values: &[Option<String>],
+        position: u64,
+        keep: impl Fn(Position) -> bool,
+    ) -> Result<Option<ChangeRow>> {
+        let transaction = self
+            .transaction
+            .as_mut()
+            .ok_or_else(|| Error::Config("snapshot row outside a transaction".into()))?;
+        if values.len() != info.columns.len() {
+            return Err(Error::Config(format!(
+                "snapshot row of {}.{} has {} values for {} columns",
+                info.schema,
+                info.table,
+                values.len(),
+                info.columns.len()
+            )));
+        }
+        let sequence = transaction.next_sequence;
+        transaction.next_sequence += 1;
+        let here = Position {
+            commit_lsn: transaction.commit_lsn,
+            sequence,
+        };
+        if !keep(here) {
+            return Ok(None);
+        }
+        let tuple = Tuple {
+            values: values
+                .iter()
+                .map(|value| match value {
+                    Some(text) => Datum::Text(text.as_bytes()),
+                    None => Datum::Null,
+                })
+                .collect(),
+        };
+        Ok(Some(build_row(
+            transaction,
+            &self.database,
+            self.source_hash,
+            info,
+            Operation::Snapshot,
+            Images {
+                before: None,
+                after: Some(&tuple),
+            },
+            position,
+            sequence,
+        )))
+    }
+
     /// Ends the transaction; returns how many changes it had.
     pub(crate) fn commit(&mut self) -> u32 {
         self.transaction
@@ -264,6 +323,13 @@ fn build_row(
         _ => images.after,
     };
     let primary_key = key_source.and_then(|tuple| primary_key(info, tuple, images.before));
+    // An UPDATE that changed the key: time travel must know the old key is gone.
+    let previous_primary_key = match (operation, images.before) {
+        (Operation::Update, Some(old)) => {
+            primary_key_of(info, old).filter(|old_key| Some(old_key) != primary_key.as_ref())
+        }
+        _ => None,
+    };
     let context = if notes.is_empty() {
         Arc::clone(&transaction.context)
     } else {
@@ -294,7 +360,13 @@ fn build_row(
         position: i64::try_from(position).unwrap_or(i64::MAX),
         commit_lsn: i64::try_from(transaction.commit_lsn).unwrap_or(i64::MAX),
         sequence: i32::try_from(sequence).unwrap_or(i32::MAX),
+        previous_primary_key,
     }
+}
+
+/// The primary key of a complete row image.
+fn primary_key_of(info: &RelationInfo, tuple: &Tuple<'_>) -> Option<String> {
+    primary_key(info, tuple, None)
 }
 
 /// The value of column `index`, taking unchanged TOAST values from `fallback`.

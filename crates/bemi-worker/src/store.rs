@@ -21,7 +21,8 @@ use crate::{Error, Result};
 
 /// The columns written, in COPY order.
 const COLUMNS: &str = "id, primary_key, \"before\", \"after\", context, database, schema, \"table\", \
-    operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence";
+    operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence, \
+    previous_primary_key";
 
 /// Writes batches to the destination.
 pub(crate) struct Store {
@@ -168,7 +169,7 @@ impl Store {
     ) -> Result<()> {
         let insert = format!(
             "INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb, \
-             $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
              ON CONFLICT (id) DO NOTHING",
             self.changes
         );
@@ -296,6 +297,7 @@ async fn insert_row(
                 &row.position,
                 &row.commit_lsn,
                 &row.sequence,
+                &row.previous_primary_key,
             ],
         )
         .await
@@ -370,6 +372,11 @@ pub(crate) fn encode_copy(rows: &[ChangeRow]) -> Bytes {
             tab(&mut out);
             out.put_slice(number.to_string().as_bytes());
         }
+        tab(&mut out);
+        match &row.previous_primary_key {
+            Some(key) => field(&mut out, key),
+            None => out.put_slice(b"\\N"),
+        }
         out.put_u8(b'\n');
     }
     out.freeze()
@@ -423,6 +430,7 @@ mod tests {
             position: 2,
             commit_lsn: 3,
             sequence: 4,
+            previous_primary_key: Some("7".into()),
         }
     }
 
@@ -445,6 +453,7 @@ mod tests {
             "2",
             "3",
             "4",
+            "7",
         ]
         .join("\t")
             + "\n";

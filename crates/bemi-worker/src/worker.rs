@@ -26,6 +26,7 @@ use crate::context::DEFAULT_MAX_CONTEXT_BYTES;
 use crate::install::{SlotState, server_facts, slot_state};
 use crate::pgoutput::{self, Message};
 use crate::progress::Progress;
+use crate::snapshot::{SnapshotHeader, parse_row};
 use crate::stitch::{Stitcher, postgres_time};
 use crate::store::Store;
 use crate::{ConnectionOptions, Error, Result};
@@ -284,6 +285,7 @@ impl Worker {
             replication,
             catalog: Catalog::new(catalog_client),
             relations: HashMap::new(),
+            snapshot: None,
             stitcher: Stitcher::new(
                 &database,
                 source_hash(&system.system_id, &database),
@@ -517,6 +519,8 @@ struct Stream<'a> {
     replication: ReplicationClient,
     catalog: Catalog,
     relations: HashMap<u32, Arc<RelationInfo>>,
+    /// The table whose snapshot rows are arriving, in the current transaction.
+    snapshot: Option<Arc<RelationInfo>>,
     stitcher: Stitcher,
     builder: BatchBuilder,
     progress: Option<Progress>,
@@ -581,6 +585,7 @@ impl Stream<'_> {
                 xid,
                 commit_time_micros,
             } => {
+                self.snapshot = None;
                 self.stitcher
                     .begin(xid, final_lsn.as_u64(), commit_time_micros);
                 self.builder.begin(commit_time_micros);
@@ -589,8 +594,16 @@ impl Stream<'_> {
                 transactional,
                 prefix,
                 content,
-                ..
-            } => self.stitcher.message(transactional, &prefix, &content),
+                lsn,
+            } => {
+                if transactional && prefix == bemi_core::setup::SNAPSHOT_PREFIX {
+                    self.start_snapshot(&content).await?;
+                } else if transactional && prefix == bemi_core::setup::SNAPSHOT_ROW_PREFIX {
+                    self.snapshot_row(&content, lsn.as_u64()).await?;
+                } else {
+                    self.stitcher.message(transactional, &prefix, &content);
+                }
+            }
             ReplicationEvent::XLogData {
                 wal_start, data, ..
             } => {
@@ -642,6 +655,59 @@ impl Stream<'_> {
                 }
             }
             ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Starts a table's snapshot: describes the table as the snapshot's transaction saw it.
+    /// A malformed header is logged and its rows skipped (bad data never stops the stream).
+    async fn start_snapshot(&mut self, content: &[u8]) -> Result<()> {
+        self.snapshot = match SnapshotHeader::parse(content) {
+            Ok(header) => {
+                let info = self
+                    .catalog
+                    .describe(&header.relation(), self.stitcher.xid())
+                    .await?;
+                Some(Arc::new(info))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "malformed snapshot header: its rows are skipped");
+                None
+            }
+        };
+        Ok(())
+    }
+
+    /// Stores one snapshotted row as a SNAPSHOT change.
+    async fn snapshot_row(&mut self, content: &[u8], position: u64) -> Result<()> {
+        let Some(info) = self.snapshot.clone() else {
+            tracing::warn!("snapshot row without a valid header: skipped");
+            return Ok(());
+        };
+        let values = match parse_row(content) {
+            Ok(values) => values,
+            Err(error) => {
+                tracing::warn!(%error, table = %info.table, "malformed snapshot row: skipped");
+                return Ok(());
+            }
+        };
+        let progress = self.progress;
+        let row = match self
+            .stitcher
+            .snapshot_row(&info, &values, position, |position| {
+                !progress.is_some_and(|progress| progress.covers(position))
+            }) {
+            Ok(row) => row,
+            Err(error) => {
+                tracing::warn!(%error, "snapshot row skipped");
+                return Ok(());
+            }
+        };
+        if let Some(row) = row {
+            self.builder.push(vec![row]);
+            if self.builder.len() >= self.config.batch_size {
+                self.flush().await?;
+            }
         }
         Ok(())
     }

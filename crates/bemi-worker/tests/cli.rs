@@ -26,7 +26,7 @@ fn help_explains_every_command() {
     let output = bemi_worker(&["--help"], "");
     let help = text(&output);
     assert!(output.status.success(), "{help}");
-    for command in ["setup", "run", "status", "teardown"] {
+    for command in ["setup", "run", "status", "teardown", "snapshot", "revert"] {
         assert!(help.contains(command), "{help}");
     }
     let run_help = text(&bemi_worker(&["run", "--help"], ""));
@@ -107,4 +107,97 @@ fn setup_status_and_teardown_through_the_binary() {
             "password leaked: {output}"
         );
     }
+}
+
+/// The rows of `parent` and `child`, as text, in key order.
+async fn rows(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT 'parent ' || p::text FROM parent p UNION ALL SELECT 'child ' || c::text FROM child c ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_a_request_through_the_binary() {
+    let fixture = crate::support::fixture(
+        test_database!(),
+        "CREATE TABLE parent (id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent (id) ON DELETE CASCADE);
+         INSERT INTO parent VALUES (1, 'one'), (3, 'three');
+         INSERT INTO child VALUES (10, 1), (11, 1);",
+    )
+    .await;
+    let worker = crate::support::RunningWorker::start(fixture.config());
+    let before = rows(&fixture.client).await;
+    let request = serde_json::json!({"request_id": "req-1", "user_id": 7});
+    for sql in [
+        "INSERT INTO parent VALUES (2, 'two')",
+        "INSERT INTO child VALUES (20, 2)",
+        "UPDATE parent SET name = 'THREE' WHERE id = 3",
+        // Cascades to children 10 and 11: re-inserting them needs parent 1 first.
+        "DELETE FROM parent WHERE id = 1",
+    ] {
+        fixture.tagged(sql, request.clone()).await;
+    }
+    fixture.wait_for(6).await;
+    let url = fixture.database.url();
+    let slot = fixture.database.slot_name().to_owned();
+    let revert = |extra: &[&str]| {
+        let mut args = vec![
+            "revert",
+            "--slot",
+            &slot,
+            "--context",
+            r#"{"request_id":"req-1"}"#,
+        ];
+        args.extend_from_slice(extra);
+        bemi_worker(&args, &url)
+    };
+
+    let dry_run = revert(&["--dry-run"]);
+    let dry_text = text(&dry_run);
+    assert!(dry_run.status.success(), "{dry_text}");
+    assert!(dry_text.contains("would revert 6 change(s)"), "{dry_text}");
+    assert!(dry_text.contains("restore name"), "{dry_text}");
+    // A dry run changes nothing.
+    assert_eq!(
+        rows(&fixture.client).await,
+        ["child (20,2)", "parent (2,two)", "parent (3,THREE)"]
+    );
+
+    let applied = revert(&[]);
+    let applied_text = text(&applied);
+    assert!(applied.status.success(), "{applied_text}");
+    assert!(
+        applied_text.contains("reverted 6 change(s)"),
+        "{applied_text}"
+    );
+    assert_eq!(rows(&fixture.client).await, before);
+
+    // The undo is audited: each compensating change names the change it reverts.
+    let all = fixture.wait_for(12).await;
+    for undo in &all[6..] {
+        assert_eq!(undo.context["tool"], "bemi-worker revert", "{undo:?}");
+        assert_eq!(
+            undo.context["revert"]["of"]["context"]["request_id"],
+            "req-1"
+        );
+        assert!(undo.context["revert"]["change_id"].is_string(), "{undo:?}");
+    }
+
+    // Reverting again finds the rows changed since (by the revert itself): refused, nothing
+    // changed, exit status 1.
+    let again = revert(&[]);
+    let again_text = text(&again);
+    assert!(!again.status.success(), "{again_text}");
+    assert!(again_text.contains("CONFLICT"), "{again_text}");
+    assert!(again_text.contains("nothing was reverted"), "{again_text}");
+    assert_eq!(rows(&fixture.client).await, before);
+    worker.stop().await.unwrap();
 }

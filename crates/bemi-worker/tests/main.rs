@@ -11,6 +11,7 @@
 mod attribution;
 mod cli;
 mod durability;
+mod history;
 mod operations;
 mod startup;
 mod support;

@@ -38,7 +38,11 @@ async fn a_missing_slot_is_created() {
     let mut config = fixture.config();
     config.slot = format!("{}_new", fixture.database.slot_name());
     let worker = RunningWorker::start(config.clone());
-    wait_until_async("the worker to create its slot", TIMEOUT, || async {
+    // Creating a logical slot waits until the transactions running when it started are over,
+    // as seen in xl_running_xacts records, which PostgreSQL 15 logs every 15 s: under the other
+    // tests' concurrent writes this takes up to three such rounds.
+    let slot_creation = TIMEOUT * 3;
+    wait_until_async("the worker to create its slot", slot_creation, || async {
         let active: Option<bool> = fixture
             .client
             .query_opt(

@@ -5,7 +5,9 @@ use crate::ident::quote_ident;
 
 /// Columns of the `changes` table. Bemi's columns come first, in Bemi's order and meaning, then
 /// bemi-rs's own: `commit_lsn` and `sequence` order changes exactly (commit order, then order
-/// within the transaction) and identify a change across redeliveries.
+/// within the transaction) and identify a change across redeliveries; `previous_primary_key`
+/// is the old key of an UPDATE that changed the key (time travel needs to know the old key is
+/// gone).
 const CHANGES_COLUMNS: &str = r#"(
     id uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
     primary_key text,
@@ -15,13 +17,14 @@ const CHANGES_COLUMNS: &str = r#"(
     database text NOT NULL,
     schema text NOT NULL,
     "table" text NOT NULL,
-    operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE', 'SNAPSHOT')),
     committed_at timestamptz NOT NULL,
     queued_at timestamptz NOT NULL,
     transaction_id bigint NOT NULL,
     position bigint NOT NULL,
     commit_lsn bigint NOT NULL,
     sequence integer NOT NULL,
+    previous_primary_key text,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 )"#;
 
@@ -54,6 +57,11 @@ pub(super) fn install(changes: &QualifiedName) -> String {
     sql.push_str(&format!(
         "CREATE INDEX IF NOT EXISTS {} ON {table} (\"table\", primary_key, committed_at);\n",
         index("key_idx")
+    ));
+    sql.push_str(&format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {table} (\"table\", previous_primary_key, committed_at) \
+         WHERE previous_primary_key IS NOT NULL;\n",
+        index("previous_key_idx")
     ));
     sql.push_str(&format!(
         "CREATE INDEX IF NOT EXISTS {} ON {table} (committed_at);\n",

@@ -14,6 +14,7 @@
 //! | tables `bemi.tracked_tables`, `bemi.tracked_schemas` | what is tracked and each table's previous replica identity (restored by teardown) |
 //! | functions `bemi.track_table`, `bemi.untrack_table`, `bemi.sync_tracking`, `bemi.is_excluded` | apply the treatment to one table or to the configured set |
 //! | event trigger `_bemi_track_new_tables` + function `bemi.track_new_tables()` | tables created later in a tracked schema get the same treatment (needs superuser; otherwise a NOTICE says to run setup again after creating tables) |
+//! | function `bemi.snapshot_table(regclass)` | `bemi-worker snapshot`: records the table's current rows through the WAL (see below) |
 //!
 //! In the **destination** database ([`Setup::destination_sql`]): the `changes` table (default
 //! `bemi.changes`) with its indexes, and `bemi.worker_progress` (the last stored position per
@@ -59,6 +60,16 @@
 //! the rule stays exact. Pair messages and changes by stream order, never by LSN: a message's LSN
 //! is the end of its record, and TOAST records may sit between it and the row.
 
+//! # Snapshots: a baseline for time travel
+//!
+//! History only knows rows that changed after setup. `bemi.snapshot_table(t)` (run by
+//! `bemi-worker snapshot`) locks `t` in SHARE mode, which waits for running writers and holds
+//! new ones off until its transaction ends, then emits one `_bemi_snapshot` message describing
+//! the table and one `_bemi_snapshot_row` message per row. The messages commit at one WAL
+//! position: every change before it is in the rows read, none after it is. The worker stores
+//! each row as a `SNAPSHOT` change, so `as_of` is right for rows that never changed, and a
+//! snapshot replayed after a crash is absorbed like any change.
+
 mod destination_sql;
 mod requirements;
 mod source_sql;
@@ -76,6 +87,12 @@ pub const TRIGGER_NAME: &str = "_bemi_context";
 pub const EVENT_TRIGGER_NAME: &str = "_bemi_track_new_tables";
 /// The prefix of bemi's logical messages.
 pub const MESSAGE_PREFIX: &str = "_bemi";
+/// The prefix of the message that starts a table's snapshot (content: the table's OID, schema,
+/// name and columns as JSON).
+pub const SNAPSHOT_PREFIX: &str = "_bemi_snapshot";
+/// The prefix of the messages carrying one snapshotted row each (content: a JSON array of the
+/// columns' texts, in the order of the snapshot's header).
+pub const SNAPSHOT_ROW_PREFIX: &str = "_bemi_snapshot_row";
 /// The default publication name.
 pub const DEFAULT_PUBLICATION: &str = "bemi";
 /// The default replication slot name.

@@ -231,6 +231,46 @@ END
 $bemi$;
 "#;
 
+/// Records every row of a table as `_bemi_snapshot` / `_bemi_snapshot_row` logical messages, for
+/// `bemi-worker snapshot`. Locking the table in SHARE mode first (it waits for writers to
+/// finish and blocks new ones until the caller's transaction ends) makes the rows read exactly
+/// the state after every change committed before the messages and before every change after
+/// them: the snapshot is consistent with the stream.
+const SNAPSHOT_TABLE: &str = r#"
+CREATE OR REPLACE FUNCTION bemi.snapshot_table(target regclass) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $bemi$
+DECLARE
+    header text;
+    value_list text;
+    emitted bigint;
+BEGIN
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN SHARE MODE', target);
+    SELECT pg_catalog.json_build_object(
+               'relation', c.oid::bigint,
+               'schema', n.nspname,
+               'table', c.relname,
+               'columns', (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(a.attname, a.atttypid::bigint) ORDER BY a.attnum)
+                           FROM pg_catalog.pg_attribute a
+                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''))::text,
+           (SELECT pg_catalog.string_agg(pg_catalog.format('%I::text', a.attname), ', ' ORDER BY a.attnum)
+            FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
+      INTO header, value_list
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = target;
+    PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi_snapshot', header);
+    EXECUTE pg_catalog.format(
+        'SELECT pg_catalog.count(pg_catalog.pg_logical_emit_message(true, %L, '
+        'pg_catalog.array_to_json(ARRAY[%s]::text[])::text)) FROM ONLY %s',
+        '_bemi_snapshot_row', COALESCE(value_list, ''), target)
+      INTO emitted;
+    RETURN emitted;
+END
+$bemi$;
+"#;
+
 const TEARDOWN: &str = r#"
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 DROP EVENT TRIGGER IF EXISTS _bemi_track_new_tables;
@@ -262,6 +302,7 @@ DROP FUNCTION IF EXISTS bemi.track_table(regclass);
 DROP FUNCTION IF EXISTS bemi.untrack_table(oid);
 DROP FUNCTION IF EXISTS bemi.is_excluded(oid);
 DROP FUNCTION IF EXISTS bemi.emit_context();
+DROP FUNCTION IF EXISTS bemi.snapshot_table(regclass);
 DROP TABLE IF EXISTS bemi.tracked_tables;
 DROP TABLE IF EXISTS bemi.tracked_schemas;
 DO $bemi$
@@ -310,13 +351,15 @@ pub(super) fn install(options: &SetupOptions) -> String {
         UNTRACK_TABLE,
         SYNC_TRACKING,
         TRACK_NEW_TABLES,
+        SNAPSHOT_TABLE,
         CREATE_PUBLICATION,
     ] {
         sql.push_str(&substitute(template));
     }
     sql.push_str(
         "REVOKE ALL ON FUNCTION bemi.track_table(regclass), bemi.untrack_table(oid), \
-         bemi.sync_tracking(name[], regclass[]), bemi.track_new_tables() FROM PUBLIC;\n",
+         bemi.sync_tracking(name[], regclass[]), bemi.track_new_tables(), \
+         bemi.snapshot_table(regclass) FROM PUBLIC;\n",
     );
     if matches!(options.tracked, Tracked::Schemas(_)) {
         sql.push_str(CREATE_EVENT_TRIGGER);

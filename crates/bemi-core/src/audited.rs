@@ -1,0 +1,179 @@
+//! [`Audited`]: what bemi needs to know about a model to give its typed history, and
+//! [`AuditedChange`], a change with its row images as model values.
+
+use serde_json::{Map, Value};
+
+use crate::{AuditKey, Change, QualifiedName, Result};
+
+/// The value shown instead of a redacted column's content in typed history.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// A model (a Diesel `Queryable` struct or a SeaORM `Model`) whose table bemi audits.
+///
+/// Implement it with `#[derive(Audited)]` (re-exported by the `bemi` crate): the derive reads
+/// the table, schema, primary key and column names from the `#[diesel(...)]` or
+/// `#[sea_orm(...)]` attributes, and `#[bemi(...)]` overrides them.
+///
+/// The integrations add `history`, `as_of`, `all_as_of` and revert on top of it
+/// (`bemi_diesel::AuditedQueries`, `bemi_seaorm::AuditedQueries`).
+pub trait Audited: Sized {
+    /// The primary-key value: one column's type, or a tuple for a composite key.
+    type Key: AuditKey;
+
+    /// The table's schema.
+    const SCHEMA: &'static str;
+    /// The table's name.
+    const TABLE: &'static str;
+    /// The primary-key columns, in key order.
+    const PRIMARY_KEY: &'static [&'static str];
+    /// Columns left out of typed history: removed from images and diffs (their fields take
+    /// `Default::default()`).
+    const IGNORED: &'static [&'static str];
+    /// Columns whose values typed history never shows: images and diffs carry [`REDACTED`]
+    /// (their fields take `Default::default()`).
+    const REDACTED: &'static [&'static str];
+
+    /// This value's primary key.
+    fn key(&self) -> Self::Key;
+
+    /// Builds a value from a row image of the `changes` table (column name → JSON value).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::ModelField`] when a column's value does not fit its field.
+    fn from_row(row: &Map<String, Value>) -> Result<Self>;
+
+    /// The table, as a qualified name.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidIdentifier`] when `SCHEMA` or `TABLE` is empty or contains NUL.
+    fn table() -> Result<QualifiedName> {
+        QualifiedName::new(Self::SCHEMA, Self::TABLE)
+    }
+
+    /// Where this model's changes are stored (default `bemi.changes`).
+    fn audit_log() -> AuditLog {
+        AuditLog::default()
+    }
+}
+
+/// Where changes are stored: the `changes` table of the destination database.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AuditLog {
+    changes_table: QualifiedName,
+}
+
+impl Default for AuditLog {
+    /// `bemi.changes`.
+    fn default() -> Self {
+        Self {
+            changes_table: QualifiedName::from_static(crate::setup::BEMI_SCHEMA, "changes"),
+        }
+    }
+}
+
+impl AuditLog {
+    /// A log stored in `changes_table`.
+    pub fn new(changes_table: QualifiedName) -> Self {
+        Self { changes_table }
+    }
+
+    /// The `changes` table.
+    pub fn changes_table(&self) -> &QualifiedName {
+        &self.changes_table
+    }
+}
+
+/// One change of a model's row, with its images as model values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditedChange<M> {
+    /// The change, with [`Audited::IGNORED`] columns removed from its images and
+    /// [`Audited::REDACTED`] ones masked.
+    pub change: Change,
+    /// The row before the change (`None` for CREATE, TRUNCATE and SNAPSHOT).
+    pub before: Option<M>,
+    /// The row after the change (`None` for DELETE and TRUNCATE).
+    pub after: Option<M>,
+}
+
+/// One column that a change modified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldChange {
+    /// The column.
+    pub column: String,
+    /// Its value before (`None` when the image has no such column, e.g. for CREATE).
+    pub before: Option<Value>,
+    /// Its value after.
+    pub after: Option<Value>,
+}
+
+impl<M: Audited> AuditedChange<M> {
+    /// Types a change of `M`'s table.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::ModelField`] when an image does not fit the model.
+    pub fn from_change(mut change: Change) -> Result<Self> {
+        for image in [&mut change.before, &mut change.after] {
+            mask(image, M::IGNORED, M::REDACTED);
+        }
+        let typed = |image: &Map<String, Value>| -> Result<Option<M>> {
+            if image.is_empty() {
+                Ok(None)
+            } else {
+                M::from_row(image).map(Some)
+            }
+        };
+        Ok(Self {
+            before: typed(&change.before)?,
+            after: typed(&change.after)?,
+            change,
+        })
+    }
+
+    /// The columns this change modified, with their values before and after, sorted by column.
+    pub fn diff(&self) -> Vec<FieldChange> {
+        self.change
+            .changed_fields()
+            .into_iter()
+            .map(|column| FieldChange {
+                column: column.to_owned(),
+                before: self.change.before.get(column).cloned(),
+                after: self.change.after.get(column).cloned(),
+            })
+            .collect()
+    }
+}
+
+/// Removes `ignored` columns from an image and masks `redacted` ones.
+pub(crate) fn mask(image: &mut Map<String, Value>, ignored: &[&str], redacted: &[&str]) {
+    for column in ignored {
+        image.remove(*column);
+    }
+    for column in redacted {
+        if let Some(value) = image.get_mut(*column) {
+            *value = Value::from(REDACTED);
+        }
+    }
+}
+
+/// Reads one column of a row image into a model field (used by `#[derive(Audited)]`).
+///
+/// A missing column reads as JSON `null`, so `Option` fields of columns added later work.
+///
+/// # Errors
+///
+/// [`crate::Error::ModelField`] when the value does not fit `T`.
+pub fn read_field<T: serde::de::DeserializeOwned>(
+    row: &Map<String, Value>,
+    table: &str,
+    column: &str,
+) -> Result<T> {
+    let value = row.get(column).cloned().unwrap_or(Value::Null);
+    serde_json::from_value(value).map_err(|source| crate::Error::ModelField {
+        table: table.to_owned(),
+        column: column.to_owned(),
+        source,
+    })
+}

@@ -8,4 +8,7 @@
     unreachable_pub
 )]
 
+mod diesel_async_audit;
+mod diesel_audit;
 mod request_context;
+mod seaorm_audit;

@@ -130,6 +130,15 @@ impl ChangeQuery {
         Self::default()
     }
 
+    /// The changes of `M`'s table, in `M`'s audit log.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidIdentifier`] when the model's schema or table name is invalid.
+    pub fn of<M: crate::Audited>() -> Result<Self> {
+        Ok(Self::new().log(M::audit_log()).table(M::table()?))
+    }
+
     /// Reads from another `changes` table.
     #[must_use]
     pub fn log(mut self, log: AuditLog) -> Self {
@@ -368,6 +377,24 @@ impl ChangeQuery {
         let rows = runner.query_rows(&sql, &params).await?;
         rows.into_iter()
             .map(|row| parse_change(row.as_deref()))
+            .collect()
+    }
+}
+
+impl ChangeQuery {
+    /// Runs the query and types each change as `M` (see [`crate::AuditedChange`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`ChangeQuery::fetch`], and [`Error::ModelField`] when an image does not fit `M`.
+    pub async fn fetch_as<M: crate::Audited, R: SqlRunner>(
+        &self,
+        runner: &mut R,
+    ) -> Result<Vec<crate::AuditedChange<M>>> {
+        self.fetch(runner)
+            .await?
+            .into_iter()
+            .map(crate::AuditedChange::from_change)
             .collect()
     }
 }

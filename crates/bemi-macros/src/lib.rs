@@ -135,16 +135,6 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     } else {
         (quote!((#(#key_types,)*)), quote!((#(#key_values,)*)))
     };
-    let key_part_checks = key_fields.iter().map(|field| {
-        let ty = &field.ty;
-        quote_spanned! {ty.span()=>
-            const _: fn() = || {
-                fn key_part<T: #krate::KeyPart + ?::core::marker::Sized>() {}
-                key_part::<#ty>();
-            };
-        }
-    });
-
     let ignored: Vec<&str> = fields
         .iter()
         .filter(|field| field.ignore)
@@ -178,8 +168,6 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     };
 
     Ok(quote! {
-        #(#key_part_checks)*
-
         #[automatically_derived]
         impl #krate::Audited for #name {
             type Key = #key_type;

@@ -143,6 +143,43 @@ impl SetupOptions {
         self
     }
 
+    /// Adds the table of an [`crate::Audited`] model to the tracked tables: declaring models
+    /// `#[derive(Audited)]` is how selective tracking is set up. The first call replaces the
+    /// default (every table of schema `public`) with exactly the models' tables.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidIdentifier`] when the model's schema or table name is invalid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use bemi_core::setup::{SetupOptions, Tracked};
+    /// # struct Todo;
+    /// # impl bemi_core::Audited for Todo {
+    /// #     type Key = i32; const SCHEMA: &'static str = "public"; const TABLE: &'static str = "todo";
+    /// #     const PRIMARY_KEY: &'static [&'static str] = &["id"]; const IGNORED: &'static [&'static str] = &[];
+    /// #     const REDACTED: &'static [&'static str] = &[];
+    /// #     fn key(&self) -> i32 { 1 }
+    /// #     fn from_row(_: &serde_json::Map<String, serde_json::Value>) -> bemi_core::Result<Self> { Ok(Todo) }
+    /// # }
+    /// let options = SetupOptions::default().audited::<Todo>()?;
+    /// assert_eq!(options.tracked(), &Tracked::Tables(vec!["public.todo".parse()?]));
+    /// # Ok::<(), bemi_core::Error>(())
+    /// ```
+    pub fn audited<M: crate::Audited>(mut self) -> Result<Self> {
+        let table = M::table()?;
+        match &mut self.tracked {
+            Tracked::Tables(tables) => {
+                if !tables.contains(&table) {
+                    tables.push(table);
+                }
+            }
+            Tracked::Schemas(_) => self.tracked = Tracked::Tables(vec![table]),
+        }
+        Ok(self)
+    }
+
     /// Where changes are stored (default `bemi.changes`).
     #[must_use]
     pub fn changes_table(mut self, table: QualifiedName) -> Self {

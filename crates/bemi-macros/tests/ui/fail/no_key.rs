@@ -1,0 +1,7 @@
+#[derive(bemi::Audited)]
+#[bemi(table = "todo")]
+struct Todo {
+    uid: i32,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[derive(bemi::Audited)]
+struct Todo {
+    id: i32,
+}
+
+fn main() {}

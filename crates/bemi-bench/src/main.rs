@@ -7,10 +7,12 @@
 //! cargo run --release -p bemi-bench -- diesel-insert
 //! cargo run --release -p bemi-bench -- trigger-cost
 //! cargo run --release -p bemi-bench -- seaorm-insert
+//! cargo run --release -p bemi-bench -- history-latency
 //! ```
 
 mod diesel_insert;
 mod environment;
+mod history_latency;
 mod memory;
 mod seaorm_insert;
 mod stats;
@@ -79,6 +81,18 @@ enum Scenario {
         #[arg(long, default_value_t = 20_000)]
         statements: u32,
     },
+    /// Latency of history, as_of and context queries on a large changes table.
+    HistoryLatency {
+        /// Changes in the table.
+        #[arg(long, default_value_t = 1_000_000)]
+        changes: u64,
+        /// Random probes per repetition.
+        #[arg(long, default_value_t = 1_000)]
+        probes: usize,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+    },
     /// Runs the worker in this process until SIGTERM (used by the scenarios).
     #[command(name = "__worker", hide = true)]
     Worker {
@@ -112,6 +126,11 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             clients,
         } => diesel_insert::run(rounds.max(1), seconds.max(1), clients.max(1)).await,
+        Scenario::HistoryLatency {
+            changes,
+            probes,
+            repetitions,
+        } => history_latency::run(changes.max(100_000), probes.max(1), repetitions.max(1)).await,
         Scenario::Worker { database_url, slot } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

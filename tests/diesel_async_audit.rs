@@ -81,6 +81,13 @@ async fn composite_keys_history_and_transaction_revert() {
     );
     assert_eq!(history[1].after.as_ref().unwrap().quantity, 3);
     assert_eq!(history[1].change.context.get("job").unwrap(), "fix");
+    let fixes = OrderLine::changes(
+        &mut conn,
+        bemi::ChangeQuery::new().context_contains(Context::new().with("job", "fix")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fixes.len(), 2);
     let first = history[0].change.committed_at;
     assert_eq!(
         OrderLine::as_of(&mut conn, (1_i64, 1), first)

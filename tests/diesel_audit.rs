@@ -195,13 +195,10 @@ fn typed_history_and_time_travel() {
     assert_eq!(Task::as_of(&mut conn, 2, deleted).unwrap(), None);
 
     // Any query, typed.
-    let by_request = bemi::block_on_ready(
-        bemi::ChangeQuery::of::<Task>()
-            .unwrap()
-            .context_contains(Context::new().with("request_id", "r3"))
-            .fetch_as::<Task, _>(&mut bemi::diesel::SyncRunner(conn.inner_mut())),
+    let by_request = Task::changes(
+        &mut conn,
+        bemi::ChangeQuery::new().context_contains(Context::new().with("request_id", "r3")),
     )
-    .unwrap()
     .unwrap();
     assert_eq!(by_request.len(), 1);
     assert_eq!(by_request[0].before, Some(task(2, 1, "Eat", false)));

@@ -87,6 +87,14 @@ async fn seaorm_models_have_history_time_travel_and_revert() {
             .collect::<Vec<_>>(),
         ["body_text", "version"]
     );
+    let bobs_changes = note::Model::changes(
+        &conn,
+        bemi::ChangeQuery::new().context_contains(Context::new().with("editor", "bob")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bobs_changes.len(), 1);
+    assert_eq!(bobs_changes[0].after, Some(model("milk, eggs", 2)));
     let second = history[1].change.committed_at;
     assert_eq!(
         note::Model::as_of(conn.inner(), key("ann", "todo"), second)

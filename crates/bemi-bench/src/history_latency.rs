@@ -56,7 +56,9 @@ async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
              WHERE i / {keys} < {per_row}"
         ))
         .await?;
-    env.client.batch_execute("VACUUM ANALYZE bemi.changes").await?;
+    env.client
+        .batch_execute("VACUUM ANALYZE bemi.changes")
+        .await?;
     Ok(())
 }
 
@@ -140,7 +142,11 @@ pub(crate) async fn run(changes: u64, probes: usize, repetitions: usize) -> anyh
         )
         .await?;
         let elapsed = timer.elapsed().as_secs_f64() * 1e3;
-        anyhow::ensure!(rows.len() as u64 == ROWS_PER_TABLE, "all_as_of returned {} rows", rows.len());
+        anyhow::ensure!(
+            rows.len() as u64 == ROWS_PER_TABLE,
+            "all_as_of returned {} rows",
+            rows.len()
+        );
         columns[4].1.push(elapsed);
         columns[4].1.push(elapsed);
     }

@@ -136,7 +136,16 @@ impl ChangeQuery {
     ///
     /// [`Error::InvalidIdentifier`] when the model's schema or table name is invalid.
     pub fn of<M: crate::Audited>() -> Result<Self> {
-        Ok(Self::new().log(M::audit_log()).table(M::table()?))
+        Self::new().for_model::<M>()
+    }
+
+    /// This query, restricted to `M`'s table in `M`'s audit log.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidIdentifier`] when the model's schema or table name is invalid.
+    pub fn for_model<M: crate::Audited>(self) -> Result<Self> {
+        Ok(self.log(M::audit_log()).table(M::table()?))
     }
 
     /// Reads from another `changes` table.

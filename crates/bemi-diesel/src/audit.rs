@@ -2,7 +2,7 @@
 
 use bemi_core::revert::{Revert, RevertPlan};
 use bemi_core::time_travel::{model_all_as_of, model_as_of, model_history};
-use bemi_core::{Audited, AuditedChange, Context, block_on_ready, current_context};
+use bemi_core::{Audited, AuditedChange, ChangeQuery, Context, block_on_ready, current_context};
 use chrono::{DateTime, Utc};
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 
@@ -103,6 +103,21 @@ pub trait AuditedQueries: Audited {
     ) -> bemi_core::Result<Vec<Self>> {
         let mut runner = SyncRunner(conn.pg_connection());
         block_on_ready(model_all_as_of::<Self, _>(&mut runner, at))?
+    }
+
+    /// The changes of this model's table that `query` selects (its table is set to the
+    /// model's), typed.
+    ///
+    /// # Errors
+    ///
+    /// Database errors, and [`bemi_core::Error::ModelField`] when an image does not fit.
+    fn changes(
+        conn: &mut impl AuditConnection,
+        query: ChangeQuery,
+    ) -> bemi_core::Result<Vec<AuditedChange<Self>>> {
+        let query = query.for_model::<Self>()?;
+        let mut runner = SyncRunner(conn.pg_connection());
+        block_on_ready(query.fetch_as::<Self, _>(&mut runner))?
     }
 }
 

@@ -4,7 +4,9 @@ use std::future::Future;
 
 use bemi_core::revert::{Revert, RevertPlan};
 use bemi_core::time_travel::{model_all_as_of, model_as_of, model_history};
-use bemi_core::{Audited, AuditedChange, Context, SqlParam, SqlRunner, current_context};
+use bemi_core::{
+    Audited, AuditedChange, ChangeQuery, Context, SqlParam, SqlRunner, current_context,
+};
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, RuntimeErr,
@@ -196,6 +198,25 @@ pub trait AuditedQueries: Audited {
         Self: Send,
     {
         async move { model_all_as_of::<Self, _>(&mut SeaOrmRunner(conn), at).await }
+    }
+
+    /// The changes of this model's table that `query` selects (its table is set to the
+    /// model's), typed.
+    ///
+    /// # Errors
+    ///
+    /// Database errors, and [`bemi_core::Error::ModelField`] when an image does not fit.
+    fn changes<C: ConnectionTrait>(
+        conn: &C,
+        query: ChangeQuery,
+    ) -> impl Future<Output = bemi_core::Result<Vec<AuditedChange<Self>>>> + Send
+    where
+        Self: Send,
+    {
+        async move {
+            let query = query.for_model::<Self>()?;
+            query.fetch_as::<Self, _>(&mut SeaOrmRunner(conn)).await
+        }
     }
 }
 

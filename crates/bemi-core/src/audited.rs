@@ -26,12 +26,16 @@ pub trait Audited: Sized {
     const TABLE: &'static str;
     /// The primary-key columns, in key order.
     const PRIMARY_KEY: &'static [&'static str];
-    /// Columns left out of typed history: removed from images and diffs (their fields take
-    /// `Default::default()`).
+    /// Columns left out of history: removed from images and diffs (their fields take
+    /// `Default::default()`); the worker does not store them when setup was given this model.
     const IGNORED: &'static [&'static str];
-    /// Columns whose values typed history never shows: images and diffs carry [`REDACTED`]
-    /// (their fields take `Default::default()`).
+    /// Columns whose values history never shows: images and diffs carry [`REDACTED`] (their
+    /// fields take `Default::default()`); the worker redacts them before storing when setup was
+    /// given this model.
     const REDACTED: &'static [&'static str];
+    /// Columns whose changes alone are not worth recording (e.g. `updated_at`): the worker skips
+    /// an UPDATE that changes nothing else, when setup was given this model.
+    const NOISE: &'static [&'static str] = &[];
 
     /// This value's primary key.
     fn key(&self) -> Self::Key;

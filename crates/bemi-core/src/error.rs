@@ -27,6 +27,10 @@ pub enum Error {
     #[error("unknown change operation {0:?}")]
     UnknownOperation(String),
 
+    /// A column pattern or action of a column policy is malformed.
+    #[error("invalid column policy: {0}")]
+    InvalidColumnPattern(String),
+
     /// A page cursor's text is not one that [`crate::ChangeCursor`] wrote.
     #[error("invalid change cursor {0:?}")]
     InvalidCursor(String),

@@ -47,6 +47,7 @@ mod ident;
 mod key;
 #[cfg(feature = "tower")]
 mod layer;
+pub mod policy;
 mod query;
 pub mod revert;
 mod runner;

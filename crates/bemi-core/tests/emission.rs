@@ -238,23 +238,31 @@ fn writes_made_by_triggers_and_functions_carry_the_statement_context() {
 }
 
 #[test]
-fn the_last_comment_wins_over_one_inside_the_data() {
+fn only_a_comment_ending_the_statement_is_context_never_one_inside_the_data() {
     let database = test_database!();
     let (mut client, slot) = emission_fixture(&database);
-    client
-        .batch_execute(
-            r#"INSERT INTO t VALUES (1, '/*Bemi {"forged":1} Bemi*/') /*Bemi {"real":1} Bemi*/"#,
-        )
-        .unwrap();
-    client
-        .batch_execute(r#"INSERT INTO t VALUES (2, '/*Bemi {"forged":2} Bemi*/')"#)
-        .unwrap();
+    for statement in [
+        r#"INSERT INTO t VALUES (1, '/*Bemi {"forged":1} Bemi*/') /*Bemi {"real":1} Bemi*/"#,
+        // Data that looks like a comment, in a statement the application did not tag.
+        r#"INSERT INTO t VALUES (2, '/*Bemi {"forged":2} Bemi*/')"#,
+        // A comment earlier in the text, then more SQL.
+        r#"INSERT INTO t /*Bemi {"forged":3} Bemi*/ VALUES (3, 'x')"#,
+        // Hand-written at the end, followed by a semicolon and blanks: it is a context.
+        "INSERT INTO t VALUES (4, 'x') /*Bemi {\"dba\":\"ann\"} Bemi*/ ;\n ",
+        // Degenerate comments carry nothing.
+        "INSERT INTO t VALUES (5, 'x') /*Bemi Bemi*/",
+    ] {
+        client.batch_execute(statement).unwrap();
+    }
     let attributed = attribute(&consume_wal(&mut client, &slot));
-    assert_eq!(attributed[0].1, r#"{"real":1}"#);
-    // An untagged statement whose data happens to hold a comment-like string: the trigger
-    // extracts it (it cannot tell), and the worker stores what it finds as context. Only
-    // statements the application tags carry its context; this is documented behaviour.
-    assert_eq!(attributed[1].1, r#"{"forged":2}"#);
+    let contexts: Vec<&str> = attributed
+        .iter()
+        .map(|(_, context)| context.as_str())
+        .collect();
+    assert_eq!(
+        contexts,
+        [r#"{"real":1}"#, "-", "-", r#"{"dba":"ann"}"#, "-"]
+    );
 }
 
 #[test]

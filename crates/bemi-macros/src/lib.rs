@@ -13,8 +13,9 @@
 //! | `#[bemi(crate = "::my_bemi")]` | struct | the path of the `bemi` crate in generated code |
 //! | `#[bemi(column = "name")]` | field | the column (default: `#[diesel(column_name)]`, `#[sea_orm(column_name)]`, or the field's name) |
 //! | `#[bemi(key)]` | field | part of the primary key |
-//! | `#[bemi(ignore)]` | field | left out of typed history (the field takes `Default::default()`) |
-//! | `#[bemi(redact)]` | field | never shown by typed history (images show `[REDACTED]`, the field takes `Default::default()`) |
+//! | `#[bemi(ignore)]` | field | left out of history (the field takes `Default::default()`); not stored at all when setup is given the model |
+//! | `#[bemi(redact)]` | field | never shown by history (images show `[REDACTED]`, the field takes `Default::default()`); redacted by the worker before storing when setup is given the model |
+//! | `#[bemi(noise)]` | field | an UPDATE changing only noise columns (e.g. `updated_at`) is not stored, when setup is given the model |
 //!
 //! Field types must implement `serde::Deserialize` (values come from the `changes` table's JSON
 //! images); key fields must implement `bemi::KeyPart` (integers, strings, UUIDs, booleans,
@@ -46,6 +47,7 @@ struct Field {
     key: bool,
     ignore: bool,
     redact: bool,
+    noise: bool,
 }
 
 /// What the struct's attributes say.
@@ -145,6 +147,11 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         .filter(|field| field.redact)
         .map(|field| field.column.as_str())
         .collect();
+    let noise: Vec<&str> = fields
+        .iter()
+        .filter(|field| field.noise)
+        .map(|field| field.column.as_str())
+        .collect();
     let reads = fields.iter().map(|field| {
         let ident = &field.ident;
         let ty = &field.ty;
@@ -176,6 +183,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             const PRIMARY_KEY: &'static [&'static str] = &[#(#key_columns),*];
             const IGNORED: &'static [&'static str] = &[#(#ignored),*];
             const REDACTED: &'static [&'static str] = &[#(#redacted),*];
+            const NOISE: &'static [&'static str] = &[#(#noise),*];
 
             fn key(&self) -> Self::Key {
                 #key_value
@@ -258,7 +266,7 @@ fn field(field: &syn::Field) -> syn::Result<Field> {
         .ok_or_else(|| syn::Error::new(field.span(), "expected a named field"))?;
     let mut column: Option<String> = None;
     let mut other_column: Option<String> = None;
-    let (mut key, mut ignore, mut redact) = (false, false, false);
+    let (mut key, mut ignore, mut redact, mut noise) = (false, false, false, false);
     for attribute in &field.attrs {
         if attribute.path().is_ident("bemi") {
             attribute.parse_nested_meta(|meta| {
@@ -270,9 +278,11 @@ fn field(field: &syn::Field) -> syn::Result<Field> {
                     ignore = true;
                 } else if meta.path.is_ident("redact") {
                     redact = true;
+                } else if meta.path.is_ident("noise") {
+                    noise = true;
                 } else {
                     return Err(meta.error(
-                        "unknown bemi field attribute: expected `column`, `key`, `ignore` or `redact`",
+                        "unknown bemi field attribute: expected `column`, `key`, `ignore`, `redact` or `noise`",
                     ));
                 }
                 Ok(())
@@ -321,6 +331,7 @@ fn field(field: &syn::Field) -> syn::Result<Field> {
         key,
         ignore,
         redact,
+        noise,
     })
 }
 

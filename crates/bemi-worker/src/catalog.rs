@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bemi_core::policy::{ColumnAction, ColumnFlags, ColumnPattern, ColumnPolicies};
+
 use crate::pgoutput::Relation;
 use crate::values::ValueKind;
 use crate::{Error, Result};
@@ -20,12 +22,25 @@ pub(crate) struct RelationInfo {
     pub(crate) kinds: Vec<ValueKind>,
     /// Positions of the primary-key columns, in key order; empty when the table has none.
     pub(crate) key: Vec<usize>,
+    /// The column policies that apply to each column (never redact or drop on key columns).
+    pub(crate) flags: Vec<ColumnFlags>,
+}
+
+impl RelationInfo {
+    /// Whether some column is noise (UPDATEs changing only noise columns are skipped).
+    pub(crate) fn has_noise(&self) -> bool {
+        self.flags.iter().any(|flags| flags.noise)
+    }
 }
 
 /// Reads and caches catalog facts through a regular connection to the source database.
 pub(crate) struct Catalog {
     client: tokio_postgres::Client,
     types: HashMap<u32, ValueKind>,
+    /// The worker's configured column policies.
+    policies: ColumnPolicies,
+    /// Whether `bemi.column_policies` exists (a setup from before column policies has none).
+    stored_policies: Option<bool>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -50,6 +65,10 @@ const VISIBLE: &str = "SELECT pg_catalog.pg_visible_in_snapshot(\
     FROM (SELECT pg_catalog.pg_current_snapshot() AS snap) s, \
     LATERAL (SELECT pg_catalog.pg_snapshot_xmax(s.snap)::text::bigint AS xmax) x";
 
+/// The stored policies of one table.
+const STORED_POLICIES: &str = "SELECT column_name::text, action FROM bemi.column_policies \
+    WHERE schema_name = $1 AND table_name = $2";
+
 const TYPES: &str = "SELECT t.oid, t.typtype::text, t.typcategory::text, t.typelem, \
     t.typbasetype, e.typdelim::text \
     FROM pg_catalog.pg_type t \
@@ -57,11 +76,58 @@ const TYPES: &str = "SELECT t.oid, t.typtype::text, t.typcategory::text, t.typel
     WHERE t.oid = ANY ($1)";
 
 impl Catalog {
-    pub(crate) fn new(client: tokio_postgres::Client) -> Self {
+    pub(crate) fn new(client: tokio_postgres::Client, policies: ColumnPolicies) -> Self {
         Self {
             client,
             types: HashMap::new(),
+            policies,
+            stored_policies: None,
         }
+    }
+
+    /// The policies of a table: the configured ones and those stored in
+    /// `bemi.column_policies` (from `Audited` models).
+    async fn table_policies(&mut self, schema: &str, table: &str) -> Result<ColumnPolicies> {
+        let mut policies = self.policies.clone();
+        let exists = match self.stored_policies {
+            Some(exists) => exists,
+            None => {
+                let exists: bool = self
+                    .client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+                         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = 'bemi' AND c.relname = 'column_policies')",
+                        &[],
+                    )
+                    .await
+                    .map_err(Error::postgres("look for bemi.column_policies"))?
+                    .get(0);
+                self.stored_policies = Some(exists);
+                exists
+            }
+        };
+        if !exists {
+            return Ok(policies);
+        }
+        let rows = self
+            .client
+            .query(STORED_POLICIES, &[&schema, &table])
+            .await
+            .map_err(Error::postgres(format!(
+                "read the column policies of {schema}.{table}"
+            )))?;
+        for row in rows {
+            let column: String = row.get(0);
+            let action: String = row.get(1);
+            match action.parse::<ColumnAction>() {
+                Ok(action) => policies.add(ColumnPattern::exact(schema, table, &column), action),
+                Err(error) => {
+                    tracing::warn!(%error, schema, table, column, "ignoring a stored column policy")
+                }
+            }
+        }
+        Ok(policies)
     }
 
     /// The connection (also used for status queries).
@@ -160,6 +226,25 @@ impl Catalog {
             }
         }
 
+        let policies = self
+            .table_policies(&relation.namespace, &relation.name)
+            .await?;
+        let flags = columns
+            .iter()
+            .enumerate()
+            .map(|(position, column)| {
+                let mut flags = policies.for_column(&relation.namespace, &relation.name, column);
+                if key.contains(&position) && (flags.redact || flags.drop) {
+                    tracing::warn!(
+                        table = %relation.name, column,
+                        "primary-key columns are never redacted or dropped: policy ignored"
+                    );
+                    flags.redact = false;
+                    flags.drop = false;
+                }
+                flags
+            })
+            .collect();
         Ok(RelationInfo {
             id: relation.id,
             schema: Arc::from(relation.namespace.as_str()),
@@ -167,6 +252,7 @@ impl Catalog {
             columns,
             kinds,
             key,
+            flags,
         })
     }
 

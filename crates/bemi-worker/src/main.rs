@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bemi_core::QualifiedName;
+use bemi_core::policy::{ColumnAction, ColumnPolicies};
 use bemi_core::revert::Revert;
 use bemi_core::setup::{Setup, SetupOptions};
 use bemi_worker::{ConnectionOptions, Worker, WorkerConfig};
@@ -96,7 +97,7 @@ struct CommonArgs {
     /// The database whose changes are captured (needs wal_level=logical and a role with
     /// REPLICATION). sslmode, sslrootcert, sslcert and sslkey are accepted as URL parameters.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
+    database_url: Option<String>,
     /// The database holding the changes table [default: the source database].
     #[arg(long, env = "BEMI_DESTINATION_URL", hide_env_values = true)]
     destination_url: Option<String>,
@@ -126,6 +127,13 @@ struct SetupArgs {
     /// Track exactly these tables (comma-separated, `table` or `schema.table`).
     #[arg(long, env = "BEMI_TABLES", value_delimiter = ',')]
     tables: Vec<QualifiedName>,
+    /// Print the SQL a DBA runs instead of connecting: the destination's and the source's
+    /// objects, the slot, and the least privileges of the worker's role.
+    #[arg(long)]
+    print_sql: bool,
+    /// The worker's role in the printed GRANTs.
+    #[arg(long, default_value = "bemi_worker", requires = "print_sql")]
+    worker_role: String,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +152,34 @@ struct RunArgs {
     /// How often progress is logged, in seconds.
     #[arg(long, env = "BEMI_LOG_INTERVAL_SECONDS", default_value_t = 10)]
     log_interval_seconds: u64,
+    /// Columns whose values are replaced by "[REDACTED]" before anything is stored:
+    /// comma-separated `column`, `table.column` or `schema.table.column`, `*` for any part
+    /// (e.g. `password_hash,*.token`). Added to the rules setup stored from `Audited` models.
+    #[arg(long, env = "BEMI_REDACT", value_name = "PATTERNS")]
+    redact: Option<String>,
+    /// Columns left out of the stored row images (same patterns as --redact).
+    #[arg(long, env = "BEMI_DROP_COLUMNS", value_name = "PATTERNS")]
+    drop_columns: Option<String>,
+    /// Columns whose changes alone are not stored: an UPDATE that changes only these (e.g.
+    /// `updated_at`) is skipped (same patterns as --redact).
+    #[arg(long, env = "BEMI_NOISE_COLUMNS", value_name = "PATTERNS")]
+    noise_columns: Option<String>,
+}
+
+impl RunArgs {
+    fn column_policies(&self) -> anyhow::Result<ColumnPolicies> {
+        let mut policies = ColumnPolicies::default();
+        for (action, list) in [
+            (ColumnAction::Redact, &self.redact),
+            (ColumnAction::Drop, &self.drop_columns),
+            (ColumnAction::Noise, &self.noise_columns),
+        ] {
+            if let Some(list) = list {
+                policies.add_list(action, list)?;
+            }
+        }
+        Ok(policies)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -160,7 +196,11 @@ struct TeardownArgs {
 
 impl CommonArgs {
     fn connections(&self) -> anyhow::Result<(ConnectionOptions, ConnectionOptions)> {
-        let source = ConnectionOptions::parse(&self.database_url)?;
+        let url = self
+            .database_url
+            .as_deref()
+            .context("the source database is required: --database-url or DATABASE_URL")?;
+        let source = ConnectionOptions::parse(url)?;
         let destination = match &self.destination_url {
             Some(url) => ConnectionOptions::parse(url)?,
             None => source.clone(),
@@ -181,6 +221,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -206,7 +247,6 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Setup(args) => {
-            let (source, destination) = args.common.connections()?;
             let mut options = args.common.setup_options();
             options = if args.tables.is_empty() {
                 let schemas = if args.schemas.is_empty() {
@@ -219,6 +259,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 options.tables(args.tables)
             };
             let setup = Setup::new(options)?;
+            if args.print_sql {
+                print!("{}", print_sql(&setup, &args.worker_role)?);
+                return Ok(());
+            }
+            let (source, destination) = args.common.connections()?;
             bemi_worker::setup(&source, &destination, &setup).await?;
             println!(
                 "bemi is set up on {source}: run `bemi-worker run` to start capturing changes"
@@ -226,7 +271,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             let (source, destination) = args.common.connections()?;
+            let column_policies = args.column_policies()?;
             let mut config = WorkerConfig::new(source);
+            config.column_policies = column_policies;
             config.destination = destination;
             config.slot = args.common.slot;
             config.publication = args.common.publication;
@@ -235,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.flush_interval = Duration::from_millis(args.flush_interval_ms);
             config.max_context_bytes = args.max_context_bytes;
             config.log_interval = Duration::from_secs(args.log_interval_seconds.max(1));
+
             let worker = Worker::new(config);
             worker.run(shutdown_signal()).await?;
         }
@@ -315,6 +363,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Everything setup does, as SQL for a DBA, with the worker role's least privileges.
+fn print_sql(setup: &Setup, role: &str) -> anyhow::Result<String> {
+    let grants = setup.worker_grants_sql(role)?;
+    Ok(format!(
+        "-- bemi setup, step by step. Run each part with psql -v ON_ERROR_STOP=1.\n\
+         \n\
+         -- 1. The worker's role (in the cluster; on RDS: GRANT rds_replication instead of REPLICATION).\n\
+         {role_sql}\n\
+         -- 2. Destination database (where the changes table lives; the source by default),\n\
+         --    as a role that may create schema `bemi`:\n\
+         {destination}\n\
+         -- 3. Source database, as the owner of the tracked tables (triggers and REPLICA IDENTITY\n\
+         --    need ownership; the event trigger that tracks tables created later needs a superuser,\n\
+         --    without one setup prints a notice and tables created later need setup again):\n\
+         {source}\n\
+         -- 4. Source database, outside a transaction, after step 3 committed:\n\
+         {slot};\n\
+         \n\
+         -- 5. The worker's least privileges: no superuser, nothing on the tracked tables\n\
+         --    (it reads the WAL). In the source database:\n\
+         {source_grants}\n\
+         --    In the destination database:\n\
+         {destination_grants}",
+        role_sql = grants.role_sql,
+        destination = setup.destination_sql(),
+        source = setup.source_sql(),
+        slot = setup.create_slot_sql(),
+        source_grants = grants.source,
+        destination_grants = grants.destination,
+    ))
 }
 
 /// Completes on SIGINT or SIGTERM.

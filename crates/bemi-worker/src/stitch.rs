@@ -246,6 +246,11 @@ impl Stitcher {
                 ..
             } => {
                 let info = relation(relation_id)?;
+                if only_noise_changed(info, old.as_ref(), new) {
+                    // Not stored, but numbered: ids stay the same whatever the policies.
+                    transaction.next_sequence += 1;
+                    return Ok(rows);
+                }
                 push(
                     transaction,
                     info,
@@ -369,6 +374,29 @@ fn primary_key_of(info: &RelationInfo, tuple: &Tuple<'_>) -> Option<String> {
     primary_key(info, tuple, None)
 }
 
+/// Whether an UPDATE changed columns, all of them noise (see `bemi_core::policy`). Without the
+/// old row, nothing can be compared: not noise.
+fn only_noise_changed(info: &RelationInfo, old: Option<&Tuple<'_>>, new: &Tuple<'_>) -> bool {
+    let Some(old) = old else {
+        return false;
+    };
+    if !info.has_noise() {
+        return false;
+    }
+    let mut changed_any = false;
+    for index in 0..info.columns.len() {
+        let after = datum(new, Some(old), index);
+        if after == old.values.get(index).copied() {
+            continue;
+        }
+        if !info.flags.get(index).is_some_and(|flags| flags.noise) {
+            return false;
+        }
+        changed_any = true;
+    }
+    changed_any
+}
+
 /// The value of column `index`, taking unchanged TOAST values from `fallback`.
 fn datum<'a>(tuple: &Tuple<'a>, fallback: Option<&Tuple<'a>>, index: usize) -> Option<Datum<'a>> {
     match tuple.values.get(index)? {
@@ -392,9 +420,23 @@ fn image(
     out.push('{');
     let mut first = true;
     for (index, column) in info.columns.iter().enumerate() {
+        let flags = info.flags.get(index).copied().unwrap_or_default();
+        if flags.drop {
+            continue;
+        }
         let Some(value) = datum(tuple, fallback, index) else {
             continue;
         };
+        if flags.redact {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            crate::json::push_string(&mut out, column);
+            out.push(':');
+            crate::json::push_string(&mut out, bemi_core::REDACTED);
+            continue;
+        }
         if value == Datum::UnchangedToast {
             notes.unavailable.push(format!("{name}.{column}"));
             continue;
@@ -466,6 +508,7 @@ mod tests {
             columns: vec!["id".into(), "task".into(), "doc".into()],
             kinds: vec![ValueKind::Integer, ValueKind::Text, ValueKind::Json],
             key: vec![0],
+            flags: vec![Default::default(); 3],
         };
         HashMap::from([(1, Arc::new(info))])
     }

@@ -56,6 +56,9 @@ pub struct WorkerConfig {
     pub log_interval: Duration,
     /// The longest wait between reconnection attempts (default 30 s).
     pub max_backoff: Duration,
+    /// Columns to redact, drop or treat as noise (added to those stored in the source's
+    /// `bemi.column_policies`); see `bemi_core::policy`.
+    pub column_policies: bemi_core::policy::ColumnPolicies,
 }
 
 impl WorkerConfig {
@@ -75,6 +78,7 @@ impl WorkerConfig {
             status_interval: Duration::from_secs(1),
             log_interval: Duration::from_secs(10),
             max_backoff: Duration::from_secs(30),
+            column_policies: bemi_core::policy::ColumnPolicies::default(),
         }
     }
 }
@@ -232,6 +236,7 @@ impl Worker {
             SlotState::Free => {}
         }
         ensure_publication(&catalog_client, config).await?;
+        check_source_privileges(&catalog_client).await?;
 
         let destination = config.destination.connect("bemi-worker").await?;
         check_destination_privileges(&destination, config).await?;
@@ -283,7 +288,7 @@ impl Worker {
             config,
             metrics: &self.metrics,
             replication,
-            catalog: Catalog::new(catalog_client),
+            catalog: Catalog::new(catalog_client, config.column_policies.clone()),
             relations: HashMap::new(),
             snapshot: None,
             stitcher: Stitcher::new(
@@ -362,6 +367,41 @@ async fn ensure_publication(client: &tokio_postgres::Client, config: &WorkerConf
             config.publication, config.source
         )))
     }
+}
+
+/// Refuses to start when the worker's role cannot read the stored column policies (it would store
+/// values they redact): names the GRANT to run.
+async fn check_source_privileges(client: &tokio_postgres::Client) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, c.oid IS NOT NULL, \
+                    COALESCE(pg_catalog.has_schema_privilege(n.oid, 'USAGE'), false), \
+                    pg_catalog.has_table_privilege(c.oid, 'SELECT') \
+             FROM (SELECT 1) one \
+             LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = 'bemi' \
+             LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = 'column_policies'",
+            &[],
+        )
+        .await
+        .map_err(Error::postgres("check the worker's privileges in the source"))?;
+    let role = bemi_core::quote_ident(&row.get::<_, String>(0))?;
+    let exists: bool = row.get(1);
+    let usage: bool = row.get(2);
+    let select: Option<bool> = row.get(3);
+    if !exists || (usage && select == Some(true)) {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if !usage {
+        missing.push(format!("GRANT USAGE ON SCHEMA \"bemi\" TO {role};"));
+    }
+    if select != Some(true) {
+        missing.push(format!("GRANT SELECT ON bemi.column_policies TO {role};"));
+    }
+    Err(Error::Config(format!(
+        "the worker's role cannot read the column policies (which columns to redact or drop) in the source; run: {}",
+        missing.join(" ")
+    )))
 }
 
 /// Refuses to start when the `changes` or progress table is missing, or the worker's role

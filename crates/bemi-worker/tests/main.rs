@@ -10,9 +10,11 @@
 
 mod attribution;
 mod cli;
+mod decoder_fuzz;
 mod durability;
 mod history;
 mod operations;
+mod security;
 mod startup;
 mod support;
 mod tls;

@@ -247,10 +247,13 @@ async fn check_and_act<R: SqlRunner>(
     let change = &step.change;
     let table = &step.table;
     let image = |image: &Map<String, Value>| Some(Value::Object(image.clone()).to_string());
+    // Columns that exist now and whose value the change knows (not redacted by the worker).
     let writable = |columns: Vec<&str>| -> Vec<String> {
         columns
             .into_iter()
             .filter(|column| shape.columns.iter().any(|existing| existing == column))
+            .filter(|column| !is_redacted(change.before.get(*column)))
+            .filter(|column| !is_redacted(change.after.get(*column)))
             .map(str::to_owned)
             .collect()
     };
@@ -357,6 +360,7 @@ async fn check_and_act<R: SqlRunner>(
 fn differences(after: &Map<String, Value>, checked: &Checked) -> Vec<Difference> {
     let mut differences: Vec<Difference> = after
         .iter()
+        .filter(|(_, value)| !is_redacted(Some(value)))
         .filter_map(|(column, value)| {
             let found = checked.found.get(column);
             let same = found.is_some() && found == checked.expected.get(column);
@@ -369,4 +373,10 @@ fn differences(after: &Map<String, Value>, checked: &Checked) -> Vec<Difference>
         .collect();
     differences.sort_by(|a, b| a.column.cmp(&b.column));
     differences
+}
+
+/// Whether a stored value is the worker's redaction marker: its real value is unknown, so it is
+/// neither compared nor written back.
+fn is_redacted(value: Option<&Value>) -> bool {
+    value.and_then(Value::as_str) == Some(crate::REDACTED)
 }

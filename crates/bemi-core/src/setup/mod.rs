@@ -14,6 +14,7 @@
 //! | tables `bemi.tracked_tables`, `bemi.tracked_schemas` | what is tracked and each table's previous replica identity (restored by teardown) |
 //! | functions `bemi.track_table`, `bemi.untrack_table`, `bemi.sync_tracking`, `bemi.is_excluded` | apply the treatment to one table or to the configured set |
 //! | event trigger `_bemi_track_new_tables` + function `bemi.track_new_tables()` | tables created later in a tracked schema get the same treatment (needs superuser; otherwise a NOTICE says to run setup again after creating tables) |
+//! | table `bemi.column_policies` | columns the worker redacts, drops or treats as noise, from `Audited` models (see [`crate::policy`]) |
 //! | function `bemi.snapshot_table(regclass)` | `bemi-worker snapshot`: records the table's current rows through the WAL (see below) |
 //!
 //! In the **destination** database ([`Setup::destination_sql`]): the `changes` table (default
@@ -32,7 +33,8 @@
 //! The trigger fires once per *statement*, not per row. Its function emits one transactional
 //! logical message, prefix `_bemi`, when
 //!
-//! - the statement's text carries a `/*Bemi ... Bemi*/` comment (content: its payload), or
+//! - the statement's text ends with a `/*Bemi ... Bemi*/` comment (content: its payload; a
+//!   comment-like string elsewhere, e.g. inside a literal, is data and ignored), or
 //! - the setting `bemi.context` is set (a context for clients that cannot append comments, e.g.
 //!   `SET LOCAL bemi.context = '{"user":"dba"}'` in psql; a comment takes precedence), or
 //! - the transaction-local setting `bemi.context_active` is `on`, i.e. an earlier statement of
@@ -75,6 +77,7 @@ mod requirements;
 mod source_sql;
 
 use crate::ident::quote_literal;
+use crate::policy::ColumnAction;
 use crate::{QualifiedName, Result};
 
 pub use requirements::{Problem, RequirementError, ServerFacts};
@@ -114,6 +117,8 @@ pub struct SetupOptions {
     changes_table: QualifiedName,
     publication: String,
     slot: String,
+    /// Column policies of `Audited` models, stored in `bemi.column_policies`.
+    model_policies: Vec<(QualifiedName, Vec<(String, ColumnAction)>)>,
 }
 
 impl Default for SetupOptions {
@@ -124,6 +129,7 @@ impl Default for SetupOptions {
             changes_table: QualifiedName::from_static(BEMI_SCHEMA, "changes"),
             publication: DEFAULT_PUBLICATION.to_owned(),
             slot: DEFAULT_SLOT.to_owned(),
+            model_policies: Vec::new(),
         }
     }
 }
@@ -169,6 +175,20 @@ impl SetupOptions {
     /// ```
     pub fn audited<M: crate::Audited>(mut self) -> Result<Self> {
         let table = M::table()?;
+        let rules: Vec<(String, ColumnAction)> = [
+            (M::REDACTED, ColumnAction::Redact),
+            (M::IGNORED, ColumnAction::Drop),
+            (M::NOISE, ColumnAction::Noise),
+        ]
+        .into_iter()
+        .flat_map(|(columns, action)| {
+            columns
+                .iter()
+                .map(move |column| ((*column).to_owned(), action))
+        })
+        .collect();
+        self.model_policies.retain(|(known, _)| *known != table);
+        self.model_policies.push((table.clone(), rules));
         match &mut self.tracked {
             Tracked::Tables(tables) => {
                 if !tables.contains(&table) {
@@ -199,6 +219,11 @@ impl SetupOptions {
     pub fn slot(mut self, name: impl Into<String>) -> Self {
         self.slot = name.into();
         self
+    }
+
+    /// The column policies of the models given to [`SetupOptions::audited`], by table.
+    pub fn model_policies(&self) -> &[(QualifiedName, Vec<(String, ColumnAction)>)] {
+        &self.model_policies
     }
 
     /// What is tracked.
@@ -304,6 +329,51 @@ impl Setup {
     pub fn teardown_destination_sql(&self) -> String {
         destination_sql::teardown(&self.options.changes_table)
     }
+
+    /// The least privileges of the worker's role `role`, as GRANT statements, for the source
+    /// and the destination database (run after setup, as the owner of bemi's objects). The
+    /// role itself needs `LOGIN REPLICATION`; it needs no privilege on the tracked tables
+    /// (logical decoding reads the WAL) and no superuser.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidIdentifier`] when `role` is empty or contains NUL.
+    pub fn worker_grants_sql(&self, role: &str) -> Result<WorkerGrants> {
+        let role = crate::quote_ident(role)?;
+        let changes = &self.options.changes_table;
+        let changes_schema = crate::quote_ident(changes.schema())?;
+        let source = format!(
+            "GRANT USAGE ON SCHEMA bemi TO {role};\n\
+             GRANT SELECT ON bemi.column_policies TO {role};\n"
+        );
+        let mut destination = format!("GRANT USAGE ON SCHEMA bemi TO {role};\n");
+        if changes.schema() != BEMI_SCHEMA {
+            destination.push_str(&format!(
+                "GRANT USAGE ON SCHEMA {changes_schema} TO {role};\n"
+            ));
+        }
+        destination.push_str(&format!(
+            "GRANT SELECT, INSERT ON {changes} TO {role};\n\
+             GRANT SELECT, INSERT, UPDATE ON bemi.worker_progress TO {role};\n"
+        ));
+        Ok(WorkerGrants {
+            role_sql: format!("CREATE ROLE {role} LOGIN REPLICATION PASSWORD '...';\n"),
+            source,
+            destination,
+        })
+    }
+}
+
+/// The statements giving the worker's role its least privileges (see
+/// [`Setup::worker_grants_sql`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerGrants {
+    /// Creating the role (its password left for the DBA to fill in).
+    pub role_sql: String,
+    /// GRANTs in the source database.
+    pub source: String,
+    /// GRANTs in the destination database.
+    pub destination: String,
 }
 
 #[cfg(test)]

@@ -13,25 +13,29 @@ const EMIT_CONTEXT: &str = r#"
 CREATE OR REPLACE FUNCTION bemi.emit_context() RETURNS trigger
 LANGUAGE plpgsql AS $bemi$
 DECLARE
-    query text := pg_catalog.current_query();
-    found integer := pg_catalog.strpos(query, '/*Bemi ');
+    query text := pg_catalog.rtrim(pg_catalog.current_query(), E' \t\r\n;');
+    found integer;
     rest text;
     next integer;
     payload text := '';
     emitted pg_catalog.pg_lsn;
     ignored text;
 BEGIN
-    IF found OPERATOR(pg_catalog.>) 0 THEN
-        -- The payload of the statement's last /*Bemi ... Bemi*/ comment (the one the client appended).
-        rest := pg_catalog.substr(query, found OPERATOR(pg_catalog.+) 7);
-        next := pg_catalog.strpos(rest, '/*Bemi ');
-        WHILE next OPERATOR(pg_catalog.>) 0 LOOP
-            rest := pg_catalog.substr(rest, next OPERATOR(pg_catalog.+) 7);
-            next := pg_catalog.strpos(rest, '/*Bemi ');
-        END LOOP;
-        found := pg_catalog.strpos(rest, ' Bemi*/');
+    -- Only a comment that ends the statement's text counts (clients append it last): a
+    -- `/*Bemi ... Bemi*/` inside a string literal or earlier in the text is data, not context.
+    IF pg_catalog.right(query, 7) OPERATOR(pg_catalog.=) ' Bemi*/' THEN
+        found := pg_catalog.strpos(query, '/*Bemi ');
         IF found OPERATOR(pg_catalog.>) 0 THEN
-            payload := pg_catalog.left(rest, found OPERATOR(pg_catalog.-) 1);
+            -- The payload of the last /*Bemi ... Bemi*/ comment.
+            rest := pg_catalog.substr(query, found OPERATOR(pg_catalog.+) 7);
+            next := pg_catalog.strpos(rest, '/*Bemi ');
+            WHILE next OPERATOR(pg_catalog.>) 0 LOOP
+                rest := pg_catalog.substr(rest, next OPERATOR(pg_catalog.+) 7);
+                next := pg_catalog.strpos(rest, '/*Bemi ');
+            END LOOP;
+            IF pg_catalog.length(rest) OPERATOR(pg_catalog.>=) 7 THEN
+                payload := pg_catalog.left(rest, pg_catalog.length(rest) OPERATOR(pg_catalog.-) 7);
+            END IF;
         END IF;
     END IF;
     IF payload OPERATOR(pg_catalog.=) '' THEN
@@ -305,6 +309,7 @@ DROP FUNCTION IF EXISTS bemi.emit_context();
 DROP FUNCTION IF EXISTS bemi.snapshot_table(regclass);
 DROP TABLE IF EXISTS bemi.tracked_tables;
 DROP TABLE IF EXISTS bemi.tracked_schemas;
+DROP TABLE IF EXISTS bemi.column_policies;
 DO $bemi$
 BEGIN
     DROP SCHEMA IF EXISTS bemi;
@@ -342,8 +347,23 @@ pub(super) fn install(options: &SetupOptions) -> String {
              previous_replica_identity \"char\" NOT NULL,\n    \
              previous_identity_index oid\n\
          );\n\
-         REVOKE ALL ON bemi.tracked_schemas, bemi.tracked_tables FROM PUBLIC;\n",
+         REVOKE ALL ON bemi.tracked_schemas, bemi.tracked_tables FROM PUBLIC;\n\
+         CREATE TABLE IF NOT EXISTS bemi.column_policies (\n    \
+             schema_name name NOT NULL,\n    \
+             table_name name NOT NULL,\n    \
+             column_name name NOT NULL,\n    \
+             action text NOT NULL CHECK (action IN ('redact', 'drop', 'noise')),\n    \
+             PRIMARY KEY (schema_name, table_name, column_name, action)\n\
+         );\n\
+         REVOKE ALL ON bemi.column_policies FROM PUBLIC;\n",
     );
+    for (table, rules) in &options.model_policies {
+        let rules: Vec<(&str, crate::policy::ColumnAction)> = rules
+            .iter()
+            .map(|(column, action)| (column.as_str(), *action))
+            .collect();
+        sql.push_str(&crate::policy::store_table_rules_sql(table, &rules));
+    }
     for template in [
         EMIT_CONTEXT,
         IS_EXCLUDED,

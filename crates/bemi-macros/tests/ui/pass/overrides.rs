@@ -6,6 +6,7 @@ struct OrderLine {
     order_id: i64,
     #[bemi(column = "line no")]
     line: i16,
+    #[bemi(noise)]
     product: String,
     #[bemi(ignore)]
     cached_total: f64,
@@ -19,6 +20,7 @@ fn main() {
     assert_eq!(OrderLine::PRIMARY_KEY, ["order_id", "line no"]);
     assert_eq!(OrderLine::IGNORED, ["cached_total"]);
     assert_eq!(OrderLine::REDACTED, ["note"]);
+    assert_eq!(OrderLine::NOISE, ["product"]);
     assert_eq!(
         OrderLine::audit_log().changes_table(),
         &QualifiedName::new("audit", "changes").unwrap()

@@ -1,12 +1,52 @@
 //! Small helpers for writing JSON text directly, without building `serde_json` values.
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `word` is zero.
+const fn has_zero(word: u64) -> bool {
+    word.wrapping_sub(ONES) & !word & HIGHS != 0
+}
+
+/// Whether any byte of `word` is below `limit` (at most 128).
+const fn has_below(word: u64, limit: u8) -> bool {
+    word.wrapping_sub(ONES * limit as u64) & !word & HIGHS != 0
+}
+
+/// Whether any byte of `word` equals `byte`.
+const fn has_byte(word: u64, byte: u8) -> bool {
+    has_zero(word ^ (ONES * byte as u64))
+}
+
+/// The first position from `at` whose byte is a control character or one of `specials`,
+/// skipping eight clean bytes at a time.
+pub(crate) fn next_special(bytes: &[u8], mut at: usize, specials: &[u8]) -> Option<usize> {
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let word = u64::from_le_bytes(chunk);
+        if has_below(word, 0x20) || specials.iter().any(|&special| has_byte(word, special)) {
+            break;
+        }
+        at += 8;
+    }
+    bytes
+        .get(at..)?
+        .iter()
+        .position(|byte| *byte < 0x20 || specials.contains(byte))
+        .map(|position| position + at)
+}
+
 /// Appends `text` as a JSON string literal (quoted, with `"`, `\` and control characters
 /// escaped).
 pub(crate) fn push_string(out: &mut String, text: &str) {
     out.reserve(text.len() + 2);
     out.push('"');
+    let bytes = text.as_bytes();
     let mut clean_from = 0;
-    for (at, byte) in text.bytes().enumerate() {
+    while let Some(at) = next_special(bytes, clean_from, b"\"\\") {
+        let byte = bytes[at];
         let escape = match byte {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -15,8 +55,7 @@ pub(crate) fn push_string(out: &mut String, text: &str) {
             b'\t' => "\\t",
             0x08 => "\\b",
             0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
+            _ => "",
         };
         out.push_str(&text[clean_from..at]);
         if escape.is_empty() {

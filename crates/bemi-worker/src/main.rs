@@ -225,7 +225,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the worker's CPU work is light next to PostgreSQL's, and allocating and freeing
+    // change rows on the same thread keeps the allocator fast and memory low (measured: the
+    // same throughput as a multi-threaded runtime with mimalloc, a third less peak memory).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

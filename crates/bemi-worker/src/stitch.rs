@@ -450,7 +450,10 @@ fn image(
         match value {
             Datum::Null | Datum::UnchangedToast => out.push_str("null"),
             Datum::Text(bytes) => {
-                let text = String::from_utf8_lossy(bytes);
+                let text = match std::str::from_utf8(bytes) {
+                    Ok(text) => std::borrow::Cow::Borrowed(text),
+                    Err(_) => String::from_utf8_lossy(bytes),
+                };
                 let kind = info
                     .kinds
                     .get(index)

@@ -336,6 +336,9 @@ pub(crate) fn encode_copy(rows: &[ChangeRow]) -> Bytes {
         .map(|row| row.before.len() + row.after.len() + row.context.len() + 256)
         .sum();
     let mut out = BytesMut::with_capacity(size);
+    // The rows of a transaction share their times: format each distinct one once.
+    let mut times: [Option<(chrono::DateTime<chrono::Utc>, String)>; 2] = [None, None];
+    let mut numbers = itoa::Buffer::new();
     for row in rows {
         let mut uuid = uuid::Uuid::encode_buffer();
         field(&mut out, row.id.hyphenated().encode_lower(&mut uuid));
@@ -356,12 +359,16 @@ pub(crate) fn encode_copy(rows: &[ChangeRow]) -> Bytes {
             tab(&mut out);
             field(&mut out, text);
         }
-        for time in [row.committed_at, row.queued_at] {
+        for (slot, time) in times.iter_mut().zip([row.committed_at, row.queued_at]) {
             tab(&mut out);
-            field(
-                &mut out,
-                &time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            );
+            let text = match slot {
+                Some((cached, text)) if *cached == time => text,
+                _ => {
+                    let text = time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                    &slot.insert((time, text)).1
+                }
+            };
+            out.put_slice(text.as_bytes());
         }
         for number in [
             row.transaction_id,
@@ -370,7 +377,7 @@ pub(crate) fn encode_copy(rows: &[ChangeRow]) -> Bytes {
             i64::from(row.sequence),
         ] {
             tab(&mut out);
-            out.put_slice(number.to_string().as_bytes());
+            out.put_slice(numbers.format(number).as_bytes());
         }
         tab(&mut out);
         match &row.previous_primary_key {
@@ -388,20 +395,24 @@ fn tab(out: &mut BytesMut) {
 
 /// A text-format COPY field: backslash, tab, newline and carriage return escaped.
 fn field(out: &mut BytesMut, text: &str) {
+    let bytes = text.as_bytes();
     let mut clean_from = 0;
-    for (at, byte) in text.bytes().enumerate() {
-        let escape: &[u8] = match byte {
+    let mut search_from = 0;
+    while let Some(at) = crate::json::next_special(bytes, search_from, b"\\") {
+        search_from = at + 1;
+        let escape: &[u8] = match bytes[at] {
             b'\\' => b"\\\\",
             b'\t' => b"\\t",
             b'\n' => b"\\n",
             b'\r' => b"\\r",
+            // Other control characters need no escape in COPY text.
             _ => continue,
         };
-        out.put_slice(&text.as_bytes()[clean_from..at]);
+        out.put_slice(&bytes[clean_from..at]);
         out.put_slice(escape);
         clean_from = at + 1;
     }
-    out.put_slice(&text.as_bytes()[clean_from..]);
+    out.put_slice(&bytes[clean_from..]);
 }
 
 #[cfg(test)]
@@ -431,6 +442,36 @@ mod tests {
             commit_lsn: 3,
             sequence: 4,
             previous_primary_key: Some("7".into()),
+        }
+    }
+
+    /// Reads a COPY text field back.
+    fn unescape(field: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut bytes = field.iter();
+        while let Some(&byte) = bytes.next() {
+            if byte == b'\\' {
+                match bytes.next() {
+                    Some(b't') => out.push(b'\t'),
+                    Some(b'n') => out.push(b'\n'),
+                    Some(b'r') => out.push(b'\r'),
+                    Some(&other) => out.push(other),
+                    None => {}
+                }
+            } else {
+                out.push(byte);
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fields_round_trip_and_never_hold_raw_separators(text in "(?s).{0,64}") {
+            let mut out = BytesMut::new();
+            field(&mut out, &text);
+            proptest::prop_assert!(!out.iter().any(|byte| matches!(byte, b'\t' | b'\n' | b'\r')));
+            proptest::prop_assert_eq!(unescape(&out), text.as_bytes());
         }
     }
 

@@ -25,7 +25,7 @@ const CHANGES_COLUMNS: &str = r#"(
     commit_lsn bigint NOT NULL,
     sequence integer NOT NULL,
     previous_primary_key text,
-    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 )"#;
 
 const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS bemi.worker_progress (

@@ -4,15 +4,16 @@
 //! ```text
 //! cargo run --release -p bemi-bench -- worker-throughput
 //! cargo run --release -p bemi-bench -- worker-memory
-//! cargo run --release -p bemi-bench -- diesel-insert
+//! cargo run --release -p bemi-bench -- write-path
 //! cargo run --release -p bemi-bench -- trigger-cost
 //! cargo run --release -p bemi-bench -- seaorm-insert
 //! cargo run --release -p bemi-bench -- history-latency
+//! cargo run --release -p bemi-bench -- lag
 //! ```
 
-mod diesel_insert;
 mod environment;
 mod history_latency;
+mod lag;
 mod memory;
 mod seaorm_insert;
 mod stats;
@@ -20,6 +21,7 @@ mod throughput;
 mod trigger_cost;
 mod worker_process;
 mod workload;
+mod write_path;
 
 use clap::{Parser, Subcommand};
 
@@ -48,13 +50,22 @@ enum Scenario {
         #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
         rows: Vec<usize>,
     },
-    /// Single-row INSERT tps through bemi's Diesel wrapper vs plain Diesel.
-    DieselInsert {
+    /// Diesel write throughput and WAL per transaction: plain, tracked, tagged, and Bemi's
+    /// row-trigger design, for single-row INSERT/UPDATE and a 1,000-row UPDATE.
+    WritePath {
+        /// Workloads to run.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "insert,update1,update1000"
+        )]
+        workloads: Vec<write_path::Workload>,
         /// Interleaved rounds (each runs every variant once).
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// Seconds per variant per round.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 4)]
         seconds: u64,
         /// Client threads.
         #[arg(long, default_value_t = 2)]
@@ -93,6 +104,18 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         repetitions: usize,
     },
+    /// Commit-to-stored latency (p50/p99) under a steady load at a fraction of the maximum rate.
+    Lag {
+        /// Seconds of steady load per run.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// The load, as a fraction of the maximum rate measured first.
+        #[arg(long, default_value_t = 0.5)]
+        fraction: f64,
+        /// Runs (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+    },
     /// Runs the worker in this process until SIGTERM (used by the scenarios).
     #[command(name = "__worker", hide = true)]
     Worker {
@@ -100,6 +123,8 @@ enum Scenario {
         database_url: String,
         #[arg(long)]
         slot: String,
+        #[arg(long)]
+        destination_url: Option<String>,
     },
 }
 
@@ -121,24 +146,59 @@ async fn main() -> anyhow::Result<()> {
             repetitions,
             statements,
         } => trigger_cost::run(repetitions.max(1), statements.max(1)).await,
-        Scenario::DieselInsert {
+        Scenario::WritePath {
+            workloads,
             rounds,
             seconds,
             clients,
-        } => diesel_insert::run(rounds.max(1), seconds.max(1), clients.max(1)).await,
+        } => {
+            write_path::run(
+                &workloads,
+                rounds.max(1),
+                seconds.max(1),
+                clients.clamp(1, 50),
+            )
+            .await
+        }
         Scenario::HistoryLatency {
             changes,
             probes,
             repetitions,
         } => history_latency::run(changes.max(100_000), probes.max(1), repetitions.max(1)).await,
-        Scenario::Worker { database_url, slot } => {
+        Scenario::Lag {
+            seconds,
+            fraction,
+            repetitions,
+        } => {
+            lag::run(
+                seconds.max(1),
+                fraction.clamp(0.01, 1.0),
+                repetitions.max(1),
+            )
+            .await
+        }
+        Scenario::Worker {
+            database_url,
+            slot,
+            destination_url,
+        } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .init();
-            worker_process::run_worker(&database_url, &slot).await
+            tokio::task::spawn_blocking(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(worker_process::run_worker(
+                        &database_url,
+                        &slot,
+                        destination_url.as_deref(),
+                    ))
+            })
+            .await?
         }
     }
 }

@@ -14,7 +14,7 @@ pub(crate) async fn run(sizes: &[usize]) -> anyhow::Result<()> {
     let machine = first.machine().await?;
     // Idle: nothing to stream.
     first.create_slot("bench_idle").await?;
-    let idle_worker = WorkerProcess::spawn(&first.database.url(), "bench_idle")?;
+    let idle_worker = WorkerProcess::spawn(&first.database.url(), "bench_idle", None)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = idle_worker.rss_kib().unwrap_or(0);
     idle_worker.stop().await?;
@@ -36,7 +36,7 @@ pub(crate) async fn run(sizes: &[usize]) -> anyhow::Result<()> {
         env.client.batch_execute(&insert(0, rows)).await?;
         let target = env.current_lsn().await?;
         env.client.batch_execute("CHECKPOINT").await?;
-        let run = measure(&env, "bench_memory", &target, rows).await?;
+        let run = measure(&env, "bench_memory", &target, rows, None).await?;
         let (elapsed, peak) = (run.elapsed, run.peak_rss_kib);
         println!(
             "| {rows} | {:.1} | {:.0} | {:.1} |",

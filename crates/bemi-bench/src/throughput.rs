@@ -19,15 +19,35 @@ enum Method {
     Drain,
     Copy,
     Worker,
+    /// The worker storing into another database of the same cluster.
+    WorkerSeparate,
 }
 
 /// Measures, on identical slots, the raw drain, COPY of the stored rows, and the worker.
 pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()> {
     let env = Environment::start("throughput", SCHEMA).await?;
+    // The destination in another database of the cluster: the walsender then skips the
+    // worker's own writes instead of decoding them.
+    let audit = {
+        let cluster = std::sync::Arc::clone(&env.cluster);
+        tokio::task::spawn_blocking(move || {
+            bemi_test_harness::TestDatabase::new_in(&cluster, "bench::throughput_audit")
+        })
+        .await?
+    };
+    let audit_client = audit.connect().await;
+    audit_client
+        .batch_execute(
+            &bemi_core::setup::Setup::new(bemi_core::setup::SetupOptions::default())?
+                .destination_sql(),
+        )
+        .await?;
+    let audit_url = audit.url();
     let slot = |kind: &str, repetition: usize| format!("bench_{kind}_{repetition}");
     for repetition in 0..repetitions {
         env.create_slot(&slot("drain", repetition)).await?;
         env.create_slot(&slot("worker", repetition)).await?;
+        env.create_slot(&slot("separate", repetition)).await?;
     }
     let generated = Instant::now();
     let statements = mixed(changes, 1_000);
@@ -43,10 +63,16 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
     let mut copy_data: Option<Vec<Bytes>> = None;
     let mut seconds: Vec<(Method, f64)> = Vec::new();
     let mut peak_rss = Vec::new();
+    let mut separate_rss = Vec::new();
     for repetition in 0..repetitions {
         // Rotate the order; the first repetition runs the worker first (its rows feed COPY).
-        let mut order = vec![Method::Worker, Method::Copy, Method::Drain];
-        order.rotate_right(repetition % 3);
+        let mut order = vec![
+            Method::Worker,
+            Method::Copy,
+            Method::Drain,
+            Method::WorkerSeparate,
+        ];
+        order.rotate_right(repetition % 4);
         if copy_data.is_none() {
             order.retain(|method| *method != Method::Worker);
             order.insert(0, Method::Worker);
@@ -59,11 +85,28 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
                         .batch_execute("TRUNCATE bemi.changes; DELETE FROM bemi.worker_progress;")
                         .await?;
                     env.client.batch_execute("CHECKPOINT").await?;
-                    let run = measure(&env, &slot("worker", repetition), &target, changes).await?;
+                    let run =
+                        measure(&env, &slot("worker", repetition), &target, changes, None).await?;
                     peak_rss.push(run.peak_rss_kib as f64 / 1024.0);
                     if copy_data.is_none() {
                         copy_data = Some(copy_out(&env.client).await?);
                     }
+                    run.elapsed
+                }
+                Method::WorkerSeparate => {
+                    audit_client
+                        .batch_execute("TRUNCATE bemi.changes; DELETE FROM bemi.worker_progress;")
+                        .await?;
+                    env.client.batch_execute("CHECKPOINT").await?;
+                    let run = measure(
+                        &env,
+                        &slot("separate", repetition),
+                        &target,
+                        changes,
+                        Some((&audit_url, &audit_client)),
+                    )
+                    .await?;
+                    separate_rss.push(run.peak_rss_kib as f64 / 1024.0);
                     run.elapsed
                 }
                 Method::Copy => {
@@ -99,7 +142,12 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
             .map(|(_, seconds)| *seconds)
             .collect()
     };
-    let (drain_s, copy_s, worker_s) = (of(Method::Drain), of(Method::Copy), of(Method::Worker));
+    let (drain_s, copy_s, worker_s, separate_s) = (
+        of(Method::Drain),
+        of(Method::Copy),
+        of(Method::Worker),
+        of(Method::WorkerSeparate),
+    );
     let rate = |values: &[f64]| -> Vec<f64> { values.iter().map(|s| changes as f64 / s).collect() };
     let ratio = |numerator: &[f64], denominator: &[f64]| -> Vec<f64> {
         // Per repetition: time of the limit / time of the worker = rate ratio.
@@ -133,20 +181,35 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
         summary(&rate(&copy_s), 0)
     );
     println!(
-        "| (c) `bemi-worker`, start to all stored and confirmed | {} | {} |",
+        "| (c) `bemi-worker`, start to all stored and confirmed (`changes` in the source database) | {} | {} |",
         summary(&worker_s, 2),
         summary(&rate(&worker_s), 0)
     );
+    println!(
+        "| (c') the same, `changes` in another database of the cluster | {} | {} |",
+        summary(&separate_s, 2),
+        summary(&rate(&separate_s), 0)
+    );
     println!();
     println!(
-        "- (c) / (b): {} (target ≥ 0.9)",
-        summary(&ratio(&worker_s, &copy_s), 2)
+        "- (c) / (b): {}, (c') / (b): {} (target ≥ 0.9)",
+        summary(&ratio(&worker_s, &copy_s), 2),
+        summary(&ratio(&separate_s, &copy_s), 2)
     );
     println!(
-        "- (c) / (a): {} (target ≥ 0.5)",
-        summary(&ratio(&worker_s, &drain_s), 2)
+        "- (c) / (a): {}, (c') / (a): {} (target ≥ 0.5)",
+        summary(&ratio(&worker_s, &drain_s), 2),
+        summary(&ratio(&separate_s, &drain_s), 2)
     );
-    println!("- worker peak RSS: {} MiB", summary(&peak_rss, 1));
+    println!(
+        "- (b) / (a): {} (the most any writer into this table reaches against the read limit)",
+        summary(&ratio(&copy_s, &drain_s), 2)
+    );
+    println!(
+        "- worker peak RSS: {} MiB, (c') {} MiB",
+        summary(&peak_rss, 1),
+        summary(&separate_rss, 1)
+    );
     Ok(())
 }
 

@@ -13,10 +13,15 @@ pub(crate) struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts a worker streaming `slot` of the database at `url` into its `bemi.changes`.
-    pub(crate) fn spawn(url: &str, slot: &str) -> anyhow::Result<Self> {
+    /// Starts a worker streaming `slot` of the database at `url` into the `bemi.changes` of
+    /// `destination` (default: the same database).
+    pub(crate) fn spawn(url: &str, slot: &str, destination: Option<&str>) -> anyhow::Result<Self> {
+        let mut args = vec!["__worker", "--database-url", url, "--slot", slot];
+        if let Some(destination) = destination {
+            args.extend(["--destination-url", destination]);
+        }
         let child = Command::new(std::env::current_exe()?)
-            .args(["__worker", "--database-url", url, "--slot", slot])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -94,15 +99,16 @@ pub(crate) struct Run {
 }
 
 /// Runs a worker process on `slot` until it confirmed `target`, stops it, and checks that it
-/// stored exactly `expected` changes.
+/// stored exactly `expected` changes in `destination` (`None`: the source database).
 pub(crate) async fn measure(
     env: &crate::environment::Environment,
     slot: &str,
     target: &str,
     expected: usize,
+    destination: Option<(&str, &tokio_postgres::Client)>,
 ) -> anyhow::Result<Run> {
     let started = Instant::now();
-    let worker = WorkerProcess::spawn(&env.database.url(), slot)?;
+    let worker = WorkerProcess::spawn(&env.database.url(), slot, destination.map(|(url, _)| url))?;
     let elapsed = wait_confirmed(
         &env.client,
         slot,
@@ -113,8 +119,8 @@ pub(crate) async fn measure(
     .await?;
     let peak_rss_kib = worker.peak_rss_kib().unwrap_or(0);
     worker.stop().await?;
-    let stored: i64 = env
-        .client
+    let stored: i64 = destination
+        .map_or(&env.client, |(_, client)| client)
         .query_one("SELECT count(*) FROM bemi.changes", &[])
         .await?
         .get(0);
@@ -129,8 +135,15 @@ pub(crate) async fn measure(
 }
 
 /// Runs the worker in this process until SIGTERM (the `__worker` command).
-pub(crate) async fn run_worker(url: &str, slot: &str) -> anyhow::Result<()> {
+pub(crate) async fn run_worker(
+    url: &str,
+    slot: &str,
+    destination: Option<&str>,
+) -> anyhow::Result<()> {
     let mut config = bemi_worker::WorkerConfig::new(bemi_worker::ConnectionOptions::parse(url)?);
+    if let Some(destination) = destination {
+        config.destination = bemi_worker::ConnectionOptions::parse(destination)?;
+    }
     config.slot = slot.to_owned();
     config.status_interval = Duration::from_millis(100);
     let worker = bemi_worker::Worker::new(config);

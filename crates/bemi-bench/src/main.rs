@@ -9,12 +9,14 @@
 //! cargo run --release -p bemi-bench -- seaorm-insert
 //! cargo run --release -p bemi-bench -- history-latency
 //! cargo run --release -p bemi-bench -- lag
+//! cargo run --release -p bemi-bench -- nats-scale
 //! ```
 
 mod environment;
 mod history_latency;
 mod lag;
 mod memory;
+mod nats_scale;
 mod seaorm_insert;
 mod stats;
 mod throughput;
@@ -116,6 +118,27 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         repetitions: usize,
     },
+    /// Stored changes/s through NATS JetStream (capture + 1 or 2 ingest processes) vs `run`.
+    NatsScale {
+        /// Row changes to generate.
+        #[arg(long, default_value_t = 200_000)]
+        changes: usize,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+    },
+    /// Runs an ingest process in this process until SIGTERM (used by nats-scale).
+    #[command(name = "__ingest", hide = true)]
+    Ingest {
+        #[arg(long)]
+        destination_url: String,
+        #[arg(long)]
+        nats_url: String,
+        #[arg(long)]
+        nats_stream: String,
+        #[arg(long)]
+        nats_subject: String,
+    },
     /// Runs the worker in this process until SIGTERM (used by the scenarios).
     #[command(name = "__worker", hide = true)]
     Worker {
@@ -125,6 +148,13 @@ enum Scenario {
         slot: String,
         #[arg(long)]
         destination_url: Option<String>,
+        /// Publish to NATS JetStream instead of storing (capture).
+        #[arg(long, requires_all = ["nats_stream", "nats_subject"])]
+        nats_url: Option<String>,
+        #[arg(long)]
+        nats_stream: Option<String>,
+        #[arg(long)]
+        nats_subject: Option<String>,
     },
 }
 
@@ -177,11 +207,41 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Scenario::NatsScale {
+            changes,
+            repetitions,
+        } => nats_scale::run(changes.max(1_000), repetitions.max(1)).await,
+        Scenario::Ingest {
+            destination_url,
+            nats_url,
+            nats_stream,
+            nats_subject,
+        } => {
+            let mut nats = bemi_worker::NatsOptions::new(nats_url);
+            nats.stream = nats_stream;
+            nats.subject = nats_subject;
+            tokio::task::spawn_blocking(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(worker_process::run_ingest(&destination_url, nats))
+            })
+            .await?
+        }
         Scenario::Worker {
             database_url,
             slot,
             destination_url,
+            nats_url,
+            nats_stream,
+            nats_subject,
         } => {
+            let nats = nats_url.map(|url| {
+                let mut nats = bemi_worker::NatsOptions::new(url);
+                nats.stream = nats_stream.unwrap_or_default();
+                nats.subject = nats_subject.unwrap_or_default();
+                nats
+            });
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
             tracing_subscriber::fmt()
@@ -196,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
                         &database_url,
                         &slot,
                         destination_url.as_deref(),
+                        nats,
                     ))
             })
             .await?

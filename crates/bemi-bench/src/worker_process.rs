@@ -139,6 +139,7 @@ pub(crate) async fn run_worker(
     url: &str,
     slot: &str,
     destination: Option<&str>,
+    nats: Option<bemi_worker::NatsOptions>,
 ) -> anyhow::Result<()> {
     let mut config = bemi_worker::WorkerConfig::new(bemi_worker::ConnectionOptions::parse(url)?);
     if let Some(destination) = destination {
@@ -146,15 +147,28 @@ pub(crate) async fn run_worker(
     }
     config.slot = slot.to_owned();
     config.status_interval = Duration::from_millis(100);
+    config.nats = nats;
     let worker = bemi_worker::Worker::new(config);
-    worker
-        .run(async {
-            if let Ok(mut terminate) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                terminate.recv().await;
-            }
-        })
-        .await?;
+    worker.run(terminated()).await?;
     Ok(())
+}
+
+/// Runs an ingest process in this process until SIGTERM (the `__ingest` command).
+pub(crate) async fn run_ingest(
+    destination: &str,
+    nats: bemi_worker::NatsOptions,
+) -> anyhow::Result<()> {
+    let config =
+        bemi_worker::IngestConfig::new(nats, bemi_worker::ConnectionOptions::parse(destination)?);
+    bemi_worker::Ingest::new(config).run(terminated()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM.
+async fn terminated() {
+    if let Ok(mut terminate) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        terminate.recv().await;
+    }
 }

@@ -22,6 +22,8 @@
 //!   cluster is a `postgres` Docker container instead (for machines with Docker; never the
 //!   default, and CI does not need it).
 //!
+//! - [`NatsServer`] starts a throwaway `nats-server -js` for the JetStream tests.
+//!
 //! Test code is allowed to panic: every failure here is a test failure with a message.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -31,12 +33,14 @@ mod cluster;
 #[cfg(feature = "testcontainers")]
 mod container;
 mod database;
+mod nats;
 mod wait;
 
 pub use cluster::{BACKEND_VARIABLE, BIN_DIR_VARIABLE, DATABASE_URL_VARIABLE, TestCluster};
 #[cfg(feature = "testcontainers")]
 pub use container::IMAGE_TAG_VARIABLE;
 pub use database::TestDatabase;
+pub use nats::{NATS_SERVER_VARIABLE, NatsServer};
 pub use wait::{wait_until, wait_until_async};
 
 /// Creates the [`TestDatabase`] of the calling test, named after the test function's path.

@@ -61,6 +61,16 @@ pub enum Error {
     #[error(transparent)]
     Core(#[from] bemi_core::Error),
 
+    /// NATS JetStream failed: connecting, publishing, consuming or acknowledging.
+    #[error("{action}")]
+    Nats {
+        /// What the worker was doing.
+        action: String,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// The store task ended unexpectedly.
     #[error("the store task ended unexpectedly")]
     StoreGone,
@@ -122,7 +132,7 @@ impl Error {
                 }
                 _ => false,
             },
-            Error::StoreGone => true,
+            Error::StoreGone | Error::Nats { .. } => true,
             _ => false,
         }
     }

@@ -30,7 +30,8 @@
 //! # }
 //! ```
 //!
-//! The `bemi-worker` binary wraps this with `setup`, `run`, `status` and `teardown` commands.
+//! The `bemi-worker` binary wraps this with `setup`, `run`, `status` and `teardown` commands,
+//! and `capture`/`ingest` to scale storage out through NATS JetStream (see [`jetstream`]).
 
 mod batch;
 mod catalog;
@@ -38,25 +39,33 @@ mod change_row;
 mod connection;
 mod context;
 mod error;
+mod ingest;
 mod install;
+pub mod jetstream;
 mod json;
+mod nats_status;
 pub mod pgoutput;
 mod progress;
 mod revert;
 mod runner;
+mod sink;
 mod snapshot;
 mod status;
 mod stitch;
 mod store;
 pub mod tls;
 mod values;
+mod wire;
 mod worker;
 
 pub use change_row::ChangeRow;
 pub use connection::{ConnectionOptions, mask_password};
 pub use context::DEFAULT_MAX_CONTEXT_BYTES;
 pub use error::{Error, Result, error_chain};
+pub use ingest::{Ingest, IngestConfig, IngestMetrics};
 pub use install::{setup, teardown};
+pub use jetstream::{NatsOptions, Retention};
+pub use nats_status::{NatsStatus, nats_status};
 pub use revert::revert;
 pub use runner::ClientRunner;
 pub use snapshot::snapshot;

@@ -8,7 +8,7 @@ use bemi_core::QualifiedName;
 use bemi_core::policy::{ColumnAction, ColumnPolicies};
 use bemi_core::revert::Revert;
 use bemi_core::setup::{Setup, SetupOptions};
-use bemi_worker::{ConnectionOptions, Worker, WorkerConfig};
+use bemi_worker::{ConnectionOptions, Ingest, IngestConfig, NatsOptions, Worker, WorkerConfig};
 use clap::{Args, Parser, Subcommand};
 
 /// Captures every row change of PostgreSQL, with the application context that caused it, into
@@ -26,8 +26,15 @@ enum Command {
     Setup(SetupArgs),
     /// Stream changes into the changes table until SIGINT or SIGTERM.
     Run(RunArgs),
-    /// Show the slot's position, lag and retained WAL, and the last stored commit.
-    Status(CommonArgs),
+    /// Show the slot's position, lag and retained WAL, and the last stored commit (and, with
+    /// --nats-url, the JetStream stream and the ingest consumer's backlog).
+    Status(StatusArgs),
+    /// Like `run`, but publish the changes to NATS JetStream for `ingest` processes to store
+    /// (scale storage out). The slot is confirmed once JetStream stored the changes.
+    Capture(CaptureArgs),
+    /// Store the changes `capture` published, sharing the work with any other `ingest`
+    /// processes, until SIGINT or SIGTERM.
+    Ingest(IngestArgs),
     /// Remove triggers, publication and slot (the changes table is kept unless
     /// --drop-changes).
     Teardown(TeardownArgs),
@@ -183,6 +190,155 @@ impl RunArgs {
 }
 
 #[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Also show the JetStream stage (stream size, consumer backlog).
+    #[arg(long, env = "BEMI_NATS_URL", hide_env_values = true)]
+    nats_url: Option<String>,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+#[derive(Debug, Args)]
+struct CaptureArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// The NATS server(s), e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "BEMI_NATS_URL", hide_env_values = true)]
+    nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+#[derive(Debug, Args)]
+struct IngestArgs {
+    /// The database holding the changes table.
+    #[arg(long, env = "BEMI_DESTINATION_URL", hide_env_values = true)]
+    destination_url: String,
+    /// The changes table, `schema.table`.
+    #[arg(long, env = "BEMI_CHANGES_TABLE", default_value = "bemi.changes")]
+    changes_table: QualifiedName,
+    /// The NATS server(s), e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "BEMI_NATS_URL", hide_env_values = true)]
+    nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Changes per stored batch.
+    #[arg(long, env = "BEMI_BATCH_SIZE", default_value_t = 5_000)]
+    batch_size: usize,
+    /// Longest time a received change waits before its batch is stored, in milliseconds.
+    #[arg(long, env = "BEMI_FLUSH_INTERVAL_MS", default_value_t = 100)]
+    flush_interval_ms: u64,
+    /// How often progress is logged, in seconds.
+    #[arg(long, env = "BEMI_LOG_INTERVAL_SECONDS", default_value_t = 10)]
+    log_interval_seconds: u64,
+}
+
+/// The JetStream stream, consumer and connection settings shared by capture, ingest and status.
+#[derive(Debug, Args)]
+struct NatsArgs {
+    /// The JetStream stream (created by capture or ingest if missing).
+    #[arg(long, env = "BEMI_NATS_STREAM", default_value = "BEMI_CHANGES")]
+    nats_stream: String,
+    /// The subject changes are published to.
+    #[arg(long, env = "BEMI_NATS_SUBJECT", default_value = "bemi.changes")]
+    nats_subject: String,
+    /// What the stream keeps: workqueue (until stored), limits (until the stream's limits), or
+    /// interest.
+    #[arg(long, env = "BEMI_NATS_RETENTION", default_value = "workqueue")]
+    nats_retention: bemi_worker::Retention,
+    /// Copies of the stream in a NATS cluster.
+    #[arg(long, env = "BEMI_NATS_REPLICAS", default_value_t = 1)]
+    nats_replicas: usize,
+    /// How long JetStream drops re-published changes (a capture restart's replay), in seconds.
+    #[arg(
+        long,
+        env = "BEMI_NATS_DUPLICATE_WINDOW_SECONDS",
+        default_value_t = 120
+    )]
+    nats_duplicate_window_seconds: u64,
+    /// The durable consumer ingest processes share.
+    #[arg(long, env = "BEMI_NATS_CONSUMER", default_value = "bemi-ingest")]
+    nats_consumer: String,
+    /// Seconds a delivered change may stay unacknowledged before another ingest process gets it.
+    #[arg(long, env = "BEMI_NATS_ACK_WAIT_SECONDS", default_value_t = 30)]
+    nats_ack_wait_seconds: u64,
+    /// Most changes delivered and unacknowledged, over all ingest processes.
+    #[arg(long, env = "BEMI_NATS_MAX_ACK_PENDING", default_value_t = 20_000)]
+    nats_max_ack_pending: i64,
+    /// A NATS credentials file (.creds: JWT and NKey).
+    #[arg(long, env = "BEMI_NATS_CREDS")]
+    nats_creds: Option<std::path::PathBuf>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "BEMI_NATS_USER", requires = "nats_password")]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(
+        long,
+        env = "BEMI_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    nats_password: Option<String>,
+    /// NATS authentication token.
+    #[arg(long, env = "BEMI_NATS_TOKEN", hide_env_values = true)]
+    nats_token: Option<String>,
+    /// CA certificates (PEM) that verify the NATS server.
+    #[arg(long, env = "BEMI_NATS_TLS_CA")]
+    nats_tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (with --nats-tls-key).
+    #[arg(long, env = "BEMI_NATS_TLS_CERT", requires = "nats_tls_key")]
+    nats_tls_cert: Option<std::path::PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, env = "BEMI_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    nats_tls_key: Option<std::path::PathBuf>,
+    /// Refuse a NATS connection without TLS.
+    #[arg(long, env = "BEMI_NATS_REQUIRE_TLS")]
+    nats_require_tls: bool,
+}
+
+impl NatsArgs {
+    fn options(&self, url: &str) -> NatsOptions {
+        let mut options = NatsOptions::new(url);
+        options.stream = self.nats_stream.clone();
+        options.subject = self.nats_subject.clone();
+        options.retention = self.nats_retention;
+        options.replicas = self.nats_replicas.max(1);
+        options.duplicate_window = Duration::from_secs(self.nats_duplicate_window_seconds);
+        options.consumer = self.nats_consumer.clone();
+        options.ack_wait = Duration::from_secs(self.nats_ack_wait_seconds.max(1));
+        options.max_ack_pending = self.nats_max_ack_pending.max(1);
+        options.credentials_file = self.nats_creds.clone();
+        options.user_and_password = self.nats_user.clone().zip(self.nats_password.clone());
+        options.token = self.nats_token.clone();
+        options.tls_ca = self.nats_tls_ca.clone();
+        options.tls_client = self.nats_tls_cert.clone().zip(self.nats_tls_key.clone());
+        options.require_tls = self.nats_require_tls;
+        options
+    }
+}
+
+impl RunArgs {
+    /// The worker's configuration for `run` (and `capture`, which adds NATS).
+    fn config(self) -> anyhow::Result<WorkerConfig> {
+        let (source, destination) = self.common.connections()?;
+        let column_policies = self.column_policies()?;
+        let mut config = WorkerConfig::new(source);
+        config.column_policies = column_policies;
+        config.destination = destination;
+        config.slot = self.common.slot;
+        config.publication = self.common.publication;
+        config.changes_table = self.common.changes_table;
+        config.batch_size = self.batch_size.max(1);
+        config.flush_interval = Duration::from_millis(self.flush_interval_ms);
+        config.max_context_bytes = self.max_context_bytes;
+        config.log_interval = Duration::from_secs(self.log_interval_seconds.max(1));
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
 struct TeardownArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -273,26 +429,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Run(args) => {
-            let (source, destination) = args.common.connections()?;
-            let column_policies = args.column_policies()?;
-            let mut config = WorkerConfig::new(source);
-            config.column_policies = column_policies;
-            config.destination = destination;
-            config.slot = args.common.slot;
-            config.publication = args.common.publication;
-            config.changes_table = args.common.changes_table;
-            config.batch_size = args.batch_size.max(1);
-            config.flush_interval = Duration::from_millis(args.flush_interval_ms);
-            config.max_context_bytes = args.max_context_bytes;
-            config.log_interval = Duration::from_secs(args.log_interval_seconds.max(1));
-
+            let worker = Worker::new(args.config()?);
+            worker.run(shutdown_signal()).await?;
+        }
+        Command::Capture(args) => {
+            let nats = args.nats.options(&args.nats_url);
+            let mut config = args.run.config()?;
+            config.nats = Some(nats);
             let worker = Worker::new(config);
             worker.run(shutdown_signal()).await?;
         }
+        Command::Ingest(args) => {
+            let nats = args.nats.options(&args.nats_url);
+            let destination = ConnectionOptions::parse(&args.destination_url)?;
+            let mut config = IngestConfig::new(nats, destination);
+            config.changes_table = args.changes_table;
+            config.batch_size = args.batch_size.max(1);
+            config.flush_interval = Duration::from_millis(args.flush_interval_ms);
+            config.log_interval = Duration::from_secs(args.log_interval_seconds.max(1));
+            Ingest::new(config).run(shutdown_signal()).await?;
+        }
         Command::Status(args) => {
-            let (source, destination) = args.connections()?;
-            let status = bemi_worker::status(&source, &destination, &args.setup_options()).await?;
+            let (source, destination) = args.common.connections()?;
+            let status =
+                bemi_worker::status(&source, &destination, &args.common.setup_options()).await?;
             print!("{status}");
+            if let Some(url) = &args.nats_url {
+                print!(
+                    "{}",
+                    bemi_worker::nats_status(&args.nats.options(url)).await?
+                );
+            }
         }
         Command::Teardown(args) => {
             if !args.yes {

@@ -24,8 +24,10 @@ use crate::catalog::{Catalog, RelationInfo};
 use crate::change_row::source_hash;
 use crate::context::DEFAULT_MAX_CONTEXT_BYTES;
 use crate::install::{SlotState, server_facts, slot_state};
+use crate::jetstream::{NatsOptions, Publisher};
 use crate::pgoutput::{self, Message};
 use crate::progress::Progress;
+use crate::sink::Sink;
 use crate::snapshot::{SnapshotHeader, parse_row};
 use crate::stitch::{Stitcher, postgres_time};
 use crate::store::Store;
@@ -59,6 +61,9 @@ pub struct WorkerConfig {
     /// Columns to redact, drop or treat as noise (added to those stored in the source's
     /// `bemi.column_policies`); see `bemi_core::policy`.
     pub column_policies: bemi_core::policy::ColumnPolicies,
+    /// Publish the changes to NATS JetStream instead of storing them (`bemi-worker capture`;
+    /// `bemi-worker ingest` stores them). `destination` is then unused.
+    pub nats: Option<NatsOptions>,
 }
 
 impl WorkerConfig {
@@ -79,6 +84,7 @@ impl WorkerConfig {
             log_interval: Duration::from_secs(10),
             max_backoff: Duration::from_secs(30),
             column_policies: bemi_core::policy::ColumnPolicies::default(),
+            nats: None,
         }
     }
 }
@@ -238,8 +244,19 @@ impl Worker {
         ensure_publication(&catalog_client, config).await?;
         check_source_privileges(&catalog_client).await?;
 
-        let destination = config.destination.connect("bemi-worker").await?;
-        check_destination_privileges(&destination, config).await?;
+        let output = match &config.nats {
+            Some(nats) => Output::JetStream(Publisher::connect(nats).await?),
+            None => {
+                let destination = config.destination.connect("bemi-worker").await?;
+                check_destination_privileges(
+                    &destination,
+                    &config.destination,
+                    &config.changes_table,
+                )
+                .await?;
+                Output::Table(destination)
+            }
+        };
 
         let mut replication_config = config
             .source
@@ -254,12 +271,18 @@ impl Worker {
             .await
             .map_err(Error::Replication)?;
         let database = config.source.database().to_owned();
-        let store = Store::new(
-            destination,
-            &config.changes_table,
-            format!("{}/{database}/{}", system.system_id, config.slot),
-        );
-        let progress = store.load_progress().await?;
+        let (sink, progress) = match output {
+            Output::Table(destination) => {
+                let store = Store::new(
+                    destination,
+                    &config.changes_table,
+                    format!("{}/{database}/{}", system.system_id, config.slot),
+                );
+                let progress = store.load_progress().await?;
+                (Sink::Store(store), progress)
+            }
+            Output::JetStream(publisher) => (Sink::JetStream(publisher), None),
+        };
         replication.start().await.map_err(Error::Replication)?;
         replication
             .wait_started()
@@ -279,7 +302,7 @@ impl Worker {
         let (batches, batches_rx) = mpsc::channel::<Batch>(2);
         let (stored_tx, stored_rx) = watch::channel(Stored::default());
         let store_task = tokio::spawn(store_batches(
-            store,
+            sink,
             batches_rx,
             stored_tx,
             Arc::clone(&self.metrics),
@@ -349,6 +372,14 @@ impl Worker {
     }
 }
 
+/// Where a session sends its batches, connected before streaming starts.
+enum Output {
+    /// The destination database's `changes` table.
+    Table(tokio_postgres::Client),
+    /// NATS JetStream.
+    JetStream(Publisher),
+}
+
 /// Refuses to start without the publication, which `bemi-worker setup` creates.
 async fn ensure_publication(client: &tokio_postgres::Client, config: &WorkerConfig) -> Result<()> {
     let exists = client
@@ -406,11 +437,12 @@ async fn check_source_privileges(client: &tokio_postgres::Client) -> Result<()> 
 
 /// Refuses to start when the `changes` or progress table is missing, or the worker's role
 /// cannot write them (naming the GRANT to run).
-async fn check_destination_privileges(
+pub(crate) async fn check_destination_privileges(
     client: &tokio_postgres::Client,
-    config: &WorkerConfig,
+    destination: &ConnectionOptions,
+    changes_table: &QualifiedName,
 ) -> Result<()> {
-    let changes = config.changes_table.to_string();
+    let changes = changes_table.to_string();
     let schema_usage = |schema: &str| {
         format!(
             "(SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n \
@@ -423,7 +455,7 @@ async fn check_destination_privileges(
             &format!(
                 "SELECT current_user::text, {}, {}",
                 schema_usage(bemi_core::setup::BEMI_SCHEMA),
-                schema_usage(config.changes_table.schema())
+                schema_usage(changes_table.schema())
             ),
             &[],
         )
@@ -434,14 +466,13 @@ async fn check_destination_privileges(
     let role = bemi_core::quote_ident(&row.get::<_, String>(0))?;
     let setup_needed = || {
         Error::Config(format!(
-            "{changes} or bemi.worker_progress does not exist in {}: run `bemi-worker setup`",
-            config.destination
+            "{changes} or bemi.worker_progress does not exist in {destination}: run `bemi-worker setup`"
         ))
     };
     let mut missing = Vec::new();
     for (column, schema) in [
         (1, bemi_core::setup::BEMI_SCHEMA),
-        (2, config.changes_table.schema()),
+        (2, changes_table.schema()),
     ] {
         match row.get::<_, Option<bool>>(column) {
             None => return Err(setup_needed()),
@@ -487,8 +518,7 @@ async fn check_destination_privileges(
         Ok(())
     } else {
         Err(Error::Config(format!(
-            "the worker's role cannot store changes in {}: run {}",
-            config.destination,
+            "the worker's role cannot store changes in {destination}: run {}",
             missing.join(" ")
         )))
     }
@@ -527,7 +557,7 @@ async fn wait_for_confirmation(
 
 /// The store task: writes batches in order and reports what is stored.
 async fn store_batches(
-    mut store: Store,
+    mut sink: Sink,
     mut batches: mpsc::Receiver<Batch>,
     stored_tx: watch::Sender<Stored>,
     metrics: Arc<Metrics>,
@@ -536,7 +566,7 @@ async fn store_batches(
     while let Some(batch) = batches.recv().await {
         if !batch.rows.is_empty() || batch.progress.is_some() {
             let started = Instant::now();
-            store.write(&batch.rows, batch.progress).await?;
+            sink.write(&batch.rows, batch.progress).await?;
             tracing::debug!(rows = batch.rows.len(), elapsed = ?started.elapsed(), "stored a batch");
         }
         metrics

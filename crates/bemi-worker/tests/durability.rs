@@ -5,39 +5,12 @@ use std::time::Duration;
 use bemi_test_harness::{TestCluster, TestDatabase, test_database, wait_until_async};
 use bemi_worker::ConnectionOptions;
 
-use crate::support::{RunningWorker, TIMEOUT, count, fixture, spawn_binary};
+use crate::support::{
+    RunningWorker, TIMEOUT, assert_exactly_once, count, fixture, insert_batch, spawn_binary,
+};
 
 const TODO: &str =
     "CREATE TABLE todo (id bigserial PRIMARY KEY, task text NOT NULL, batch int NOT NULL);";
-
-/// Asserts every stored change is there once: `expected` rows, no two with the same primary
-/// key and operation, each with its batch's context.
-async fn assert_exactly_once(client: &tokio_postgres::Client, expected: i64) {
-    let row = client
-        .query_one(
-            "SELECT count(*), count(DISTINCT (primary_key, operation)), count(DISTINCT id), \
-             count(*) FILTER (WHERE context->>'batch' IS DISTINCT FROM \"after\"->>'batch') \
-             FROM bemi.changes",
-            &[],
-        )
-        .await
-        .unwrap();
-    let (total, distinct_keys, distinct_ids, wrong_context): (i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    assert_eq!(total, expected, "stored changes");
-    assert_eq!(distinct_keys, expected, "each row change once");
-    assert_eq!(distinct_ids, expected, "distinct ids");
-    assert_eq!(wrong_context, 0, "every change carries its batch's context");
-}
-
-/// Inserts `rows` rows in one transaction tagged with `{"batch": batch}`.
-async fn insert_batch(client: &tokio_postgres::Client, batch: i32, rows: i32) {
-    let sql = format!(
-        "INSERT INTO todo (task, batch) SELECT 'task ' || i, {batch} FROM generate_series(1, {rows}) AS i \
-         /*Bemi {{\"batch\":\"{batch}\"}} Bemi*/"
-    );
-    client.batch_execute(&sql).await.unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_while_the_worker_is_stopped_are_captured_once() {

@@ -13,6 +13,7 @@ mod cli;
 mod decoder_fuzz;
 mod durability;
 mod history;
+mod nats;
 mod operations;
 mod security;
 mod startup;

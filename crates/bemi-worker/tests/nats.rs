@@ -1,0 +1,365 @@
+//! Scale-out through NATS JetStream: `capture` and `ingest` as real processes against a real
+//! `nats-server -js` and PostgreSQL; every change stored exactly once through kills, a NATS
+//! restart and a destination outage.
+
+use std::process::Child;
+
+use bemi_core::setup::{Setup, SetupOptions};
+use bemi_test_harness::{NatsServer, TestDatabase, test_database, wait_until_async};
+use bemi_worker::{ConnectionOptions, NatsOptions};
+
+use crate::support::{
+    Fixture, TIMEOUT, assert_exactly_once, count, fixture, insert_batch, spawn_binary,
+};
+
+const TODO: &str =
+    "CREATE TABLE todo (id bigserial PRIMARY KEY, task text NOT NULL, batch int NOT NULL);";
+
+/// A child process killed when the test ends, however it ends.
+struct Process {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Process {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn capture(fixture: &Fixture, nats: &NatsServer, name: &str) -> Process {
+    let url = fixture.database.url();
+    let nats_url = nats.url();
+    let (child, log) = spawn_binary(
+        &[
+            "capture",
+            "--database-url",
+            &url,
+            "--slot",
+            fixture.database.slot_name(),
+            "--flush-interval-ms",
+            "20",
+            "--nats-url",
+            &nats_url,
+        ],
+        &format!("capture-{name}-{}", fixture.database.slot_name()),
+    );
+    Process { child, log }
+}
+
+fn ingest(destination: &str, nats: &NatsServer, name: &str) -> Process {
+    let nats_url = nats.url();
+    let (child, log) = spawn_binary(
+        &[
+            "ingest",
+            "--destination-url",
+            destination,
+            "--nats-url",
+            &nats_url,
+            "--nats-ack-wait-seconds",
+            "2",
+            "--batch-size",
+            "500",
+            "--flush-interval-ms",
+            "20",
+        ],
+        &format!("ingest-{name}-{}", std::process::id()),
+    );
+    Process { child, log }
+}
+
+/// Waits until `expected` changes are stored in the database of `client`.
+async fn wait_for_count(
+    client: &tokio_postgres::Client,
+    setup: &Setup,
+    expected: i64,
+    logs: &[&Process],
+) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let stored = count(client, setup).await;
+        if stored >= expected {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = logs.iter().map(|process| process.log()).collect();
+            panic!(
+                "{stored} of {expected} changes stored in time; logs:\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the ingest consumer has nothing pending or unacknowledged.
+async fn wait_for_drained_consumer(nats: &NatsServer) -> bemi_worker::NatsStatus {
+    let options = NatsOptions::new(nats.url());
+    wait_until_async("the consumer to be drained", TIMEOUT, || async {
+        let status = bemi_worker::nats_status(&options).await.ok()?;
+        (status.pending == Some(0) && status.ack_pending == Some(0)).then_some(status)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_and_two_ingest_processes_store_every_change_once() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let nats = NatsServer::start();
+    let destination = fixture.database.url();
+    let ingest_a = ingest(&destination, &nats, "a1");
+    let ingest_b = ingest(&destination, &nats, "b1");
+    let capture = capture(&fixture, &nats, "1");
+    for batch in 1..=6 {
+        insert_batch(&fixture.client, batch, 1_000).await;
+    }
+    wait_for_count(
+        &fixture.client,
+        &fixture.setup,
+        6_000,
+        &[&capture, &ingest_a, &ingest_b],
+    )
+    .await;
+    let status = wait_for_drained_consumer(&nats).await;
+    assert_exactly_once(&fixture.client, 6_000).await;
+    // Work-queue retention: what is stored is gone from the stream.
+    assert_eq!(status.messages, 0, "{status}");
+
+    // The status command shows the JetStream stage.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bemi-worker"))
+        .args(["status", "--database-url", &destination, "--slot"])
+        .arg(fixture.database.slot_name())
+        .args(["--nats-url", &nats.url()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("JetStream stream BEMI_CHANGES: 0 changes")
+            && text
+                .contains("ingest consumer bemi-ingest: 0 pending, 0 delivered and unacknowledged"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_ingest_process_loses_and_doubles_nothing() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let nats = NatsServer::start();
+    let destination = fixture.database.url();
+    let mut ingest_a = ingest(&destination, &nats, "a2");
+    let ingest_b = ingest(&destination, &nats, "b2");
+    let capture = capture(&fixture, &nats, "2");
+    let writer_client = fixture.database.connect().await;
+    let writer = tokio::spawn(async move {
+        for batch in 1..=20 {
+            insert_batch(&writer_client, batch, 1_000).await;
+        }
+    });
+    wait_for_count(
+        &fixture.client,
+        &fixture.setup,
+        2_000,
+        &[&capture, &ingest_a, &ingest_b],
+    )
+    .await;
+    // Killed while changes are delivered to it: what it stored but did not acknowledge comes
+    // back to the other process (stored once: the change id is the key), the rest as well.
+    ingest_a.kill();
+    writer.await.unwrap();
+    wait_for_count(
+        &fixture.client,
+        &fixture.setup,
+        20_000,
+        &[&capture, &ingest_b],
+    )
+    .await;
+    wait_for_drained_consumer(&nats).await;
+    assert_exactly_once(&fixture.client, 20_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_killed_mid_transaction_and_restarted_stores_once() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let nats = NatsServer::start();
+    let destination = fixture.database.url();
+    let ingest = ingest(&destination, &nats, "a3");
+    let mut first = capture(&fixture, &nats, "3a");
+    // One transaction of 30,000 changes: capture publishes it in batches of 5,000 and confirms
+    // the slot only at its end.
+    insert_batch(&fixture.client, 1, 30_000).await;
+    wait_for_count(&fixture.client, &fixture.setup, 1, &[&first, &ingest]).await;
+    first.kill();
+    let stored_at_kill = count(&fixture.client, &fixture.setup).await;
+    assert!(
+        stored_at_kill < 30_000,
+        "the kill came too late to test a replay ({stored_at_kill} stored)"
+    );
+    // The restarted capture publishes the whole transaction again; JetStream's duplicate window
+    // drops what it already has.
+    let second = capture(&fixture, &nats, "3b");
+    wait_for_count(&fixture.client, &fixture.setup, 30_000, &[&second, &ingest]).await;
+    wait_for_drained_consumer(&nats).await;
+    assert_exactly_once(&fixture.client, 30_000).await;
+    assert!(
+        second
+            .log()
+            .contains("JetStream already had some of these changes"),
+        "{}",
+        second.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_while_both_run_loses_and_doubles_nothing() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let nats = NatsServer::start();
+    let destination = fixture.database.url();
+    let ingest = ingest(&destination, &nats, "a4");
+    let capture = capture(&fixture, &nats, "4");
+    insert_batch(&fixture.client, 1, 2_000).await;
+    wait_for_count(&fixture.client, &fixture.setup, 2_000, &[&capture, &ingest]).await;
+    nats.stop();
+    // Written while NATS is down: the slot keeps them until capture can publish.
+    for batch in 2..=4 {
+        insert_batch(&fixture.client, batch, 2_000).await;
+    }
+    nats.restart();
+    for batch in 5..=6 {
+        insert_batch(&fixture.client, batch, 2_000).await;
+    }
+    wait_for_count(
+        &fixture.client,
+        &fixture.setup,
+        12_000,
+        &[&capture, &ingest],
+    )
+    .await;
+    wait_for_drained_consumer(&nats).await;
+    assert_exactly_once(&fixture.client, 12_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_wait_in_the_stream_while_the_destination_is_down() {
+    let source = TestDatabase::new("nats_destination_down_source");
+    let target = TestDatabase::new("nats_destination_down_target");
+    let fixture = {
+        let client = source.connect().await;
+        client.batch_execute(TODO).await.unwrap();
+        let options = SetupOptions::default().slot(source.slot_name());
+        let setup = Setup::new(options).unwrap();
+        let source_options = ConnectionOptions::parse(&source.url()).unwrap();
+        let target_options = ConnectionOptions::parse(&target.url()).unwrap();
+        bemi_worker::setup(&source_options, &target_options, &setup)
+            .await
+            .unwrap();
+        Fixture {
+            database: source,
+            client,
+            source: source_options,
+            setup,
+        }
+    };
+    let target_client = target.connect().await;
+    let nats = NatsServer::start();
+    let capture = capture(&fixture, &nats, "5");
+    let ingest = ingest(&target.url(), &nats, "a5");
+    insert_batch(&fixture.client, 1, 1_000).await;
+    wait_for_count(&target_client, &fixture.setup, 1_000, &[&capture, &ingest]).await;
+
+    // The destination goes away: no connections accepted, the open ones ended.
+    let admin = fixture.database.connect().await;
+    let name = target.name().to_owned();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false"
+        ))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    for batch in 2..=4 {
+        insert_batch(&fixture.client, batch, 1_000).await;
+    }
+    // Captured and waiting in the stream.
+    let options = NatsOptions::new(nats.url());
+    wait_until_async("the changes to wait in the stream", TIMEOUT, || async {
+        let status = bemi_worker::nats_status(&options).await.ok()?;
+        (status.messages == 3_000).then_some(())
+    })
+    .await;
+
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true"
+        ))
+        .await
+        .unwrap();
+    let target_client = target.connect().await;
+    wait_for_count(&target_client, &fixture.setup, 4_000, &[&capture, &ingest]).await;
+    wait_for_drained_consumer(&nats).await;
+    assert_exactly_once(&target_client, 4_000).await;
+    assert!(
+        ingest.log().contains("ingest session ended: reconnecting"),
+        "{}",
+        ingest.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_is_not_a_change_is_kept_and_does_not_block_the_rest() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let nats = NatsServer::start();
+    let destination = fixture.database.url();
+    let capture = capture(&fixture, &nats, "6");
+    insert_batch(&fixture.client, 1, 10).await;
+    // Someone else publishes to the subject.
+    let options = NatsOptions::new(nats.url());
+    wait_until_async("capture to create the stream", TIMEOUT, || async {
+        bemi_worker::nats_status(&options).await.ok()
+    })
+    .await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream
+        .publish("bemi.changes", "{\"hello\": \"world\"}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let ingest = ingest(&destination, &nats, "a6");
+    insert_batch(&fixture.client, 2, 10).await;
+    wait_for_count(&fixture.client, &fixture.setup, 20, &[&capture, &ingest]).await;
+    assert_exactly_once(&fixture.client, 20).await;
+    // The stranger is still in the stream, for an operator to look at.
+    wait_until_async("only the stranger left in the stream", TIMEOUT, || async {
+        let status = bemi_worker::nats_status(&options).await.ok()?;
+        (status.messages == 1).then_some(())
+    })
+    .await;
+    assert!(
+        ingest.log().contains("is not a bemi change"),
+        "{}",
+        ingest.log()
+    );
+}

@@ -17,6 +17,7 @@ pub const NATS_SERVER_VARIABLE: &str = "BEMI_NATS_SERVER";
 #[derive(Debug)]
 pub struct NatsServer {
     binary: PathBuf,
+    extra_args: Vec<String>,
     port: u16,
     dir: PathBuf,
     child: Mutex<Option<Child>>,
@@ -30,6 +31,15 @@ impl NatsServer {
     /// When no `nats-server` binary is found (the message says how to install it) or it does
     /// not start.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server on a free port with `extra_args` (e.g. `--user`, `--pass`).
+    ///
+    /// # Panics
+    ///
+    /// As [`NatsServer::start`].
+    pub fn start_with(extra_args: &[&str]) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let binary = find_binary();
         let dir = std::env::temp_dir().join(format!(
@@ -44,6 +54,7 @@ impl NatsServer {
             .expect("find a free port");
         let server = Self {
             binary,
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
             port,
             dir,
             child: Mutex::new(None),
@@ -92,6 +103,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.dir.join("jetstream"))
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

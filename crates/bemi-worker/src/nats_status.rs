@@ -23,8 +23,10 @@ pub struct NatsStatus {
     pub pending: Option<u64>,
     /// Changes delivered and not yet acknowledged.
     pub ack_pending: Option<usize>,
-    /// Changes delivered more than once.
+    /// Changes delivered more than once and not yet acknowledged.
     pub redelivered: Option<usize>,
+    /// Deliveries since the consumer was created, redeliveries included.
+    pub deliveries: Option<u64>,
 }
 
 impl fmt::Display for NatsStatus {
@@ -34,10 +36,15 @@ impl fmt::Display for NatsStatus {
             "JetStream stream {}: {} changes, {} bytes",
             self.stream, self.messages, self.bytes
         )?;
-        match (self.pending, self.ack_pending, self.redelivered) {
-            (Some(pending), Some(ack_pending), Some(redelivered)) => writeln!(
+        match (
+            self.pending,
+            self.ack_pending,
+            self.redelivered,
+            self.deliveries,
+        ) {
+            (Some(pending), Some(ack_pending), Some(redelivered), Some(deliveries)) => writeln!(
                 f,
-                "ingest consumer {}: {pending} pending, {ack_pending} delivered and unacknowledged, {redelivered} redelivered",
+                "ingest consumer {}: {pending} pending, {ack_pending} delivered and unacknowledged, {redelivered} of them redelivered, {deliveries} deliveries in all",
                 self.consumer
             ),
             _ => writeln!(
@@ -78,5 +85,8 @@ pub async fn nats_status(options: &NatsOptions) -> Result<NatsStatus> {
         pending: consumer.as_ref().map(|info| info.num_pending),
         ack_pending: consumer.as_ref().map(|info| info.num_ack_pending),
         redelivered: consumer.as_ref().map(|info| info.num_redelivered),
+        deliveries: consumer
+            .as_ref()
+            .map(|info| info.delivered.consumer_sequence),
     })
 }

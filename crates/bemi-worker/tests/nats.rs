@@ -39,43 +39,52 @@ impl Drop for Process {
 }
 
 fn capture(fixture: &Fixture, nats: &NatsServer, name: &str) -> Process {
+    capture_with(fixture, nats, name, &[])
+}
+
+fn capture_with(fixture: &Fixture, nats: &NatsServer, name: &str, extra: &[&str]) -> Process {
     let url = fixture.database.url();
     let nats_url = nats.url();
+    let mut args = vec![
+        "capture",
+        "--database-url",
+        &url,
+        "--slot",
+        fixture.database.slot_name(),
+        "--flush-interval-ms",
+        "20",
+        "--nats-url",
+        &nats_url,
+    ];
+    args.extend_from_slice(extra);
     let (child, log) = spawn_binary(
-        &[
-            "capture",
-            "--database-url",
-            &url,
-            "--slot",
-            fixture.database.slot_name(),
-            "--flush-interval-ms",
-            "20",
-            "--nats-url",
-            &nats_url,
-        ],
+        &args,
         &format!("capture-{name}-{}", fixture.database.slot_name()),
     );
     Process { child, log }
 }
 
 fn ingest(destination: &str, nats: &NatsServer, name: &str) -> Process {
+    ingest_with(destination, nats, name, &[])
+}
+
+fn ingest_with(destination: &str, nats: &NatsServer, name: &str, extra: &[&str]) -> Process {
     let nats_url = nats.url();
-    let (child, log) = spawn_binary(
-        &[
-            "ingest",
-            "--destination-url",
-            destination,
-            "--nats-url",
-            &nats_url,
-            "--nats-ack-wait-seconds",
-            "2",
-            "--batch-size",
-            "500",
-            "--flush-interval-ms",
-            "20",
-        ],
-        &format!("ingest-{name}-{}", std::process::id()),
-    );
+    let mut args = vec![
+        "ingest",
+        "--destination-url",
+        destination,
+        "--nats-url",
+        &nats_url,
+        "--nats-ack-wait-seconds",
+        "2",
+        "--batch-size",
+        "500",
+        "--flush-interval-ms",
+        "20",
+    ];
+    args.extend_from_slice(extra);
+    let (child, log) = spawn_binary(&args, &format!("ingest-{name}-{}", std::process::id()));
     Process { child, log }
 }
 
@@ -163,7 +172,6 @@ async fn a_killed_ingest_process_loses_and_doubles_nothing() {
     let nats = NatsServer::start();
     let destination = fixture.database.url();
     let mut ingest_a = ingest(&destination, &nats, "a2");
-    let ingest_b = ingest(&destination, &nats, "b2");
     let capture = capture(&fixture, &nats, "2");
     let writer_client = fixture.database.connect().await;
     let writer = tokio::spawn(async move {
@@ -175,12 +183,29 @@ async fn a_killed_ingest_process_loses_and_doubles_nothing() {
         &fixture.client,
         &fixture.setup,
         2_000,
-        &[&capture, &ingest_a, &ingest_b],
+        &[&capture, &ingest_a],
     )
     .await;
-    // Killed while changes are delivered to it: what it stored but did not acknowledge comes
-    // back to the other process (stored once: the change id is the key), the rest as well.
+    // Frozen, then killed, while changes are delivered to it and not acknowledged: they go to
+    // the other process after the ack wait (stored once: the change id is the key).
+    let pid = ingest_a.child.id().to_string();
+    let frozen = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    assert!(frozen.success());
+    let options = NatsOptions::new(nats.url());
+    let in_flight = wait_until_async(
+        "changes delivered to the frozen process",
+        TIMEOUT,
+        || async {
+            let status = bemi_worker::nats_status(&options).await.ok()?;
+            status.ack_pending.filter(|pending| *pending > 0)
+        },
+    )
+    .await;
     ingest_a.kill();
+    let ingest_b = ingest(&destination, &nats, "b2");
     writer.await.unwrap();
     wait_for_count(
         &fixture.client,
@@ -189,8 +214,13 @@ async fn a_killed_ingest_process_loses_and_doubles_nothing() {
         &[&capture, &ingest_b],
     )
     .await;
-    wait_for_drained_consumer(&nats).await;
+    let status = wait_for_drained_consumer(&nats).await;
     assert_exactly_once(&fixture.client, 20_000).await;
+    let deliveries = status.deliveries.unwrap_or_default();
+    assert!(
+        deliveries >= 20_000 + u64::try_from(in_flight).unwrap_or_default(),
+        "the {in_flight} changes the killed process held were delivered again: {status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,4 +392,37 @@ async fn a_message_that_is_not_a_change_is_kept_and_does_not_block_the_rest() {
         "{}",
         ingest.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_are_used_and_a_wrong_password_is_a_clear_error() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let nats = NatsServer::start_with(&["--user", "bemi", "--pass", "s3cret-nats"]);
+    let destination = fixture.database.url();
+
+    // A wrong password is not retried forever: capture exits with the reason, without the
+    // password.
+    let mut refused = capture_with(
+        &fixture,
+        &nats,
+        "7a",
+        &["--nats-user", "bemi", "--nats-password", "wrong-pass"],
+    );
+    let exit = bemi_test_harness::wait_until("capture to give up", TIMEOUT, || {
+        refused.child.try_wait().ok().flatten()
+    });
+    let log = refused.log();
+    assert!(!exit.success(), "{log}");
+    assert!(log.contains("authorization violation"), "{log}");
+    assert!(!log.contains("wrong-pass"), "{log}");
+
+    let credentials = ["--nats-user", "bemi", "--nats-password", "s3cret-nats"];
+    let capture = capture_with(&fixture, &nats, "7b", &credentials);
+    let ingest = ingest_with(&destination, &nats, "a7", &credentials);
+    insert_batch(&fixture.client, 1, 100).await;
+    wait_for_count(&fixture.client, &fixture.setup, 100, &[&capture, &ingest]).await;
+    assert_exactly_once(&fixture.client, 100).await;
+    for process in [&capture, &ingest] {
+        assert!(!process.log().contains("s3cret-nats"), "{}", process.log());
+    }
 }

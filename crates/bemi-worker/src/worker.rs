@@ -58,6 +58,10 @@ pub struct WorkerConfig {
     pub log_interval: Duration,
     /// The longest wait between reconnection attempts (default 30 s).
     pub max_backoff: Duration,
+    /// How long a worker starting on a slot held by another walsender waits for it to be
+    /// released before giving up (default 60 s): a crashed worker's walsender lingers until
+    /// PostgreSQL notices the lost connection.
+    pub slot_release_wait: Duration,
     /// Columns to redact, drop or treat as noise (added to those stored in the source's
     /// `bemi.column_policies`); see `bemi_core::policy`.
     pub column_policies: bemi_core::policy::ColumnPolicies,
@@ -83,6 +87,7 @@ impl WorkerConfig {
             status_interval: Duration::from_secs(1),
             log_interval: Duration::from_secs(10),
             max_backoff: Duration::from_secs(30),
+            slot_release_wait: Duration::from_secs(60),
             column_policies: bemi_core::policy::ColumnPolicies::default(),
             nats: None,
         }
@@ -160,8 +165,8 @@ impl Worker {
         let mut backoff = Duration::from_millis(200);
         let mut attempt = 0_u32;
         let mut own_walsender: Option<i32> = None;
+        let mut slot_wait_started: Option<Instant> = None;
         loop {
-            let first = self.metrics.sessions() == 0;
             self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
             let mut streamed = false;
             let outcome = self
@@ -171,9 +176,27 @@ impl Worker {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
-            // A slot held by our own previous session is released soon: wait for it.
-            let retry =
-                error.is_retryable() || (!first && matches!(error, Error::SlotInUse { .. }));
+            if streamed {
+                slot_wait_started = None;
+            }
+            // A slot held by another walsender may be our previous session's (ended by now) or a
+            // crashed worker's, lingering until PostgreSQL notices the lost connection: wait
+            // for its release, for a while, before taking it for another consumer's.
+            let retry = error.is_retryable()
+                || match error {
+                    Error::SlotInUse { pid, .. } => {
+                        let waiting = *slot_wait_started.get_or_insert_with(Instant::now);
+                        let within = waiting.elapsed() < self.config.slot_release_wait;
+                        if within {
+                            tracing::warn!(
+                                pid,
+                                "the slot is held by another walsender: waiting for its release"
+                            );
+                        }
+                        within
+                    }
+                    _ => false,
+                };
             if !retry {
                 return Err(error);
             }

@@ -42,17 +42,20 @@ async fn a_missing_slot_is_created() {
     // as seen in xl_running_xacts records, which PostgreSQL 15 logs every 15 s: under the other
     // tests' concurrent writes this takes up to three such rounds.
     let slot_creation = TIMEOUT * 3;
-    wait_until_async("the worker to create its slot", slot_creation, || async {
-        let active: Option<bool> = fixture
+    // The slot is `active` while it is being created; the worker streams (its walsender is in
+    // pg_stat_replication) only once creation is done, from a point after which every commit
+    // is captured.
+    wait_until_async("the worker to create its slot and stream", slot_creation, || async {
+        let streaming: bool = fixture
             .client
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots s                  JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1)",
                 &[&config.slot],
             )
             .await
             .unwrap()
-            .map(|row| row.get(0));
-        (active == Some(true)).then_some(())
+            .get(0);
+        streaming.then_some(())
     })
     .await;
     fixture.sql("INSERT INTO item VALUES (1)").await;
@@ -129,6 +132,28 @@ async fn a_slot_held_by_another_consumer_is_refused() {
         "{error}"
     );
     first.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_for_a_held_slot_to_be_released() {
+    // As after a crash: a new worker starts while the old walsender still holds the slot.
+    let fixture = fixture(test_database!(), "CREATE TABLE item (id int PRIMARY KEY);").await;
+    let first = RunningWorker::start(fixture.config());
+    fixture.sql("INSERT INTO item VALUES (1)").await;
+    fixture.wait_for(1).await;
+    let mut config = fixture.config();
+    config.slot_release_wait = TIMEOUT;
+    let second = RunningWorker::start(config);
+    wait_until_async(
+        "the second worker to find the slot held",
+        TIMEOUT,
+        || async { (second.metrics.sessions() >= 2).then_some(()) },
+    )
+    .await;
+    first.stop().await.unwrap();
+    fixture.sql("INSERT INTO item VALUES (2)").await;
+    assert_eq!(fixture.wait_for(2).await.len(), 2);
+    second.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,7 @@ impl Fixture {
         config.flush_interval = Duration::from_millis(20);
         config.status_interval = Duration::from_millis(200);
         config.max_backoff = Duration::from_millis(500);
+        config.slot_release_wait = Duration::from_secs(2);
         config
     }
 

@@ -18,6 +18,7 @@ pub const NATS_SERVER_VARIABLE: &str = "BEMI_NATS_SERVER";
 pub struct NatsServer {
     binary: PathBuf,
     extra_args: Vec<String>,
+    certificates: Option<PathBuf>,
     port: u16,
     dir: PathBuf,
     child: Mutex<Option<Child>>,
@@ -55,6 +56,7 @@ impl NatsServer {
         let server = Self {
             binary,
             extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
+            certificates: None,
             port,
             dir,
             child: Mutex::new(None),
@@ -63,9 +65,65 @@ impl NatsServer {
         server
     }
 
+    /// Starts a server that requires TLS, with a certificate for `localhost` signed by a CA
+    /// generated here ([`NatsServer::root_cert`]); connect with [`NatsServer::tls_url`].
+    ///
+    /// # Panics
+    ///
+    /// As [`NatsServer::start`].
+    pub fn start_with_tls() -> Self {
+        let staging = std::env::temp_dir().join(format!(
+            "bemi-nats-certs-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos())
+                .unwrap_or_default()
+        ));
+        std::fs::create_dir_all(&staging).expect("create the certificates directory");
+        crate::certificates::write(&staging);
+        let certificate = staging.join(crate::certificates::SERVER_CERT);
+        let key = staging.join(crate::certificates::SERVER_KEY);
+        let certificate = certificate.to_string_lossy().into_owned();
+        let key = key.to_string_lossy().into_owned();
+        let mut server = Self::start_with(&["--tls", "--tlscert", &certificate, "--tlskey", &key]);
+        server.certificates = Some(staging);
+        server
+    }
+
     /// The client URL, `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL by the name the TLS certificate holds, `nats://localhost:<port>`.
+    pub fn tls_url(&self) -> String {
+        format!("nats://localhost:{}", self.port)
+    }
+
+    /// The CA that signed a TLS server's certificate.
+    ///
+    /// # Panics
+    ///
+    /// When the server was not started with [`NatsServer::start_with_tls`].
+    pub fn root_cert(&self) -> PathBuf {
+        self.certificates_dir().join(crate::certificates::ROOT_CERT)
+    }
+
+    /// A CA that did not sign the server's certificate.
+    ///
+    /// # Panics
+    ///
+    /// When the server was not started with [`NatsServer::start_with_tls`].
+    pub fn other_root_cert(&self) -> PathBuf {
+        self.certificates_dir()
+            .join(crate::certificates::OTHER_ROOT_CERT)
+    }
+
+    fn certificates_dir(&self) -> &Path {
+        self.certificates
+            .as_deref()
+            .expect("the server was started with start_with_tls")
     }
 
     /// The server's log file.
@@ -123,6 +181,9 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(certificates) = &self.certificates {
+            let _ = std::fs::remove_dir_all(certificates);
+        }
     }
 }
 

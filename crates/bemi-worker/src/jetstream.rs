@@ -145,6 +145,10 @@ where
 
 /// Connects to NATS with the options' credentials and TLS.
 pub(crate) async fn connect(options: &NatsOptions) -> Result<async_nats::Client> {
+    // async-nats builds its TLS configuration from the process-wide rustls provider, which
+    // rustls cannot pick by itself when the dependency graph enables more than one: use ring,
+    // as the PostgreSQL connections do. (An application that installed one keeps it.)
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut connect = async_nats::ConnectOptions::new()
         .name("bemi-worker")
         .connection_timeout(Duration::from_secs(5));
@@ -181,7 +185,7 @@ pub(crate) async fn connect(options: &NatsOptions) -> Result<async_nats::Client>
                     | async_nats::ConnectErrorKind::AuthorizationViolation
                     | async_nats::ConnectErrorKind::ServerParse
                     | async_nats::ConnectErrorKind::Tls
-            );
+            ) || is_tls_failure(&source);
             let error = nats_error(format!("connect to NATS at {}", options.display_url()))(source);
             if permanent {
                 Error::Config(crate::error_chain(&error))
@@ -189,6 +193,24 @@ pub(crate) async fn connect(options: &NatsOptions) -> Result<async_nats::Client>
                 error
             }
         })
+}
+
+/// Whether a rustls error (an untrusted or mismatched certificate) is among the causes: the
+/// handshake fails the same way on every attempt.
+fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        let io_inner = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if current.downcast_ref::<rustls::Error>().is_some()
+            || io_inner.is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 /// The stream, created with the options' settings if missing.
@@ -286,7 +308,20 @@ impl Publisher {
                 .jetstream
                 .send_publish(self.subject.clone(), message)
                 .await
-                .map_err(nats_error("publish a change to JetStream"))?;
+                .map_err(|error| {
+                    if error.kind() == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded {
+                        // Retrying cannot help: stop with the change named. The slot keeps it.
+                        Error::Config(format!(
+                            "the change {} ({}.{}, key {}) does not fit in one NATS message ({error}): raise max_payload in the NATS server's configuration (up to 64 MB), or store this source with `run`",
+                            row.id,
+                            row.schema,
+                            row.table,
+                            row.primary_key.as_deref().unwrap_or("none"),
+                        ))
+                    } else {
+                        nats_error("publish a change to JetStream")(error)
+                    }
+                })?;
             acks.push(ack);
         }
         let mut duplicates = 0_usize;

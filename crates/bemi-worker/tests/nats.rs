@@ -426,3 +426,93 @@ async fn nats_credentials_are_used_and_a_wrong_password_is_a_clear_error() {
         assert!(!process.log().contains("s3cret-nats"), "{}", process.log());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_larger_than_a_nats_message_stops_capture_with_the_reason() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE document (id int PRIMARY KEY, body text NOT NULL);",
+    )
+    .await;
+    let nats = NatsServer::start();
+    let mut capture = capture(&fixture, &nats, "8");
+    let before: String = fixture
+        .client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // nats-server's default max_payload is 1 MiB.
+    fixture
+        .sql("INSERT INTO document VALUES (1, repeat('x', 2000000))")
+        .await;
+    let exit = bemi_test_harness::wait_until("capture to stop", TIMEOUT, || {
+        capture.child.try_wait().ok().flatten()
+    });
+    let log = capture.log();
+    assert!(!exit.success(), "{log}");
+    assert!(
+        log.contains("(public.document, key 1) does not fit in one NATS message")
+            && log.contains("raise max_payload"),
+        "{log}"
+    );
+    // Nothing was confirmed: the change is still in the slot.
+    let pending: bool = fixture
+        .client
+        .query_one(
+            "SELECT confirmed_flush_lsn <= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+            &[&fixture.database.slot_name(), &before],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(pending);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_over_tls_verifies_the_server() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let nats = NatsServer::start_with_tls();
+    let url = fixture.database.url();
+    let nats_url = nats.tls_url();
+    let slot = fixture.database.slot_name().to_owned();
+    let run = |command: &str, ca: &std::path::Path, name: &str| {
+        let ca = ca.display().to_string();
+        let mut args = vec![command];
+        if command == "capture" {
+            args.extend(["--database-url", &url, "--slot", &slot]);
+        } else {
+            args.extend(["--destination-url", &url]);
+        }
+        args.extend([
+            "--flush-interval-ms",
+            "20",
+            "--nats-url",
+            &nats_url,
+            "--nats-tls-ca",
+            &ca,
+            "--nats-require-tls",
+        ]);
+        let (child, log) = spawn_binary(&args, &format!("tls-{name}-{slot}"));
+        Process { child, log }
+    };
+
+    // A server certificate from another CA is refused, once, with the reason.
+    let mut refused = run("capture", &nats.other_root_cert(), "refused");
+    let exit = bemi_test_harness::wait_until("capture to give up", TIMEOUT, || {
+        refused.child.try_wait().ok().flatten()
+    });
+    let log = refused.log();
+    assert!(!exit.success(), "{log}");
+    assert!(
+        log.contains("connect to NATS at nats://localhost:"),
+        "{log}"
+    );
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+
+    let capture = run("capture", &nats.root_cert(), "capture");
+    let ingest = run("ingest", &nats.root_cert(), "ingest");
+    insert_batch(&fixture.client, 1, 100).await;
+    wait_for_count(&fixture.client, &fixture.setup, 100, &[&capture, &ingest]).await;
+    assert_exactly_once(&fixture.client, 100).await;
+}

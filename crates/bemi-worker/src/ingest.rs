@@ -229,6 +229,9 @@ impl Ingest {
                 }
             }
         }
+        if rows.is_empty() {
+            return Ok(0);
+        }
         if let Err(error) = store.write(&rows, None).await {
             for message in &readable {
                 // Best effort: unacknowledged messages come back after the ack wait anyway.

@@ -265,6 +265,36 @@ pub(crate) async fn consumer(
         )))
 }
 
+/// Most publications awaiting JetStream's acknowledgement at once: below async-nats's limit of
+/// acknowledgements in flight (5,000), which would otherwise block a larger batch for good.
+const IN_FLIGHT: usize = 4_096;
+
+/// The error for a failed publication: a change too large for a NATS message stops the
+/// process with the change named (retrying cannot help; the slot keeps the change).
+fn publish_error(error: async_nats::jetstream::context::PublishError, row: &ChangeRow) -> Error {
+    if error.kind() == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded {
+        Error::Config(format!(
+            "the change {} ({}.{}, key {}) does not fit in one NATS message ({error}): raise \
+             max_payload in the NATS server's configuration (up to 64 MB), or store this source \
+             with `run`",
+            row.id,
+            row.schema,
+            row.table,
+            row.primary_key.as_deref().unwrap_or("none"),
+        ))
+    } else {
+        nats_error("publish a change to JetStream")(error)
+    }
+}
+
+/// Waits for JetStream to store one publication; whether it was a duplicate.
+async fn stored(ack: async_nats::jetstream::context::PublishAckFuture) -> Result<bool> {
+    let ack = ack
+        .await
+        .map_err(nats_error("wait for JetStream to store a change"))?;
+    Ok(ack.duplicate)
+}
+
 /// Publishes changes to the stream.
 pub(crate) struct Publisher {
     jetstream: Context,
@@ -291,11 +321,12 @@ impl Publisher {
         })
     }
 
-    /// Publishes `rows` and returns once JetStream stored every one (pipelined: all are sent,
-    /// then the acknowledgements are awaited). A change already in the duplicate window is
-    /// acknowledged as a duplicate and not stored twice.
+    /// Publishes `rows` and returns once JetStream stored every one (pipelined: up to
+    /// [`IN_FLIGHT`] are sent before their acknowledgements are awaited). A change already in
+    /// the duplicate window is acknowledged as a duplicate and not stored twice.
     pub(crate) async fn publish(&self, rows: &[ChangeRow]) -> Result<()> {
-        let mut acks = Vec::with_capacity(rows.len());
+        let mut acks = std::collections::VecDeque::with_capacity(rows.len().min(IN_FLIGHT));
+        let mut duplicates = 0_usize;
         for row in rows {
             let payload = crate::wire::encode(row).map_err(|error| Error::Nats {
                 action: "encode a change".into(),
@@ -308,28 +339,16 @@ impl Publisher {
                 .jetstream
                 .send_publish(self.subject.clone(), message)
                 .await
-                .map_err(|error| {
-                    if error.kind() == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded {
-                        // Retrying cannot help: stop with the change named. The slot keeps it.
-                        Error::Config(format!(
-                            "the change {} ({}.{}, key {}) does not fit in one NATS message ({error}): raise max_payload in the NATS server's configuration (up to 64 MB), or store this source with `run`",
-                            row.id,
-                            row.schema,
-                            row.table,
-                            row.primary_key.as_deref().unwrap_or("none"),
-                        ))
-                    } else {
-                        nats_error("publish a change to JetStream")(error)
-                    }
-                })?;
-            acks.push(ack);
+                .map_err(|error| publish_error(error, row))?;
+            acks.push_back(ack);
+            if acks.len() >= IN_FLIGHT
+                && let Some(oldest) = acks.pop_front()
+            {
+                duplicates += usize::from(stored(oldest).await?);
+            }
         }
-        let mut duplicates = 0_usize;
         for ack in acks {
-            let ack = ack
-                .await
-                .map_err(nats_error("wait for JetStream to store a change"))?;
-            duplicates += usize::from(ack.duplicate);
+            duplicates += usize::from(stored(ack).await?);
         }
         if duplicates > 0 {
             tracing::info!(

@@ -51,11 +51,12 @@ fn capture_with(fixture: &Fixture, nats: &NatsServer, name: &str, extra: &[&str]
         &url,
         "--slot",
         fixture.database.slot_name(),
-        "--flush-interval-ms",
-        "20",
         "--nats-url",
         &nats_url,
     ];
+    if !extra.contains(&"--flush-interval-ms") {
+        args.extend(["--flush-interval-ms", "20"]);
+    }
     args.extend_from_slice(extra);
     let (child, log) = spawn_binary(
         &args,
@@ -515,4 +516,27 @@ async fn nats_over_tls_verifies_the_server() {
     insert_batch(&fixture.client, 1, 100).await;
     wait_for_count(&fixture.client, &fixture.setup, 100, &[&capture, &ingest]).await;
     assert_exactly_once(&fixture.client, 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_larger_than_the_acknowledgement_window_are_published() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let nats = NatsServer::start();
+    // Batches of 12,000: more than async-nats lets await acknowledgement at once (5,000).
+    let capture = capture_with(
+        &fixture,
+        &nats,
+        "9",
+        &["--batch-size", "12000", "--flush-interval-ms", "5000"],
+    );
+    let ingest = ingest(&fixture.database.url(), &nats, "a9");
+    insert_batch(&fixture.client, 1, 15_000).await;
+    wait_for_count(
+        &fixture.client,
+        &fixture.setup,
+        15_000,
+        &[&capture, &ingest],
+    )
+    .await;
+    assert_exactly_once(&fixture.client, 15_000).await;
 }

@@ -94,6 +94,23 @@ pub async fn status(
         }
         Err(error) => return Err(Error::postgres("read the worker's progress")(error)),
     };
+    // No progress row: `ingest` processes (NATS) store without one; the newest stored change
+    // of this database tells the same (an index scan on committed_at).
+    let last_stored_commit = match last_stored_commit {
+        Some(commit) => Some(commit),
+        None => destination_client
+            .query_opt(
+                &format!(
+                    "SELECT max(committed_at) FROM {} WHERE database = $1",
+                    options.changes_table_name()
+                ),
+                &[&source.database()],
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.get(0)),
+    };
     Ok(Status {
         source: source.to_string(),
         slot: slot.to_owned(),

@@ -159,6 +159,7 @@ async fn capture_and_two_ingest_processes_store_every_change_once() {
         "{text}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    assert!(!text.contains("last stored commit:  none yet"), "{text}");
     assert!(
         text.contains("JetStream stream BEMI_CHANGES: 0 changes")
             && text

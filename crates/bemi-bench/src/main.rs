@@ -158,10 +158,27 @@ enum Scenario {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
+        // The worker processes run as `bemi-worker` does: on one thread, so that their memory
+        // and speed are the binary's.
+        scenario @ (Scenario::Ingest { .. } | Scenario::Worker { .. }) => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(worker(scenario))
+        }
+        scenario => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(scenario)),
+    }
+}
+
+/// Runs a benchmark scenario.
+async fn run(scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
         Scenario::WorkerThroughput {
             changes,
             repetitions,
@@ -211,6 +228,15 @@ async fn main() -> anyhow::Result<()> {
             changes,
             repetitions,
         } => nats_scale::run(changes.max(1_000), repetitions.max(1)).await,
+        Scenario::Ingest { .. } | Scenario::Worker { .. } => {
+            anyhow::bail!("the worker processes run on their own runtime")
+        }
+    }
+}
+
+/// Runs a worker process (`__worker`, `__ingest`) until SIGTERM.
+async fn worker(scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
         Scenario::Ingest {
             destination_url,
             nats_url,
@@ -220,13 +246,7 @@ async fn main() -> anyhow::Result<()> {
             let mut nats = bemi_worker::NatsOptions::new(nats_url);
             nats.stream = nats_stream;
             nats.subject = nats_subject;
-            tokio::task::spawn_blocking(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(worker_process::run_ingest(&destination_url, nats))
-            })
-            .await?
+            worker_process::run_ingest(&destination_url, nats).await
         }
         Scenario::Worker {
             database_url,
@@ -248,18 +268,8 @@ async fn main() -> anyhow::Result<()> {
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .init();
-            tokio::task::spawn_blocking(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(worker_process::run_worker(
-                        &database_url,
-                        &slot,
-                        destination_url.as_deref(),
-                        nats,
-                    ))
-            })
-            .await?
+            worker_process::run_worker(&database_url, &slot, destination_url.as_deref(), nats).await
         }
+        _ => anyhow::bail!("not a worker process"),
     }
 }

@@ -51,6 +51,20 @@ async fn pgbench(
         .ok_or_else(|| anyhow::anyhow!("no tps in pgbench output: {text}"))
 }
 
+/// Waits until the worker stored and confirmed everything written so far.
+async fn caught_up(env: &Environment, slot: &str) -> anyhow::Result<()> {
+    let end = env.current_lsn().await?;
+    wait_confirmed(
+        &env.client,
+        slot,
+        &end,
+        Instant::now(),
+        Duration::from_secs(300),
+    )
+    .await?;
+    Ok(())
+}
+
 pub(crate) async fn run(seconds: u64, fraction: f64, repetitions: usize) -> anyhow::Result<()> {
     let env = Environment::start("lag", SCHEMA).await?;
     let slot = format!("{}_lag", env.database.slot_name());
@@ -69,15 +83,7 @@ pub(crate) async fn run(seconds: u64, fraction: f64, repetitions: usize) -> anyh
         env.client.batch_execute("CHECKPOINT").await?;
         let max_tps = pgbench(&env, &script, &["-T", "10"]).await?;
         let rate = (max_tps * fraction).max(1.0);
-        let end = env.current_lsn().await?;
-        wait_confirmed(
-            &env.client,
-            &slot,
-            &end,
-            Instant::now(),
-            Duration::from_secs(300),
-        )
-        .await?;
+        caught_up(&env, &slot).await?;
         env.client.batch_execute("CHECKPOINT").await?;
         let window_start: String = env
             .client
@@ -87,15 +93,7 @@ pub(crate) async fn run(seconds: u64, fraction: f64, repetitions: usize) -> anyh
         let seconds_text = seconds.to_string();
         let rate_text = format!("{rate:.0}");
         let steady = pgbench(&env, &script, &["-T", &seconds_text, "-R", &rate_text]).await?;
-        let end = env.current_lsn().await?;
-        wait_confirmed(
-            &env.client,
-            &slot,
-            &end,
-            Instant::now(),
-            Duration::from_secs(300),
-        )
-        .await?;
+        caught_up(&env, &slot).await?;
         let row = env
             .client
             .query_one(

@@ -1,31 +1,19 @@
 //! `nats-scale`: stored changes per second through NATS JetStream (`capture` + 1 or 2 `ingest`
 //! processes) against the single `run` process, on identical slots, in one run.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bemi_test_harness::NatsServer;
-use tokio::process::{Child, Command};
 
 use crate::environment::Environment;
 use crate::stats::summary;
+use crate::worker_process::WorkerProcess;
 use crate::workload::{SCHEMA, mixed};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Method {
     Run,
     Nats(usize),
-}
-
-/// A process of this binary (hidden commands), killed on drop.
-fn spawn(args: &[&str]) -> anyhow::Result<Child> {
-    Ok(Command::new(std::env::current_exe()?)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?)
 }
 
 /// Waits until `bemi.changes` holds `expected` rows; returns the time since `started`.
@@ -52,19 +40,6 @@ async fn wait_stored(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Stops processes with SIGTERM and waits for them.
-async fn stop(children: Vec<Child>) -> anyhow::Result<()> {
-    for mut child in children {
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await?;
-    }
-    Ok(())
 }
 
 pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()> {
@@ -101,13 +76,7 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
             let subject = format!("bench.{slot}");
             let started = Instant::now();
             let children = match method {
-                Method::Run => vec![spawn(&[
-                    "__worker",
-                    "--database-url",
-                    &url,
-                    "--slot",
-                    &slot,
-                ])?],
+                Method::Run => vec![WorkerProcess::spawn(&url, &slot, None)?],
                 Method::Nats(ingest) => {
                     let nats_args = [
                         "--nats-url",
@@ -119,17 +88,19 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
                     ];
                     let mut capture = vec!["__worker", "--database-url", &url, "--slot", &slot];
                     capture.extend(nats_args);
-                    let mut children = vec![spawn(&capture)?];
+                    let mut children = vec![WorkerProcess::spawn_with(&capture)?];
                     for _ in 0..ingest {
                         let mut args = vec!["__ingest", "--destination-url", &url];
                         args.extend(nats_args);
-                        children.push(spawn(&args)?);
+                        children.push(WorkerProcess::spawn_with(&args)?);
                     }
                     children
                 }
             };
             let elapsed = wait_stored(&env.client, expected, started).await?;
-            stop(children).await?;
+            for child in children {
+                child.stop().await?;
+            }
             eprintln!(
                 "repetition {}: {method:?} {:.2} s",
                 repetition + 1,

@@ -20,8 +20,13 @@ impl WorkerProcess {
         if let Some(destination) = destination {
             args.extend(["--destination-url", destination]);
         }
+        Self::spawn_with(&args)
+    }
+
+    /// Starts this binary with `args` (a hidden worker command: `__worker`, `__ingest`).
+    pub(crate) fn spawn_with(args: &[&str]) -> anyhow::Result<Self> {
         let child = Command::new(std::env::current_exe()?)
-            .args(&args)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

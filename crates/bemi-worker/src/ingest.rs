@@ -8,16 +8,17 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use bemi_core::QualifiedName;
 use futures_util::StreamExt;
 
+use crate::backoff::Backoff;
 use crate::jetstream::{NatsOptions, nats_error};
 use crate::store::Store;
-use crate::worker::check_destination_privileges;
+use crate::worker::{Metrics, check_destination_privileges};
 use crate::{ConnectionOptions, Error, Result};
 
 /// How long a message that is not a bemi change waits before it is offered again (it is never
@@ -61,31 +62,11 @@ impl IngestConfig {
     }
 }
 
-/// Counters of a running ingest process.
-#[derive(Debug, Default)]
-pub struct IngestMetrics {
-    stored_changes: AtomicU64,
-    sessions: AtomicU64,
-}
-
-impl IngestMetrics {
-    /// Changes stored (and acknowledged) since the process started, including redelivered
-    /// ones that were already stored.
-    pub fn stored_changes(&self) -> u64 {
-        self.stored_changes.load(Ordering::Relaxed)
-    }
-
-    /// Sessions started (1 + reconnections).
-    pub fn sessions(&self) -> u64 {
-        self.sessions.load(Ordering::Relaxed)
-    }
-}
-
 /// An ingest process: reads batches from the shared JetStream consumer and stores them.
 #[derive(Debug)]
 pub struct Ingest {
     config: IngestConfig,
-    metrics: Arc<IngestMetrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingest {
@@ -97,8 +78,8 @@ impl Ingest {
         }
     }
 
-    /// The process's counters.
-    pub fn metrics(&self) -> Arc<IngestMetrics> {
+    /// The process's counters (stored changes include redelivered ones already stored).
+    pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
     }
 
@@ -111,7 +92,7 @@ impl Ingest {
     /// privileges.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(self.config.max_backoff);
         loop {
             self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
             let mut stored_any = false;
@@ -121,15 +102,13 @@ impl Ingest {
                 Err(error) => return Err(error),
             };
             if stored_any {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
             }
             let error = crate::error_chain(&error);
-            tracing::warn!(%error, retry_in = ?backoff, "ingest session ended: reconnecting");
-            tokio::select! {
-                () = shutdown.as_mut() => return Ok(()),
-                () = tokio::time::sleep(backoff) => {}
+            tracing::warn!(%error, retry_in = ?backoff.delay(), "ingest session ended: reconnecting");
+            if !backoff.wait(shutdown.as_mut()).await {
+                return Ok(());
             }
-            backoff = (backoff * 2).min(self.config.max_backoff);
         }
     }
 
@@ -146,6 +125,8 @@ impl Ingest {
         let destination = config.destination.connect("bemi-worker ingest").await?;
         check_destination_privileges(&destination, &config.destination, &config.changes_table)
             .await?;
+        // No progress key: ingest writes batches without progress (redeliveries are skipped by
+        // the change id), so the key is never used.
         let mut store = Store::new(destination, &config.changes_table, String::new());
         let batch_size = config.batch_size.max(1);
         let mut messages = consumer

@@ -328,10 +328,7 @@ impl Publisher {
         let mut acks = std::collections::VecDeque::with_capacity(rows.len().min(IN_FLIGHT));
         let mut duplicates = 0_usize;
         for row in rows {
-            let payload = crate::wire::encode(row).map_err(|error| Error::Nats {
-                action: "encode a change".into(),
-                source: Box::new(error),
-            })?;
+            let payload = crate::wire::encode(row);
             let message = PublishMessage::build()
                 .payload(payload.into())
                 .message_id(row.id.hyphenated().to_string());

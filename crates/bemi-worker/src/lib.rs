@@ -33,6 +33,7 @@
 //! The `bemi-worker` binary wraps this with `setup`, `run`, `status` and `teardown` commands,
 //! and `capture`/`ingest` to scale storage out through NATS JetStream (see [`jetstream`]).
 
+mod backoff;
 mod batch;
 mod catalog;
 mod change_row;
@@ -62,7 +63,7 @@ pub use change_row::ChangeRow;
 pub use connection::{ConnectionOptions, mask_password};
 pub use context::DEFAULT_MAX_CONTEXT_BYTES;
 pub use error::{Error, Result, error_chain};
-pub use ingest::{Ingest, IngestConfig, IngestMetrics};
+pub use ingest::{Ingest, IngestConfig};
 pub use install::{setup, teardown};
 pub use jetstream::{NatsOptions, Retention};
 pub use nats_status::{NatsStatus, nats_status};

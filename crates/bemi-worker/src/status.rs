@@ -98,18 +98,7 @@ pub async fn status(
     // of this database tells the same (an index scan on committed_at).
     let last_stored_commit = match last_stored_commit {
         Some(commit) => Some(commit),
-        None => destination_client
-            .query_opt(
-                &format!(
-                    "SELECT max(committed_at) FROM {} WHERE database = $1",
-                    options.changes_table_name()
-                ),
-                &[&source.database()],
-            )
-            .await
-            .ok()
-            .flatten()
-            .and_then(|row| row.get(0)),
+        None => newest_stored_commit(&destination_client, options, source.database()).await?,
     };
     Ok(Status {
         source: source.to_string(),
@@ -171,5 +160,25 @@ fn bytes(value: Option<i64>) -> String {
         Some(bytes) if bytes < 1024 => format!("{bytes} B"),
         Some(bytes) if bytes < 1 << 20 => format!("{:.1} KiB", bytes as f64 / 1024.0),
         Some(bytes) => format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20)),
+    }
+}
+
+/// The commit time of the newest change of `database` in the changes table (`None`: none, or
+/// no changes table yet).
+async fn newest_stored_commit(
+    client: &tokio_postgres::Client,
+    options: &SetupOptions,
+    database: &str,
+) -> Result<Option<DateTime<Utc>>> {
+    let sql = format!(
+        "SELECT max(committed_at) FROM {} WHERE database = $1",
+        options.changes_table_name()
+    );
+    match client.query_one(&sql, &[&database]).await {
+        Ok(row) => Ok(row.get(0)),
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            Ok(None)
+        }
+        Err(error) => Err(Error::postgres("read the newest stored change")(error)),
     }
 }

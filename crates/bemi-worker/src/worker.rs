@@ -19,6 +19,7 @@ use bemi_core::QualifiedName;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 
+use crate::backoff::Backoff;
 use crate::batch::{Batch, BatchBuilder};
 use crate::catalog::{Catalog, RelationInfo};
 use crate::change_row::source_hash;
@@ -94,12 +95,12 @@ impl WorkerConfig {
     }
 }
 
-/// Counters of a running worker, readable while it runs.
+/// Counters of a running worker or ingest process, readable while it runs.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    stored_changes: AtomicU64,
-    confirmed_lsn: AtomicU64,
-    sessions: AtomicU64,
+    pub(crate) stored_changes: AtomicU64,
+    pub(crate) confirmed_lsn: AtomicU64,
+    pub(crate) sessions: AtomicU64,
 }
 
 impl Metrics {
@@ -108,7 +109,7 @@ impl Metrics {
         self.stored_changes.load(Ordering::Relaxed)
     }
 
-    /// The newest WAL position confirmed to the server.
+    /// The newest WAL position confirmed to the server (always 0 for an ingest process).
     pub fn confirmed_lsn(&self) -> u64 {
         self.confirmed_lsn.load(Ordering::Relaxed)
     }
@@ -162,7 +163,7 @@ impl Worker {
     /// missing tables or privileges, bad credentials.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(self.config.max_backoff);
         let mut attempt = 0_u32;
         let mut own_walsender: Option<i32> = None;
         let mut slot_wait_started: Option<Instant> = None;
@@ -201,17 +202,15 @@ impl Worker {
                 return Err(error);
             }
             if streamed {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 attempt = 0;
             }
             attempt += 1;
             let error = crate::error_chain(&error);
-            tracing::warn!(%error, attempt, retry_in = ?backoff, "replication session ended: reconnecting");
-            tokio::select! {
-                () = shutdown.as_mut() => return Ok(()),
-                () = tokio::time::sleep(backoff) => {}
+            tracing::warn!(%error, attempt, retry_in = ?backoff.delay(), "replication session ended: reconnecting");
+            if !backoff.wait(shutdown.as_mut()).await {
+                return Ok(());
             }
-            backoff = (backoff * 2).min(self.config.max_backoff);
         }
     }
 
@@ -267,20 +266,6 @@ impl Worker {
         ensure_publication(&catalog_client, config).await?;
         check_source_privileges(&catalog_client).await?;
 
-        let output = match &config.nats {
-            Some(nats) => Output::JetStream(Publisher::connect(nats).await?),
-            None => {
-                let destination = config.destination.connect("bemi-worker").await?;
-                check_destination_privileges(
-                    &destination,
-                    &config.destination,
-                    &config.changes_table,
-                )
-                .await?;
-                Output::Table(destination)
-            }
-        };
-
         let mut replication_config = config
             .source
             .replication_config(&config.slot, &config.publication)?;
@@ -294,8 +279,17 @@ impl Worker {
             .await
             .map_err(Error::Replication)?;
         let database = config.source.database().to_owned();
-        let (sink, progress) = match output {
-            Output::Table(destination) => {
+        // Connected before streaming starts: a missing table or privilege fails the session here.
+        let (sink, progress) = match &config.nats {
+            Some(nats) => (Sink::JetStream(Publisher::connect(nats).await?), None),
+            None => {
+                let destination = config.destination.connect("bemi-worker").await?;
+                check_destination_privileges(
+                    &destination,
+                    &config.destination,
+                    &config.changes_table,
+                )
+                .await?;
                 let store = Store::new(
                     destination,
                     &config.changes_table,
@@ -304,7 +298,6 @@ impl Worker {
                 let progress = store.load_progress().await?;
                 (Sink::Store(store), progress)
             }
-            Output::JetStream(publisher) => (Sink::JetStream(publisher), None),
         };
         replication.start().await.map_err(Error::Replication)?;
         replication
@@ -393,14 +386,6 @@ impl Worker {
             }
         }
     }
-}
-
-/// Where a session sends its batches, connected before streaming starts.
-enum Output {
-    /// The destination database's `changes` table.
-    Table(tokio_postgres::Client),
-    /// NATS JetStream.
-    JetStream(Publisher),
 }
 
 /// Refuses to start without the publication, which `bemi-worker setup` creates.

@@ -175,27 +175,32 @@ async fn a_killed_ingest_process_loses_and_doubles_nothing() {
     let destination = fixture.database.url();
     let mut ingest_a = ingest(&destination, &nats, "a2");
     let capture = capture(&fixture, &nats, "2");
-    let writer_client = fixture.database.connect().await;
-    let writer = tokio::spawn(async move {
-        for batch in 1..=20 {
-            insert_batch(&writer_client, batch, 1_000).await;
-        }
-    });
+    for batch in 1..=3 {
+        insert_batch(&fixture.client, batch, 1_000).await;
+    }
     wait_for_count(
         &fixture.client,
         &fixture.setup,
-        2_000,
+        3_000,
         &[&capture, &ingest_a],
     )
     .await;
-    // Frozen, then killed, while changes are delivered to it and not acknowledged: they go to
-    // the other process after the ack wait (stored once: the change id is the key).
+    wait_for_drained_consumer(&nats).await;
+    // Frozen with its request for more outstanding and everything so far acknowledged: what
+    // the server delivers to it from now on stays unacknowledged. Killed then, its changes go
+    // to the other process after the ack wait (stored once: the change id is the key).
     let pid = ingest_a.child.id().to_string();
     let frozen = std::process::Command::new("kill")
         .args(["-STOP", &pid])
         .status()
         .unwrap();
     assert!(frozen.success());
+    let writer_client = fixture.database.connect().await;
+    let writer = tokio::spawn(async move {
+        for batch in 4..=20 {
+            insert_batch(&writer_client, batch, 1_000).await;
+        }
+    });
     let options = NatsOptions::new(nats.url());
     let in_flight = wait_until_async(
         "changes delivered to the frozen process",

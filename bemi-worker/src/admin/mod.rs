@@ -1,0 +1,7 @@
+//! One-shot commands the CLI calls: setup and teardown, status, snapshot, revert.
+
+pub(crate) mod install;
+pub(crate) mod revert;
+pub(crate) mod runner;
+pub(crate) mod snapshot;
+pub(crate) mod status;

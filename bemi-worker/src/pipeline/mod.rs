@@ -1,0 +1,818 @@
+//! The worker: streams the slot, attributes context, stores batches and confirms what is stored,
+//! reconnecting on its own when the source or destination goes away.
+//!
+//! One session is: connect (catalog, destination, replication), read the stored progress,
+//! stream. A store task writes batches in order while the stream is read; the slot is confirmed
+//! (standby status update) only up to the end of the last transaction whose changes are all
+//! durably stored. A session that fails with a retryable error is replaced by a new one after a
+//! capped exponential backoff; the slot re-delivers everything not confirmed and the stored
+//! progress skips what was already stored.
+
+pub(crate) mod backoff;
+pub(crate) mod batch;
+pub(crate) mod progress;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bemi_core::QualifiedName;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::install::{SlotState, server_facts, slot_state};
+use crate::admin::snapshot::{SnapshotHeader, parse_row};
+use crate::change_row::source_hash;
+use crate::pipeline::backoff::Backoff;
+use crate::pipeline::batch::{Batch, BatchBuilder};
+use crate::pipeline::progress::Progress;
+use crate::sink::Sink;
+use crate::sink::jetstream::{NatsOptions, Publisher};
+use crate::sink::store::Store;
+use crate::source::catalog::{Catalog, RelationInfo};
+use crate::source::pgoutput::{self, Message};
+use crate::stitch::context::DEFAULT_MAX_CONTEXT_BYTES;
+use crate::stitch::{Stitcher, postgres_time};
+use crate::{ConnectionOptions, Error, Result};
+
+/// What the worker connects to and how it batches.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The database whose changes are captured.
+    pub source: ConnectionOptions,
+    /// The database holding the `changes` table (usually the source).
+    pub destination: ConnectionOptions,
+    /// The replication slot (default `bemi`).
+    pub slot: String,
+    /// The publication (default `bemi`).
+    pub publication: String,
+    /// The `changes` table (default `bemi.changes`).
+    pub changes_table: QualifiedName,
+    /// Rows per stored batch (default 5,000). Bounds memory, whatever the transactions' size.
+    pub batch_size: usize,
+    /// Longest time a change waits before its batch is stored (default 100 ms).
+    pub flush_interval: Duration,
+    /// Largest context stored; larger ones become a marker (default 1 MiB).
+    pub max_context_bytes: usize,
+    /// How often the confirmed position is reported to the server (default 1 s).
+    pub status_interval: Duration,
+    /// How often progress is logged at info level (default 10 s).
+    pub log_interval: Duration,
+    /// The longest wait between reconnection attempts (default 30 s).
+    pub max_backoff: Duration,
+    /// How long a worker starting on a slot held by another walsender waits for it to be
+    /// released before giving up (default 60 s): a crashed worker's walsender lingers until
+    /// PostgreSQL notices the lost connection.
+    pub slot_release_wait: Duration,
+    /// Columns to redact, drop or treat as noise (added to those stored in the source's
+    /// `bemi.column_policies`); see `bemi_core::policy`.
+    pub column_policies: bemi_core::policy::ColumnPolicies,
+    /// Publish the changes to NATS JetStream instead of storing them (`bemi-worker capture`;
+    /// `bemi-worker ingest` stores them). `destination` is then unused.
+    pub nats: Option<NatsOptions>,
+}
+
+impl WorkerConfig {
+    /// Defaults for `source`, storing into the same database.
+    pub fn new(source: ConnectionOptions) -> Self {
+        Self {
+            destination: source.clone(),
+            source,
+            slot: bemi_core::setup::DEFAULT_SLOT.to_owned(),
+            publication: bemi_core::setup::DEFAULT_PUBLICATION.to_owned(),
+            changes_table: bemi_core::setup::SetupOptions::default()
+                .changes_table_name()
+                .clone(),
+            batch_size: 5_000,
+            flush_interval: Duration::from_millis(100),
+            max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
+            status_interval: Duration::from_secs(1),
+            log_interval: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(30),
+            slot_release_wait: Duration::from_secs(60),
+            column_policies: bemi_core::policy::ColumnPolicies::default(),
+            nats: None,
+        }
+    }
+}
+
+/// Counters of a running worker or ingest process, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub(crate) stored_changes: AtomicU64,
+    pub(crate) confirmed_lsn: AtomicU64,
+    pub(crate) sessions: AtomicU64,
+}
+
+impl Metrics {
+    /// Changes stored since the worker started.
+    pub fn stored_changes(&self) -> u64 {
+        self.stored_changes.load(Ordering::Relaxed)
+    }
+
+    /// The newest WAL position confirmed to the server (always 0 for an ingest process).
+    pub fn confirmed_lsn(&self) -> u64 {
+        self.confirmed_lsn.load(Ordering::Relaxed)
+    }
+
+    /// Replication sessions started (1 + reconnections).
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+}
+
+/// The worker: streams the slot, attributes context, stores batches and confirms what is
+/// stored, reconnecting with backoff when the source or destination goes away.
+///
+/// The slot is confirmed only up to the end of the last transaction whose changes are all
+/// durably stored; after a crash the slot re-delivers the rest and the stored progress skips
+/// what was already stored.
+#[derive(Debug)]
+pub struct Worker {
+    config: WorkerConfig,
+    metrics: Arc<Metrics>,
+}
+
+/// What the store task reports after each batch.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stored {
+    batches: u64,
+    lsn: u64,
+    committed_at_micros: Option<i64>,
+}
+
+impl Worker {
+    /// A worker with `config`.
+    pub fn new(config: WorkerConfig) -> Self {
+        Self {
+            config,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// The worker's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Streams until `shutdown` completes, then stores and confirms what was received and
+    /// returns `Ok`. Lost connections are retried with backoff.
+    ///
+    /// # Errors
+    ///
+    /// Errors that retrying cannot fix: unmet requirements, a missing or foreign-held slot,
+    /// missing tables or privileges, bad credentials.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut backoff = Backoff::new(self.config.max_backoff);
+        let mut attempt = 0_u32;
+        let mut own_walsender: Option<i32> = None;
+        let mut slot_wait_started: Option<Instant> = None;
+        loop {
+            self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+            let mut streamed = false;
+            let outcome = self
+                .session(shutdown.as_mut(), &mut own_walsender, &mut streamed)
+                .await;
+            let error = match outcome {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            if streamed {
+                slot_wait_started = None;
+            }
+            // A slot held by another walsender may be our previous session's (ended by now) or a
+            // crashed worker's, lingering until PostgreSQL notices the lost connection: wait
+            // for its release, for a while, before taking it for another consumer's.
+            let retry = error.is_retryable()
+                || match error {
+                    Error::SlotInUse { pid, .. } => {
+                        let waiting = *slot_wait_started.get_or_insert_with(Instant::now);
+                        let within = waiting.elapsed() < self.config.slot_release_wait;
+                        if within {
+                            tracing::warn!(
+                                pid,
+                                "the slot is held by another walsender: waiting for its release"
+                            );
+                        }
+                        within
+                    }
+                    _ => false,
+                };
+            if !retry {
+                return Err(error);
+            }
+            if streamed {
+                backoff.reset();
+                attempt = 0;
+            }
+            attempt += 1;
+            let error = crate::error_chain(&error);
+            tracing::warn!(%error, attempt, retry_in = ?backoff.delay(), "replication session ended: reconnecting");
+            if !backoff.wait(shutdown.as_mut()).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One replication session.
+    async fn session<F: Future<Output = ()>>(
+        &self,
+        shutdown: Pin<&mut F>,
+        own_walsender: &mut Option<i32>,
+        streamed: &mut bool,
+    ) -> Result<()> {
+        let config = &self.config;
+        let catalog_client = config.source.connect("bemi-worker").await?;
+        server_facts(&catalog_client).await?.check_source()?;
+        match slot_state(&catalog_client, &config.slot).await? {
+            SlotState::Missing => {
+                // Created after the publication, so decoding can read it from the slot's start.
+                ensure_publication(&catalog_client, config).await?;
+                catalog_client
+                    .execute(
+                        "SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
+                        &[&config.slot],
+                    )
+                    .await
+                    .map_err(Error::postgres(format!(
+                        "create replication slot {:?}",
+                        config.slot
+                    )))?;
+                tracing::warn!(
+                    slot = %config.slot,
+                    "the replication slot was missing and is created now: changes made before this moment are not captured"
+                );
+            }
+            SlotState::Active(pid) if Some(pid) == *own_walsender => {
+                // Our previous session's walsender has not noticed the lost connection yet.
+                tracing::info!(pid, "ending this worker's previous walsender");
+                catalog_client
+                    .execute("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(Error::postgres("end the previous walsender"))?;
+                return Err(Error::SlotInUse {
+                    slot: config.slot.clone(),
+                    pid,
+                });
+            }
+            SlotState::Active(pid) => {
+                return Err(Error::SlotInUse {
+                    slot: config.slot.clone(),
+                    pid,
+                });
+            }
+            SlotState::Free => {}
+        }
+        ensure_publication(&catalog_client, config).await?;
+        check_source_privileges(&catalog_client).await?;
+
+        let mut replication_config = config
+            .source
+            .replication_config(&config.slot, &config.publication)?;
+        replication_config.status_interval = config.status_interval;
+        replication_config.idle_wakeup_interval = config.status_interval;
+        let mut replication = ReplicationClient::connect_gated(replication_config)
+            .await
+            .map_err(Error::Replication)?;
+        let system = replication
+            .identify_system()
+            .await
+            .map_err(Error::Replication)?;
+        let database = config.source.database().to_owned();
+        // Connected before streaming starts: a missing table or privilege fails the session here.
+        let (sink, progress) = match &config.nats {
+            Some(nats) => (Sink::JetStream(Publisher::connect(nats).await?), None),
+            None => {
+                let destination = config.destination.connect("bemi-worker").await?;
+                check_destination_privileges(
+                    &destination,
+                    &config.destination,
+                    &config.changes_table,
+                )
+                .await?;
+                let store = Store::new(
+                    destination,
+                    &config.changes_table,
+                    format!("{}/{database}/{}", system.system_id, config.slot),
+                );
+                let progress = store.load_progress().await?;
+                (Sink::Store(store), progress)
+            }
+        };
+        replication.start().await.map_err(Error::Replication)?;
+        replication
+            .wait_started()
+            .await
+            .map_err(Error::Replication)?;
+        *streamed = true;
+        if let SlotState::Active(pid) = slot_state(&catalog_client, &config.slot).await? {
+            *own_walsender = Some(pid);
+        }
+        tracing::info!(
+            source = %config.source,
+            slot = %config.slot,
+            resume_after = ?progress.map(|progress| Lsn::from_u64(progress.commit_lsn)),
+            "streaming"
+        );
+
+        let (batches, batches_rx) = mpsc::channel::<Batch>(2);
+        let (stored_tx, stored_rx) = watch::channel(Stored::default());
+        let store_task = tokio::spawn(store_batches(
+            sink,
+            batches_rx,
+            stored_tx,
+            Arc::clone(&self.metrics),
+        ));
+        let mut stream = Stream {
+            config,
+            metrics: &self.metrics,
+            replication,
+            catalog: Catalog::new(catalog_client, config.column_policies.clone()),
+            relations: HashMap::new(),
+            snapshot: None,
+            stitcher: Stitcher::new(
+                &database,
+                source_hash(&system.system_id, &database),
+                config.max_context_bytes,
+            ),
+            builder: BatchBuilder::new(),
+            progress,
+            batches,
+            stored: stored_rx,
+            sent_batches: 0,
+        };
+        let streamed_result = stream.run(shutdown).await;
+        let Stream {
+            mut replication,
+            catalog,
+            batches,
+            ..
+        } = stream;
+        // Let the store task finish the batches already handed over.
+        drop(batches);
+        let stored_result = match store_task.await {
+            Ok(result) => result,
+            Err(join_error) => Err(Error::Config(format!("store task failed: {join_error}"))),
+        };
+        let final_stored = stored_result.as_ref().ok().copied();
+        match (streamed_result, stored_result) {
+            (Ok(()), Ok(stored)) => {
+                // Shutting down: confirm the last stored position before closing the stream.
+                if stored.lsn > 0 {
+                    replication.update_applied_lsn(Lsn::from_u64(stored.lsn));
+                    self.metrics
+                        .confirmed_lsn
+                        .fetch_max(stored.lsn, Ordering::Relaxed);
+                    wait_for_confirmation(
+                        catalog.client(),
+                        &config.slot,
+                        stored.lsn,
+                        config.status_interval * 3,
+                    )
+                    .await;
+                }
+                let _ = replication.shutdown().await;
+                tracing::info!(stored = self.metrics.stored_changes(), "stopped");
+                Ok(())
+            }
+            // A failed store explains a closed channel better than the stream's error.
+            (_, Err(store_error)) => Err(store_error),
+            (Err(stream_error), Ok(_)) => {
+                if let Some(stored) = final_stored.filter(|stored| stored.lsn > 0) {
+                    replication.update_applied_lsn(Lsn::from_u64(stored.lsn));
+                }
+                replication.abort();
+                Err(stream_error)
+            }
+        }
+    }
+}
+
+/// Refuses to start without the publication, which `bemi-worker setup` creates.
+async fn ensure_publication(client: &tokio_postgres::Client, config: &WorkerConfig) -> Result<()> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&config.publication],
+        )
+        .await
+        .map_err(Error::postgres("read the publication"))?
+        .is_some();
+    if exists {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "publication {:?} does not exist in {}: run `bemi-worker setup`",
+            config.publication, config.source
+        )))
+    }
+}
+
+/// Refuses to start when the worker's role cannot read the stored column policies (it would store
+/// values they redact): names the GRANT to run.
+async fn check_source_privileges(client: &tokio_postgres::Client) -> Result<()> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text, c.oid IS NOT NULL, \
+                    COALESCE(pg_catalog.has_schema_privilege(n.oid, 'USAGE'), false), \
+                    pg_catalog.has_table_privilege(c.oid, 'SELECT') \
+             FROM (SELECT 1) one \
+             LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = 'bemi' \
+             LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = 'column_policies'",
+            &[],
+        )
+        .await
+        .map_err(Error::postgres("check the worker's privileges in the source"))?;
+    let role = bemi_core::quote_ident(&row.get::<_, String>(0))?;
+    let exists: bool = row.get(1);
+    let usage: bool = row.get(2);
+    let select: Option<bool> = row.get(3);
+    if !exists || (usage && select == Some(true)) {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if !usage {
+        missing.push(format!("GRANT USAGE ON SCHEMA \"bemi\" TO {role};"));
+    }
+    if select != Some(true) {
+        missing.push(format!("GRANT SELECT ON bemi.column_policies TO {role};"));
+    }
+    Err(Error::Config(format!(
+        "the worker's role cannot read the column policies (which columns to redact or drop) in the source; run: {}",
+        missing.join(" ")
+    )))
+}
+
+/// Refuses to start when the `changes` or progress table is missing, or the worker's role
+/// cannot write them (naming the GRANT to run).
+pub(crate) async fn check_destination_privileges(
+    client: &tokio_postgres::Client,
+    destination: &ConnectionOptions,
+    changes_table: &QualifiedName,
+) -> Result<()> {
+    let changes = changes_table.to_string();
+    let schema_usage = |schema: &str| {
+        format!(
+            "(SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n \
+             WHERE n.nspname = {})",
+            bemi_core::quote_literal(schema)
+        )
+    };
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT current_user::text, {}, {}",
+                schema_usage(bemi_core::setup::BEMI_SCHEMA),
+                schema_usage(changes_table.schema())
+            ),
+            &[],
+        )
+        .await
+        .map_err(Error::postgres(
+            "check the worker's privileges in the destination",
+        ))?;
+    let role = bemi_core::quote_ident(&row.get::<_, String>(0))?;
+    let setup_needed = || {
+        Error::Config(format!(
+            "{changes} or bemi.worker_progress does not exist in {destination}: run `bemi-worker setup`"
+        ))
+    };
+    let mut missing = Vec::new();
+    for (column, schema) in [
+        (1, bemi_core::setup::BEMI_SCHEMA),
+        (2, changes_table.schema()),
+    ] {
+        match row.get::<_, Option<bool>>(column) {
+            None => return Err(setup_needed()),
+            Some(false) => missing.push(format!(
+                "GRANT USAGE ON SCHEMA {} TO {role};",
+                bemi_core::quote_ident(schema)?
+            )),
+            Some(true) => {}
+        }
+    }
+    missing.dedup();
+    if missing.is_empty() {
+        let row = client
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL AND pg_catalog.to_regclass('bemi.worker_progress') IS NOT NULL",
+                &[&changes],
+            )
+            .await
+            .map_err(Error::postgres("look for the changes table"))?;
+        if !row.get::<_, bool>(0) {
+            return Err(setup_needed());
+        }
+        let row = client
+            .query_one(
+                "SELECT pg_catalog.has_table_privilege($1, 'INSERT') AND pg_catalog.has_table_privilege($1, 'SELECT'), \
+                 pg_catalog.has_table_privilege('bemi.worker_progress', 'INSERT') \
+                 AND pg_catalog.has_table_privilege('bemi.worker_progress', 'SELECT') \
+                 AND pg_catalog.has_table_privilege('bemi.worker_progress', 'UPDATE')",
+                &[&changes],
+            )
+            .await
+            .map_err(Error::postgres("check the worker's privileges on the changes table"))?;
+        if !row.get::<_, bool>(0) {
+            missing.push(format!("GRANT SELECT, INSERT ON {changes} TO {role};"));
+        }
+        if !row.get::<_, bool>(1) {
+            missing.push(format!(
+                "GRANT SELECT, INSERT, UPDATE ON bemi.worker_progress TO {role};"
+            ));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "the worker's role cannot store changes in {destination}: run {}",
+            missing.join(" ")
+        )))
+    }
+}
+
+/// Waits until the slot's confirmed position reaches `lsn`, or `timeout` passes (the stored
+/// progress makes a re-delivery harmless either way).
+async fn wait_for_confirmation(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    lsn: u64,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    let target = Lsn::from_u64(lsn).to_string();
+    loop {
+        let confirmed = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&slot, &target],
+            )
+            .await;
+        match confirmed {
+            Ok(Some(row)) if row.get::<_, Option<bool>>(0) == Some(true) => return,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            _ => {
+                tracing::warn!(lsn = %target, "the server did not confirm the last position in time: it will be re-delivered and skipped");
+                return;
+            }
+        }
+    }
+}
+
+/// The store task: writes batches in order and reports what is stored.
+async fn store_batches(
+    mut sink: Sink,
+    mut batches: mpsc::Receiver<Batch>,
+    stored_tx: watch::Sender<Stored>,
+    metrics: Arc<Metrics>,
+) -> Result<Stored> {
+    let mut stored = Stored::default();
+    while let Some(batch) = batches.recv().await {
+        if !batch.rows.is_empty() || batch.progress.is_some() {
+            let started = Instant::now();
+            sink.write(&batch.rows, batch.progress).await?;
+            tracing::debug!(rows = batch.rows.len(), elapsed = ?started.elapsed(), "stored a batch");
+        }
+        metrics
+            .stored_changes
+            .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
+        stored.batches += 1;
+        if let Some(lsn) = batch.ack {
+            stored.lsn = stored.lsn.max(lsn);
+            stored.committed_at_micros = batch.ack_committed_at_micros;
+        }
+        stored_tx.send_replace(stored);
+    }
+    Ok(stored)
+}
+
+/// The reading side of a session.
+struct Stream<'a> {
+    config: &'a WorkerConfig,
+    metrics: &'a Metrics,
+    replication: ReplicationClient,
+    catalog: Catalog,
+    relations: HashMap<u32, Arc<RelationInfo>>,
+    /// The table whose snapshot rows are arriving, in the current transaction.
+    snapshot: Option<Arc<RelationInfo>>,
+    stitcher: Stitcher,
+    builder: BatchBuilder,
+    progress: Option<Progress>,
+    batches: mpsc::Sender<Batch>,
+    stored: watch::Receiver<Stored>,
+    sent_batches: u64,
+}
+
+impl Stream<'_> {
+    async fn run<F: Future<Output = ()>>(&mut self, mut shutdown: Pin<&mut F>) -> Result<()> {
+        let mut log_tick = tokio::time::interval(self.config.log_interval);
+        log_tick.tick().await;
+        let mut logged = (Instant::now(), self.metrics.stored_changes());
+        loop {
+            let flush_at = self
+                .builder
+                .started()
+                .map(|started| started + self.config.flush_interval);
+            tokio::select! {
+                biased;
+                () = shutdown.as_mut() => {
+                    self.flush().await?;
+                    return Ok(());
+                }
+                changed = self.stored.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::StoreGone);
+                    }
+                    let stored = *self.stored.borrow_and_update();
+                    if stored.lsn > 0 {
+                        self.replication.update_applied_lsn(Lsn::from_u64(stored.lsn));
+                        self.metrics.confirmed_lsn.fetch_max(stored.lsn, Ordering::Relaxed);
+                    }
+                }
+                () = sleep_until(flush_at) => self.flush().await?,
+                _ = log_tick.tick() => {
+                    let stored = self.metrics.stored_changes();
+                    let rate = (stored - logged.1) as f64 / logged.0.elapsed().as_secs_f64().max(0.001);
+                    let lag = self.stored.borrow().committed_at_micros.map(|micros| {
+                        (chrono::Utc::now() - postgres_time(micros)).num_milliseconds() as f64 / 1000.0
+                    });
+                    tracing::info!(stored, changes_per_second = rate.round(), lag_seconds = ?lag, "progress");
+                    logged = (Instant::now(), stored);
+                }
+                event = self.replication.recv() => {
+                    match event.map_err(Error::Replication)? {
+                        Some(event) => self.handle(event).await?,
+                        None => return Err(Error::Replication(pgwire_replication::PgWireError::Task(
+                            "the replication stream ended".into(),
+                        ))),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: ReplicationEvent) -> Result<()> {
+        tracing::trace!(?event, "replication event");
+        match event {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                self.snapshot = None;
+                self.stitcher
+                    .begin(xid, final_lsn.as_u64(), commit_time_micros);
+                self.builder.begin(commit_time_micros);
+            }
+            ReplicationEvent::Message {
+                transactional,
+                prefix,
+                content,
+                lsn,
+            } => {
+                if transactional && prefix == bemi_core::setup::SNAPSHOT_PREFIX {
+                    self.start_snapshot(&content).await?;
+                } else if transactional && prefix == bemi_core::setup::SNAPSHOT_ROW_PREFIX {
+                    self.snapshot_row(&content, lsn.as_u64()).await?;
+                } else {
+                    self.stitcher.message(transactional, &prefix, &content);
+                }
+            }
+            ReplicationEvent::XLogData {
+                wal_start, data, ..
+            } => {
+                let message = pgoutput::decode(&data)?;
+                match &message {
+                    Message::Relation(relation) => {
+                        let info = self.catalog.describe(relation, self.stitcher.xid()).await?;
+                        self.relations.insert(relation.id, Arc::new(info));
+                    }
+                    Message::Insert { .. }
+                    | Message::Update { .. }
+                    | Message::Delete { .. }
+                    | Message::Truncate { .. } => {
+                        let progress = self.progress;
+                        let rows = self.stitcher.change(
+                            &message,
+                            wal_start.as_u64(),
+                            &self.relations,
+                            |position| !progress.is_some_and(|progress| progress.covers(position)),
+                        )?;
+                        self.builder.push(rows);
+                        if self.builder.len() >= self.config.batch_size {
+                            self.flush().await?;
+                        }
+                    }
+                    Message::Type { .. } | Message::Origin { .. } | Message::Other { .. } => {}
+                }
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                let commit_lsn = self.stitcher.commit_lsn().unwrap_or_default();
+                let changes = self.stitcher.commit();
+                self.builder.commit(commit_lsn, changes, end_lsn.as_u64());
+                if self.builder.len() >= self.config.batch_size {
+                    self.flush().await?;
+                }
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                // Nothing received is unstored: everything up to the server's position is done
+                // (transactions touching no tracked table send nothing), so confirm it and let
+                // the server recycle that WAL.
+                let idle = !self.stitcher.in_transaction()
+                    && self.builder.is_empty()
+                    && self.stored.borrow().batches == self.sent_batches;
+                if idle && wal_end.as_u64() > 0 {
+                    self.replication.update_applied_lsn(wal_end);
+                    self.metrics
+                        .confirmed_lsn
+                        .fetch_max(wal_end.as_u64(), Ordering::Relaxed);
+                }
+            }
+            ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Starts a table's snapshot: describes the table as the snapshot's transaction saw it.
+    /// A malformed header is logged and its rows skipped (bad data never stops the stream).
+    async fn start_snapshot(&mut self, content: &[u8]) -> Result<()> {
+        self.snapshot = match SnapshotHeader::parse(content) {
+            Ok(header) => {
+                let info = self
+                    .catalog
+                    .describe(&header.relation(), self.stitcher.xid())
+                    .await?;
+                Some(Arc::new(info))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "malformed snapshot header: its rows are skipped");
+                None
+            }
+        };
+        Ok(())
+    }
+
+    /// Stores one snapshotted row as a SNAPSHOT change.
+    async fn snapshot_row(&mut self, content: &[u8], position: u64) -> Result<()> {
+        let Some(info) = self.snapshot.clone() else {
+            tracing::warn!("snapshot row without a valid header: skipped");
+            return Ok(());
+        };
+        let values = match parse_row(content) {
+            Ok(values) => values,
+            Err(error) => {
+                tracing::warn!(%error, table = %info.table, "malformed snapshot row: skipped");
+                return Ok(());
+            }
+        };
+        let progress = self.progress;
+        let row = match self
+            .stitcher
+            .snapshot_row(&info, &values, position, |position| {
+                !progress.is_some_and(|progress| progress.covers(position))
+            }) {
+            Ok(row) => row,
+            Err(error) => {
+                tracing::warn!(%error, "snapshot row skipped");
+                return Ok(());
+            }
+        };
+        if let Some(row) = row {
+            self.builder.push(vec![row]);
+            if self.builder.len() >= self.config.batch_size {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the batch collected so far to the store task.
+    async fn flush(&mut self) -> Result<()> {
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        let batch = self.builder.take();
+        self.batches
+            .send(batch)
+            .await
+            .map_err(|_| Error::StoreGone)?;
+        self.sent_batches += 1;
+        Ok(())
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,253 @@
+//! `ingest`: stores the changes `capture` published to NATS JetStream. Any number of ingest
+//! processes share one durable pull consumer; each stores batches idempotently (the change id
+//! is the `changes` table's primary key, so a redelivered change is skipped) and acknowledges a
+//! message only after its batch committed. When the destination fails, the batch's messages are
+//! negatively acknowledged with a delay and the process reconnects with backoff; messages wait in
+//! the stream meanwhile.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use bemi_core::QualifiedName;
+use futures_util::StreamExt;
+
+use crate::pipeline::backoff::Backoff;
+use crate::pipeline::{Metrics, check_destination_privileges};
+use crate::sink::jetstream::{NatsOptions, nats_error};
+use crate::sink::store::Store;
+use crate::{ConnectionOptions, Error, Result};
+
+/// How long a message that is not a bemi change waits before it is offered again (it is never
+/// dropped: an operator can inspect and remove it).
+const UNREADABLE_REDELIVERY: Duration = Duration::from_secs(300);
+
+/// What an ingest process reads and where it stores.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct IngestConfig {
+    /// The stream and consumer to read.
+    pub nats: NatsOptions,
+    /// The database holding the `changes` table.
+    pub destination: ConnectionOptions,
+    /// The `changes` table (default `bemi.changes`).
+    pub changes_table: QualifiedName,
+    /// Changes per stored batch (default 5,000).
+    pub batch_size: usize,
+    /// Longest time a received change waits before its batch is stored (default 100 ms).
+    pub flush_interval: Duration,
+    /// How often progress is logged at info level (default 10 s).
+    pub log_interval: Duration,
+    /// The longest wait between reconnection attempts (default 30 s).
+    pub max_backoff: Duration,
+}
+
+impl IngestConfig {
+    /// Defaults for reading from `nats` and storing into `destination`.
+    pub fn new(nats: NatsOptions, destination: ConnectionOptions) -> Self {
+        Self {
+            nats,
+            destination,
+            changes_table: bemi_core::setup::SetupOptions::default()
+                .changes_table_name()
+                .clone(),
+            batch_size: 5_000,
+            flush_interval: Duration::from_millis(100),
+            log_interval: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An ingest process: reads batches from the shared JetStream consumer and stores them.
+#[derive(Debug)]
+pub struct Ingest {
+    config: IngestConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    /// An ingest process with `config`.
+    pub fn new(config: IngestConfig) -> Self {
+        Self {
+            config,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The process's counters (stored changes include redelivered ones already stored).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Stores until `shutdown` completes (the batch being collected is stored and
+    /// acknowledged first), reconnecting with backoff when NATS or the destination fails.
+    ///
+    /// # Errors
+    ///
+    /// Errors that retrying cannot fix: bad credentials, a missing `changes` table or
+    /// privileges.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut backoff = Backoff::new(self.config.max_backoff);
+        loop {
+            self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+            let mut stored_any = false;
+            let error = match self.session(shutdown.as_mut(), &mut stored_any).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_retryable() => error,
+                Err(error) => return Err(error),
+            };
+            if stored_any {
+                backoff.reset();
+            }
+            let error = crate::error_chain(&error);
+            tracing::warn!(%error, retry_in = ?backoff.delay(), "ingest session ended: reconnecting");
+            if !backoff.wait(shutdown.as_mut()).await {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn session<F: Future<Output = ()>>(
+        &self,
+        mut shutdown: Pin<&mut F>,
+        stored_any: &mut bool,
+    ) -> Result<()> {
+        let config = &self.config;
+        let client = crate::sink::jetstream::connect(&config.nats).await?;
+        let context = jetstream::new(client.clone());
+        let stream = crate::sink::jetstream::stream(&context, &config.nats).await?;
+        let consumer = crate::sink::jetstream::consumer(&stream, &config.nats).await?;
+        let destination = config.destination.connect("bemi-worker ingest").await?;
+        check_destination_privileges(&destination, &config.destination, &config.changes_table)
+            .await?;
+        // No progress key: ingest writes batches without progress (redeliveries are skipped by
+        // the change id), so the key is never used.
+        let mut store = Store::new(destination, &config.changes_table, String::new());
+        let batch_size = config.batch_size.max(1);
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(batch_size)
+            .messages()
+            .await
+            .map_err(nats_error("read from the JetStream consumer"))?;
+        tracing::info!(
+            nats = %config.nats.display_url(),
+            stream = %config.nats.stream,
+            consumer = %config.nats.consumer,
+            destination = %config.destination,
+            "ingesting"
+        );
+        let mut logged = (Instant::now(), self.metrics.stored_changes());
+        let mut stopping = false;
+        while !stopping {
+            let mut batch = Vec::new();
+            tokio::select! {
+                biased;
+                () = shutdown.as_mut() => stopping = true,
+                next = messages.next() => batch.push(received(next)?),
+            }
+            let deadline = tokio::time::Instant::now() + config.flush_interval;
+            while !stopping && !batch.is_empty() && batch.len() < batch_size {
+                tokio::select! {
+                    biased;
+                    () = shutdown.as_mut() => stopping = true,
+                    () = tokio::time::sleep_until(deadline) => break,
+                    next = messages.next() => batch.push(received(next)?),
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let stored = self.store(&mut store, batch).await?;
+            *stored_any |= stored > 0;
+            if logged.0.elapsed() >= config.log_interval {
+                let total = self.metrics.stored_changes();
+                let rate = (total - logged.1) as f64 / logged.0.elapsed().as_secs_f64().max(0.001);
+                tracing::info!(
+                    stored = total,
+                    changes_per_second = rate.round(),
+                    "progress"
+                );
+                logged = (Instant::now(), total);
+            }
+        }
+        client
+            .flush()
+            .await
+            .map_err(nats_error("send the last acknowledgements"))?;
+        tracing::info!(stored = self.metrics.stored_changes(), "stopped");
+        Ok(())
+    }
+
+    /// Stores one batch and acknowledges its messages; on failure, asks for redelivery later.
+    async fn store(&self, store: &mut Store, batch: Vec<jetstream::Message>) -> Result<usize> {
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut readable = Vec::with_capacity(batch.len());
+        for message in batch {
+            match crate::sink::jetstream::wire::decode(&message.payload) {
+                Ok(row) => {
+                    rows.push(row);
+                    readable.push(message);
+                }
+                Err(error) => {
+                    let sequence = message.info().map(|info| info.stream_sequence).ok();
+                    tracing::error!(
+                        %error, ?sequence, subject = %message.subject,
+                        "a message in the stream is not a bemi change: left in the stream, offered again in 5 minutes"
+                    );
+                    message
+                        .ack_with(AckKind::Nak(Some(UNREADABLE_REDELIVERY)))
+                        .await
+                        .map_err(|source| Error::Nats {
+                            action: "return an unreadable message to the stream".into(),
+                            source,
+                        })?;
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        if let Err(error) = store.write(&rows, None).await {
+            for message in &readable {
+                // Best effort: unacknowledged messages come back after the ack wait anyway.
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+            return Err(error);
+        }
+        for message in &readable {
+            message.ack().await.map_err(|source| Error::Nats {
+                action: "acknowledge a stored change".into(),
+                source,
+            })?;
+        }
+        self.metrics
+            .stored_changes
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        Ok(rows.len())
+    }
+}
+
+/// The next message of the consumer's stream, or why there is none.
+fn received<E>(
+    next: Option<std::result::Result<jetstream::Message, E>>,
+) -> Result<jetstream::Message>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match next {
+        Some(Ok(message)) => Ok(message),
+        Some(Err(error)) => Err(nats_error("receive from the JetStream consumer")(error)),
+        None => Err(Error::Nats {
+            action: "receive from the JetStream consumer".into(),
+            source: "the consumer's stream ended".into(),
+        }),
+    }
+}

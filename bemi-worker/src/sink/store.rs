@@ -1,0 +1,518 @@
+//! Writing batches of changes into the destination's `changes` table.
+//!
+//! A batch is one destination transaction: `COPY` of its rows, then the progress row. When
+//! the `COPY` hits a row that is already stored (a replay the progress did not cover), the
+//! batch is written again through a staging table with `ON CONFLICT (id) DO NOTHING`. When
+//! PostgreSQL rejects a value (a data exception, e.g. a number beyond `numeric`'s range inside
+//! a `json` column), the batch is written row by row and each rejected row is stored with its
+//! images kept as text in `context._bemi.unstorable`: the worker never stalls on one change.
+
+use bemi_core::QualifiedName;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+use crate::change_row::ChangeRow;
+use crate::pipeline::progress::Progress;
+use crate::stitch::postgres_time;
+use crate::{Error, Result};
+
+/// The columns written, in COPY order.
+const COLUMNS: &str = "id, primary_key, \"before\", \"after\", context, database, schema, \"table\", \
+    operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence, \
+    previous_primary_key";
+
+/// Writes batches to the destination.
+pub(crate) struct Store {
+    client: Client,
+    changes: String,
+    source: String,
+    staging_ready: bool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("changes", &self.changes)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// A store writing to `changes` for `source` (the progress key: system id, database, slot).
+    pub(crate) fn new(client: Client, changes: &QualifiedName, source: String) -> Self {
+        Self {
+            client,
+            changes: changes.to_string(),
+            source,
+            staging_ready: false,
+        }
+    }
+
+    /// The stored progress of this source.
+    pub(crate) async fn load_progress(&self) -> Result<Option<Progress>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT commit_lsn, stored_changes, complete, committed_at \
+                 FROM bemi.worker_progress WHERE source = $1",
+                &[&self.source],
+            )
+            .await
+            .map_err(Error::postgres("read the worker's progress"))?;
+        Ok(row.map(|row| {
+            let committed_at: chrono::DateTime<chrono::Utc> = row.get(3);
+            Progress {
+                commit_lsn: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
+                stored_changes: u32::try_from(row.get::<_, i32>(1)).unwrap_or_default(),
+                complete: row.get(2),
+                committed_at_micros: committed_at.timestamp_micros()
+                    - postgres_time(0).timestamp_micros(),
+            }
+        }))
+    }
+
+    /// Stores `rows` and `progress` in one transaction.
+    pub(crate) async fn write(
+        &mut self,
+        rows: &[ChangeRow],
+        progress: Option<Progress>,
+    ) -> Result<()> {
+        let data = encode_copy(rows);
+        match self.write_with(&data, progress, Method::Copy).await {
+            Err(Error::Postgres { source, .. })
+                if source.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+            {
+                tracing::info!(
+                    rows = rows.len(),
+                    "some changes were already stored: storing the batch idempotently"
+                );
+                self.write_with(&data, progress, Method::Staged).await
+            }
+            Err(Error::Postgres { source, .. }) if is_data_exception(&source) => {
+                tracing::warn!(rows = rows.len(), error = %describe(&source), "a change was rejected: storing the batch row by row");
+                self.write_row_by_row(rows, progress).await
+            }
+            other => other,
+        }
+    }
+
+    async fn write_with(
+        &mut self,
+        data: &Bytes,
+        progress: Option<Progress>,
+        method: Method,
+    ) -> Result<()> {
+        let transaction = self
+            .client
+            .transaction()
+            .await
+            .map_err(Error::postgres("begin a destination transaction"))?;
+        if !data.is_empty() {
+            let target = match method {
+                Method::Copy => self.changes.clone(),
+                Method::Staged => {
+                    if !self.staging_ready {
+                        transaction
+                            .batch_execute(&format!(
+                                "CREATE TEMPORARY TABLE IF NOT EXISTS bemi_staging \
+                                 (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+                                self.changes
+                            ))
+                            .await
+                            .map_err(Error::postgres("create the staging table"))?;
+                    }
+                    "bemi_staging".to_owned()
+                }
+            };
+            let sink = transaction
+                .copy_in(&format!("COPY {target} ({COLUMNS}) FROM STDIN"))
+                .await
+                .map_err(Error::postgres("start COPY into the changes table"))?;
+            let mut sink = std::pin::pin!(sink);
+            sink.send(data.clone())
+                .await
+                .map_err(Error::postgres("COPY into the changes table"))?;
+            sink.as_mut()
+                .finish()
+                .await
+                .map_err(Error::postgres("COPY into the changes table"))?;
+            if method == Method::Staged {
+                transaction
+                    .batch_execute(&format!(
+                        "INSERT INTO {changes} ({COLUMNS}) SELECT {COLUMNS} FROM bemi_staging \
+                         ON CONFLICT (id) DO NOTHING",
+                        changes = self.changes
+                    ))
+                    .await
+                    .map_err(Error::postgres("insert staged changes"))?;
+            }
+        }
+        save_progress(&transaction, &self.source, progress).await?;
+        transaction
+            .commit()
+            .await
+            .map_err(Error::postgres("commit a batch of changes"))?;
+        if method == Method::Staged {
+            self.staging_ready = true;
+        }
+        Ok(())
+    }
+
+    async fn write_row_by_row(
+        &mut self,
+        rows: &[ChangeRow],
+        progress: Option<Progress>,
+    ) -> Result<()> {
+        let insert = format!(
+            "INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb, \
+             $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT (id) DO NOTHING",
+            self.changes
+        );
+        let mut transaction = self
+            .client
+            .transaction()
+            .await
+            .map_err(Error::postgres("begin a destination transaction"))?;
+        let statement = transaction
+            .prepare(&insert)
+            .await
+            .map_err(Error::postgres("prepare the row insert"))?;
+        for row in rows {
+            let savepoint = transaction
+                .savepoint("bemi_row")
+                .await
+                .map_err(Error::postgres("create a savepoint"))?;
+            let stored = insert_row(&savepoint, &statement, row).await;
+            match stored {
+                Ok(()) => savepoint
+                    .commit()
+                    .await
+                    .map_err(Error::postgres("release a savepoint"))?,
+                Err(source) if is_data_exception(&source) => {
+                    savepoint
+                        .rollback()
+                        .await
+                        .map_err(Error::postgres("roll back a savepoint"))?;
+                    tracing::warn!(
+                        table = %row.table, primary_key = ?row.primary_key, error = %describe(&source),
+                        "change rejected by PostgreSQL: stored with its values as text"
+                    );
+                    let kept = unstorable(row, &describe(&source));
+                    insert_row(&transaction, &statement, &kept)
+                        .await
+                        .map_err(Error::postgres("store a rejected change as text"))?;
+                }
+                Err(source) => {
+                    return Err(Error::Postgres {
+                        action: "store a change".into(),
+                        source,
+                    });
+                }
+            }
+        }
+        save_progress(&transaction, &self.source, progress).await?;
+        transaction
+            .commit()
+            .await
+            .map_err(Error::postgres("commit a batch of changes"))
+    }
+}
+
+/// Saves `progress` for `source` inside `transaction`.
+async fn save_progress(
+    transaction: &tokio_postgres::Transaction<'_>,
+    source: &str,
+    progress: Option<Progress>,
+) -> Result<()> {
+    let Some(progress) = progress else {
+        return Ok(());
+    };
+    transaction
+        .execute(
+            "INSERT INTO bemi.worker_progress \
+                 (source, commit_lsn, stored_changes, complete, committed_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, pg_catalog.now()) \
+                 ON CONFLICT (source) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, \
+                 stored_changes = EXCLUDED.stored_changes, complete = EXCLUDED.complete, \
+                 committed_at = EXCLUDED.committed_at, updated_at = EXCLUDED.updated_at",
+            &[
+                &source,
+                &i64::try_from(progress.commit_lsn).unwrap_or(i64::MAX),
+                &i32::try_from(progress.stored_changes).unwrap_or(i32::MAX),
+                &progress.complete,
+                &postgres_time(progress.committed_at_micros),
+            ],
+        )
+        .await
+        .map_err(Error::postgres("save the worker's progress"))?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Copy,
+    Staged,
+}
+
+/// The server's message and SQLSTATE for a database error, the driver's text otherwise.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+fn is_data_exception(error: &tokio_postgres::Error) -> bool {
+    error
+        .code()
+        .is_some_and(|code| code.code().starts_with("22"))
+}
+
+async fn insert_row(
+    client: &impl tokio_postgres::GenericClient,
+    statement: &tokio_postgres::Statement,
+    row: &ChangeRow,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            statement,
+            &[
+                &row.id,
+                &row.primary_key,
+                &row.before,
+                &row.after,
+                &&*row.context,
+                &&*row.database,
+                &&*row.schema,
+                &&*row.table,
+                &row.operation.as_str(),
+                &row.committed_at,
+                &row.queued_at,
+                &row.transaction_id,
+                &row.position,
+                &row.commit_lsn,
+                &row.sequence,
+                &row.previous_primary_key,
+            ],
+        )
+        .await
+        .map(|_| ())
+}
+
+/// `row` with `before`/`after` emptied and their JSON text kept as strings in the context, which
+/// PostgreSQL always accepts.
+fn unstorable(row: &ChangeRow, error: &str) -> ChangeRow {
+    let mut context = match serde_json::from_str::<Value>(&row.context) {
+        Ok(Value::Object(object)) => object,
+        _ => serde_json::Map::new(),
+    };
+    context.insert(
+        bemi_core::MARKER_KEY.to_owned(),
+        json!({
+            "unstorable": {
+                "error": error.replace('\0', "\u{fffd}"),
+                "before": row.before.replace("\\u0000", "\\ufffd"),
+                "after": row.after.replace("\\u0000", "\\ufffd"),
+            }
+        }),
+    );
+    ChangeRow {
+        before: "{}".to_owned(),
+        after: "{}".to_owned(),
+        context: Value::Object(context).to_string().into(),
+        ..row.clone()
+    }
+}
+
+/// The rows in `COPY ... FROM STDIN` text format.
+pub(crate) fn encode_copy(rows: &[ChangeRow]) -> Bytes {
+    let size: usize = rows
+        .iter()
+        .map(|row| row.before.len() + row.after.len() + row.context.len() + 256)
+        .sum();
+    let mut out = BytesMut::with_capacity(size);
+    // The rows of a transaction share their times: format each distinct one once.
+    let mut times: [Option<(chrono::DateTime<chrono::Utc>, String)>; 2] = [None, None];
+    let mut numbers = itoa::Buffer::new();
+    for row in rows {
+        let mut uuid = uuid::Uuid::encode_buffer();
+        field(&mut out, row.id.hyphenated().encode_lower(&mut uuid));
+        tab(&mut out);
+        match &row.primary_key {
+            Some(key) => field(&mut out, key),
+            None => out.put_slice(b"\\N"),
+        }
+        for text in [
+            &row.before[..],
+            &row.after[..],
+            &row.context[..],
+            &row.database[..],
+            &row.schema[..],
+            &row.table[..],
+            row.operation.as_str(),
+        ] {
+            tab(&mut out);
+            field(&mut out, text);
+        }
+        for (slot, time) in times.iter_mut().zip([row.committed_at, row.queued_at]) {
+            tab(&mut out);
+            let text = match slot {
+                Some((cached, text)) if *cached == time => text,
+                _ => {
+                    let text = time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                    &slot.insert((time, text)).1
+                }
+            };
+            out.put_slice(text.as_bytes());
+        }
+        for number in [
+            row.transaction_id,
+            row.position,
+            row.commit_lsn,
+            i64::from(row.sequence),
+        ] {
+            tab(&mut out);
+            out.put_slice(numbers.format(number).as_bytes());
+        }
+        tab(&mut out);
+        match &row.previous_primary_key {
+            Some(key) => field(&mut out, key),
+            None => out.put_slice(b"\\N"),
+        }
+        out.put_u8(b'\n');
+    }
+    out.freeze()
+}
+
+fn tab(out: &mut BytesMut) {
+    out.put_u8(b'\t');
+}
+
+/// A text-format COPY field: backslash, tab, newline and carriage return escaped.
+fn field(out: &mut BytesMut, text: &str) {
+    let bytes = text.as_bytes();
+    let mut clean_from = 0;
+    let mut search_from = 0;
+    while let Some(at) = crate::stitch::json::next_special(bytes, search_from, b"\\") {
+        search_from = at + 1;
+        let escape: &[u8] = match bytes[at] {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            // Other control characters need no escape in COPY text.
+            _ => continue,
+        };
+        out.put_slice(&bytes[clean_from..at]);
+        out.put_slice(escape);
+        clean_from = at + 1;
+    }
+    out.put_slice(&bytes[clean_from..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bemi_core::Operation;
+
+    use super::*;
+
+    fn row() -> ChangeRow {
+        let at = postgres_time(0);
+        ChangeRow {
+            id: uuid::Uuid::nil(),
+            primary_key: None,
+            before: "{}".into(),
+            after: r#"{"t":"a\tb\\c\nd"}"#.into(),
+            context: Arc::from("{}"),
+            database: Arc::from("db"),
+            schema: Arc::from("public"),
+            table: Arc::from("t\tab"),
+            operation: Operation::Create,
+            committed_at: at,
+            queued_at: at,
+            transaction_id: 1,
+            position: 2,
+            commit_lsn: 3,
+            sequence: 4,
+            previous_primary_key: Some("7".into()),
+        }
+    }
+
+    /// Reads a COPY text field back.
+    fn unescape(field: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut bytes = field.iter();
+        while let Some(&byte) = bytes.next() {
+            if byte == b'\\' {
+                match bytes.next() {
+                    Some(b't') => out.push(b'\t'),
+                    Some(b'n') => out.push(b'\n'),
+                    Some(b'r') => out.push(b'\r'),
+                    Some(&other) => out.push(other),
+                    None => {}
+                }
+            } else {
+                out.push(byte);
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fields_round_trip_and_never_hold_raw_separators(text in "(?s).{0,64}") {
+            let mut out = BytesMut::new();
+            field(&mut out, &text);
+            proptest::prop_assert!(!out.iter().any(|byte| matches!(byte, b'\t' | b'\n' | b'\r')));
+            proptest::prop_assert_eq!(unescape(&out), text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn copy_text_escapes_fields() {
+        let encoded = encode_copy(&[row()]);
+        let expected = [
+            "00000000-0000-0000-0000-000000000000",
+            r"\N",
+            "{}",
+            r#"{"t":"a\\tb\\\\c\\nd"}"#,
+            "{}",
+            "db",
+            "public",
+            r"t\tab",
+            "CREATE",
+            "2000-01-01T00:00:00.000000Z",
+            "2000-01-01T00:00:00.000000Z",
+            "1",
+            "2",
+            "3",
+            "4",
+            "7",
+        ]
+        .join("\t")
+            + "\n";
+        assert_eq!(std::str::from_utf8(&encoded).unwrap(), expected);
+    }
+
+    #[test]
+    fn unstorable_rows_keep_their_values_as_text() {
+        let kept = unstorable(&row(), "numeric field overflow");
+        assert_eq!(kept.after, "{}");
+        let context: Value = serde_json::from_str(&kept.context).unwrap();
+        assert_eq!(
+            context["_bemi"]["unstorable"]["after"],
+            json!(r#"{"t":"a\tb\\c\nd"}"#)
+        );
+        assert_eq!(
+            context["_bemi"]["unstorable"]["error"],
+            json!("numeric field overflow")
+        );
+    }
+}

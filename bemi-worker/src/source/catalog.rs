@@ -1,0 +1,346 @@
+//! What the WAL does not say about a relation, read from the source's catalog: its real primary
+//! key, and how to convert values of non-built-in types (domains, enums, arrays of those).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bemi_core::policy::{ColumnAction, ColumnFlags, ColumnPattern, ColumnPolicies};
+
+use crate::source::pgoutput::Relation;
+use crate::stitch::values::ValueKind;
+use crate::{Error, Result};
+
+/// A relation ready for turning its tuples into changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RelationInfo {
+    pub(crate) id: u32,
+    pub(crate) schema: Arc<str>,
+    pub(crate) table: Arc<str>,
+    /// Column names, in order.
+    pub(crate) columns: Vec<String>,
+    /// How each column's values become JSON.
+    pub(crate) kinds: Vec<ValueKind>,
+    /// Positions of the primary-key columns, in key order; empty when the table has none.
+    pub(crate) key: Vec<usize>,
+    /// The column policies that apply to each column (never redact or drop on key columns).
+    pub(crate) flags: Vec<ColumnFlags>,
+}
+
+impl RelationInfo {
+    /// Whether some column is noise (UPDATEs changing only noise columns are skipped).
+    pub(crate) fn has_noise(&self) -> bool {
+        self.flags.iter().any(|flags| flags.noise)
+    }
+}
+
+/// Reads and caches catalog facts through a regular connection to the source database.
+pub(crate) struct Catalog {
+    client: tokio_postgres::Client,
+    types: HashMap<u32, ValueKind>,
+    /// The worker's configured column policies.
+    policies: ColumnPolicies,
+    /// Whether `bemi.column_policies` exists (a setup from before column policies has none).
+    stored_policies: Option<bool>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("types", &self.types.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const PRIMARY_KEY: &str = "SELECT a.attname::text \
+    FROM pg_catalog.pg_index i \
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+    WHERE i.indrelid = $1 AND i.indisprimary \
+    ORDER BY pg_catalog.array_position(i.indkey::int2[], a.attnum)";
+
+/// Whether the 32-bit `xid` $1 is visible to a new snapshot; the epoch is taken from the
+/// snapshot's xmax (an xid above xmax's low bits belongs to the previous epoch).
+const VISIBLE: &str = "SELECT pg_catalog.pg_visible_in_snapshot(\
+    (((x.xmax >> 32) << 32) + $1::bigint \
+      - CASE WHEN $1::bigint > (x.xmax & 4294967295) THEN 4294967296 ELSE 0 END)::text::xid8, s.snap) \
+    FROM (SELECT pg_catalog.pg_current_snapshot() AS snap) s, \
+    LATERAL (SELECT pg_catalog.pg_snapshot_xmax(s.snap)::text::bigint AS xmax) x";
+
+/// The stored policies of one table.
+const STORED_POLICIES: &str = "SELECT column_name::text, action FROM bemi.column_policies \
+    WHERE schema_name = $1 AND table_name = $2";
+
+const TYPES: &str = "SELECT t.oid, t.typtype::text, t.typcategory::text, t.typelem, \
+    t.typbasetype, e.typdelim::text \
+    FROM pg_catalog.pg_type t \
+    LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem \
+    WHERE t.oid = ANY ($1)";
+
+impl Catalog {
+    pub(crate) fn new(client: tokio_postgres::Client, policies: ColumnPolicies) -> Self {
+        Self {
+            client,
+            types: HashMap::new(),
+            policies,
+            stored_policies: None,
+        }
+    }
+
+    /// The policies of a table: the configured ones and those stored in
+    /// `bemi.column_policies` (from `Audited` models).
+    async fn table_policies(&mut self, schema: &str, table: &str) -> Result<ColumnPolicies> {
+        let mut policies = self.policies.clone();
+        let exists = match self.stored_policies {
+            Some(exists) => exists,
+            None => {
+                let exists: bool = self
+                    .client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+                         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = 'bemi' AND c.relname = 'column_policies')",
+                        &[],
+                    )
+                    .await
+                    .map_err(Error::postgres("look for bemi.column_policies"))?
+                    .get(0);
+                self.stored_policies = Some(exists);
+                exists
+            }
+        };
+        if !exists {
+            return Ok(policies);
+        }
+        let rows = self
+            .client
+            .query(STORED_POLICIES, &[&schema, &table])
+            .await
+            .map_err(Error::postgres(format!(
+                "read the column policies of {schema}.{table}"
+            )))?;
+        for row in rows {
+            let column: String = row.get(0);
+            let action: String = row.get(1);
+            match action.parse::<ColumnAction>() {
+                Ok(action) => policies.add(ColumnPattern::exact(schema, table, &column), action),
+                Err(error) => {
+                    tracing::warn!(%error, schema, table, column, "ignoring a stored column policy")
+                }
+            }
+        }
+        Ok(policies)
+    }
+
+    /// The connection (also used for status queries).
+    pub(crate) fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
+    /// Waits until transaction `xid` is visible to new snapshots of the catalog connection.
+    ///
+    /// The server streams a transaction once its commit record is flushed, which can be a
+    /// moment before the committing session makes it visible to others. A Relation message
+    /// re-sent after DDL in that same transaction must be described from the catalog as that
+    /// transaction left it. Gives up (with a warning) after 5 seconds.
+    async fn wait_visible(&self, xid: u32) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let visible: bool = self
+                .client
+                .query_one(VISIBLE, &[&i64::from(xid)])
+                .await
+                .map_err(Error::postgres("check a transaction's visibility"))?
+                .get(0);
+            if visible {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(
+                    xid,
+                    "transaction still invisible after 5 s: describing the relation from the current catalog"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Describes a relation from its Relation message and the catalog, as transaction `xid`
+    /// (the one being streamed) left it.
+    ///
+    /// The primary key comes from the catalog (a table whose replica identity is `FULL` marks
+    /// every column as key in the WAL). When the catalog has no primary key (no key, or the
+    /// table is gone by now), the replica identity key columns are used if the WAL marks a
+    /// proper subset of the columns.
+    pub(crate) async fn describe(
+        &mut self,
+        relation: &Relation,
+        xid: Option<u32>,
+    ) -> Result<RelationInfo> {
+        if let Some(xid) = xid {
+            self.wait_visible(xid).await?;
+        }
+        let type_ids: Vec<u32> = relation
+            .columns
+            .iter()
+            .map(|column| column.type_id)
+            .collect();
+        self.resolve_types(&type_ids).await?;
+        let kinds = type_ids
+            .iter()
+            .map(|type_id| self.types.get(type_id).cloned().unwrap_or(ValueKind::Text))
+            .collect();
+        let columns: Vec<String> = relation
+            .columns
+            .iter()
+            .map(|column| column.name.clone())
+            .collect();
+
+        let key_names: Vec<String> = self
+            .client
+            .query(PRIMARY_KEY, &[&relation.id])
+            .await
+            .map_err(Error::postgres(format!(
+                "read the primary key of {}.{}",
+                relation.namespace, relation.name
+            )))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut key: Vec<usize> = key_names
+            .iter()
+            .filter_map(|name| columns.iter().position(|column| column == name))
+            .collect();
+        if key.len() != key_names.len() {
+            key.clear();
+        }
+        if key.is_empty() {
+            let flagged: Vec<usize> = relation
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, column)| column.is_key)
+                .map(|(position, _)| position)
+                .collect();
+            if !flagged.is_empty() && flagged.len() < columns.len() {
+                key = flagged;
+            }
+        }
+
+        let policies = self
+            .table_policies(&relation.namespace, &relation.name)
+            .await?;
+        let flags = columns
+            .iter()
+            .enumerate()
+            .map(|(position, column)| {
+                let mut flags = policies.for_column(&relation.namespace, &relation.name, column);
+                if key.contains(&position) && (flags.redact || flags.drop) {
+                    tracing::warn!(
+                        table = %relation.name, column,
+                        "primary-key columns are never redacted or dropped: policy ignored"
+                    );
+                    flags.redact = false;
+                    flags.drop = false;
+                }
+                flags
+            })
+            .collect();
+        Ok(RelationInfo {
+            id: relation.id,
+            schema: Arc::from(relation.namespace.as_str()),
+            table: Arc::from(relation.name.as_str()),
+            columns,
+            kinds,
+            key,
+            flags,
+        })
+    }
+
+    /// Resolves the value kinds of `type_ids` (and, recursively, of array elements and domain
+    /// base types) into the cache.
+    async fn resolve_types(&mut self, type_ids: &[u32]) -> Result<()> {
+        let mut pending: Vec<u32> = type_ids
+            .iter()
+            .copied()
+            .filter(|id| !self.types.contains_key(id))
+            .collect();
+        let mut rows: HashMap<u32, TypeRow> = HashMap::new();
+        // Fetch unknown types level by level (arrays → elements, domains → base types).
+        while !pending.is_empty() {
+            pending.sort_unstable();
+            pending.dedup();
+            for id in pending.iter().copied() {
+                if let Some(kind) = ValueKind::builtin(id) {
+                    self.types.insert(id, kind);
+                }
+            }
+            pending.retain(|id| !self.types.contains_key(id) && !rows.contains_key(id));
+            if pending.is_empty() {
+                break;
+            }
+            let fetched = self
+                .client
+                .query(TYPES, &[&pending])
+                .await
+                .map_err(Error::postgres("read column types"))?;
+            let mut next = Vec::new();
+            for row in fetched {
+                let type_row = TypeRow {
+                    kind: row.get::<_, String>(1),
+                    category: row.get::<_, String>(2),
+                    element: row.get(3),
+                    base: row.get(4),
+                    delimiter: row.get::<_, Option<String>>(5),
+                };
+                if type_row.element != 0 {
+                    next.push(type_row.element);
+                }
+                if type_row.base != 0 {
+                    next.push(type_row.base);
+                }
+                rows.insert(row.get(0), type_row);
+            }
+            pending = next;
+        }
+        for id in type_ids {
+            if !self.types.contains_key(id) {
+                let kind = self.kind_of(*id, &rows, 0);
+                self.types.insert(*id, kind);
+            }
+        }
+        Ok(())
+    }
+
+    fn kind_of(&self, id: u32, rows: &HashMap<u32, TypeRow>, depth: usize) -> ValueKind {
+        if let Some(kind) = self.types.get(&id) {
+            return kind.clone();
+        }
+        let Some(row) = rows.get(&id).filter(|_| depth < 16) else {
+            return ValueKind::Text;
+        };
+        if row.kind == "d" && row.base != 0 {
+            return self.kind_of(row.base, rows, depth + 1);
+        }
+        if row.category == "A" && row.element != 0 {
+            let delimiter = row
+                .delimiter
+                .as_deref()
+                .and_then(|text| text.bytes().next())
+                .unwrap_or(b',');
+            return ValueKind::Array {
+                element: Box::new(self.kind_of(row.element, rows, depth + 1)),
+                delimiter,
+            };
+        }
+        ValueKind::Text
+    }
+}
+
+#[derive(Debug)]
+struct TypeRow {
+    kind: String,
+    category: String,
+    element: u32,
+    base: u32,
+    delimiter: Option<String>,
+}

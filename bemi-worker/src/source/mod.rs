@@ -1,0 +1,4 @@
+//! Where changes come from: the `pgoutput` decoder and the catalog of the replicated relations.
+
+pub(crate) mod catalog;
+pub mod pgoutput;

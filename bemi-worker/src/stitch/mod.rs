@@ -1,0 +1,749 @@
+//! Assembling transactions from the replication stream and attributing context to each change.
+//!
+//! The attribution rule (see `bemi_core::setup`): within a transaction, in stream order, a
+//! `_bemi` message with content sets the context of every following change, an empty one
+//! clears it, and a transaction starts with none. Messages and changes are paired by stream
+//! order, never by LSN.
+
+pub(crate) mod context;
+pub(crate) mod json;
+pub(crate) mod values;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bemi_core::Operation;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::change_row::{ChangeRow, change_id};
+use crate::source::catalog::RelationInfo;
+use crate::source::pgoutput::{Message, Tuple, Value as Datum};
+use crate::stitch::values::{Notes, push_value};
+use crate::{Error, Result};
+
+/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// A PostgreSQL timestamp (microseconds since 2000-01-01) as UTC.
+pub(crate) fn postgres_time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros.saturating_add(POSTGRES_EPOCH_MICROS))
+        .unwrap_or_default()
+}
+
+/// The transaction being received.
+#[derive(Debug)]
+struct Transaction {
+    xid: i64,
+    commit_lsn: u64,
+    committed_at: DateTime<Utc>,
+    queued_at: DateTime<Utc>,
+    /// The sequence number of the next change.
+    next_sequence: u32,
+    /// The context in force (JSON object text).
+    context: Arc<str>,
+}
+
+/// Where a change sits: the commit it belongs to and its order within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Position {
+    pub(crate) commit_lsn: u64,
+    pub(crate) sequence: u32,
+}
+
+/// Turns transactions of the replication stream into change rows.
+#[derive(Debug)]
+pub(crate) struct Stitcher {
+    database: Arc<str>,
+    source_hash: u32,
+    max_context_bytes: usize,
+    empty_context: Arc<str>,
+    transaction: Option<Transaction>,
+}
+
+impl Stitcher {
+    pub(crate) fn new(database: &str, source_hash: u32, max_context_bytes: usize) -> Self {
+        Self {
+            database: Arc::from(database),
+            source_hash,
+            max_context_bytes,
+            empty_context: context::empty(),
+            transaction: None,
+        }
+    }
+
+    /// Whether a transaction is open.
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    /// The id of the open transaction.
+    pub(crate) fn xid(&self) -> Option<u32> {
+        self.transaction
+            .as_ref()
+            .and_then(|transaction| u32::try_from(transaction.xid).ok())
+    }
+
+    /// The commit LSN of the open transaction.
+    pub(crate) fn commit_lsn(&self) -> Option<u64> {
+        self.transaction
+            .as_ref()
+            .map(|transaction| transaction.commit_lsn)
+    }
+
+    /// Starts a transaction.
+    pub(crate) fn begin(&mut self, xid: u32, final_lsn: u64, commit_time_micros: i64) {
+        self.transaction = Some(Transaction {
+            xid: i64::from(xid),
+            commit_lsn: final_lsn,
+            committed_at: postgres_time(commit_time_micros),
+            queued_at: Utc::now(),
+            next_sequence: 0,
+            context: Arc::clone(&self.empty_context),
+        });
+    }
+
+    /// Applies a logical message: `_bemi` transactional messages set or clear the context;
+    /// anything else is ignored.
+    pub(crate) fn message(&mut self, transactional: bool, prefix: &str, content: &[u8]) {
+        if prefix != bemi_core::setup::MESSAGE_PREFIX || !transactional {
+            return;
+        }
+        if let Some(transaction) = &mut self.transaction {
+            transaction.context = if content.is_empty() {
+                Arc::clone(&self.empty_context)
+            } else {
+                context::from_payload(content, self.max_context_bytes)
+            };
+        }
+    }
+
+    /// Turns one snapshotted row (the columns' texts, in `info`'s order) into a `SNAPSHOT`
+    /// change row, numbered like any change; `None` when `keep` skips it.
+    ///
+    /// # Errors
+    ///
+    /// Outside a transaction, or when the row's column count is not the table's.
+    pub(crate) fn snapshot_row(
+        &mut self,
+        info: &RelationInfo,
+        values: &[Option<String>],
+        position: u64,
+        keep: impl Fn(Position) -> bool,
+    ) -> Result<Option<ChangeRow>> {
+        let transaction = self
+            .transaction
+            .as_mut()
+            .ok_or_else(|| Error::Config("snapshot row outside a transaction".into()))?;
+        if values.len() != info.columns.len() {
+            return Err(Error::Config(format!(
+                "snapshot row of {}.{} has {} values for {} columns",
+                info.schema,
+                info.table,
+                values.len(),
+                info.columns.len()
+            )));
+        }
+        let sequence = transaction.next_sequence;
+        transaction.next_sequence += 1;
+        let here = Position {
+            commit_lsn: transaction.commit_lsn,
+            sequence,
+        };
+        if !keep(here) {
+            return Ok(None);
+        }
+        let tuple = Tuple {
+            values: values
+                .iter()
+                .map(|value| match value {
+                    Some(text) => Datum::Text(text.as_bytes()),
+                    None => Datum::Null,
+                })
+                .collect(),
+        };
+        Ok(Some(build_row(
+            transaction,
+            &self.database,
+            self.source_hash,
+            info,
+            Operation::Snapshot,
+            Images {
+                before: None,
+                after: Some(&tuple),
+            },
+            position,
+            sequence,
+        )))
+    }
+
+    /// Ends the transaction; returns how many changes it had.
+    pub(crate) fn commit(&mut self) -> u32 {
+        self.transaction
+            .take()
+            .map_or(0, |transaction| transaction.next_sequence)
+    }
+
+    /// Turns a decoded row-change message into change rows (one, or one per table for
+    /// TRUNCATE), numbering them within the transaction. `keep` decides, by position, which
+    /// rows are built (rows stored before a restart are skipped, but still numbered).
+    pub(crate) fn change(
+        &mut self,
+        message: &Message<'_>,
+        position: u64,
+        relations: &HashMap<u32, Arc<RelationInfo>>,
+        keep: impl Fn(Position) -> bool,
+    ) -> Result<Vec<ChangeRow>> {
+        let transaction = self
+            .transaction
+            .as_mut()
+            .ok_or_else(|| Error::Config("row change outside a transaction".into()))?;
+        let relation = |id: &u32| {
+            relations.get(id).ok_or_else(|| {
+                Error::Config(format!(
+                    "change for relation {id} arrived before its Relation message"
+                ))
+            })
+        };
+        let mut rows = Vec::new();
+        let mut push = |transaction: &mut Transaction,
+                        info: &RelationInfo,
+                        operation,
+                        images: Images<'_, '_>| {
+            let sequence = transaction.next_sequence;
+            transaction.next_sequence += 1;
+            let here = Position {
+                commit_lsn: transaction.commit_lsn,
+                sequence,
+            };
+            if keep(here) {
+                rows.push(build_row(
+                    transaction,
+                    &self.database,
+                    self.source_hash,
+                    info,
+                    operation,
+                    images,
+                    position,
+                    sequence,
+                ));
+            }
+        };
+        match message {
+            Message::Insert { relation_id, new } => {
+                let info = relation(relation_id)?;
+                push(
+                    transaction,
+                    info,
+                    Operation::Create,
+                    Images {
+                        before: None,
+                        after: Some(new),
+                    },
+                );
+            }
+            Message::Update {
+                relation_id,
+                old,
+                new,
+                ..
+            } => {
+                let info = relation(relation_id)?;
+                if only_noise_changed(info, old.as_ref(), new) {
+                    // Not stored, but numbered: ids stay the same whatever the policies.
+                    transaction.next_sequence += 1;
+                    return Ok(rows);
+                }
+                push(
+                    transaction,
+                    info,
+                    Operation::Update,
+                    Images {
+                        before: old.as_ref(),
+                        after: Some(new),
+                    },
+                );
+            }
+            Message::Delete {
+                relation_id, old, ..
+            } => {
+                let info = relation(relation_id)?;
+                push(
+                    transaction,
+                    info,
+                    Operation::Delete,
+                    Images {
+                        before: Some(old),
+                        after: None,
+                    },
+                );
+            }
+            Message::Truncate { relation_ids, .. } => {
+                for relation_id in relation_ids {
+                    let info = relation(relation_id)?;
+                    push(
+                        transaction,
+                        info,
+                        Operation::Truncate,
+                        Images {
+                            before: None,
+                            after: None,
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok(rows)
+    }
+}
+
+/// The row images of a change.
+#[derive(Clone, Copy)]
+struct Images<'t, 'a> {
+    before: Option<&'t Tuple<'a>>,
+    after: Option<&'t Tuple<'a>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_row(
+    transaction: &Transaction,
+    database: &Arc<str>,
+    source_hash: u32,
+    info: &RelationInfo,
+    operation: Operation,
+    images: Images<'_, '_>,
+    position: u64,
+    sequence: u32,
+) -> ChangeRow {
+    let mut notes = Notes::default();
+    let before = images.before.map_or_else(
+        || "{}".to_owned(),
+        |tuple| image(info, tuple, None, "before", &mut notes),
+    );
+    // Unchanged TOAST values of the new row are copied from the old row.
+    let after = images.after.map_or_else(
+        || "{}".to_owned(),
+        |tuple| image(info, tuple, images.before, "after", &mut notes),
+    );
+    let key_source = match operation {
+        Operation::Delete => images.before,
+        _ => images.after,
+    };
+    let primary_key = key_source.and_then(|tuple| primary_key(info, tuple, images.before));
+    // An UPDATE that changed the key: time travel must know the old key is gone.
+    let previous_primary_key = match (operation, images.before) {
+        (Operation::Update, Some(old)) => {
+            primary_key_of(info, old).filter(|old_key| Some(old_key) != primary_key.as_ref())
+        }
+        _ => None,
+    };
+    let context = if notes.is_empty() {
+        Arc::clone(&transaction.context)
+    } else {
+        let mut marker = Map::new();
+        if !notes.replaced_nul.is_empty() {
+            tracing::warn!(table = %info.table, columns = ?notes.replaced_nul, "json value with \\u0000 replaced by U+FFFD");
+            marker.insert("replaced_nul".into(), Value::from(notes.replaced_nul));
+        }
+        if !notes.unavailable.is_empty() {
+            tracing::warn!(table = %info.table, columns = ?notes.unavailable, "unchanged TOAST value without an old row image: left out");
+            marker.insert("unavailable".into(), Value::from(notes.unavailable));
+        }
+        context::with_notes(&transaction.context, marker)
+    };
+    ChangeRow {
+        id: change_id(source_hash, transaction.commit_lsn, sequence),
+        primary_key,
+        before,
+        after,
+        context,
+        database: Arc::clone(database),
+        schema: Arc::clone(&info.schema),
+        table: Arc::clone(&info.table),
+        operation,
+        committed_at: transaction.committed_at,
+        queued_at: transaction.queued_at,
+        transaction_id: transaction.xid,
+        position: i64::try_from(position).unwrap_or(i64::MAX),
+        commit_lsn: i64::try_from(transaction.commit_lsn).unwrap_or(i64::MAX),
+        sequence: i32::try_from(sequence).unwrap_or(i32::MAX),
+        previous_primary_key,
+    }
+}
+
+/// The primary key of a complete row image.
+fn primary_key_of(info: &RelationInfo, tuple: &Tuple<'_>) -> Option<String> {
+    primary_key(info, tuple, None)
+}
+
+/// Whether an UPDATE changed columns, all of them noise (see `bemi_core::policy`). Without the
+/// old row, nothing can be compared: not noise.
+fn only_noise_changed(info: &RelationInfo, old: Option<&Tuple<'_>>, new: &Tuple<'_>) -> bool {
+    let Some(old) = old else {
+        return false;
+    };
+    if !info.has_noise() {
+        return false;
+    }
+    let mut changed_any = false;
+    for index in 0..info.columns.len() {
+        let after = datum(new, Some(old), index);
+        if after == old.values.get(index).copied() {
+            continue;
+        }
+        if !info.flags.get(index).is_some_and(|flags| flags.noise) {
+            return false;
+        }
+        changed_any = true;
+    }
+    changed_any
+}
+
+/// The value of column `index`, taking unchanged TOAST values from `fallback`.
+fn datum<'a>(tuple: &Tuple<'a>, fallback: Option<&Tuple<'a>>, index: usize) -> Option<Datum<'a>> {
+    match tuple.values.get(index)? {
+        Datum::UnchangedToast => match fallback.and_then(|old| old.values.get(index)) {
+            Some(value @ (Datum::Text(_) | Datum::Binary(_) | Datum::Null)) => Some(*value),
+            _ => Some(Datum::UnchangedToast),
+        },
+        value => Some(*value),
+    }
+}
+
+/// A row image as a JSON object.
+fn image(
+    info: &RelationInfo,
+    tuple: &Tuple<'_>,
+    fallback: Option<&Tuple<'_>>,
+    name: &str,
+    notes: &mut Notes,
+) -> String {
+    let mut out = String::with_capacity(64 + 16 * info.columns.len());
+    out.push('{');
+    let mut first = true;
+    for (index, column) in info.columns.iter().enumerate() {
+        let flags = info.flags.get(index).copied().unwrap_or_default();
+        if flags.drop {
+            continue;
+        }
+        let Some(value) = datum(tuple, fallback, index) else {
+            continue;
+        };
+        if flags.redact {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            crate::stitch::json::push_string(&mut out, column);
+            out.push(':');
+            crate::stitch::json::push_string(&mut out, bemi_core::REDACTED);
+            continue;
+        }
+        if value == Datum::UnchangedToast {
+            notes.unavailable.push(format!("{name}.{column}"));
+            continue;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        crate::stitch::json::push_string(&mut out, column);
+        out.push(':');
+        match value {
+            Datum::Null | Datum::UnchangedToast => out.push_str("null"),
+            Datum::Text(bytes) => {
+                let text = match std::str::from_utf8(bytes) {
+                    Ok(text) => std::borrow::Cow::Borrowed(text),
+                    Err(_) => String::from_utf8_lossy(bytes),
+                };
+                let kind = info
+                    .kinds
+                    .get(index)
+                    .unwrap_or(&crate::stitch::values::ValueKind::Text);
+                if !push_value(&mut out, kind, &text) {
+                    notes.replaced_nul.push(format!("{name}.{column}"));
+                }
+            }
+            Datum::Binary(bytes) => {
+                let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+                crate::stitch::json::push_string(&mut out, &format!("\\x{hex}"));
+            }
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The primary key of a row: the text of a one-column key, a JSON array of the texts of a
+/// composite key, `None` without a key or when a key value is missing.
+fn primary_key(
+    info: &RelationInfo,
+    tuple: &Tuple<'_>,
+    fallback: Option<&Tuple<'_>>,
+) -> Option<String> {
+    if info.key.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::with_capacity(info.key.len());
+    for &index in &info.key {
+        match datum(tuple, fallback, index)? {
+            Datum::Text(bytes) => parts.push(String::from_utf8_lossy(bytes).into_owned()),
+            _ => return None,
+        }
+    }
+    if parts.len() == 1 {
+        parts.pop()
+    } else {
+        Some(Value::from(parts).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::stitch::values::ValueKind;
+
+    fn relation() -> HashMap<u32, Arc<RelationInfo>> {
+        let info = RelationInfo {
+            id: 1,
+            schema: Arc::from("public"),
+            table: Arc::from("todo"),
+            columns: vec!["id".into(), "task".into(), "doc".into()],
+            kinds: vec![ValueKind::Integer, ValueKind::Text, ValueKind::Json],
+            key: vec![0],
+            flags: vec![Default::default(); 3],
+        };
+        HashMap::from([(1, Arc::new(info))])
+    }
+
+    fn tuple<'a>(values: &[Datum<'a>]) -> Tuple<'a> {
+        Tuple {
+            values: values.to_vec(),
+        }
+    }
+
+    fn stitcher() -> Stitcher {
+        let mut stitcher = Stitcher::new("app", 42, context::DEFAULT_MAX_CONTEXT_BYTES);
+        stitcher.begin(7, 0x100, 0);
+        stitcher
+    }
+
+    fn insert(id: &'static str) -> Message<'static> {
+        Message::Insert {
+            relation_id: 1,
+            new: tuple(&[Datum::Text(id.as_bytes()), Datum::Text(b"t"), Datum::Null]),
+        }
+    }
+
+    fn contexts(
+        stitcher: &mut Stitcher,
+        messages: &[Result<Message<'static>, &[u8]>],
+    ) -> Vec<String> {
+        let relations = relation();
+        let mut out = Vec::new();
+        for (position, message) in messages.iter().enumerate() {
+            match message {
+                Ok(change) => {
+                    for row in stitcher
+                        .change(change, position as u64, &relations, |_| true)
+                        .unwrap()
+                    {
+                        out.push(row.context.to_string());
+                    }
+                }
+                Err(content) => stitcher.message(true, "_bemi", content),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn each_change_gets_the_context_of_its_statement() {
+        let mut stitcher = stitcher();
+        let seen = contexts(
+            &mut stitcher,
+            &[
+                Ok(insert("1")),
+                Err(br#"{"a":1}"#),
+                Ok(insert("2")),
+                Ok(insert("3")),
+                Err(b""),
+                Ok(insert("4")),
+                Err(br#"{"b":2}"#),
+                Ok(insert("5")),
+            ],
+        );
+        assert_eq!(
+            seen,
+            [r#"{}"#, r#"{"a":1}"#, r#"{"a":1}"#, "{}", r#"{"b":2}"#]
+        );
+    }
+
+    #[test]
+    fn other_prefixes_and_non_transactional_messages_are_ignored() {
+        let mut stitcher = stitcher();
+        stitcher.message(true, "other", br#"{"x":1}"#);
+        stitcher.message(false, "_bemi", br#"{"x":1}"#);
+        assert_eq!(contexts(&mut stitcher, &[Ok(insert("1"))]), ["{}"]);
+    }
+
+    #[test]
+    fn a_new_transaction_starts_without_context() {
+        let mut stitcher = stitcher();
+        stitcher.message(true, "_bemi", br#"{"a":1}"#);
+        assert_eq!(stitcher.commit(), 0);
+        stitcher.begin(8, 0x200, 0);
+        assert_eq!(contexts(&mut stitcher, &[Ok(insert("1"))]), ["{}"]);
+    }
+
+    #[test]
+    fn rows_carry_images_keys_positions_and_ids() {
+        let mut stitcher = stitcher();
+        let relations = relation();
+        let update = Message::Update {
+            relation_id: 1,
+            old: Some(tuple(&[
+                Datum::Text(b"5"),
+                Datum::Text(b"old"),
+                Datum::Text(br#"{"big":"doc"}"#),
+            ])),
+            old_is_key: false,
+            new: tuple(&[
+                Datum::Text(b"5"),
+                Datum::Text(b"new"),
+                Datum::UnchangedToast,
+            ]),
+        };
+        let rows = stitcher
+            .change(&update, 0x150, &relations, |_| true)
+            .unwrap();
+        let row = &rows[0];
+        assert_eq!(row.operation, Operation::Update);
+        assert_eq!(row.primary_key.as_deref(), Some("5"));
+        assert_eq!(
+            serde_json::from_str::<Value>(&row.before).unwrap(),
+            json!({"id": 5, "task": "old", "doc": {"big": "doc"}})
+        );
+        // The unchanged TOAST value is filled from the old row.
+        assert_eq!(
+            serde_json::from_str::<Value>(&row.after).unwrap(),
+            json!({"id": 5, "task": "new", "doc": {"big": "doc"}})
+        );
+        assert_eq!(
+            (
+                row.commit_lsn,
+                row.sequence,
+                row.position,
+                row.transaction_id
+            ),
+            (0x100, 0, 0x150, 7)
+        );
+        assert_eq!(row.id, change_id(42, 0x100, 0));
+        assert_eq!(&*row.database, "app");
+
+        let delete = Message::Delete {
+            relation_id: 1,
+            old: tuple(&[Datum::Text(b"5"), Datum::Null, Datum::Null]),
+            old_is_key: false,
+        };
+        let rows = stitcher
+            .change(&delete, 0x160, &relations, |_| true)
+            .unwrap();
+        assert_eq!(
+            (
+                rows[0].primary_key.as_deref(),
+                rows[0].after.as_str(),
+                rows[0].sequence
+            ),
+            (Some("5"), "{}", 1)
+        );
+        assert_eq!(stitcher.commit(), 2);
+    }
+
+    #[test]
+    fn unchanged_toast_without_an_old_row_is_left_out_and_noted() {
+        let mut stitcher = stitcher();
+        stitcher.message(true, "_bemi", br#"{"user":1}"#);
+        let update = Message::Update {
+            relation_id: 1,
+            old: None,
+            old_is_key: false,
+            new: tuple(&[Datum::Text(b"5"), Datum::Text(b"x"), Datum::UnchangedToast]),
+        };
+        let rows = stitcher.change(&update, 1, &relation(), |_| true).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&rows[0].after).unwrap(),
+            json!({"id": 5, "task": "x"})
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&rows[0].context).unwrap(),
+            json!({"user": 1, "_bemi": {"unavailable": ["after.doc"]}})
+        );
+    }
+
+    #[test]
+    fn composite_and_missing_keys() {
+        let mut relations = relation();
+        let mut info = (*relations[&1]).clone();
+        info.key = vec![0, 1];
+        relations.insert(1, Arc::new(info.clone()));
+        let mut stitcher = stitcher();
+        let rows = stitcher
+            .change(&insert("3"), 1, &relations, |_| true)
+            .unwrap();
+        assert_eq!(rows[0].primary_key.as_deref(), Some(r#"["3","t"]"#));
+        info.key.clear();
+        relations.insert(1, Arc::new(info));
+        let rows = stitcher
+            .change(&insert("3"), 2, &relations, |_| true)
+            .unwrap();
+        assert_eq!(rows[0].primary_key, None);
+    }
+
+    #[test]
+    fn skipped_rows_still_consume_sequence_numbers() {
+        let mut stitcher = stitcher();
+        let relations = relation();
+        let kept: Vec<i32> = (0..4)
+            .flat_map(|n| {
+                stitcher
+                    .change(&insert("1"), n, &relations, |position| {
+                        position.sequence >= 2
+                    })
+                    .unwrap()
+            })
+            .map(|row| row.sequence)
+            .collect();
+        assert_eq!(kept, [2, 3]);
+    }
+
+    #[test]
+    fn truncate_gives_one_row_per_table_and_unknown_relations_are_errors() {
+        let mut stitcher = stitcher();
+        let truncate = Message::Truncate {
+            relation_ids: vec![1, 1],
+            cascade: false,
+            restart_identity: false,
+        };
+        let rows = stitcher
+            .change(&truncate, 1, &relation(), |_| true)
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|row| row.operation == Operation::Truncate
+            && row.primary_key.is_none()
+            && row.before == "{}"));
+        let unknown = Message::Insert {
+            relation_id: 99,
+            new: tuple(&[]),
+        };
+        assert!(stitcher.change(&unknown, 2, &relation(), |_| true).is_err());
+    }
+
+    #[test]
+    fn postgres_epoch() {
+        assert_eq!(postgres_time(0).to_rfc3339(), "2000-01-01T00:00:00+00:00");
+    }
+}

@@ -1,4 +1,10 @@
-//! The error type of the worker, and which errors are worth retrying.
+//! The error type of the worker, and what each error means for the pipeline: its [`ErrorKind`].
+//!
+//! | kind | caused by | the worker |
+//! | --- | --- | --- |
+//! | [`ErrorKind::BadData`] | the content of one message or one change (a value the destination refuses, a hostile message) | parks it in `bemi.rejected` (or stores it with a marker), logs it once, goes on |
+//! | [`ErrorKind::Transient`] | infrastructure that may recover: lost connections, restarts, timeouts, lock waits, a protocol hiccup | reconnects with backoff |
+//! | [`ErrorKind::Fatal`] | what only an operator can fix: configuration, credentials, privileges, missing objects | stops, saying what to do |
 
 use crate::source::pgoutput::DecodeError;
 
@@ -74,6 +80,47 @@ pub enum Error {
     /// The store task ended unexpectedly.
     #[error("the store task ended unexpectedly")]
     StoreGone,
+
+    /// The replication stream broke a rule of the protocol (a change outside a transaction, a
+    /// change before its relation's description). Reconnecting re-sends the transaction.
+    #[error("replication protocol: {0}")]
+    Protocol(String),
+
+    /// A task of the worker failed (a panic is a bug: please report it).
+    #[error("internal: {action}")]
+    Internal {
+        /// What the task was doing.
+        action: String,
+        /// The task's failure.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
+    /// NATS JetStream refused something that retrying cannot fix (credentials, TLS, a change
+    /// larger than the server accepts).
+    #[error("{action}")]
+    NatsFatal {
+        /// What the worker was doing, and what to do about it.
+        action: String,
+        /// The client's error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+/// What an error means for the pipeline: park the item, retry, or stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Caused by the content of one message or change: park it (or store it with a marker) and
+    /// go on. Never stops capture.
+    BadData,
+    /// Infrastructure that may recover (connections, restarts, timeouts, lock waits): retry
+    /// after a backoff.
+    Transient,
+    /// Only an operator can fix it (configuration, credentials, privileges, missing objects):
+    /// stop with what to do.
+    Fatal,
 }
 
 /// Formats an error with its chain of causes: `outer: cause: root cause`.
@@ -114,39 +161,73 @@ impl Error {
         move |source| Error::Postgres { action, source }
     }
 
-    /// Whether retrying (after reconnecting) may succeed: lost connections, server restarts,
-    /// too many connections, a slot still held by our own previous session. Configuration,
-    /// authentication, privilege and missing-object errors are not retryable.
-    pub fn is_retryable(&self) -> bool {
+    /// What this error means for the pipeline (see the [module](self) table).
+    pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Postgres { source, .. } => match source.code() {
-                Some(code) => is_retryable_sqlstate(code.code()),
+                Some(code) => sqlstate_kind(code.code()),
                 // No SQLSTATE: the connection broke, timed out or was closed.
-                None => true,
+                None => ErrorKind::Transient,
             },
             Error::Replication(error) => match error {
                 pgwire_replication::PgWireError::Io(_)
-                | pgwire_replication::PgWireError::Task(_) => true,
+                | pgwire_replication::PgWireError::Task(_) => ErrorKind::Transient,
                 pgwire_replication::PgWireError::Server(message) => {
-                    sqlstate_in(message).is_none_or(is_retryable_sqlstate)
+                    sqlstate_in(message).map_or(ErrorKind::Transient, sqlstate_kind)
                 }
-                _ => false,
+                _ => ErrorKind::Fatal,
             },
-            Error::StoreGone | Error::Nats { .. } => true,
-            _ => false,
+            // A message the decoder cannot read comes from the server, not from a user (values
+            // are length-prefixed bytes): reconnecting re-reads it, and a persistent failure
+            // shows in the log and in `status` instead of silently dropping a change.
+            Error::Decode(_) | Error::Protocol(_) => ErrorKind::Transient,
+            Error::StoreGone | Error::Nats { .. } | Error::Internal { .. } => ErrorKind::Transient,
+            _ => ErrorKind::Fatal,
         }
+    }
+
+    /// Whether retrying (after reconnecting) may succeed: lost connections, server restarts,
+    /// timeouts and lock waits, a slot still held by our own previous session
+    /// ([`ErrorKind::Transient`]).
+    pub fn is_retryable(&self) -> bool {
+        self.kind() == ErrorKind::Transient
+    }
+
+    /// Whether the error was caused by the data of one change, not by the infrastructure
+    /// ([`ErrorKind::BadData`]).
+    pub fn is_bad_data(&self) -> bool {
+        self.kind() == ErrorKind::BadData
     }
 }
 
-/// SQLSTATE classes and codes worth retrying.
-fn is_retryable_sqlstate(code: &str) -> bool {
-    code.starts_with("08") // connection exception
+/// What a SQLSTATE means for the pipeline.
+pub(crate) fn sqlstate_kind(code: &str) -> ErrorKind {
+    if is_bad_data_sqlstate(code) {
+        ErrorKind::BadData
+    } else if code.starts_with("08") // connection exception
         || code.starts_with("57P") // admin/crash shutdown, cannot connect now
+        || code == "57014" // query canceled: a statement_timeout, or a cancel request
         || code.starts_with("53") // insufficient resources (too many connections, disk full)
         || code.starts_with("40") // serialization failure, deadlock
+        || code == "55P03" // lock not available: a lock_timeout
         || code == "55006" // object in use: the slot is still held by our previous session
         || code == "55000" // object not in prerequisite state (e.g. slot not yet released)
-        || code == "XX000" // internal error, typically transient
+        || code == "25P03" // idle-in-transaction timeout
+        || code == "XX000"
+    // internal error, typically transient
+    {
+        ErrorKind::Transient
+    } else {
+        ErrorKind::Fatal
+    }
+}
+
+/// SQLSTATEs tied to the value being stored rather than to the database: data exceptions
+/// (class 22: out-of-range numbers, invalid text, `\u0000` in jsonb), a value nested too deep for
+/// the server's stack (54001) and a program limit reached by one value (54000: e.g. an index row
+/// too large).
+pub(crate) fn is_bad_data_sqlstate(code: &str) -> bool {
+    code.starts_with("22") || code == "54001" || code == "54000"
 }
 
 /// The SQLSTATE in a replication error message (`... SQLSTATE 57P01 ...`).
@@ -177,6 +258,23 @@ mod tests {
         assert!(!Error::Replication(missing).is_retryable());
         assert!(!Error::Replication(PgWireError::Auth("bad password".into())).is_retryable());
         assert!(!Error::Config("x".into()).is_retryable());
+        assert_eq!(Error::Config("x".into()).kind(), ErrorKind::Fatal);
+        assert!(Error::Protocol("change outside a transaction".into()).is_retryable());
+    }
+
+    #[test]
+    fn classifies_sqlstates_by_what_caused_them() {
+        for code in ["22003", "22P02", "22021", "54001", "54000"] {
+            assert_eq!(sqlstate_kind(code), ErrorKind::BadData, "{code}");
+        }
+        for code in [
+            "08006", "57P01", "57014", "55P03", "53100", "40001", "25P03",
+        ] {
+            assert_eq!(sqlstate_kind(code), ErrorKind::Transient, "{code}");
+        }
+        for code in ["28P01", "42501", "42P01", "3D000"] {
+            assert_eq!(sqlstate_kind(code), ErrorKind::Fatal, "{code}");
+        }
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub use admin::runner::ClientRunner;
 pub use admin::snapshot::snapshot;
 pub use admin::status::{SlotInfo, Status, status};
 pub use change_row::ChangeRow;
-pub use error::{Error, Result, error_chain};
+pub use error::{Error, ErrorKind, Result, error_chain};
 pub use pipeline::{Metrics, Worker, WorkerConfig};
 pub use postgres::connection::{ConnectionOptions, mask_password};
 pub use postgres::tls;

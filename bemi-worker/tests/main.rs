@@ -19,4 +19,5 @@ mod security;
 mod startup;
 mod support;
 mod tls;
+mod trust;
 mod values;

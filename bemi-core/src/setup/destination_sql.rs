@@ -38,6 +38,23 @@ const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS bemi.worker_progress (
 );
 ";
 
+/// Changes the `changes` table refused even with their values kept as text (the last resort of
+/// "bad data never stops capture"): the change's JSON as bytes, its place in the source's WAL
+/// and the reason. `bemi-worker status` counts them.
+const REJECTED_TABLE: &str = "CREATE TABLE IF NOT EXISTS bemi.rejected (
+    change_id uuid PRIMARY KEY,
+    source text NOT NULL,
+    commit_lsn bigint NOT NULL,
+    position bigint NOT NULL,
+    transaction_id bigint NOT NULL,
+    schema text NOT NULL,
+    \"table\" text NOT NULL,
+    reason text NOT NULL,
+    payload bytea NOT NULL,
+    rejected_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+";
+
 /// The install script for the destination database.
 pub(super) fn install(changes: &QualifiedName) -> String {
     let table = changes.to_string();
@@ -76,6 +93,7 @@ pub(super) fn install(changes: &QualifiedName) -> String {
         index("context_idx")
     ));
     sql.push_str(PROGRESS_TABLE);
+    sql.push_str(REJECTED_TABLE);
     sql
 }
 
@@ -85,6 +103,7 @@ pub(super) fn teardown(changes: &QualifiedName) -> String {
         "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);\n\
          DROP TABLE IF EXISTS {changes};\n\
          DROP TABLE IF EXISTS bemi.worker_progress;\n\
+         DROP TABLE IF EXISTS bemi.rejected;\n\
          DO $bemi$\n\
          BEGIN\n    \
              DROP SCHEMA IF EXISTS bemi;\n\

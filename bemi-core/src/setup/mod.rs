@@ -354,7 +354,8 @@ impl Setup {
         }
         destination.push_str(&format!(
             "GRANT SELECT, INSERT ON {changes} TO {role};\n\
-             GRANT SELECT, INSERT, UPDATE ON bemi.worker_progress TO {role};\n"
+             GRANT SELECT, INSERT, UPDATE ON bemi.worker_progress TO {role};\n\
+             GRANT SELECT, INSERT ON bemi.rejected TO {role};\n"
         ));
         Ok(WorkerGrants {
             role_sql: format!("CREATE ROLE {role} LOGIN REPLICATION PASSWORD '...';\n"),

@@ -100,6 +100,14 @@ BEGIN
             'FOR EACH STATEMENT EXECUTE FUNCTION bemi.emit_context()',
             target);
     END IF;
+    -- ALWAYS: the trigger also fires under session_replication_role = replica, which would
+    -- otherwise let a later untagged statement inherit the previous statement's context.
+    IF EXISTS (
+        SELECT 1 FROM pg_catalog.pg_trigger t
+        WHERE t.tgrelid = target AND t.tgname = '_bemi_context' AND t.tgenabled <> 'A'
+    ) THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER _bemi_context', target);
+    END IF;
     IF rel.relreplident <> 'f' THEN
         EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', target);
     END IF;

@@ -21,6 +21,13 @@ pub struct Status {
     pub last_stored_commit: Option<DateTime<Utc>>,
     /// When the worker last stored a batch.
     pub last_stored_at: Option<DateTime<Utc>>,
+    /// Changes parked in `bemi.rejected` because the `changes` table refused them even with their
+    /// values kept as text (`None`: no such table, the destination predates it).
+    pub rejected_changes: Option<i64>,
+    /// What makes the trail incomplete or unreliable right now, one sentence each: tracked
+    /// tables whose context trigger is missing or disabled, or whose replica identity is not
+    /// `FULL` (old row images would hold only the key).
+    pub warnings: Vec<String>,
 }
 
 /// The replication slot's position and retention.
@@ -100,13 +107,76 @@ pub async fn status(
         Some(commit) => Some(commit),
         None => newest_stored_commit(&destination_client, options, source.database()).await?,
     };
+    let rejected_changes = match destination_client
+        .query_one("SELECT pg_catalog.count(*) FROM bemi.rejected", &[])
+        .await
+    {
+        Ok(row) => Some(row.get(0)),
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            None
+        }
+        Err(error) => return Err(Error::postgres("count the rejected changes")(error)),
+    };
     Ok(Status {
         source: source.to_string(),
         slot: slot.to_owned(),
         slot_info,
         last_stored_commit,
         last_stored_at,
+        rejected_changes,
+        warnings: tracking_warnings(&client, options).await?,
     })
+}
+
+/// Tracked tables (those of the publication) whose trail is incomplete: no context trigger, a
+/// disabled one or one that `session_replication_role = replica` skips, or a replica identity
+/// other than `FULL`.
+async fn tracking_warnings(
+    client: &tokio_postgres::Client,
+    options: &SetupOptions,
+) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT pg_catalog.format('%I.%I', p.schemaname, p.tablename), c.relreplident::text, \
+                    (SELECT t.tgenabled::text FROM pg_catalog.pg_trigger t \
+                     WHERE t.tgrelid = c.oid AND t.tgname = '_bemi_context') \
+             FROM pg_catalog.pg_publication_tables p \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = p.schemaname \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
+             WHERE p.pubname = $1 AND n.nspname <> 'bemi' \
+             ORDER BY 1",
+            &[&options.publication_name()],
+        )
+        .await
+        .map_err(Error::postgres("check the tracked tables"))?;
+    let mut warnings = Vec::new();
+    for row in rows {
+        let table: String = row.get(0);
+        let identity: String = row.get(1);
+        let trigger: Option<String> = row.get(2);
+        match trigger.as_deref() {
+            None => warnings.push(format!(
+                "{table}: the context trigger _bemi_context is missing, so its changes carry no \
+                 context; run `bemi-worker setup` again"
+            )),
+            Some("A") => {}
+            Some("D") => warnings.push(format!(
+                "{table}: the context trigger is disabled, so its changes carry no context; run \
+                 `ALTER TABLE {table} ENABLE ALWAYS TRIGGER _bemi_context`"
+            )),
+            Some(_) => warnings.push(format!(
+                "{table}: the context trigger is skipped under some session_replication_role; run \
+                 `ALTER TABLE {table} ENABLE ALWAYS TRIGGER _bemi_context`"
+            )),
+        }
+        if identity != "f" {
+            warnings.push(format!(
+                "{table}: REPLICA IDENTITY is not FULL, so UPDATE and DELETE record only the key \
+                 of the old row (marked incomplete); run `ALTER TABLE {table} REPLICA IDENTITY FULL`"
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 impl fmt::Display for Status {
@@ -147,10 +217,20 @@ impl fmt::Display for Status {
                     f,
                     "last stored commit:  {} ({age} s ago)",
                     commit.to_rfc3339()
-                )
+                )?
             }
-            None => writeln!(f, "last stored commit:  none yet"),
+            None => writeln!(f, "last stored commit:  none yet")?,
         }
+        if let Some(rejected) = self.rejected_changes.filter(|count| *count > 0) {
+            writeln!(
+                f,
+                "rejected changes:    {rejected} (refused by the changes table: see bemi.rejected)"
+            )?;
+        }
+        for warning in &self.warnings {
+            writeln!(f, "warning:             {warning}")?;
+        }
+        Ok(())
     }
 }
 

@@ -356,7 +356,10 @@ impl Worker {
         drop(batches);
         let stored_result = match store_task.await {
             Ok(result) => result,
-            Err(join_error) => Err(Error::Config(format!("store task failed: {join_error}"))),
+            Err(source) => Err(Error::Internal {
+                action: "the store task".into(),
+                source,
+            }),
         };
         let final_stored = stored_result.as_ref().ok().copied();
         match (streamed_result, stored_result) {
@@ -478,7 +481,7 @@ pub(crate) async fn check_destination_privileges(
     let role = bemi_core::quote_ident(&row.get::<_, String>(0))?;
     let setup_needed = || {
         Error::Config(format!(
-            "{changes} or bemi.worker_progress does not exist in {destination}: run `bemi-worker setup`"
+            "{changes}, bemi.worker_progress or bemi.rejected does not exist in {destination}: run `bemi-worker setup`"
         ))
     };
     let mut missing = Vec::new();
@@ -499,7 +502,9 @@ pub(crate) async fn check_destination_privileges(
     if missing.is_empty() {
         let row = client
             .query_one(
-                "SELECT pg_catalog.to_regclass($1) IS NOT NULL AND pg_catalog.to_regclass('bemi.worker_progress') IS NOT NULL",
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL \
+                 AND pg_catalog.to_regclass('bemi.worker_progress') IS NOT NULL \
+                 AND pg_catalog.to_regclass('bemi.rejected') IS NOT NULL",
                 &[&changes],
             )
             .await
@@ -512,7 +517,8 @@ pub(crate) async fn check_destination_privileges(
                 "SELECT pg_catalog.has_table_privilege($1, 'INSERT') AND pg_catalog.has_table_privilege($1, 'SELECT'), \
                  pg_catalog.has_table_privilege('bemi.worker_progress', 'INSERT') \
                  AND pg_catalog.has_table_privilege('bemi.worker_progress', 'SELECT') \
-                 AND pg_catalog.has_table_privilege('bemi.worker_progress', 'UPDATE')",
+                 AND pg_catalog.has_table_privilege('bemi.worker_progress', 'UPDATE'), \
+                 pg_catalog.has_table_privilege('bemi.rejected', 'INSERT')",
                 &[&changes],
             )
             .await
@@ -524,6 +530,9 @@ pub(crate) async fn check_destination_privileges(
             missing.push(format!(
                 "GRANT SELECT, INSERT, UPDATE ON bemi.worker_progress TO {role};"
             ));
+        }
+        if !row.get::<_, bool>(2) {
+            missing.push(format!("GRANT SELECT, INSERT ON bemi.rejected TO {role};"));
         }
     }
     if missing.is_empty() {

@@ -10,10 +10,14 @@ use tokio_postgres::{AsyncMessage, Client, Config};
 use crate::postgres::tls::{SslMode, TlsOptions};
 use crate::{Error, Result};
 
-/// Session settings that make the text of values stable and unambiguous: the replication
-/// stream formats values with them.
+/// Session settings of every connection of the worker. The first five make the text of values
+/// stable and unambiguous (the replication stream formats values with them). The timeouts are
+/// off: a database- or role-level `statement_timeout` or `lock_timeout` (common settings for
+/// applications) must not end the worker's sessions while it waits for a lock on the `changes`
+/// table or writes a large batch.
 const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601 \
-    -c extra_float_digits=3 -c bytea_output=hex";
+    -c extra_float_digits=3 -c bytea_output=hex -c statement_timeout=0 -c lock_timeout=0 \
+    -c idle_in_transaction_session_timeout=0";
 
 /// How to reach one PostgreSQL database.
 ///

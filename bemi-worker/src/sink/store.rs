@@ -2,10 +2,17 @@
 //!
 //! A batch is one destination transaction: `COPY` of its rows, then the progress row. When
 //! the `COPY` hits a row that is already stored (a replay the progress did not cover), the
-//! batch is written again through a staging table with `ON CONFLICT (id) DO NOTHING`. When
-//! PostgreSQL rejects a value (a data exception, e.g. a number beyond `numeric`'s range inside
-//! a `json` column), the batch is written row by row and each rejected row is stored with its
-//! images kept as text in `context._bemi.unstorable`: the worker never stalls on one change.
+//! batch is written again through a staging table with `ON CONFLICT (id) DO NOTHING`.
+//!
+//! When PostgreSQL rejects a value for a reason tied to the value ([`ErrorKind::BadData`]: a
+//! data exception such as a number beyond `numeric`'s range inside a `json` column, a `json`
+//! value nested deeper than the server's stack allows), the batch is written row by row:
+//! each rejected row is stored with its images kept as text in `context._bemi.unstorable`, and
+//! a row refused even so is parked whole in `bemi.rejected` (its JSON as bytes, with its
+//! position, transaction and the reason). The worker never stalls on one change, and never
+//! drops one silently.
+//!
+//! [`ErrorKind::BadData`]: crate::ErrorKind::BadData
 
 use bemi_core::QualifiedName;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -15,6 +22,7 @@ use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use crate::change_row::ChangeRow;
+use crate::error::{ErrorKind, sqlstate_kind};
 use crate::pipeline::progress::Progress;
 use crate::stitch::postgres_time;
 use crate::{Error, Result};
@@ -92,7 +100,7 @@ impl Store {
                 );
                 self.write_with(&data, progress, Method::Staged).await
             }
-            Err(Error::Postgres { source, .. }) if is_data_exception(&source) => {
+            Err(Error::Postgres { source, .. }) if is_bad_data(&source) => {
                 tracing::warn!(rows = rows.len(), error = %describe(&source), "a change was rejected: storing the batch row by row");
                 self.write_row_by_row(rows, progress).await
             }
@@ -193,19 +201,45 @@ impl Store {
                     .commit()
                     .await
                     .map_err(Error::postgres("release a savepoint"))?,
-                Err(source) if is_data_exception(&source) => {
+                Err(source) if is_bad_data(&source) => {
                     savepoint
                         .rollback()
                         .await
                         .map_err(Error::postgres("roll back a savepoint"))?;
+                    let reason = describe(&source);
                     tracing::warn!(
-                        table = %row.table, primary_key = ?row.primary_key, error = %describe(&source),
+                        table = %row.table, primary_key = ?row.primary_key, error = %reason,
                         "change rejected by PostgreSQL: stored with its values as text"
                     );
-                    let kept = unstorable(row, &describe(&source));
-                    insert_row(&transaction, &statement, &kept)
+                    let kept = unstorable(row, &reason);
+                    let savepoint = transaction
+                        .savepoint("bemi_kept")
                         .await
-                        .map_err(Error::postgres("store a rejected change as text"))?;
+                        .map_err(Error::postgres("create a savepoint"))?;
+                    match insert_row(&savepoint, &statement, &kept).await {
+                        Ok(()) => savepoint
+                            .commit()
+                            .await
+                            .map_err(Error::postgres("release a savepoint"))?,
+                        Err(again) if is_bad_data(&again) => {
+                            savepoint
+                                .rollback()
+                                .await
+                                .map_err(Error::postgres("roll back a savepoint"))?;
+                            let reason = format!("{reason}; kept as text: {}", describe(&again));
+                            tracing::error!(
+                                table = %row.table, id = %row.id, error = %reason,
+                                "change refused by PostgreSQL even as text: parked in bemi.rejected"
+                            );
+                            park(&transaction, &self.source, row, &reason).await?;
+                        }
+                        Err(source) => {
+                            return Err(Error::Postgres {
+                                action: "store a rejected change as text".into(),
+                                source,
+                            });
+                        }
+                    }
                 }
                 Err(source) => {
                     return Err(Error::Postgres {
@@ -267,10 +301,44 @@ fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
-fn is_data_exception(error: &tokio_postgres::Error) -> bool {
+/// Whether PostgreSQL refused a row for a reason tied to its values (see
+/// [`ErrorKind::BadData`]).
+fn is_bad_data(error: &tokio_postgres::Error) -> bool {
     error
         .code()
-        .is_some_and(|code| code.code().starts_with("22"))
+        .is_some_and(|code| sqlstate_kind(code.code()) == ErrorKind::BadData)
+}
+
+/// Parks a change the `changes` table refused in `bemi.rejected`: its whole JSON (as bytes, which
+/// PostgreSQL always accepts), where it sits in the source's WAL, and why. Idempotent on the
+/// change's id, like the `changes` table.
+async fn park(
+    transaction: &tokio_postgres::Transaction<'_>,
+    source: &str,
+    row: &ChangeRow,
+    reason: &str,
+) -> Result<()> {
+    let payload = crate::sink::jetstream::wire::encode(row);
+    transaction
+        .execute(
+            "INSERT INTO bemi.rejected (change_id, source, commit_lsn, position, transaction_id, \
+             schema, \"table\", reason, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (change_id) DO NOTHING",
+            &[
+                &row.id,
+                &source,
+                &row.commit_lsn,
+                &row.position,
+                &row.transaction_id,
+                &&*row.schema,
+                &&*row.table,
+                &reason.replace('\0', "\u{fffd}"),
+                &payload,
+            ],
+        )
+        .await
+        .map_err(Error::postgres("park a refused change in bemi.rejected"))?;
+    Ok(())
 }
 
 async fn insert_row(

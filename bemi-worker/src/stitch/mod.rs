@@ -134,9 +134,9 @@ impl Stitcher {
         let transaction = self
             .transaction
             .as_mut()
-            .ok_or_else(|| Error::Config("snapshot row outside a transaction".into()))?;
+            .ok_or_else(|| Error::Protocol("snapshot row outside a transaction".into()))?;
         if values.len() != info.columns.len() {
-            return Err(Error::Config(format!(
+            return Err(Error::Protocol(format!(
                 "snapshot row of {}.{} has {} values for {} columns",
                 info.schema,
                 info.table,
@@ -197,10 +197,10 @@ impl Stitcher {
         let transaction = self
             .transaction
             .as_mut()
-            .ok_or_else(|| Error::Config("row change outside a transaction".into()))?;
+            .ok_or_else(|| Error::Protocol("row change outside a transaction".into()))?;
         let relation = |id: &u32| {
             relations.get(id).ok_or_else(|| {
-                Error::Config(format!(
+                Error::Protocol(format!(
                     "change for relation {id} arrived before its Relation message"
                 ))
             })

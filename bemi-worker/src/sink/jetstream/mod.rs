@@ -190,11 +190,14 @@ pub(crate) async fn connect(options: &NatsOptions) -> Result<async_nats::Client>
                     | async_nats::ConnectErrorKind::ServerParse
                     | async_nats::ConnectErrorKind::Tls
             ) || is_tls_failure(&source);
-            let error = nats_error(format!("connect to NATS at {}", options.display_url()))(source);
+            let action = format!("connect to NATS at {}", options.display_url());
             if permanent {
-                Error::Config(crate::error_chain(&error))
+                Error::NatsFatal {
+                    action,
+                    source: Some(Box::new(source)),
+                }
             } else {
-                error
+                nats_error(action)(source)
             }
         })
 }
@@ -277,15 +280,18 @@ const IN_FLIGHT: usize = 4_096;
 /// process with the change named (retrying cannot help; the slot keeps the change).
 fn publish_error(error: async_nats::jetstream::context::PublishError, row: &ChangeRow) -> Error {
     if error.kind() == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded {
-        Error::Config(format!(
-            "the change {} ({}.{}, key {}) does not fit in one NATS message ({error}): raise \
-             max_payload in the NATS server's configuration (up to 64 MB), or store this source \
-             with `run`",
-            row.id,
-            row.schema,
-            row.table,
-            row.primary_key.as_deref().unwrap_or("none"),
-        ))
+        Error::NatsFatal {
+            action: format!(
+                "the change {} ({}.{}, key {}) does not fit in one NATS message: raise \
+                 max_payload in the NATS server's configuration (up to 64 MB), or store this \
+                 source with `run`",
+                row.id,
+                row.schema,
+                row.table,
+                row.primary_key.as_deref().unwrap_or("none"),
+            ),
+            source: Some(Box::new(error)),
+        }
     } else {
         nats_error("publish a change to JetStream")(error)
     }

@@ -1,0 +1,207 @@
+//! The trust boundary: every role that can connect may be hostile, and every value PostgreSQL
+//! accepts reaches the worker. Nothing here may stop, forge or silence the trail.
+
+use std::time::Duration;
+
+use bemi_test_harness::test_database;
+use serde_json::{Value, json};
+
+use crate::support::{RunningWorker, fixture, stored};
+
+/// A `json` value nested `depth` arrays deep, built by PostgreSQL itself (no parser involved).
+fn deep_json_sql(depth: usize) -> String {
+    format!(
+        "DO $$ DECLARE v json := '1'; BEGIN \
+           FOR i IN 1..{depth} LOOP v := json_build_array(v); END LOOP; \
+           INSERT INTO doc VALUES (1, v); \
+         END $$"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_nested_too_deep_for_the_destination_is_kept_as_text_and_capture_goes_on() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE doc (id int PRIMARY KEY, body json);",
+    )
+    .await;
+    let worker = RunningWorker::start(fixture.config());
+    // jsonb input refuses it with 54001 (stack depth limit exceeded).
+    fixture.sql(&deep_json_sql(20_000)).await;
+    fixture
+        .tagged(
+            "INSERT INTO doc VALUES (2, '[1]')",
+            json!({"user": "after"}),
+        )
+        .await;
+    let changes = fixture.wait_for(2).await;
+    let unstorable = &changes[0].context["_bemi"]["unstorable"];
+    let error = unstorable["error"].as_str().unwrap_or_default();
+    assert!(error.contains("54001"), "{unstorable}");
+    let kept = unstorable["after"].as_str().unwrap_or_default();
+    assert!(
+        kept.starts_with("{\"id\":1,\"body\":[[[["),
+        "{}",
+        &kept[..40]
+    );
+    assert_eq!(kept.matches('[').count(), 20_000);
+    assert_eq!(changes[0].primary_key.as_deref(), Some("1"));
+    assert_eq!(
+        changes[1],
+        stored(
+            "doc",
+            "CREATE",
+            Some("2"),
+            json!({}),
+            json!({"id": 2, "body": [1]}),
+            json!({"user": "after"})
+        )
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_refused_even_as_text_is_parked_in_rejected_and_capture_goes_on() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE item (id int PRIMARY KEY, note text);",
+    )
+    .await;
+    // A destination rule that refuses one row whatever its form, for a reason tied to it.
+    fixture
+        .sql(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.primary_key = '13' THEN \
+                 RAISE EXCEPTION 'key 13 is refused' USING ERRCODE = '22023'; \
+               END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON bemi.changes \
+               FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture
+        .sql("INSERT INTO item VALUES (12, 'a'), (13, 'poison'), (14, 'b')")
+        .await;
+    fixture.sql("INSERT INTO item VALUES (15, 'later')").await;
+    let changes = fixture.wait_for(3).await;
+    let keys: Vec<_> = changes
+        .iter()
+        .map(|change| change.primary_key.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(keys, ["12", "14", "15"]);
+    let parked = fixture
+        .client
+        .query_one(
+            "SELECT \"table\", reason, convert_from(payload, 'UTF8')::jsonb, \
+                    commit_lsn > 0 AND position > 0 AND transaction_id > 0 \
+             FROM bemi.rejected",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(parked.get::<_, String>(0), "item");
+    let reason: String = parked.get(1);
+    assert!(
+        reason.contains("key 13 is refused (SQLSTATE 22023)"),
+        "{reason}"
+    );
+    let payload: Value = parked.get(2);
+    assert_eq!(payload["after"], json!({"id": 13, "note": "poison"}));
+    assert!(parked.get::<_, bool>(3));
+    let status = bemi_worker::status(&fixture.source, &fixture.source, fixture.setup.options())
+        .await
+        .unwrap();
+    assert_eq!(status.rejected_changes, Some(1));
+    assert!(
+        status.to_string().contains("rejected changes:    1"),
+        "{status}"
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_statement_timeout_and_a_locked_changes_table_only_delay_capture() {
+    let fixture = fixture(test_database!(), "CREATE TABLE item (id int PRIMARY KEY);").await;
+    fixture
+        .sql(&format!(
+            "ALTER DATABASE {} SET statement_timeout = '300ms'; \
+             ALTER DATABASE {0} SET lock_timeout = '300ms'",
+            bemi_core::quote_ident(fixture.database.name()).unwrap()
+        ))
+        .await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture.sql("INSERT INTO item VALUES (1)").await;
+    fixture.wait_for(1).await;
+    // Hold the changes table for several times the timeouts while a change arrives.
+    let locker = fixture.database.connect().await;
+    locker
+        .batch_execute(
+            "SET statement_timeout = 0; BEGIN; LOCK TABLE bemi.changes IN ACCESS EXCLUSIVE MODE",
+        )
+        .await
+        .unwrap();
+    fixture.sql("INSERT INTO item VALUES (2)").await;
+    let before = worker.metrics.sessions();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    let changes = fixture.wait_for(2).await;
+    assert_eq!(changes[1].primary_key.as_deref(), Some("2"));
+    // The same session waited: no timeout ended it.
+    assert_eq!(worker.metrics.sessions(), before);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_replication_role_replica_cannot_make_a_statement_inherit_context() {
+    let fixture = fixture(test_database!(), "CREATE TABLE item (id int PRIMARY KEY);").await;
+    let worker = RunningWorker::start(fixture.config());
+    let tagged = bemi_core::CommentEncoder::default().tag(
+        "INSERT INTO item VALUES (1)",
+        &bemi_core::Context::try_from(json!({"user": "alice"})).unwrap(),
+    );
+    // One statement per query, as an application sends them.
+    for statement in [
+        "BEGIN",
+        &tagged,
+        "SET LOCAL session_replication_role = replica",
+        "INSERT INTO item VALUES (2)",
+        "COMMIT",
+    ] {
+        fixture.sql(statement).await;
+    }
+    let changes = fixture.wait_for(2).await;
+    assert_eq!(changes[0].context, json!({"user": "alice"}));
+    assert_eq!(changes[1].context, json!({}));
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_warns_about_disabled_triggers_and_key_only_replica_identity() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); \
+         CREATE TABLE c (id int PRIMARY KEY);",
+    )
+    .await;
+    let status = || async {
+        bemi_worker::status(&fixture.source, &fixture.source, fixture.setup.options())
+            .await
+            .unwrap()
+    };
+    assert_eq!(status().await.warnings, Vec::<String>::new());
+    fixture
+        .sql(
+            "ALTER TABLE a DISABLE TRIGGER _bemi_context; \
+             ALTER TABLE b REPLICA IDENTITY DEFAULT; \
+             DROP TRIGGER _bemi_context ON c;",
+        )
+        .await;
+    let status = status().await;
+    assert_eq!(status.warnings.len(), 3, "{:?}", status.warnings);
+    assert!(status.warnings[0].starts_with("public.a: the context trigger is disabled"));
+    assert!(status.warnings[1].starts_with("public.b: REPLICA IDENTITY is not FULL"));
+    assert!(
+        status.warnings[2].starts_with("public.c: the context trigger _bemi_context is missing")
+    );
+    assert!(status.to_string().contains("warning:"), "{status}");
+}

@@ -17,8 +17,13 @@ fn catalog(client: &mut postgres::Client) -> Vec<String> {
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
            AND c.relkind IN ('r', 'p')",
+        // bemi's proof table is always published (see `published_proofs`).
         "SELECT 'published ' || p.pubname || ' ' || pr.prrelid::regclass::text
-         FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid",
+         FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+         WHERE pr.prrelid::regclass::text <> 'bemi.message_proofs'",
+        "SELECT 'proofs published in ' || p.pubname
+         FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+         WHERE pr.prrelid::regclass::text = 'bemi.message_proofs'",
         "SELECT 'publication ' || pubname || ' ' || pubinsert || pubupdate || pubdelete || pubtruncate
          FROM pg_publication",
         "SELECT 'event trigger ' || evtname || ' ' || oid::text FROM pg_event_trigger",
@@ -85,6 +90,10 @@ fn installs_every_object_and_tracks_the_schema_tables() {
             r#"trigger "my-table" _bemi_context"#,
             "trigger todo _bemi_context",
         ])
+    );
+    assert_eq!(
+        lines_starting(&catalog, "proofs published in "),
+        strings(&["proofs published in bemi"])
     );
     assert_eq!(
         lines_starting(&catalog, "published "),
@@ -201,8 +210,10 @@ fn teardown_removes_every_object_and_restores_replica_identities() {
         [
             "identity bemi.changes",
             "identity bemi.worker_progress",
+            "identity bemi.rejected",
             "relation bemi.changes",
             "relation bemi.worker_progress",
+            "relation bemi.rejected",
             "schema bemi",
         ]
         .iter()

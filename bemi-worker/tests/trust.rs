@@ -205,3 +205,96 @@ async fn status_warns_about_disabled_triggers_and_key_only_replica_identity() {
     );
     assert!(status.to_string().contains("warning:"), "{status}");
 }
+
+/// A login role with no privileges at all, unique to the test's database.
+async fn unprivileged_role(
+    fixture: &crate::support::Fixture,
+    suffix: &str,
+) -> tokio_postgres::Client {
+    let role = format!("{}_{suffix}", fixture.database.name());
+    fixture
+        .sql(&format!(
+            "CREATE ROLE {} LOGIN",
+            bemi_core::quote_ident(&role).unwrap()
+        ))
+        .await;
+    let url = fixture.database.url_for_user(&role, None);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_snapshot_messages_from_any_role_are_ignored_and_counted() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE account (id int PRIMARY KEY, role text);",
+    )
+    .await;
+    let mallory = unprivileged_role(&fixture, "mallory").await;
+    let worker = RunningWorker::start(fixture.config());
+    let oid: u32 = fixture
+        .client
+        .query_one("SELECT 'account'::regclass::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // A header the catalog cannot resolve (a 64-character name, a NUL), one naming a real table
+    // the role cannot read, and a forged row; then a flood of 20,000 headers.
+    mallory
+        .batch_execute(&format!(
+            "BEGIN; \
+             SELECT pg_logical_emit_message(true, '_bemi_snapshot', \
+               '{{\"relation\":1,\"schema\":\"public\",\"table\":\"' || repeat('x', 64) || '\",\"columns\":[]}}'); \
+             SELECT pg_logical_emit_message(true, '_bemi_snapshot', \
+               '{{\"relation\":1,\"schema\":\"public\\u0000\",\"table\":\"t\",\"columns\":[]}}'); \
+             SELECT pg_logical_emit_message(true, '_bemi_snapshot', \
+               '{{\"relation\":{oid},\"schema\":\"public\",\"table\":\"account\",\"columns\":[[\"id\",23],[\"role\",25]]}}'); \
+             SELECT pg_logical_emit_message(true, '_bemi_snapshot_row', '[\"1\",\"admin\"]'); \
+             SELECT pg_logical_emit_message(false, '_bemi_snapshot_row', '[\"2\",\"admin\"]'); \
+             COMMIT; \
+             SELECT count(pg_logical_emit_message(true, '_bemi_snapshot', '{{\"relation\":1}}')) \
+               FROM generate_series(1, 20000);"
+        ))
+        .await
+        .unwrap();
+    fixture.sql("INSERT INTO account VALUES (7, 'user')").await;
+    let changes = fixture.wait_for(1).await;
+    assert_eq!(
+        changes,
+        [stored(
+            "account",
+            "CREATE",
+            Some("7"),
+            json!({}),
+            json!({"id": 7, "role": "user"}),
+            json!({})
+        )]
+    );
+    assert_eq!(worker.metrics.ignored_messages(), 5 + 20_000);
+    assert_eq!(worker.metrics.sessions(), 1);
+    // bemi's own snapshot still records rows, proven by its insert into bemi.message_proofs.
+    bemi_worker::snapshot(
+        &fixture.source,
+        fixture.setup.options().publication_name(),
+        &[],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let changes = fixture.wait_for(2).await;
+    assert_eq!(changes[1].operation, "SNAPSHOT");
+    assert_eq!(changes[1].after, json!({"id": 7, "role": "user"}));
+    // The role cannot prove anything: the proof table is closed to it.
+    let refused = mallory
+        .batch_execute("INSERT INTO bemi.message_proofs (kind) VALUES ('snapshot')")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    worker.stop().await.unwrap();
+}

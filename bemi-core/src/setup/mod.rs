@@ -96,6 +96,11 @@ pub const SNAPSHOT_PREFIX: &str = "_bemi_snapshot";
 /// The prefix of the messages carrying one snapshotted row each (content: a JSON array of the
 /// columns' texts, in the order of the snapshot's header).
 pub const SNAPSHOT_ROW_PREFIX: &str = "_bemi_snapshot_row";
+/// The table (in [`BEMI_SCHEMA`], published) whose rows prove that a transaction comes from one of
+/// bemi's own commands: only its owner may insert, and the worker trusts `_bemi_snapshot`
+/// messages only in a transaction that inserted a row here first. Logical messages carry no
+/// sender, and any role may emit them.
+pub const PROOF_TABLE: &str = "message_proofs";
 /// The default publication name.
 pub const DEFAULT_PUBLICATION: &str = "bemi";
 /// The default replication slot name.

@@ -272,6 +272,8 @@ BEGIN
       INTO header, value_list
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = target;
+    -- The proof first: the worker trusts the messages below only after it (see PROOF_TABLE).
+    INSERT INTO bemi.message_proofs (kind) VALUES ('snapshot') ON CONFLICT DO NOTHING;
     PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi_snapshot', header);
     EXECUTE pg_catalog.format(
         'SELECT pg_catalog.count(pg_catalog.pg_logical_emit_message(true, %L, '
@@ -279,6 +281,22 @@ BEGIN
         '_bemi_snapshot_row', COALESCE(value_list, ''), target)
       INTO emitted;
     RETURN emitted;
+END
+$bemi$;
+"#;
+
+/// The proof table joins the publication, so its inserts travel in the stream ahead of the
+/// messages they vouch for.
+const PUBLISH_PROOFS: &str = r#"
+DO $bemi$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_publication_rel pr
+        JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+        WHERE p.pubname = @PUBLICATION@ AND pr.prrelid = 'bemi.message_proofs'::regclass
+    ) THEN
+        EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE bemi.message_proofs', @PUBLICATION@);
+    END IF;
 END
 $bemi$;
 "#;
@@ -318,6 +336,7 @@ DROP FUNCTION IF EXISTS bemi.snapshot_table(regclass);
 DROP TABLE IF EXISTS bemi.tracked_tables;
 DROP TABLE IF EXISTS bemi.tracked_schemas;
 DROP TABLE IF EXISTS bemi.column_policies;
+DROP TABLE IF EXISTS bemi.message_proofs;
 DO $bemi$
 BEGIN
     DROP SCHEMA IF EXISTS bemi;
@@ -363,7 +382,13 @@ pub(super) fn install(options: &SetupOptions) -> String {
              action text NOT NULL CHECK (action IN ('redact', 'drop', 'noise')),\n    \
              PRIMARY KEY (schema_name, table_name, column_name, action)\n\
          );\n\
-         REVOKE ALL ON bemi.column_policies FROM PUBLIC;\n",
+         REVOKE ALL ON bemi.column_policies FROM PUBLIC;\n\
+         CREATE TABLE IF NOT EXISTS bemi.message_proofs (\n    \
+             xid xid8 PRIMARY KEY DEFAULT pg_catalog.pg_current_xact_id(),\n    \
+             kind text NOT NULL,\n    \
+             created_at timestamptz NOT NULL DEFAULT pg_catalog.now()\n\
+         );\n\
+         REVOKE ALL ON bemi.message_proofs FROM PUBLIC;\n",
     );
     for (table, rules) in &options.model_policies {
         let rules: Vec<(&str, crate::policy::ColumnAction)> = rules
@@ -381,6 +406,7 @@ pub(super) fn install(options: &SetupOptions) -> String {
         TRACK_NEW_TABLES,
         SNAPSHOT_TABLE,
         CREATE_PUBLICATION,
+        PUBLISH_PROOFS,
     ] {
         sql.push_str(&substitute(template));
     }

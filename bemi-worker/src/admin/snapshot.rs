@@ -77,7 +77,7 @@ pub async fn snapshot(
     let published: Vec<QualifiedName> = client
         .query(
             "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables \
-             WHERE pubname = $1 ORDER BY 1, 2",
+             WHERE pubname = $1 AND schemaname <> 'bemi' ORDER BY 1, 2",
             &[&publication],
         )
         .await

@@ -105,6 +105,7 @@ pub struct Metrics {
     pub(crate) stored_changes: AtomicU64,
     pub(crate) confirmed_lsn: AtomicU64,
     pub(crate) sessions: AtomicU64,
+    pub(crate) ignored_messages: AtomicU64,
 }
 
 impl Metrics {
@@ -121,6 +122,13 @@ impl Metrics {
     /// Replication sessions started (1 + reconnections).
     pub fn sessions(&self) -> u64 {
         self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Logical messages under bemi's prefixes that were ignored: snapshot messages from a
+    /// transaction that did not prove it comes from `bemi-worker snapshot` (any role may emit
+    /// logical messages), and non-transactional ones.
+    pub fn ignored_messages(&self) -> u64 {
+        self.ignored_messages.load(Ordering::Relaxed)
     }
 }
 
@@ -333,6 +341,9 @@ impl Worker {
             replication,
             catalog: Catalog::new(catalog_client, config.column_policies.clone()),
             relations: HashMap::new(),
+            proof_relation: None,
+            proven: false,
+            ignored: 0,
             snapshot: None,
             stitcher: Stitcher::new(
                 &database,
@@ -610,6 +621,13 @@ struct Stream<'a> {
     replication: ReplicationClient,
     catalog: Catalog,
     relations: HashMap<u32, Arc<RelationInfo>>,
+    /// The OID of `bemi.message_proofs`, once its Relation message arrived.
+    proof_relation: Option<u32>,
+    /// Whether the current transaction inserted into `bemi.message_proofs`, which only bemi's
+    /// own commands can do: only then are its snapshot messages trusted.
+    proven: bool,
+    /// Messages under bemi's prefixes ignored since the last commit (logged at the commit).
+    ignored: u64,
     /// The table whose snapshot rows are arriving, in the current transaction.
     snapshot: Option<Arc<RelationInfo>>,
     stitcher: Stitcher,
@@ -677,6 +695,7 @@ impl Stream<'_> {
                 commit_time_micros,
             } => {
                 self.snapshot = None;
+                self.proven = false;
                 self.stitcher
                     .begin(xid, final_lsn.as_u64(), commit_time_micros);
                 self.builder.begin(commit_time_micros);
@@ -687,18 +706,29 @@ impl Stream<'_> {
                 content,
                 lsn,
             } => {
-                if transactional && prefix == bemi_core::setup::SNAPSHOT_PREFIX {
+                if prefix == bemi_core::setup::MESSAGE_PREFIX && transactional {
+                    // A context: a claim of the writer, whoever it is.
+                    self.stitcher.message(transactional, &prefix, &content);
+                } else if !prefix.starts_with(bemi_core::setup::MESSAGE_PREFIX) {
+                    // Another application's messages.
+                } else if !transactional || !self.proven {
+                    // Costs a comparison: a flood of forged messages cannot stall the trail.
+                    self.ignore_message();
+                } else if prefix == bemi_core::setup::SNAPSHOT_PREFIX {
                     self.start_snapshot(&content).await?;
-                } else if transactional && prefix == bemi_core::setup::SNAPSHOT_ROW_PREFIX {
+                } else if prefix == bemi_core::setup::SNAPSHOT_ROW_PREFIX {
                     self.snapshot_row(&content, lsn.as_u64()).await?;
                 } else {
-                    self.stitcher.message(transactional, &prefix, &content);
+                    self.ignore_message();
                 }
             }
             ReplicationEvent::XLogData {
                 wal_start, data, ..
             } => {
-                let message = pgoutput::decode(&data)?;
+                let mut message = pgoutput::decode(&data)?;
+                if self.is_proof(&mut message) {
+                    return Ok(());
+                }
                 match &message {
                     Message::Relation(relation) => {
                         let info = self.catalog.describe(relation, self.stitcher.xid()).await?;
@@ -724,6 +754,15 @@ impl Stream<'_> {
                 }
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
+                if self.ignored > 0 {
+                    tracing::warn!(
+                        xid = ?self.stitcher.xid(),
+                        ignored = self.ignored,
+                        "ignored logical messages under bemi's prefixes from a transaction that \
+                         does not prove it comes from bemi (forged snapshot or unknown messages)"
+                    );
+                    self.ignored = 0;
+                }
                 let commit_lsn = self.stitcher.commit_lsn().unwrap_or_default();
                 let changes = self.stitcher.commit();
                 self.builder.commit(commit_lsn, changes, end_lsn.as_u64());
@@ -750,17 +789,59 @@ impl Stream<'_> {
         Ok(())
     }
 
+    /// Counts a message under bemi's prefixes that is not trusted (logged once, at the next
+    /// commit).
+    fn ignore_message(&mut self) {
+        self.ignored += 1;
+        self.metrics
+            .ignored_messages
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Handles what concerns `bemi.message_proofs` (its Relation message, an insert proving the
+    /// transaction), which is never stored as a change; returns whether `message` was consumed.
+    fn is_proof(&mut self, message: &mut Message<'_>) -> bool {
+        match message {
+            Message::Relation(relation) => {
+                let is_proof = relation.namespace == bemi_core::setup::BEMI_SCHEMA
+                    && relation.name == bemi_core::setup::PROOF_TABLE;
+                if is_proof {
+                    self.proof_relation = Some(relation.id);
+                }
+                is_proof
+            }
+            Message::Insert { relation_id, .. } if Some(*relation_id) == self.proof_relation => {
+                self.proven = true;
+                true
+            }
+            Message::Update { relation_id, .. } | Message::Delete { relation_id, .. } => {
+                Some(*relation_id) == self.proof_relation
+            }
+            Message::Truncate { relation_ids, .. } => {
+                relation_ids.retain(|id| Some(*id) != self.proof_relation);
+                relation_ids.is_empty()
+            }
+            _ => false,
+        }
+    }
+
     /// Starts a table's snapshot: describes the table as the snapshot's transaction saw it.
     /// A malformed header is logged and its rows skipped (bad data never stops the stream).
     async fn start_snapshot(&mut self, content: &[u8]) -> Result<()> {
         self.snapshot = match SnapshotHeader::parse(content) {
-            Ok(header) => {
-                let info = self
-                    .catalog
-                    .describe(&header.relation(), self.stitcher.xid())
-                    .await?;
-                Some(Arc::new(info))
-            }
+            Ok(header) => match self
+                .catalog
+                .describe(&header.relation(), self.stitcher.xid())
+                .await
+            {
+                Ok(info) => Some(Arc::new(info)),
+                Err(error) if error.is_bad_data() => {
+                    let error = crate::error_chain(&error);
+                    tracing::warn!(%error, "snapshot header the catalog cannot describe: its rows are skipped");
+                    None
+                }
+                Err(error) => return Err(error),
+            },
             Err(error) => {
                 tracing::warn!(%error, "malformed snapshot header: its rows are skipped");
                 None

@@ -298,3 +298,58 @@ async fn forged_snapshot_messages_from_any_role_are_ignored_and_counted() {
     );
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_of_any_shape_never_show_in_status_or_logs() {
+    let fixture = fixture(test_database!(), "CREATE TABLE item (id int PRIMARY KEY);").await;
+    let cluster = fixture.database.cluster();
+    let secret = "Sl/ash?Pw9";
+    // The test server trusts connections: the password is ignored, and must never show.
+    let url = format!(
+        "postgres://{}:{secret}@{}:{}/{}",
+        cluster.user(),
+        cluster.host(),
+        cluster.port(),
+        fixture.database.name()
+    );
+    let keywords = format!(
+        "host={} port={} user={} dbname={} password = '{secret} x'",
+        cluster.host(),
+        cluster.port(),
+        cluster.user(),
+        fixture.database.name()
+    );
+    let slot = fixture.database.slot_name().to_owned();
+    for (index, connection) in [url, keywords].into_iter().enumerate() {
+        // From a file: nothing secret on the command line.
+        let file = std::env::temp_dir().join(format!("{slot}-url-{index}"));
+        std::fs::write(&file, &connection).unwrap();
+        let file = file.to_str().unwrap().to_owned();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_bemi-worker"))
+            .args(["status", "--database-url-file", &file, "--slot", &slot])
+            .output()
+            .unwrap();
+        let shown = format!(
+            "{}{}",
+            String::from_utf8_lossy(&status.stdout),
+            String::from_utf8_lossy(&status.stderr)
+        );
+        assert!(status.status.success(), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+        assert!(!shown.contains("Pw9"), "password shown: {shown}");
+
+        let (mut child, log) = crate::support::spawn_binary(
+            &["run", "--database-url-file", &file, "--slot", &slot],
+            &format!("password-shapes-{index}-{slot}"),
+        );
+        fixture
+            .sql(&format!("INSERT INTO item VALUES ({index})"))
+            .await;
+        fixture.wait_for(index + 1).await;
+        child.kill().unwrap();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("streaming"), "{text}");
+        assert!(!text.contains("Pw9"), "password logged: {text}");
+    }
+}

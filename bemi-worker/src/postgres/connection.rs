@@ -99,11 +99,70 @@ impl ConnectionOptions {
         if config.get_dbname().is_none() {
             config.dbname(config.get_user().unwrap_or("postgres").to_owned());
         }
+        let masked = match config.get_password() {
+            // The text masking missed the password (some form it does not know): show the parsed
+            // settings instead, which never include it.
+            Some(password) if !password.is_empty() && contains_bytes(&masked, password) => {
+                rendered_without_password(&config)
+            }
+            _ => masked,
+        };
         Ok(Self {
             config,
             tls,
             masked,
         })
+    }
+
+    /// Parses like [`ConnectionOptions::parse`], then fills in a missing password the way libpq
+    /// does: from `PGPASSWORD`, else from the password file (`PGPASSFILE`, default
+    /// `~/.pgpass`; lines `host:port:database:user:password`, `*` matching anything, `\:` and
+    /// `\\` escaped). Keeps passwords off command lines, where `ps` shows them.
+    ///
+    /// # Errors
+    ///
+    /// As [`ConnectionOptions::parse`], and an unreadable `PGPASSFILE` that was named
+    /// explicitly.
+    pub fn parse_with_password_sources(url: &str) -> Result<Self> {
+        let mut options = Self::parse(url)?;
+        if options.config.get_password().is_some() {
+            return Ok(options);
+        }
+        if let Some(password) = std::env::var_os("PGPASSWORD") {
+            options
+                .config
+                .password(password.to_string_lossy().as_bytes().to_vec());
+            return Ok(options);
+        }
+        let (file, explicit) = match std::env::var_os("PGPASSFILE") {
+            Some(path) => (PathBuf::from(path), true),
+            None => match std::env::var_os("HOME") {
+                Some(home) => (PathBuf::from(home).join(".pgpass"), false),
+                None => return Ok(options),
+            },
+        };
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(error) if explicit => {
+                return Err(Error::Config(format!(
+                    "cannot read the password file {} (PGPASSFILE): {error}",
+                    file.display()
+                )));
+            }
+            Err(_) => return Ok(options),
+        };
+        let (host, port) = options.host_and_port();
+        let port = port.to_string();
+        let wanted = [
+            host.as_str(),
+            port.as_str(),
+            options.database(),
+            options.user(),
+        ];
+        if let Some(password) = password_file_lookup(&text, wanted) {
+            options.config.password(password.into_bytes());
+        }
+        Ok(options)
     }
 
     /// The database name.
@@ -229,39 +288,135 @@ impl fmt::Debug for ConnectionOptions {
 }
 
 /// Masks the password of a URL (`user:***@`, `password=***`) or `key=value` string.
+///
+/// Errs on the side of hiding: in a URL, everything between the user's `:` and the last `@` is
+/// masked (a password may hold `/`, `?` or `@` unescaped); a `password` keyword is masked
+/// whatever the spaces around its `=` and whatever its quoting.
+///
+/// # Examples
+///
+/// ```
+/// use bemi_worker::mask_password;
+///
+/// assert_eq!(mask_password("postgres://u:Sl/ash?Pw9@db/app"), "postgres://u:***@db/app");
+/// assert_eq!(mask_password("host=db password = 'a b\\' c' user=u"), "host=db password = *** user=u");
+/// ```
 pub fn mask_password(url: &str) -> String {
     let mut masked = url.to_owned();
     if let Some(scheme_end) = masked.find("://") {
         let authority_start = scheme_end + 3;
-        let authority_end = masked[authority_start..]
-            .find(['/', '?'])
-            .map_or(masked.len(), |end| authority_start + end);
-        if let Some(at) = masked[authority_start..authority_end].rfind('@') {
+        if let Some(at) = masked[authority_start..].rfind('@') {
             let userinfo = &masked[authority_start..authority_start + at];
             if let Some(colon) = userinfo.find(':') {
                 masked.replace_range(authority_start + colon + 1..authority_start + at, "***");
             }
         }
     }
-    // `password=...` as a query parameter or key=value pair.
-    let mut out = String::with_capacity(masked.len());
-    let mut rest = masked.as_str();
-    while let Some(at) = rest.find("password=") {
-        let boundary_ok = at == 0 || matches!(rest.as_bytes()[at - 1], b'?' | b'&' | b' ');
-        out.push_str(&rest[..at + "password=".len()]);
-        rest = &rest[at + "password=".len()..];
-        if boundary_ok {
-            let end = if let Some(quoted) = rest.strip_prefix('\'') {
-                quoted.find('\'').map_or(rest.len(), |end| end + 2)
-            } else {
-                rest.find(['&', ' ']).unwrap_or(rest.len())
-            };
-            out.push_str("***");
-            rest = &rest[end..];
+    mask_keyword(&masked, "password")
+}
+
+/// Masks the value of every `keyword = value` (spaces optional; the value quoted with `'` and
+/// backslash escapes, or running to the next space or `&`).
+fn mask_keyword(text: &str, keyword: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut search = 0;
+    while let Some(found) = text[search..].find(keyword) {
+        let at = search + found;
+        search = at + keyword.len();
+        let boundary = at == 0 || matches!(bytes[at - 1], b'?' | b'&' | b' ' | b'\t' | b'\n');
+        let mut cursor = at + keyword.len();
+        while bytes.get(cursor).is_some_and(u8::is_ascii_whitespace) {
+            cursor += 1;
+        }
+        if !boundary || bytes.get(cursor) != Some(&b'=') {
+            continue;
+        }
+        cursor += 1;
+        while bytes.get(cursor).is_some_and(u8::is_ascii_whitespace) {
+            cursor += 1;
+        }
+        let value_start = cursor;
+        if bytes.get(cursor) == Some(&b'\'') {
+            cursor += 1;
+            while let Some(&byte) = bytes.get(cursor) {
+                cursor += match byte {
+                    b'\\' => 2,
+                    b'\'' => {
+                        cursor += 1;
+                        break;
+                    }
+                    _ => 1,
+                };
+            }
+        } else {
+            while bytes
+                .get(cursor)
+                .is_some_and(|byte| !byte.is_ascii_whitespace() && *byte != b'&')
+            {
+                cursor += 1;
+            }
+        }
+        let value_end = cursor.min(text.len());
+        out.push_str(&text[copied..value_start]);
+        out.push_str("***");
+        copied = value_end;
+        search = value_end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// The password for `wanted` (host, port, database, user) in a password file's text.
+fn password_file_lookup(text: &str, wanted: [&str; 4]) -> Option<String> {
+    for line in text.lines() {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        let mut fields = Vec::with_capacity(5);
+        let mut field = String::new();
+        let mut chars = line.chars();
+        while let Some(char) = chars.next() {
+            match char {
+                '\\' => field.extend(chars.next()),
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                other => field.push(other),
+            }
+        }
+        fields.push(field);
+        if fields.len() == 5
+            && fields[..4]
+                .iter()
+                .zip(wanted)
+                .all(|(pattern, value)| pattern == "*" || pattern == value)
+        {
+            return fields.pop();
         }
     }
-    out.push_str(rest);
-    out
+    None
+}
+
+fn contains_bytes(text: &str, needle: &[u8]) -> bool {
+    text.as_bytes()
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// `postgres://user:***@host:port/database`, from parsed settings.
+fn rendered_without_password(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}:***@{host}:{port}/{}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres")
+    )
 }
 
 fn percent_decode(text: &str) -> Result<String, String> {
@@ -306,9 +461,61 @@ mod tests {
                 "host=h password=*** dbname=d",
             ),
             ("host=h dbname=nopassword=x", "host=h dbname=nopassword=x"),
+            (
+                "postgres://u:Sl/ash?Pw9@host/db",
+                "postgres://u:***@host/db",
+            ),
+            (
+                "postgres://u:a@b@host/db?x=1",
+                "postgres://u:***@host/db?x=1",
+            ),
+            (
+                "host=h password = x dbname=d",
+                "host=h password = *** dbname=d",
+            ),
+            ("host=h password= x", "host=h password= ***"),
+            ("password ='x y' host=h", "password =*** host=h"),
+            (
+                "host=h password='it\\'s' dbname=d",
+                "host=h password=*** dbname=d",
+            ),
         ] {
             assert_eq!(mask_password(url), masked, "{url}");
         }
+    }
+
+    #[test]
+    fn the_shown_url_never_holds_the_parsed_password() {
+        for url in [
+            "postgres://u:Sl/ash?Pw9@host/db",
+            "host=h user=u password = hunter2 dbname=d",
+            "host=h user=u password='hunter 2' dbname=d",
+            "postgresql://u@h/db?password=hunter2&sslmode=disable",
+        ] {
+            let options = ConnectionOptions::parse(url).unwrap();
+            let password = options.config.get_password().unwrap();
+            let password = std::str::from_utf8(password).unwrap();
+            for shown in [options.to_string(), format!("{options:?}")] {
+                assert!(!shown.contains(password), "{url} shown as {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn finds_passwords_in_a_password_file() {
+        let file = "# comment\n\
+                    other:5432:*:u:wrong\n\
+                    db\\:x:5432:app:u:colon\n\
+                    db:*:*:u:se\\:cr\\\\et\n";
+        assert_eq!(
+            password_file_lookup(file, ["db", "5432", "app", "u"]).as_deref(),
+            Some("se:cr\\et")
+        );
+        assert_eq!(
+            password_file_lookup(file, ["db:x", "5432", "app", "u"]).as_deref(),
+            Some("colon")
+        );
+        assert_eq!(password_file_lookup(file, ["db", "5432", "app", "v"]), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `bemi-worker`: set up, run, inspect and remove bemi's change capture.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -103,11 +104,24 @@ impl RevertArgs {
 struct CommonArgs {
     /// The database whose changes are captured (needs wal_level=logical and a role with
     /// REPLICATION). sslmode, sslrootcert, sslcert and sslkey are accepted as URL parameters.
+    /// Without a password in it, PGPASSWORD or the password file (PGPASSFILE, ~/.pgpass) is
+    /// used, as libpq does.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// A file holding the source's URL (keeps the password off the command line, where `ps`
+    /// shows it).
+    #[arg(long, env = "BEMI_DATABASE_URL_FILE", conflicts_with = "database_url")]
+    database_url_file: Option<PathBuf>,
     /// The database holding the changes table [default: the source database].
     #[arg(long, env = "BEMI_DESTINATION_URL", hide_env_values = true)]
     destination_url: Option<String>,
+    /// A file holding the destination's URL.
+    #[arg(
+        long,
+        env = "BEMI_DESTINATION_URL_FILE",
+        conflicts_with = "destination_url"
+    )]
+    destination_url_file: Option<PathBuf>,
     /// The replication slot.
     #[arg(long, env = "BEMI_SLOT", default_value = bemi_core::setup::DEFAULT_SLOT)]
     slot: String,
@@ -350,17 +364,36 @@ struct TeardownArgs {
     yes: bool,
 }
 
+/// The connection given as a URL or in a file, with libpq's password sources.
+fn connection_options(
+    url: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<ConnectionOptions>> {
+    let url = match (url, file) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("read the connection URL from {}", file.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(ConnectionOptions::parse_with_password_sources(&url)?))
+}
+
 impl CommonArgs {
     fn connections(&self) -> anyhow::Result<(ConnectionOptions, ConnectionOptions)> {
-        let url = self
-            .database_url
-            .as_deref()
-            .context("the source database is required: --database-url or DATABASE_URL")?;
-        let source = ConnectionOptions::parse(url)?;
-        let destination = match &self.destination_url {
-            Some(url) => ConnectionOptions::parse(url)?,
-            None => source.clone(),
-        };
+        let source = connection_options(
+            self.database_url.as_deref(),
+            self.database_url_file.as_deref(),
+        )?
+        .context(
+            "the source database is required: --database-url, --database-url-file or DATABASE_URL",
+        )?;
+        let destination = connection_options(
+            self.destination_url.as_deref(),
+            self.destination_url_file.as_deref(),
+        )?
+        .unwrap_or_else(|| source.clone());
         Ok((source, destination))
     }
 
@@ -441,7 +474,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ingest(args) => {
             let nats = args.nats.options(&args.nats_url);
-            let destination = ConnectionOptions::parse(&args.destination_url)?;
+            let destination =
+                ConnectionOptions::parse_with_password_sources(&args.destination_url)?;
             let mut config = IngestConfig::new(nats, destination);
             config.changes_table = args.changes_table;
             config.batch_size = args.batch_size.max(1);

@@ -92,6 +92,10 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A revert whose selection is refused (e.g. an empty context, which matches every change).
+    #[error("invalid revert: {0}")]
+    InvalidRevert(String),
+
     /// A synchronous connection was driven by an executor that expected it to wait: a bug in
     /// the integration, reported instead of blocking.
     #[error("internal error: a synchronous query did not complete immediately")]

@@ -206,12 +206,21 @@ async fn status_warns_about_disabled_triggers_and_key_only_replica_identity() {
     assert!(status.to_string().contains("warning:"), "{status}");
 }
 
+/// A role name unique to the test's database (roles are shared by the cluster), short enough
+/// for PostgreSQL's 63-byte names.
+fn role_name(database: &bemi_test_harness::TestDatabase, suffix: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    database.name().hash(&mut hasher);
+    format!("r{:016x}_{suffix}", hasher.finish())
+}
+
 /// A login role with no privileges at all, unique to the test's database.
 async fn unprivileged_role(
     fixture: &crate::support::Fixture,
     suffix: &str,
 ) -> tokio_postgres::Client {
-    let role = format!("{}_{suffix}", fixture.database.name());
+    let role = role_name(&fixture.database, suffix);
     fixture
         .sql(&format!(
             "CREATE ROLE {} LOGIN",
@@ -352,4 +361,143 @@ async fn passwords_of_any_shape_never_show_in_status_or_logs() {
         assert!(text.contains("streaming"), "{text}");
         assert!(!text.contains("Pw9"), "password logged: {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_never_writes_where_a_forged_changes_row_points() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE item (id int PRIMARY KEY, note text);",
+    )
+    .await;
+    let victim = role_name(&fixture.database, "victim");
+    fixture
+        .sql(&format!(
+            "CREATE ROLE {} LOGIN",
+            bemi_core::quote_ident(&victim).unwrap()
+        ))
+        .await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture
+        .tagged(
+            "INSERT INTO item VALUES (1, 'real')",
+            json!({"request_id": "req-42"}),
+        )
+        .await;
+    fixture.wait_for(1).await;
+    // As the worker's role could: rows for a catalog, for bemi's own table and for a table bemi
+    // does not track, under the same request.
+    fixture
+        .sql(
+            "CREATE SCHEMA other; CREATE TABLE other.untracked (id int PRIMARY KEY, note text); \
+             INSERT INTO other.untracked VALUES (5, 'keep')",
+        )
+        .await;
+    let forge = |schema: &str,
+                 table: &str,
+                 operation: &str,
+                 key: &str,
+                 before: Value,
+                 after: Value| {
+        format!(
+            "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \
+               \"table\", operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence) \
+             VALUES ('{key}', '{before}', '{after}', '{{\"request_id\":\"req-42\"}}', current_database(), \
+               '{schema}', '{table}', '{operation}', now(), now(), 1, 1, 1, 0)"
+        )
+    };
+    fixture
+        .sql(&forge(
+            "pg_catalog",
+            "pg_authid",
+            "UPDATE",
+            &victim,
+            json!({"rolname": victim, "rolsuper": true}),
+            json!({"rolname": victim, "rolsuper": false}),
+        ))
+        .await;
+    fixture
+        .sql(&forge(
+            "bemi",
+            "column_policies",
+            "CREATE",
+            "x",
+            json!({}),
+            json!({"schema_name": "public", "table_name": "item", "column_name": "note", "action": "redact"}),
+        ))
+        .await;
+    fixture
+        .sql(&forge(
+            "other",
+            "untracked",
+            "UPDATE",
+            "5",
+            json!({"id": 5, "note": "forged"}),
+            json!({"id": 5, "note": "keep"}),
+        ))
+        .await;
+    let changes_table = fixture.setup.options().changes_table_name().clone();
+    let revert = |context: Value, force: bool| {
+        let source = fixture.source.clone();
+        let changes_table = changes_table.clone();
+        async move {
+            bemi_worker::revert(
+                &source,
+                &source,
+                &changes_table,
+                bemi_core::revert::Revert::context(
+                    bemi_core::Context::from_value(context).unwrap(),
+                ),
+                false,
+                force,
+            )
+            .await
+        }
+    };
+    let refused = revert(json!({"request_id": "req-42"}), false)
+        .await
+        .unwrap_err();
+    let bemi_worker::Error::Core(bemi_core::Error::RevertConflicts(plan)) = refused else {
+        panic!("expected conflicts, got {refused}");
+    };
+    let reasons: Vec<String> = plan
+        .conflicts()
+        .map(|step| match &step.outcome {
+            bemi_core::revert::StepOutcome::Conflict(bemi_core::revert::Conflict::Refused {
+                reason,
+            }) => reason.clone(),
+            other => panic!("unexpected outcome {other:?}"),
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons[0].contains(r#""other"."untracked" is not tracked"#),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains(r#""bemi"."column_policies" belongs to the system or to bemi"#));
+    assert!(reasons[2].contains(r#""pg_catalog"."pg_authid" belongs to the system or to bemi"#));
+    // Forced: the real change is reverted; the refused ones are still never written.
+    let plan = revert(json!({"request_id": "req-42"}), true).await.unwrap();
+    assert_eq!(plan.steps().len(), 4);
+    let state = fixture
+        .client
+        .query_one(
+            "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = $1), \
+                    (SELECT count(*) FROM item), (SELECT note FROM other.untracked WHERE id = 5), \
+                    (SELECT count(*) FROM bemi.column_policies)",
+            &[&victim],
+        )
+        .await
+        .unwrap();
+    assert!(!state.get::<_, bool>(0));
+    assert_eq!(state.get::<_, i64>(1), 0);
+    assert_eq!(state.get::<_, String>(2), "keep");
+    assert_eq!(state.get::<_, i64>(3), 0);
+    // `{}` is contained in every context: refused before anything is read.
+    let everything = revert(json!({}), true).await.unwrap_err();
+    assert!(
+        everything.to_string().contains("needs a non-empty context"),
+        "{everything}"
+    );
+    worker.stop().await.unwrap();
 }

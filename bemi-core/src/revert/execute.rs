@@ -191,6 +191,33 @@ async fn attempt<R: SqlRunner>(
         }
         Operation::Create | Operation::Update | Operation::Delete => {}
     }
+    if let Some(shape) = shape {
+        let refused = if shape.system {
+            Some(format!(
+                "table {} belongs to the system or to bemi: a revert never writes there",
+                step.table
+            ))
+        } else if !shape.tracked {
+            Some(format!(
+                "table {} is not tracked by bemi now (no context trigger or not published): a \
+                 revert writes only to tracked tables",
+                step.table
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            // Never run, forced or not: the changes table is writable by the worker's role, so
+            // its rows are not proof that a table is the application's.
+            let conflict = Conflict::Refused { reason };
+            let outcome = if force {
+                StepOutcome::Skipped(conflict)
+            } else {
+                StepOutcome::Conflict(conflict)
+            };
+            return Ok((RevertAction::Nothing, None, outcome));
+        }
+    }
     let Some(shape) = shape.filter(|shape| !shape.key.is_empty()) else {
         return not_revertible(format!(
             "table {} has no primary key or no longer exists",

@@ -183,7 +183,26 @@ impl Revert {
     ///
     /// [`Error::Database`] from the runner, [`Error::InvalidRow`] for a malformed row.
     pub async fn load<R: SqlRunner>(&self, destination: &mut R) -> Result<Vec<Change>> {
+        self.check()?;
         self.changes_query().fetch(destination).await
+    }
+
+    /// Refuses selections that would match every change ever stored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRevert`] for a selection by an empty context (`{}` is contained in every
+    /// context).
+    pub fn check(&self) -> Result<()> {
+        match &self.selection {
+            Selection::Context(context) if context.is_empty() => {
+                Err(Error::InvalidRevert(
+                    "a revert by context needs a non-empty context: {} matches every change ever stored"
+                        .into(),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The context of the statement reverting `change`: the revert's context with
@@ -233,6 +252,12 @@ pub enum Conflict {
     RowDiffers {
         /// The differing columns.
         differences: Vec<Difference>,
+    },
+    /// The change names a table a revert must never write: not tracked by bemi now, a system
+    /// table or bemi's own. Skipped even when forced.
+    Refused {
+        /// Why.
+        reason: String,
     },
     /// The change cannot be reverted at all.
     NotRevertible {
@@ -427,7 +452,9 @@ impl std::fmt::Display for Conflict {
                 }
                 Ok(())
             }
-            Conflict::NotRevertible { reason } => f.write_str(reason),
+            Conflict::NotRevertible { reason } | Conflict::Refused { reason } => {
+                f.write_str(reason)
+            }
         }
     }
 }

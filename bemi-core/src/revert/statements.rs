@@ -19,6 +19,14 @@ pub(crate) struct TableShape {
     /// The writable columns (not dropped, not generated), in order.
     #[serde(default)]
     pub(crate) columns: Vec<String>,
+    /// Whether bemi tracks the table now: its context trigger exists and it is published. A
+    /// revert writes only to such tables.
+    #[serde(default)]
+    pub(crate) tracked: bool,
+    /// Whether the table belongs to the system or to bemi (`pg_catalog`, `information_schema`,
+    /// `pg_toast`, `bemi`): never written by a revert, whatever a `changes` row says.
+    #[serde(default)]
+    pub(crate) system: bool,
 }
 
 /// The query describing a table: one row (`{"key": [...], "columns": [...]}`), none when the
@@ -32,7 +40,21 @@ pub(crate) fn describe_sql(table: &QualifiedName) -> (String, Vec<SqlParam>) {
                    WHERE i.indrelid = r.oid AND i.indisprimary), \
            'columns', (SELECT pg_catalog.json_agg(a.attname ORDER BY a.attnum) \
                    FROM pg_catalog.pg_attribute a \
-                   WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''))::text \
+                   WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), \
+           'tracked', EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t \
+                              JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+                              JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+                              WHERE t.tgrelid = r.oid AND t.tgname = '_bemi_context' \
+                                AND p.proname = 'emit_context' AND pn.nspname = 'bemi') \
+                      AND EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt \
+                                  JOIN pg_catalog.pg_class c ON c.relname = pt.tablename \
+                                  JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
+                                    AND cn.nspname = pt.schemaname \
+                                  WHERE c.oid = r.oid), \
+           'system', (SELECT n.nspname IN ('pg_catalog', 'information_schema', 'pg_toast', 'bemi') \
+                             OR n.nspname LIKE 'pg\\_temp\\_%' OR n.nspname LIKE 'pg\\_toast\\_temp\\_%' \
+                      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                      WHERE c.oid = r.oid))::text \
            AS {ROW_COLUMN} \
          FROM (SELECT pg_catalog.to_regclass($1::text) AS oid) r WHERE r.oid IS NOT NULL"
     );
@@ -128,6 +150,8 @@ mod tests {
         TableShape {
             key: vec!["id".into(), "Region \"x\"".into()],
             columns: vec!["id".into(), "Region \"x\"".into(), "name".into()],
+            tracked: true,
+            system: false,
         }
     }
 

@@ -501,3 +501,201 @@ async fn revert_never_writes_where_a_forged_changes_row_points() {
     );
     worker.stop().await.unwrap();
 }
+
+/// Creates login role `name` (unique to the test's database) and returns its connection options.
+async fn role(
+    fixture_client: &tokio_postgres::Client,
+    database: &bemi_test_harness::TestDatabase,
+    suffix: &str,
+    attributes: &str,
+) -> (String, bemi_worker::ConnectionOptions) {
+    let name = role_name(database, suffix);
+    fixture_client
+        .batch_execute(&format!(
+            "CREATE ROLE {} LOGIN {attributes}",
+            bemi_core::quote_ident(&name).unwrap()
+        ))
+        .await
+        .unwrap();
+    let options =
+        bemi_worker::ConnectionOptions::parse(&database.url_for_user(&name, None)).unwrap();
+    (name, options)
+}
+
+/// A connection as `role`.
+async fn connect_as(
+    database: &bemi_test_harness::TestDatabase,
+    role: &str,
+) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(&database.url_for_user(role, None), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_refuses_a_bemi_schema_planted_by_another_role() {
+    let database = test_database!();
+    let admin = database.connect().await;
+    let (app, _) = role(&admin, &database, "app", "").await;
+    let app_ident = bemi_core::quote_ident(&app).unwrap();
+    admin
+        .batch_execute(&format!(
+            "GRANT CREATE ON DATABASE {} TO {app_ident}; CREATE TABLE item (id int PRIMARY KEY)",
+            bemi_core::quote_ident(database.name()).unwrap()
+        ))
+        .await
+        .unwrap();
+    // The application's role prepares the trap: the event trigger, running as a superuser,
+    // would call this function on the next CREATE TABLE.
+    let app_client = connect_as(&database, &app).await;
+    app_client
+        .batch_execute(&format!(
+            "CREATE SCHEMA bemi; \
+             CREATE FUNCTION bemi.is_excluded(rel oid) RETURNS boolean LANGUAGE plpgsql AS $$ \
+             BEGIN EXECUTE 'ALTER ROLE {app_ident} SUPERUSER'; RETURN false; END $$;"
+        ))
+        .await
+        .unwrap();
+    let source = bemi_worker::ConnectionOptions::parse(&database.url()).unwrap();
+    let setup = bemi_core::setup::Setup::new(
+        bemi_core::setup::SetupOptions::default().slot(database.slot_name()),
+    )
+    .unwrap();
+    let refused = bemi_worker::setup(&source, &source, &setup)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(&format!("function bemi.is_excluded(oid) (owned by {app})")),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&format!("schema bemi (owned by {app})")),
+        "{refused}"
+    );
+    assert!(refused.contains("ALTER SCHEMA bemi OWNER TO"), "{refused}");
+    admin
+        .batch_execute("CREATE TABLE later (id int)")
+        .await
+        .unwrap();
+    let state = admin
+        .query_one(
+            "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = $1), \
+                    (SELECT count(*) FROM pg_event_trigger WHERE evtname = '_bemi_track_new_tables')",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    assert!(!state.get::<_, bool>(0));
+    assert_eq!(state.get::<_, i64>(1), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_left_by_a_setup_as_the_application_role_must_be_handed_over_first() {
+    let database = test_database!();
+    let admin = database.connect().await;
+    let (app, app_options) = role(&admin, &database, "app", "REPLICATION").await;
+    let (auditor, _) = role(&admin, &database, "auditor", "").await;
+    let app_ident = bemi_core::quote_ident(&app).unwrap();
+    admin
+        .batch_execute(&format!(
+            "GRANT CREATE ON DATABASE {} TO {app_ident}; \
+             CREATE TABLE item (id int PRIMARY KEY); ALTER TABLE item OWNER TO {app_ident}",
+            bemi_core::quote_ident(database.name()).unwrap()
+        ))
+        .await
+        .unwrap();
+    let setup_as = |options: bemi_core::setup::SetupOptions| {
+        bemi_core::setup::Setup::new(options.slot(database.slot_name())).unwrap()
+    };
+    // As the README once said: setup as the tables' owner first (no event trigger: not a
+    // superuser), then again as a superuser for the event trigger.
+    bemi_worker::setup(&app_options, &app_options, &setup_as(Default::default()))
+        .await
+        .unwrap();
+    let source = bemi_worker::ConnectionOptions::parse(&database.url()).unwrap();
+    let with_owner = setup_as(bemi_core::setup::SetupOptions::default().owner_role(&auditor));
+    let refused = bemi_worker::error_chain(
+        &bemi_worker::setup(&source, &source, &with_owner)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        refused.contains(&format!(
+            "function bemi.track_new_tables() (owned by {app})"
+        )),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&format!("table bemi.changes (owned by {app})")),
+        "{refused}"
+    );
+    // The fix it prints, run as a superuser, makes the second setup pass.
+    let fix = refused.split("run as a superuser: ").nth(1).unwrap();
+    admin.batch_execute(fix).await.unwrap();
+    bemi_worker::setup(&source, &source, &with_owner)
+        .await
+        .unwrap();
+    let owners = admin
+        .query_one(
+            "SELECT (SELECT r.rolsuper FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner \
+                     WHERE p.oid = 'bemi.track_new_tables()'::regprocedure), \
+                    (SELECT r.rolname::text FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner \
+                     WHERE c.oid = 'bemi.changes'::regclass), \
+                    (SELECT r.rolname::text FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner \
+                     WHERE c.oid = 'bemi.column_policies'::regclass), \
+                    (SELECT count(*) FROM pg_event_trigger WHERE evtname = '_bemi_track_new_tables')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(owners.get::<_, bool>(0));
+    assert_eq!(owners.get::<_, String>(1), auditor);
+    assert_eq!(owners.get::<_, String>(2), auditor);
+    assert_eq!(owners.get::<_, i64>(3), 1);
+    // The application's role can neither delete audit rows nor rewrite bemi's code.
+    let app_client = connect_as(&database, &app).await;
+    for attack in [
+        "DELETE FROM bemi.changes",
+        "DELETE FROM bemi.column_policies",
+        "CREATE OR REPLACE FUNCTION bemi.is_excluded(rel oid) RETURNS boolean LANGUAGE sql AS 'SELECT false'",
+        "DROP FUNCTION bemi.is_excluded(oid)",
+    ] {
+        let error = app_client.batch_execute(attack).await.unwrap_err();
+        assert!(
+            matches!(
+                error.code(),
+                Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+            ),
+            "{attack}: {error:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_setups_at_once_both_succeed() {
+    let database = test_database!();
+    database
+        .connect()
+        .await
+        .batch_execute("CREATE TABLE item (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let source = bemi_worker::ConnectionOptions::parse(&database.url()).unwrap();
+    let setup = bemi_core::setup::Setup::new(
+        bemi_core::setup::SetupOptions::default().slot(database.slot_name()),
+    )
+    .unwrap();
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (source, setup) = (source.clone(), setup.clone());
+            tokio::spawn(async move { bemi_worker::setup(&source, &source, &setup).await })
+        })
+        .collect();
+    for run in runs {
+        run.await.unwrap().unwrap();
+    }
+}

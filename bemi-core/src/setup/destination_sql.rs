@@ -56,7 +56,7 @@ const REJECTED_TABLE: &str = "CREATE TABLE IF NOT EXISTS bemi.rejected (
 ";
 
 /// The install script for the destination database.
-pub(super) fn install(changes: &QualifiedName) -> String {
+pub(super) fn install(changes: &QualifiedName, owner_role: Option<&str>) -> String {
     let table = changes.to_string();
     // Both parts were validated when the name was built.
     let schema = quote_ident(changes.schema()).unwrap_or_default();
@@ -94,6 +94,17 @@ pub(super) fn install(changes: &QualifiedName) -> String {
     ));
     sql.push_str(PROGRESS_TABLE);
     sql.push_str(REJECTED_TABLE);
+    sql.push_str(&format!(
+        "REVOKE ALL ON {table}, bemi.worker_progress, bemi.rejected FROM PUBLIC;\n"
+    ));
+    // The name was validated by `Setup::new`.
+    if let Some(role) = owner_role.and_then(|role| quote_ident(role).ok()) {
+        sql.push_str(&format!(
+            "ALTER TABLE {table} OWNER TO {role};\n\
+             ALTER TABLE bemi.worker_progress OWNER TO {role};\n\
+             ALTER TABLE bemi.rejected OWNER TO {role};\n"
+        ));
+    }
     sql
 }
 
@@ -120,7 +131,10 @@ mod tests {
 
     #[test]
     fn quotes_the_table_and_index_names() {
-        let sql = install(&QualifiedName::new("audit log", "My Changes").unwrap());
+        let sql = install(
+            &QualifiedName::new("audit log", "My Changes").unwrap(),
+            None,
+        );
         assert!(sql.contains(r#"CREATE SCHEMA IF NOT EXISTS "audit log";"#));
         assert!(sql.contains(r#"CREATE TABLE IF NOT EXISTS "audit log"."My Changes" ("#));
         assert!(sql.contains(

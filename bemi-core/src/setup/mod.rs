@@ -124,6 +124,8 @@ pub struct SetupOptions {
     slot: String,
     /// Column policies of `Audited` models, stored in `bemi.column_policies`.
     model_policies: Vec<(QualifiedName, Vec<(String, ColumnAction)>)>,
+    /// The role owning the audit tables, when not the role running setup.
+    owner_role: Option<String>,
 }
 
 impl Default for SetupOptions {
@@ -135,6 +137,7 @@ impl Default for SetupOptions {
             publication: DEFAULT_PUBLICATION.to_owned(),
             slot: DEFAULT_SLOT.to_owned(),
             model_policies: Vec::new(),
+            owner_role: None,
         }
     }
 }
@@ -226,6 +229,22 @@ impl SetupOptions {
         self
     }
 
+    /// Gives the audit tables (`changes`, `worker_progress`, `rejected`, `column_policies`) to a
+    /// dedicated role, so that neither the audited application's role nor the worker's can
+    /// delete audit rows or rewrite policies. Setup must run as a superuser or a member of the
+    /// role. bemi's functions and schema stay with the role running setup: the event trigger,
+    /// which runs as a superuser, must only call code that no other role can change.
+    #[must_use]
+    pub fn owner_role(mut self, role: impl Into<String>) -> Self {
+        self.owner_role = Some(role.into());
+        self
+    }
+
+    /// The role owning the audit tables, if one is set (see [`SetupOptions::owner_role`]).
+    pub fn owner_role_name(&self) -> Option<&str> {
+        self.owner_role.as_deref()
+    }
+
     /// The column policies of the models given to [`SetupOptions::audited`], by table.
     pub fn model_policies(&self) -> &[(QualifiedName, Vec<(String, ColumnAction)>)] {
         &self.model_policies
@@ -279,6 +298,9 @@ impl Setup {
     pub fn new(options: SetupOptions) -> Result<Self> {
         crate::ident::quote_ident(&options.publication)?;
         crate::ident::quote_ident(&options.slot)?;
+        if let Some(role) = &options.owner_role {
+            crate::ident::quote_ident(role)?;
+        }
         if let Tracked::Schemas(schemas) = &options.tracked {
             for schema in schemas {
                 crate::ident::quote_ident(schema)?;
@@ -302,7 +324,10 @@ impl Setup {
     /// The idempotent script that creates the `changes` table, its indexes and the worker's
     /// progress table in the destination database.
     pub fn destination_sql(&self) -> String {
-        destination_sql::install(&self.options.changes_table)
+        destination_sql::install(
+            &self.options.changes_table,
+            self.options.owner_role.as_deref(),
+        )
     }
 
     /// Creates the replication slot (pgoutput) if it does not exist. Run it after

@@ -415,6 +415,21 @@ pub(super) fn install(options: &SetupOptions) -> String {
          bemi.sync_tracking(name[], regclass[]), bemi.track_new_tables(), \
          bemi.snapshot_table(regclass) FROM PUBLIC;\n",
     );
+    // Nothing of bemi's is anyone's by default: the trigger function needs no EXECUTE privilege
+    // to fire, and the worker's role gets what it reads by explicit GRANTs.
+    sql.push_str(
+        "REVOKE ALL ON SCHEMA bemi FROM PUBLIC;\n\
+         REVOKE ALL ON ALL FUNCTIONS IN SCHEMA bemi FROM PUBLIC;\n",
+    );
+    if let Some(role) = options
+        .owner_role
+        .as_deref()
+        .and_then(|role| quote_ident(role).ok())
+    {
+        sql.push_str(&format!(
+            "ALTER TABLE bemi.column_policies OWNER TO {role};\n"
+        ));
+    }
     if matches!(options.tracked, Tracked::Schemas(_)) {
         sql.push_str(CREATE_EVENT_TRIGGER);
     }

@@ -155,6 +155,11 @@ struct SetupArgs {
     /// The worker's role in the printed GRANTs.
     #[arg(long, default_value = "bemi_worker", requires = "print_sql")]
     worker_role: String,
+    /// Give the audit tables (changes, progress, rejected, column policies) to this role, so
+    /// that the audited application's role can neither delete audit rows nor rewrite policies.
+    /// Run setup as a superuser (or a member of the role).
+    #[arg(long, env = "BEMI_OWNER_ROLE")]
+    owner_role: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -450,6 +455,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 options.tables(args.tables)
             };
+            if let Some(role) = &args.owner_role {
+                options = options.owner_role(role);
+            }
             let setup = Setup::new(options)?;
             if args.print_sql {
                 print!("{}", print_sql(&setup, &args.worker_role)?);

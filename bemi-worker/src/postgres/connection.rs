@@ -131,7 +131,7 @@ impl ConnectionOptions {
         if let Some(password) = std::env::var_os("PGPASSWORD") {
             options
                 .config
-                .password(password.to_string_lossy().as_bytes().to_vec());
+                .password(password.to_string_lossy().as_bytes());
             return Ok(options);
         }
         let (file, explicit) = match std::env::var_os("PGPASSFILE") {

@@ -17,13 +17,13 @@ fn catalog(client: &mut postgres::Client) -> Vec<String> {
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
            AND c.relkind IN ('r', 'p')",
-        // bemi's proof table is always published (see `published_proofs`).
+        // bemi's proof and policy tables are always published (see `bemi published `).
         "SELECT 'published ' || p.pubname || ' ' || pr.prrelid::regclass::text
          FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-         WHERE pr.prrelid::regclass::text <> 'bemi.message_proofs'",
-        "SELECT 'proofs published in ' || p.pubname
+         WHERE pr.prrelid::regclass::text NOT LIKE 'bemi.%'",
+        "SELECT 'bemi published ' || p.pubname || ' ' || pr.prrelid::regclass::text
          FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-         WHERE pr.prrelid::regclass::text = 'bemi.message_proofs'",
+         WHERE pr.prrelid::regclass::text LIKE 'bemi.%'",
         "SELECT 'publication ' || pubname || ' ' || pubinsert || pubupdate || pubdelete || pubtruncate
          FROM pg_publication",
         "SELECT 'event trigger ' || evtname || ' ' || oid::text FROM pg_event_trigger",
@@ -92,8 +92,11 @@ fn installs_every_object_and_tracks_the_schema_tables() {
         ])
     );
     assert_eq!(
-        lines_starting(&catalog, "proofs published in "),
-        strings(&["proofs published in bemi"])
+        lines_starting(&catalog, "bemi published "),
+        strings(&[
+            "bemi published bemi bemi.column_policies",
+            "bemi published bemi bemi.message_proofs"
+        ])
     );
     assert_eq!(
         lines_starting(&catalog, "published "),

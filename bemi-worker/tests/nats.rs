@@ -459,7 +459,7 @@ async fn a_change_larger_than_a_nats_message_stops_capture_with_the_reason() {
     let log = capture.log();
     assert!(!exit.success(), "{log}");
     assert!(
-        log.contains("(public.document, key 1) does not fit in one NATS message")
+        log.contains("(public.document) does not fit in one NATS message")
             && log.contains("raise max_payload"),
         "{log}"
     );

@@ -699,3 +699,122 @@ async fn two_setups_at_once_both_succeed() {
         run.await.unwrap().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_cover_partitions_and_children_and_apply_from_the_next_change() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE users (id int, password_hash text, name text) PARTITION BY RANGE (id); \
+         CREATE TABLE users_p1 PARTITION OF users FOR VALUES FROM (0) TO (100); \
+         CREATE TABLE account (id int PRIMARY KEY, token text, name text); \
+         CREATE TABLE admin_account () INHERITS (account); \
+         CREATE TABLE note (id int PRIMARY KEY, body text);",
+    )
+    .await;
+    let mut config = fixture.config();
+    config
+        .column_policies
+        .add_list(
+            bemi_core::policy::ColumnAction::Redact,
+            "users.password_hash",
+        )
+        .unwrap();
+    fixture
+        .sql("INSERT INTO bemi.column_policies VALUES ('public', 'account', 'token', 'redact')")
+        .await;
+    let worker = RunningWorker::start(config);
+    fixture
+        .sql("INSERT INTO users VALUES (1, 'hash-1', 'ann')")
+        .await;
+    fixture
+        .sql("INSERT INTO admin_account VALUES (2, 'token-2', 'bob')")
+        .await;
+    fixture.sql("INSERT INTO note VALUES (3, 'before')").await;
+    // Read by a live worker (one that lags describes a table it has not seen yet with the
+    // policies of the moment: stricter, never plainer).
+    fixture.wait_for(4).await;
+    // A policy stored while the worker streams applies from the next change on, in the same
+    // transaction too: no window of plaintext, no reconnect needed.
+    fixture
+        .sql(
+            "BEGIN; INSERT INTO note VALUES (4, 'still plain'); \
+             INSERT INTO bemi.column_policies VALUES ('public', 'note', 'body', 'redact'); \
+             INSERT INTO note VALUES (5, 'secret'); COMMIT;",
+        )
+        .await;
+    let changes = fixture.wait_for(7).await;
+    let after = |table: &str, id: i64| {
+        changes
+            .iter()
+            .find(|change| change.table == table && change.after["id"] == id)
+            .map(|change| change.after.clone())
+            .unwrap_or_else(|| panic!("no change of {table} {id} in {changes:?}"))
+    };
+    assert_eq!(
+        after("users_p1", 1),
+        json!({"id": 1, "password_hash": "[REDACTED]", "name": "ann"})
+    );
+    assert_eq!(
+        after("admin_account", 2),
+        json!({"id": 2, "token": "[REDACTED]", "name": "bob"})
+    );
+    assert_eq!(after("note", 3), json!({"id": 3, "body": "before"}));
+    assert_eq!(after("note", 4), json!({"id": 4, "body": "still plain"}));
+    assert_eq!(after("note", 5), json!({"id": 5, "body": "[REDACTED]"}));
+    // Who changed a policy is audit data too.
+    assert!(changes.iter().any(|change| change.table == "column_policies"
+        && change.after["table_name"] == "note"));
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_row_value_reaches_the_log_even_at_trace_level() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE users (id int PRIMARY KEY, password_hash text, name text);",
+    )
+    .await;
+    // A destination rule refusing one row: the worker then stores row by row, with statement
+    // parameters that tokio-postgres would log at debug level.
+    fixture
+        .sql(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.primary_key = '2' THEN RAISE EXCEPTION 'no' USING ERRCODE = '22023'; END IF; \
+               RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON bemi.changes \
+               FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .await;
+    let slot = fixture.database.slot_name().to_owned();
+    let url = fixture.database.url();
+    let log = std::env::temp_dir().join(format!("trace-{slot}.log"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bemi-worker"))
+        .args([
+            "run",
+            "--database-url",
+            &url,
+            "--slot",
+            &slot,
+            "--redact",
+            "users.password_hash",
+        ])
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    fixture
+        .sql("INSERT INTO users VALUES (1, 'SecretHash1', 'VisibleName1'), (2, 'SecretHash2', 'VisibleName2')")
+        .await;
+    fixture.sql("INSERT INTO users VALUES (3, 'x', 'y')").await;
+    let changes = fixture.wait_for(2).await;
+    assert_eq!(changes[0].after["password_hash"], "[REDACTED]");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("replication event"), "trace logging is on");
+    assert!(text.contains("storing the batch row by row"), "{text}");
+    for value in ["SecretHash", "VisibleName"] {
+        assert!(!text.contains(value), "{value} in the log");
+    }
+}

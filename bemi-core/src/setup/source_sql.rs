@@ -285,18 +285,23 @@ END
 $bemi$;
 "#;
 
-/// The proof table joins the publication, so its inserts travel in the stream ahead of the
-/// messages they vouch for.
-const PUBLISH_PROOFS: &str = r#"
+/// bemi's own tables that travel in the stream: the proof table, whose inserts come ahead of the
+/// messages they vouch for, and the column policies, whose changes the worker applies from
+/// their position on (and records, like any change: who changed a redaction is audit data).
+const PUBLISH_BEMI_TABLES: &str = r#"
 DO $bemi$
+DECLARE
+    own regclass;
 BEGIN
-    IF NOT EXISTS (
-        SELECT 1 FROM pg_catalog.pg_publication_rel pr
-        JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
-        WHERE p.pubname = @PUBLICATION@ AND pr.prrelid = 'bemi.message_proofs'::regclass
-    ) THEN
-        EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE bemi.message_proofs', @PUBLICATION@);
-    END IF;
+    FOREACH own IN ARRAY ARRAY['bemi.message_proofs'::regclass, 'bemi.column_policies'::regclass] LOOP
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_catalog.pg_publication_rel pr
+            JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+            WHERE p.pubname = @PUBLICATION@ AND pr.prrelid = own
+        ) THEN
+            EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE %s', @PUBLICATION@, own);
+        END IF;
+    END LOOP;
 END
 $bemi$;
 "#;
@@ -406,7 +411,7 @@ pub(super) fn install(options: &SetupOptions) -> String {
         TRACK_NEW_TABLES,
         SNAPSHOT_TABLE,
         CREATE_PUBLICATION,
-        PUBLISH_PROOFS,
+        PUBLISH_BEMI_TABLES,
     ] {
         sql.push_str(&substitute(template));
     }

@@ -341,7 +341,9 @@ impl Worker {
             replication,
             catalog: Catalog::new(catalog_client, config.column_policies.clone()),
             relations: HashMap::new(),
+            relation_messages: HashMap::new(),
             proof_relation: None,
+            policy_relation: None,
             proven: false,
             ignored: 0,
             snapshot: None,
@@ -621,8 +623,13 @@ struct Stream<'a> {
     replication: ReplicationClient,
     catalog: Catalog,
     relations: HashMap<u32, Arc<RelationInfo>>,
+    /// The Relation messages received, to describe the relations again when the policies
+    /// change.
+    relation_messages: HashMap<u32, pgoutput::Relation>,
     /// The OID of `bemi.message_proofs`, once its Relation message arrived.
     proof_relation: Option<u32>,
+    /// The OID of `bemi.column_policies`, once its Relation message arrived.
+    policy_relation: Option<u32>,
     /// Whether the current transaction inserted into `bemi.message_proofs`, which only bemi's
     /// own commands can do: only then are its snapshot messages trusted.
     proven: bool,
@@ -687,7 +694,11 @@ impl Stream<'_> {
     }
 
     async fn handle(&mut self, event: ReplicationEvent) -> Result<()> {
-        tracing::trace!(?event, "replication event");
+        // The event's kind and position only: its data holds row values, which policies may
+        // redact and which no log may hold.
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(event = event_summary(&event), "replication event");
+        }
         match event {
             ReplicationEvent::Begin {
                 final_lsn,
@@ -731,13 +742,29 @@ impl Stream<'_> {
                 }
                 match &message {
                     Message::Relation(relation) => {
+                        if relation.namespace == bemi_core::setup::BEMI_SCHEMA
+                            && relation.name == "column_policies"
+                        {
+                            self.policy_relation = Some(relation.id);
+                        }
                         let info = self.catalog.describe(relation, self.stitcher.xid()).await?;
                         self.relations.insert(relation.id, Arc::new(info));
+                        self.relation_messages.insert(relation.id, relation.clone());
                     }
                     Message::Insert { .. }
                     | Message::Update { .. }
                     | Message::Delete { .. }
                     | Message::Truncate { .. } => {
+                        let policies_changed =
+                            self.policy_relation.is_some_and(|policies| match &message {
+                                Message::Insert { relation_id, .. }
+                                | Message::Update { relation_id, .. }
+                                | Message::Delete { relation_id, .. } => *relation_id == policies,
+                                Message::Truncate { relation_ids, .. } => {
+                                    relation_ids.contains(&policies)
+                                }
+                                _ => false,
+                            });
                         let progress = self.progress;
                         let rows = self.stitcher.change(
                             &message,
@@ -746,6 +773,9 @@ impl Stream<'_> {
                             |position| !progress.is_some_and(|progress| progress.covers(position)),
                         )?;
                         self.builder.push(rows);
+                        if policies_changed {
+                            self.reload_policies().await?;
+                        }
                         if self.builder.len() >= self.config.batch_size {
                             self.flush().await?;
                         }
@@ -786,6 +816,23 @@ impl Stream<'_> {
             }
             ReplicationEvent::StoppedAt { .. } => {}
         }
+        Ok(())
+    }
+
+    /// Describes every known relation again with the stored column policies as they are now:
+    /// the stream just showed `bemi.column_policies` change, so the changes after this one (in
+    /// this transaction too) are rendered with the new policies, and none in plaintext.
+    async fn reload_policies(&mut self) -> Result<()> {
+        self.catalog.forget_policies();
+        let xid = self.stitcher.xid();
+        for (id, relation) in &self.relation_messages {
+            let info = self.catalog.describe(relation, xid).await?;
+            self.relations.insert(*id, Arc::new(info));
+        }
+        tracing::info!(
+            relations = self.relation_messages.len(),
+            "the column policies changed: applied from this change on"
+        );
         Ok(())
     }
 
@@ -896,6 +943,34 @@ impl Stream<'_> {
             .map_err(|_| Error::StoreGone)?;
         self.sent_batches += 1;
         Ok(())
+    }
+}
+
+/// A replication event without its data: kind, position and size.
+fn event_summary(event: &ReplicationEvent) -> String {
+    match event {
+        ReplicationEvent::Begin { final_lsn, xid, .. } => {
+            format!("begin xid {xid} commit {final_lsn}")
+        }
+        ReplicationEvent::Message {
+            transactional,
+            prefix,
+            content,
+            lsn,
+        } => format!(
+            "message {prefix:?} at {lsn} ({} bytes, transactional: {transactional})",
+            content.len()
+        ),
+        ReplicationEvent::XLogData {
+            wal_start, data, ..
+        } => format!(
+            "{} at {wal_start} ({} bytes)",
+            data.first().map_or('?', |tag| char::from(*tag)),
+            data.len()
+        ),
+        ReplicationEvent::Commit { end_lsn, .. } => format!("commit, next {end_lsn}"),
+        ReplicationEvent::KeepAlive { wal_end, .. } => format!("keepalive at {wal_end}"),
+        ReplicationEvent::StoppedAt { .. } => "stopped".to_owned(),
     }
 }
 

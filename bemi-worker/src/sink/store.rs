@@ -101,7 +101,11 @@ impl Store {
                 self.write_with(&data, progress, Method::Staged).await
             }
             Err(Error::Postgres { source, .. }) if is_bad_data(&source) => {
-                tracing::warn!(rows = rows.len(), error = %describe(&source), "a change was rejected: storing the batch row by row");
+                tracing::warn!(
+                    rows = rows.len(),
+                    sqlstate = sqlstate(&source),
+                    "a change was rejected: storing the batch row by row"
+                );
                 self.write_row_by_row(rows, progress).await
             }
             other => other,
@@ -207,8 +211,10 @@ impl Store {
                         .await
                         .map_err(Error::postgres("roll back a savepoint"))?;
                     let reason = describe(&source);
+                    // Logs carry no row value (PostgreSQL's message may quote one): the
+                    // reason is stored with the change.
                     tracing::warn!(
-                        table = %row.table, primary_key = ?row.primary_key, error = %reason,
+                        table = %row.table, id = %row.id, sqlstate = sqlstate(&source),
                         "change rejected by PostgreSQL: stored with its values as text"
                     );
                     let kept = unstorable(row, &reason);
@@ -228,7 +234,7 @@ impl Store {
                                 .map_err(Error::postgres("roll back a savepoint"))?;
                             let reason = format!("{reason}; kept as text: {}", describe(&again));
                             tracing::error!(
-                                table = %row.table, id = %row.id, error = %reason,
+                                table = %row.table, id = %row.id, sqlstate = sqlstate(&again),
                                 "change refused by PostgreSQL even as text: parked in bemi.rejected"
                             );
                             park(&transaction, &self.source, row, &reason).await?;
@@ -299,6 +305,11 @@ fn describe(error: &tokio_postgres::Error) -> String {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
         None => error.to_string(),
     }
+}
+
+/// The SQLSTATE of a driver error, for logs.
+fn sqlstate(error: &tokio_postgres::Error) -> &str {
+    error.code().map_or("none", |code| code.code())
 }
 
 /// Whether PostgreSQL refused a row for a reason tied to its values (see

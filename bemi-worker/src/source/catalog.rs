@@ -22,6 +22,8 @@ pub(crate) struct RelationInfo {
     pub(crate) kinds: Vec<ValueKind>,
     /// Positions of the primary-key columns, in key order; empty when the table has none.
     pub(crate) key: Vec<usize>,
+    /// Whether each column is part of the replica identity (what a key-only old image holds).
+    pub(crate) identity: Vec<bool>,
     /// The column policies that apply to each column (never redact or drop on key columns).
     pub(crate) flags: Vec<ColumnFlags>,
 }
@@ -64,6 +66,17 @@ const VISIBLE: &str = "SELECT pg_catalog.pg_visible_in_snapshot(\
       - CASE WHEN $1::bigint > (x.xmax & 4294967295) THEN 4294967296 ELSE 0 END)::text::xid8, s.snap) \
     FROM (SELECT pg_catalog.pg_current_snapshot() AS snap) s, \
     LATERAL (SELECT pg_catalog.pg_snapshot_xmax(s.snap)::text::bigint AS xmax) x";
+
+/// The partitioned tables and inheritance parents above relation $1, nearest first.
+const ANCESTORS: &str = "WITH RECURSIVE up (oid, depth) AS ( \
+        SELECT i.inhparent, 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = $1 \
+        UNION \
+        SELECT i.inhparent, up.depth + 1 FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.oid \
+        WHERE up.depth < 64) \
+    SELECT n.nspname::text, c.relname::text FROM up \
+    JOIN pg_catalog.pg_class c ON c.oid = up.oid \
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+    ORDER BY up.depth";
 
 /// The stored policies of one table.
 const STORED_POLICIES: &str = "SELECT column_name::text, action FROM bemi.column_policies \
@@ -128,6 +141,12 @@ impl Catalog {
             }
         }
         Ok(policies)
+    }
+
+    /// Forgets what is known about the stored policies: the next [`Catalog::describe`] reads
+    /// them again (called when the stream shows `bemi.column_policies` changed).
+    pub(crate) fn forget_policies(&mut self) {
+        self.stored_policies = None;
     }
 
     /// The connection (also used for status queries).
@@ -226,14 +245,35 @@ impl Catalog {
             }
         }
 
-        let policies = self
-            .table_policies(&relation.namespace, &relation.name)
-            .await?;
+        // A policy written for a partitioned table or an inheritance parent covers its
+        // partitions and children: the changes arrive under their own names.
+        let mut names = vec![(relation.namespace.clone(), relation.name.clone())];
+        names.extend(
+            self.client
+                .query(ANCESTORS, &[&relation.id])
+                .await
+                .map_err(Error::postgres(format!(
+                    "read the parents of {}.{}",
+                    relation.namespace, relation.name
+                )))?
+                .iter()
+                .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1))),
+        );
+        let mut policies = Vec::with_capacity(names.len());
+        for (schema, table) in &names {
+            policies.push((schema, table, self.table_policies(schema, table).await?));
+        }
         let flags = columns
             .iter()
             .enumerate()
             .map(|(position, column)| {
-                let mut flags = policies.for_column(&relation.namespace, &relation.name, column);
+                let mut flags = ColumnFlags::default();
+                for (schema, table, policies) in &policies {
+                    let found = policies.for_column(schema, table, column);
+                    flags.redact |= found.redact;
+                    flags.drop |= found.drop;
+                    flags.noise |= found.noise;
+                }
                 if key.contains(&position) && (flags.redact || flags.drop) {
                     tracing::warn!(
                         table = %relation.name, column,
@@ -246,6 +286,11 @@ impl Catalog {
             })
             .collect();
         Ok(RelationInfo {
+            identity: relation
+                .columns
+                .iter()
+                .map(|column| column.is_key)
+                .collect(),
             id: relation.id,
             schema: Arc::from(relation.namespace.as_str()),
             table: Arc::from(relation.name.as_str()),

@@ -282,13 +282,10 @@ fn publish_error(error: async_nats::jetstream::context::PublishError, row: &Chan
     if error.kind() == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded {
         Error::NatsFatal {
             action: format!(
-                "the change {} ({}.{}, key {}) does not fit in one NATS message: raise \
+                "the change {} ({}.{}) does not fit in one NATS message: raise \
                  max_payload in the NATS server's configuration (up to 64 MB), or store this \
                  source with `run`",
-                row.id,
-                row.schema,
-                row.table,
-                row.primary_key.as_deref().unwrap_or("none"),
+                row.id, row.schema, row.table,
             ),
             source: Some(Box::new(error)),
         }

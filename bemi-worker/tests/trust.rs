@@ -818,3 +818,74 @@ async fn no_row_value_reaches_the_log_even_at_trace_level() {
         assert!(!text.contains(value), "{value} in the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_only_old_image_is_marked_incomplete_and_never_restored() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE item (id int PRIMARY KEY, note text);",
+    )
+    .await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture
+        .sql(
+            "INSERT INTO item VALUES (1, 'one'), (2, 'two'); \
+             ALTER TABLE item REPLICA IDENTITY DEFAULT;",
+        )
+        .await;
+    fixture
+        .tagged("DELETE FROM item WHERE id = 1", json!({"request_id": "r1"}))
+        .await;
+    fixture
+        .tagged(
+            "UPDATE item SET note = 'TWO' WHERE id = 2",
+            json!({"request_id": "r1"}),
+        )
+        .await;
+    let changes = fixture.wait_for(4).await;
+    assert_eq!(
+        changes[2],
+        stored(
+            "item",
+            "DELETE",
+            Some("1"),
+            json!({"id": 1}),
+            json!({}),
+            json!({"request_id": "r1", "_bemi": {"incomplete": ["before"]}})
+        )
+    );
+    assert_eq!(changes[3].before, json!({}));
+    assert_eq!(changes[3].context["_bemi"]["incomplete"], json!(["before"]));
+    let plan = bemi_worker::revert(
+        &fixture.source,
+        &fixture.source,
+        fixture.setup.options().changes_table_name(),
+        bemi_core::revert::Revert::context(
+            bemi_core::Context::from_value(json!({"request_id": "r1"})).unwrap(),
+        ),
+        false,
+        true,
+    )
+    .await
+    .unwrap();
+    for step in plan.steps() {
+        let bemi_core::revert::StepOutcome::Skipped(bemi_core::revert::Conflict::NotRevertible {
+            reason,
+        }) = &step.outcome
+        else {
+            panic!("{:?}", step.outcome);
+        };
+        assert!(reason.contains("recorded with its key only"), "{reason}");
+    }
+    let rows: i64 = fixture
+        .client
+        .query_one(
+            "SELECT count(*) FROM item WHERE id = 1 OR note = 'two'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "nothing restored from the incomplete images");
+    worker.stop().await.unwrap();
+}

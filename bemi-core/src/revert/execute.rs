@@ -189,7 +189,16 @@ async fn attempt<R: SqlRunner>(
         Operation::Snapshot => {
             return not_revertible("a SNAPSHOT records a row, it changed nothing".into());
         }
-        Operation::Create | Operation::Update | Operation::Delete => {}
+        Operation::Create => {}
+        Operation::Update | Operation::Delete => {
+            if has_incomplete_before(change) {
+                return not_revertible(
+                    "the row before the change was recorded with its key only (the table's \
+                     REPLICA IDENTITY was not FULL): there is nothing to restore from"
+                        .into(),
+                );
+            }
+        }
     }
     if let Some(shape) = shape {
         let refused = if shape.system {
@@ -400,6 +409,16 @@ fn differences(after: &Map<String, Value>, checked: &Checked) -> Vec<Difference>
         .collect();
     differences.sort_by(|a, b| a.column.cmp(&b.column));
     differences
+}
+
+/// Whether the worker marked the change's `before` image incomplete (`_bemi.incomplete`).
+fn has_incomplete_before(change: &Change) -> bool {
+    change
+        .context
+        .get(crate::MARKER_KEY)
+        .and_then(|marker| marker.get("incomplete"))
+        .and_then(Value::as_array)
+        .is_some_and(|images| images.iter().any(|image| image == "before"))
 }
 
 /// Whether a stored value is the worker's redaction marker: its real value is unknown, so it is

@@ -171,6 +171,7 @@ impl Stitcher {
             Images {
                 before: None,
                 after: Some(&tuple),
+                before_incomplete: false,
             },
             position,
             sequence,
@@ -239,6 +240,7 @@ impl Stitcher {
                     Images {
                         before: None,
                         after: Some(new),
+                        before_incomplete: false,
                     },
                 );
             }
@@ -246,7 +248,7 @@ impl Stitcher {
                 relation_id,
                 old,
                 new,
-                ..
+                old_is_key,
             } => {
                 let info = relation(relation_id)?;
                 if only_noise_changed(info, old.as_ref(), new) {
@@ -261,11 +263,14 @@ impl Stitcher {
                     Images {
                         before: old.as_ref(),
                         after: Some(new),
+                        before_incomplete: old.is_none() || *old_is_key,
                     },
                 );
             }
             Message::Delete {
-                relation_id, old, ..
+                relation_id,
+                old,
+                old_is_key,
             } => {
                 let info = relation(relation_id)?;
                 push(
@@ -275,6 +280,7 @@ impl Stitcher {
                     Images {
                         before: Some(old),
                         after: None,
+                        before_incomplete: *old_is_key,
                     },
                 );
             }
@@ -288,6 +294,7 @@ impl Stitcher {
                         Images {
                             before: None,
                             after: None,
+                            before_incomplete: false,
                         },
                     );
                 }
@@ -303,6 +310,9 @@ impl Stitcher {
 struct Images<'t, 'a> {
     before: Option<&'t Tuple<'a>>,
     after: Option<&'t Tuple<'a>>,
+    /// The change had an old row (UPDATE, DELETE) but the WAL held only its replica-identity
+    /// key (`before` then holds only those columns), or nothing at all.
+    before_incomplete: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -319,12 +329,19 @@ fn build_row(
     let mut notes = Notes::default();
     let before = images.before.map_or_else(
         || "{}".to_owned(),
-        |tuple| image(info, tuple, None, "before", &mut notes),
+        |tuple| {
+            // A key-only image holds NULL for every other column: those NULLs are not values.
+            let only = images.before_incomplete.then_some(&info.identity[..]);
+            image(info, tuple, None, only, "before", &mut notes)
+        },
     );
+    if images.before_incomplete {
+        notes.incomplete.push("before");
+    }
     // Unchanged TOAST values of the new row are copied from the old row.
     let after = images.after.map_or_else(
         || "{}".to_owned(),
-        |tuple| image(info, tuple, images.before, "after", &mut notes),
+        |tuple| image(info, tuple, images.before, None, "after", &mut notes),
     );
     let key_source = match operation {
         Operation::Delete => images.before,
@@ -349,6 +366,10 @@ fn build_row(
         if !notes.unavailable.is_empty() {
             tracing::warn!(table = %info.table, columns = ?notes.unavailable, "unchanged TOAST value without an old row image: left out");
             marker.insert("unavailable".into(), Value::from(notes.unavailable));
+        }
+        if !notes.incomplete.is_empty() {
+            // Not logged per change: `status` warns about the table's replica identity.
+            marker.insert("incomplete".into(), Value::from(notes.incomplete));
         }
         context::with_notes(&transaction.context, marker)
     };
@@ -416,6 +437,7 @@ fn image(
     info: &RelationInfo,
     tuple: &Tuple<'_>,
     fallback: Option<&Tuple<'_>>,
+    only: Option<&[bool]>,
     name: &str,
     notes: &mut Notes,
 ) -> String {
@@ -424,7 +446,7 @@ fn image(
     let mut first = true;
     for (index, column) in info.columns.iter().enumerate() {
         let flags = info.flags.get(index).copied().unwrap_or_default();
-        if flags.drop {
+        if flags.drop || only.is_some_and(|only| !only.get(index).copied().unwrap_or(false)) {
             continue;
         }
         let Some(value) = datum(tuple, fallback, index) else {
@@ -514,6 +536,7 @@ mod tests {
             columns: vec!["id".into(), "task".into(), "doc".into()],
             kinds: vec![ValueKind::Integer, ValueKind::Text, ValueKind::Json],
             key: vec![0],
+            identity: vec![true, false, false],
             flags: vec![Default::default(); 3],
         };
         HashMap::from([(1, Arc::new(info))])
@@ -680,7 +703,26 @@ mod tests {
         );
         assert_eq!(
             serde_json::from_str::<Value>(&rows[0].context).unwrap(),
-            json!({"user": 1, "_bemi": {"unavailable": ["after.doc"]}})
+            json!({"user": 1, "_bemi": {"unavailable": ["after.doc"], "incomplete": ["before"]}})
+        );
+    }
+
+    #[test]
+    fn a_key_only_old_image_holds_only_the_key_and_is_marked() {
+        let mut stitcher = stitcher();
+        let delete = Message::Delete {
+            relation_id: 1,
+            old: tuple(&[Datum::Text(b"5"), Datum::Null, Datum::Null]),
+            old_is_key: true,
+        };
+        let rows = stitcher.change(&delete, 1, &relation(), |_| true).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&rows[0].before).unwrap(),
+            json!({"id": 5})
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&rows[0].context).unwrap(),
+            json!({"_bemi": {"incomplete": ["before"]}})
         );
     }
 

@@ -81,11 +81,14 @@ pub(crate) struct Notes {
     /// `image.column` paths whose value was an unchanged TOAST datum with no old value to
     /// copy it from.
     pub(crate) unavailable: Vec<String>,
+    /// Images that hold only part of the row: `before` of an UPDATE or DELETE on a table whose
+    /// replica identity is not `FULL` (the WAL held only the key, or nothing).
+    pub(crate) incomplete: Vec<&'static str>,
 }
 
 impl Notes {
     pub(crate) fn is_empty(&self) -> bool {
-        self.replaced_nul.is_empty() && self.unavailable.is_empty()
+        self.replaced_nul.is_empty() && self.unavailable.is_empty() && self.incomplete.is_empty()
     }
 }
 

@@ -44,6 +44,19 @@ pub struct ChangeRow {
     pub previous_primary_key: Option<String>,
 }
 
+impl ChangeRow {
+    /// About what the row takes in memory, in bytes: its texts, plus a fixed share for the
+    /// other columns (the context is counted whole, though rows of a statement share it).
+    pub(crate) fn size(&self) -> usize {
+        self.before.len()
+            + self.after.len()
+            + self.context.len()
+            + self.primary_key.as_ref().map_or(0, String::len)
+            + self.previous_primary_key.as_ref().map_or(0, String::len)
+            + 256
+    }
+}
+
 /// The id of a change: a UUID (version 8) whose bits are, in order, the commit LSN (64 bits),
 /// the sequence within the transaction (32 bits) and 26 bits of a hash of the source (cluster
 /// system identifier and database). Ids sort in commit order, which keeps the primary-key index

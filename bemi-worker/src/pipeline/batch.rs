@@ -22,6 +22,8 @@ pub(crate) struct Batch {
 #[derive(Debug)]
 pub(crate) struct BatchBuilder {
     batch: Batch,
+    /// The rows' size: their JSON and key texts, plus a fixed share for the other columns.
+    bytes: usize,
     started: Option<Instant>,
     /// Whether rows of the open transaction were stored or pushed (in this or earlier batches).
     transaction_has_rows: bool,
@@ -32,6 +34,7 @@ impl BatchBuilder {
     pub(crate) fn new() -> Self {
         Self {
             batch: Batch::default(),
+            bytes: 0,
             started: None,
             transaction_has_rows: false,
             transaction_committed_at_micros: 0,
@@ -46,6 +49,12 @@ impl BatchBuilder {
     /// The number of rows collected.
     pub(crate) fn len(&self) -> usize {
         self.batch.rows.len()
+    }
+
+    /// Whether the batch should be stored now: `rows` rows or `bytes` bytes reached, whichever
+    /// comes first (the byte budget bounds memory when rows are wide).
+    pub(crate) fn is_full(&self, rows: usize, bytes: usize) -> bool {
+        self.len() >= rows || self.bytes >= bytes
     }
 
     /// Whether there is nothing to store or confirm.
@@ -75,6 +84,7 @@ impl BatchBuilder {
             committed_at_micros: self.transaction_committed_at_micros,
         });
         self.transaction_has_rows = true;
+        self.bytes += rows.iter().map(ChangeRow::size).sum::<usize>();
         self.batch.rows.extend(rows);
         self.touch();
     }
@@ -98,6 +108,7 @@ impl BatchBuilder {
     /// Takes the batch collected so far, leaving an empty one.
     pub(crate) fn take(&mut self) -> Batch {
         self.started = None;
+        self.bytes = 0;
         std::mem::take(&mut self.batch)
     }
 }
@@ -165,6 +176,21 @@ mod tests {
             })
         );
         assert_eq!(second.ack, Some(150));
+    }
+
+    #[test]
+    fn batches_are_full_at_a_row_count_or_a_byte_budget() {
+        let mut builder = BatchBuilder::new();
+        builder.begin(1);
+        let mut wide = row(100, 0);
+        wide.after = "x".repeat(10_000);
+        builder.push(vec![row(100, 0)]);
+        assert!(!builder.is_full(2, 10_000));
+        builder.push(vec![wide]);
+        assert!(builder.is_full(5_000, 10_000));
+        assert!(builder.is_full(2, usize::MAX));
+        builder.take();
+        assert!(!builder.is_full(1, 10_000), "empty again");
     }
 
     #[test]

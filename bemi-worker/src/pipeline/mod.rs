@@ -53,6 +53,9 @@ pub struct WorkerConfig {
     pub changes_table: QualifiedName,
     /// Rows per stored batch (default 5,000). Bounds memory, whatever the transactions' size.
     pub batch_size: usize,
+    /// Bytes per stored batch (default 4 MiB): a batch is stored when it reaches `batch_size`
+    /// rows or this size, whichever comes first, so wide rows cannot pile up in memory.
+    pub batch_bytes: usize,
     /// Longest time a change waits before its batch is stored (default 100 ms).
     pub flush_interval: Duration,
     /// Largest context stored; larger ones become a marker (default 1 MiB).
@@ -87,6 +90,7 @@ impl WorkerConfig {
                 .changes_table_name()
                 .clone(),
             batch_size: 5_000,
+            batch_bytes: 4 << 20,
             flush_interval: Duration::from_millis(100),
             max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
             status_interval: Duration::from_secs(1),
@@ -327,7 +331,7 @@ impl Worker {
             "streaming"
         );
 
-        let (batches, batches_rx) = mpsc::channel::<Batch>(2);
+        let (batches, batches_rx) = mpsc::channel::<Batch>(1);
         let (stored_tx, stored_rx) = watch::channel(Stored::default());
         let store_task = tokio::spawn(store_batches(
             sink,
@@ -776,7 +780,10 @@ impl Stream<'_> {
                         if policies_changed {
                             self.reload_policies().await?;
                         }
-                        if self.builder.len() >= self.config.batch_size {
+                        if self
+                            .builder
+                            .is_full(self.config.batch_size, self.config.batch_bytes)
+                        {
                             self.flush().await?;
                         }
                     }
@@ -796,7 +803,10 @@ impl Stream<'_> {
                 let commit_lsn = self.stitcher.commit_lsn().unwrap_or_default();
                 let changes = self.stitcher.commit();
                 self.builder.commit(commit_lsn, changes, end_lsn.as_u64());
-                if self.builder.len() >= self.config.batch_size {
+                if self
+                    .builder
+                    .is_full(self.config.batch_size, self.config.batch_bytes)
+                {
                     self.flush().await?;
                 }
             }
@@ -924,7 +934,10 @@ impl Stream<'_> {
         };
         if let Some(row) = row {
             self.builder.push(vec![row]);
-            if self.builder.len() >= self.config.batch_size {
+            if self
+                .builder
+                .is_full(self.config.batch_size, self.config.batch_bytes)
+            {
                 self.flush().await?;
             }
         }

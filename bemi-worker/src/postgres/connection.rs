@@ -19,6 +19,12 @@ const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle
     -c extra_float_digits=3 -c bytea_output=hex -c statement_timeout=0 -c lock_timeout=0 \
     -c idle_in_transaction_session_timeout=0";
 
+/// Decoded replication events the reader may hold ahead of the worker. The bound is in events,
+/// not bytes (one event is one row change, up to a whole wide row), so it is small: with rows of
+/// several megabytes a large buffer held hundreds of them while the store was busy. Batching
+/// happens after it; the reader waits on the socket (TCP flow control) meanwhile.
+const REPLICATION_BUFFER_EVENTS: usize = 2;
+
 /// How to reach one PostgreSQL database.
 ///
 /// Accepts `postgres://` / `postgresql://` URLs (including `sslmode`, `sslrootcert`, `sslcert`
@@ -245,7 +251,7 @@ impl ConnectionOptions {
         .with_tls(self.tls.replication_tls())
         .with_options(SESSION_OPTIONS)
         .with_application_name("bemi-worker");
-        config.buffer_events = 4096;
+        config.buffer_events = REPLICATION_BUFFER_EVENTS;
         Ok(config)
     }
 }

@@ -10,9 +10,11 @@
 //! cargo run --release -p bemi-bench -- history-latency
 //! cargo run --release -p bemi-bench -- lag
 //! cargo run --release -p bemi-bench -- nats-scale
+//! cargo run --release -p bemi-bench -- forged-messages
 //! ```
 
 mod environment;
+mod forged;
 mod history_latency;
 mod lag;
 mod memory;
@@ -51,6 +53,22 @@ enum Scenario {
         /// Transaction sizes, in rows.
         #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
         rows: Vec<usize>,
+        /// Rows of the wide-row case (one UPDATE of rows holding large bytea values).
+        #[arg(long, default_value_t = 150)]
+        wide_rows: usize,
+        /// Bytes of bytea per row in the wide-row case.
+        #[arg(long, default_value_t = 2 << 20)]
+        wide_bytes: usize,
+    },
+    /// The delay a flood of forged `_bemi_snapshot` messages adds before the next change is
+    /// stored.
+    ForgedMessages {
+        /// Forged messages in the flooding transaction.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Rounds (median reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Diesel write throughput and WAL per transaction: plain, tracked, tagged, and Bemi's
     /// row-trigger design, for single-row INSERT/UPDATE and a 1,000-row UPDATE.
@@ -183,7 +201,12 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             changes,
             repetitions,
         } => throughput::run(changes, repetitions.max(1)).await,
-        Scenario::WorkerMemory { rows } => memory::run(&rows).await,
+        Scenario::WorkerMemory {
+            rows,
+            wide_rows,
+            wide_bytes,
+        } => memory::run(&rows, wide_rows, wide_bytes).await,
+        Scenario::ForgedMessages { messages, rounds } => forged::run(messages, rounds.max(1)).await,
         Scenario::SeaormInsert {
             rounds,
             seconds,

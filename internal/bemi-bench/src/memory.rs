@@ -8,8 +8,13 @@ use crate::worker_process::{WorkerProcess, measure};
 use crate::workload::{SCHEMA, insert};
 
 /// For each size, stores one transaction of that many inserted rows and reports the worker's
-/// peak RSS.
-pub(crate) async fn run(sizes: &[usize]) -> anyhow::Result<()> {
+/// peak RSS; then the wide-row case: one UPDATE of `wide_rows` rows holding `wide_bytes` of
+/// `bytea` each.
+pub(crate) async fn run(
+    sizes: &[usize],
+    wide_rows: usize,
+    wide_bytes: usize,
+) -> anyhow::Result<()> {
     let first = Environment::start("memory-idle", SCHEMA).await?;
     let machine = first.machine().await?;
     // Idle: nothing to stream.
@@ -30,6 +35,9 @@ pub(crate) async fn run(sizes: &[usize]) -> anyhow::Result<()> {
         idle as f64 / 1024.0
     );
     for &rows in sizes {
+        if rows == 0 {
+            continue;
+        }
         let env = Environment::in_cluster(first.cluster.clone(), &format!("memory-{rows}"), SCHEMA)
             .await?;
         env.create_slot("bench_memory").await?;
@@ -45,5 +53,49 @@ pub(crate) async fn run(sizes: &[usize]) -> anyhow::Result<()> {
             peak as f64 / 1024.0
         );
     }
+    wide(&first, wide_rows, wide_bytes).await
+}
+
+/// One UPDATE of `rows` rows of `bytes` bytes of `bytea` each (replica identity FULL, as bemi
+/// sets it: the old image carries the whole value).
+async fn wide(first: &Environment, rows: usize, bytes: usize) -> anyhow::Result<()> {
+    let schema = "CREATE TABLE blob (id int PRIMARY KEY, note text, data bytea) \
+                  WITH (autovacuum_enabled = false); ALTER TABLE blob REPLICA IDENTITY FULL;";
+    let env = Environment::in_cluster(first.cluster.clone(), "memory-wide", schema).await?;
+    // Random bytes: incompressible, so TOAST stores them at full size.
+    env.client
+        .batch_execute(&format!(
+            "INSERT INTO blob SELECT i, 'a', \
+               (SELECT string_agg(pg_catalog.decode(md5(i::text || '-' || j::text), 'hex'), ''::bytea) \
+                FROM generate_series(1, {}) AS j) \
+             FROM generate_series(1, {rows}) AS i",
+            bytes.div_ceil(16)
+        ))
+        .await?;
+    env.create_slot("bench_memory").await?;
+    env.client
+        .batch_execute("UPDATE blob SET note = 'b' /*Bemi {\"job\":\"wide\"} Bemi*/")
+        .await?;
+    let target = env.current_lsn().await?;
+    let run = measure(&env, "bench_memory", &target, rows, None).await?;
+    let stored: i64 = env
+        .client
+        .query_one(
+            "SELECT max(pg_catalog.octet_length(\"before\"::text))::bigint FROM bemi.changes",
+            &[],
+        )
+        .await?
+        .get(0);
+    let largest = stored as f64 / f64::from(1 << 20);
+    let peak = run.peak_rss_kib as f64 / 1024.0;
+    println!();
+    println!(
+        "One UPDATE of {rows} rows holding {:.1} MiB of bytea each (replica identity FULL): \
+         stored in {:.1} s; worker peak RSS {peak:.1} MiB; largest row image as stored {largest:.1} MiB \
+         (bound: 64 MiB + 3 x {largest:.1} = {:.1} MiB)",
+        bytes as f64 / f64::from(1 << 20),
+        run.elapsed.as_secs_f64(),
+        64.0 + 3.0 * largest
+    );
     Ok(())
 }

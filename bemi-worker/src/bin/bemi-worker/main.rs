@@ -169,6 +169,10 @@ struct RunArgs {
     /// Changes per stored batch (bounds memory whatever the transaction size).
     #[arg(long, env = "BEMI_BATCH_SIZE", default_value_t = 5_000)]
     batch_size: usize,
+    /// Bytes per stored batch: a batch is stored at --batch-size changes or this many bytes,
+    /// whichever comes first (bounds memory when rows are wide).
+    #[arg(long, env = "BEMI_BATCH_BYTES", default_value_t = 4 << 20)]
+    batch_bytes: usize,
     /// Longest time a change waits before its batch is stored, in milliseconds.
     #[arg(long, env = "BEMI_FLUSH_INTERVAL_MS", default_value_t = 100)]
     flush_interval_ms: u64,
@@ -350,6 +354,7 @@ impl RunArgs {
         config.publication = self.common.publication;
         config.changes_table = self.common.changes_table;
         config.batch_size = self.batch_size.max(1);
+        config.batch_bytes = self.batch_bytes.max(1);
         config.flush_interval = Duration::from_millis(self.flush_interval_ms);
         config.max_context_bytes = self.max_context_bytes;
         config.log_interval = Duration::from_secs(self.log_interval_seconds.max(1));

@@ -42,6 +42,10 @@ pub struct ChangeRow {
     pub sequence: i32,
     /// The key before an UPDATE that changed it (see `bemi_core::Change::previous_primary_key`).
     pub previous_primary_key: Option<String>,
+    /// Why the change could not be rendered (a replication message the decoder cannot read,
+    /// a change of a relation never described): it is parked in `bemi.rejected` with this
+    /// reason and its raw bytes (in `after`) instead of being stored in `changes`.
+    pub rejected: Option<Arc<str>>,
 }
 
 impl ChangeRow {

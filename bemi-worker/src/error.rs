@@ -177,9 +177,8 @@ impl Error {
                 }
                 _ => ErrorKind::Fatal,
             },
-            // A message the decoder cannot read comes from the server, not from a user (values
-            // are length-prefixed bytes): reconnecting re-reads it, and a persistent failure
-            // shows in the log and in `status` instead of silently dropping a change.
+            // Inside a transaction, an unreadable message is parked and the stream goes on; what
+            // reaches here broke the protocol outside one, and reconnecting re-reads it.
             Error::Decode(_) | Error::Protocol(_) => ErrorKind::Transient,
             Error::StoreGone | Error::Nats { .. } | Error::Internal { .. } => ErrorKind::Transient,
             _ => ErrorKind::Fatal,

@@ -546,3 +546,59 @@ async fn batches_larger_than_the_acknowledgement_window_are_published() {
     .await;
     assert_exactly_once(&fixture.client, 15_000).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_marked_rejected_is_parked_by_ingest_not_stored() {
+    let fixture = fixture(test_database!(), TODO).await;
+    let nats = NatsServer::start();
+    let destination = fixture.database.url();
+    let capture = capture(&fixture, &nats, "9");
+    insert_batch(&fixture.client, 1, 3).await;
+    let options = NatsOptions::new(nats.url());
+    wait_until_async("capture to create the stream", TIMEOUT, || async {
+        bemi_worker::nats_status(&options).await.ok()
+    })
+    .await;
+    // What capture publishes for a replication message it cannot render.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let parked = serde_json::json!({
+        "v": 1, "id": "00000000-0000-8000-8000-000000000001", "primary_key": null,
+        "before": {}, "after": {"pgoutput": "\\x4900"}, "context": {},
+        "database": "app", "schema": "", "table": "", "operation": "CREATE",
+        "committed_at": "2026-11-30T00:00:00Z", "queued_at": "2026-11-30T00:00:00Z",
+        "transaction_id": 750, "position": 23456, "commit_lsn": 23500, "sequence": 0,
+        "previous_primary_key": null,
+        "rejected": "pgoutput message: truncated while reading a tuple"
+    });
+    jetstream
+        .publish("bemi.changes", parked.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let ingest = ingest(&destination, &nats, "a9");
+    wait_for_count(&fixture.client, &fixture.setup, 3, &[&capture, &ingest]).await;
+    let row = wait_until_async("the parked change", TIMEOUT, || async {
+        fixture
+            .client
+            .query_opt(
+                "SELECT reason, position, convert_from(payload, 'UTF8')::jsonb -> 'after' \
+                 FROM bemi.rejected",
+                &[],
+            )
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(
+        row.get::<_, String>(0),
+        "pgoutput message: truncated while reading a tuple"
+    );
+    assert_eq!(row.get::<_, i64>(1), 23_456);
+    assert_eq!(
+        row.get::<_, serde_json::Value>(2),
+        serde_json::json!({"pgoutput": "\\x4900"})
+    );
+    assert_exactly_once(&fixture.client, 3).await;
+}

@@ -140,6 +140,7 @@ mod tests {
             commit_lsn,
             sequence,
             previous_primary_key: None,
+            rejected: None,
         }
     }
 

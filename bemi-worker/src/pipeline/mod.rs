@@ -740,7 +740,14 @@ impl Stream<'_> {
             ReplicationEvent::XLogData {
                 wal_start, data, ..
             } => {
-                let mut message = pgoutput::decode(&data)?;
+                let mut message = match pgoutput::decode(&data) {
+                    Ok(message) => message,
+                    Err(error) => {
+                        return self
+                            .park_unrenderable(&data, wal_start.as_u64(), &error.to_string())
+                            .await;
+                    }
+                };
                 if self.is_proof(&mut message) {
                     return Ok(());
                 }
@@ -770,12 +777,22 @@ impl Stream<'_> {
                                 _ => false,
                             });
                         let progress = self.progress;
-                        let rows = self.stitcher.change(
+                        let rows = match self.stitcher.change(
                             &message,
                             wal_start.as_u64(),
                             &self.relations,
                             |position| !progress.is_some_and(|progress| progress.covers(position)),
-                        )?;
+                        ) {
+                            Ok(rows) => rows,
+                            // A change of a relation never described (its Relation message
+                            // was unreadable): parked, like the message itself.
+                            Err(Error::Protocol(reason)) if self.stitcher.in_transaction() => {
+                                return self
+                                    .park_unrenderable(&data, wal_start.as_u64(), &reason)
+                                    .await;
+                            }
+                            Err(error) => return Err(error),
+                        };
                         self.builder.push(rows);
                         if policies_changed {
                             self.reload_policies().await?;
@@ -843,6 +860,31 @@ impl Stream<'_> {
             relations = self.relation_messages.len(),
             "the column policies changed: applied from this change on"
         );
+        Ok(())
+    }
+
+    /// Parks a replication message that cannot be rendered in `bemi.rejected` (with its raw
+    /// bytes, position and transaction): bad data never stops capture, and is never dropped.
+    async fn park_unrenderable(&mut self, data: &[u8], position: u64, reason: &str) -> Result<()> {
+        tracing::error!(
+            position = %Lsn::from_u64(position),
+            xid = ?self.stitcher.xid(),
+            reason,
+            "a replication message cannot be rendered: parked in bemi.rejected"
+        );
+        let progress = self.progress;
+        let row = self.stitcher.unrenderable(data, position, reason, |here| {
+            !progress.is_some_and(|progress| progress.covers(here))
+        })?;
+        if let Some(row) = row {
+            self.builder.push(vec![row]);
+            if self
+                .builder
+                .is_full(self.config.batch_size, self.config.batch_bytes)
+            {
+                self.flush().await?;
+            }
+        }
         Ok(())
     }
 

@@ -83,14 +83,28 @@ impl Store {
         }))
     }
 
-    /// Stores `rows` and `progress` in one transaction.
+    /// Stores `rows` and `progress` in one transaction (rows marked
+    /// [`ChangeRow::rejected`] are parked in `bemi.rejected`).
     pub(crate) async fn write(
         &mut self,
         rows: &[ChangeRow],
         progress: Option<Progress>,
     ) -> Result<()> {
-        let data = encode_copy(rows);
-        match self.write_with(&data, progress, Method::Copy).await {
+        let parked: Vec<&ChangeRow> = rows.iter().filter(|row| row.rejected.is_some()).collect();
+        let data = if parked.is_empty() {
+            encode_copy(rows)
+        } else {
+            let storable: Vec<ChangeRow> = rows
+                .iter()
+                .filter(|row| row.rejected.is_none())
+                .cloned()
+                .collect();
+            encode_copy(&storable)
+        };
+        match self
+            .write_with(&data, &parked, progress, Method::Copy)
+            .await
+        {
             Err(Error::Postgres { source, .. })
                 if source.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
             {
@@ -98,7 +112,8 @@ impl Store {
                     rows = rows.len(),
                     "some changes were already stored: storing the batch idempotently"
                 );
-                self.write_with(&data, progress, Method::Staged).await
+                self.write_with(&data, &parked, progress, Method::Staged)
+                    .await
             }
             Err(Error::Postgres { source, .. }) if is_bad_data(&source) => {
                 tracing::warn!(
@@ -115,6 +130,7 @@ impl Store {
     async fn write_with(
         &mut self,
         data: &Bytes,
+        parked: &[&ChangeRow],
         progress: Option<Progress>,
         method: Method,
     ) -> Result<()> {
@@ -163,6 +179,15 @@ impl Store {
                     .map_err(Error::postgres("insert staged changes"))?;
             }
         }
+        for row in parked {
+            park(
+                &transaction,
+                &self.source,
+                row,
+                row.rejected.as_deref().unwrap_or_default(),
+            )
+            .await?;
+        }
         save_progress(&transaction, &self.source, progress).await?;
         transaction
             .commit()
@@ -195,6 +220,10 @@ impl Store {
             .await
             .map_err(Error::postgres("prepare the row insert"))?;
         for row in rows {
+            if let Some(reason) = &row.rejected {
+                park(&transaction, &self.source, row, reason).await?;
+                continue;
+            }
             let savepoint = transaction
                 .savepoint("bemi_row")
                 .await
@@ -521,6 +550,7 @@ mod tests {
             commit_lsn: 3,
             sequence: 4,
             previous_primary_key: Some("7".into()),
+            rejected: None,
         }
     }
 

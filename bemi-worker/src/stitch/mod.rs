@@ -178,6 +178,60 @@ impl Stitcher {
         )))
     }
 
+    /// A replication message that cannot be rendered (undecodable, or a change of a relation
+    /// never described), as a change row to park in `bemi.rejected`: numbered like any change,
+    /// with its raw bytes (hex, in `after`) and `reason`. `None` when `keep` skips it.
+    ///
+    /// # Errors
+    ///
+    /// Outside a transaction: there is nothing to number it by.
+    pub(crate) fn unrenderable(
+        &mut self,
+        data: &[u8],
+        position: u64,
+        reason: &str,
+        keep: impl Fn(Position) -> bool,
+    ) -> Result<Option<ChangeRow>> {
+        let transaction = self.transaction.as_mut().ok_or_else(|| {
+            Error::Protocol(format!(
+                "unreadable message outside a transaction: {reason}"
+            ))
+        })?;
+        let sequence = transaction.next_sequence;
+        transaction.next_sequence += 1;
+        let here = Position {
+            commit_lsn: transaction.commit_lsn,
+            sequence,
+        };
+        if !keep(here) {
+            return Ok(None);
+        }
+        let hex: String = data.iter().map(|byte| format!("{byte:02x}")).collect();
+        let mut after = String::with_capacity(hex.len() + 32);
+        after.push_str("{\"pgoutput\":");
+        json::push_string(&mut after, &format!("\\x{hex}"));
+        after.push('}');
+        Ok(Some(ChangeRow {
+            id: change_id(self.source_hash, transaction.commit_lsn, sequence),
+            primary_key: None,
+            before: "{}".to_owned(),
+            after,
+            context: Arc::clone(&transaction.context),
+            database: Arc::clone(&self.database),
+            schema: Arc::from(""),
+            table: Arc::from(""),
+            operation: Operation::Create,
+            committed_at: transaction.committed_at,
+            queued_at: transaction.queued_at,
+            transaction_id: transaction.xid,
+            position: i64::try_from(position).unwrap_or(i64::MAX),
+            commit_lsn: i64::try_from(transaction.commit_lsn).unwrap_or(i64::MAX),
+            sequence: i32::try_from(sequence).unwrap_or(i32::MAX),
+            previous_primary_key: None,
+            rejected: Some(Arc::from(reason)),
+        }))
+    }
+
     /// Ends the transaction; returns how many changes it had.
     pub(crate) fn commit(&mut self) -> u32 {
         self.transaction
@@ -390,6 +444,7 @@ fn build_row(
         commit_lsn: i64::try_from(transaction.commit_lsn).unwrap_or(i64::MAX),
         sequence: i32::try_from(sequence).unwrap_or(i32::MAX),
         previous_primary_key,
+        rejected: None,
     }
 }
 
@@ -705,6 +760,27 @@ mod tests {
             serde_json::from_str::<Value>(&rows[0].context).unwrap(),
             json!({"user": 1, "_bemi": {"unavailable": ["after.doc"], "incomplete": ["before"]}})
         );
+    }
+
+    #[test]
+    fn an_unrenderable_message_becomes_a_numbered_row_to_park() {
+        let mut stitcher = stitcher();
+        stitcher.message(true, "_bemi", br#"{"user":1}"#);
+        let row = stitcher
+            .unrenderable(&[b'I', 0, 1], 77, "truncated", |_| true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.rejected.as_deref(), Some("truncated"));
+        assert_eq!(row.after, r#"{"pgoutput":"\\x490001"}"#);
+        assert_eq!((row.position, row.sequence), (77, 0));
+        assert_eq!(&*row.context, r#"{"user":1}"#);
+        // Numbered like any change: the next one gets the next sequence.
+        let rows = stitcher
+            .change(&insert("3"), 78, &relation(), |_| true)
+            .unwrap();
+        assert_eq!(rows[0].sequence, 1);
+        stitcher.commit();
+        assert!(stitcher.unrenderable(&[], 79, "x", |_| true).is_err());
     }
 
     #[test]

@@ -55,6 +55,9 @@ struct Message<'a> {
     sequence: i32,
     #[serde(borrow)]
     previous_primary_key: Option<Cow<'a, str>>,
+    /// Present only for a change to park in `bemi.rejected` (see [`ChangeRow::rejected`]).
+    #[serde(default, borrow)]
+    rejected: Option<Cow<'a, str>>,
 }
 
 /// The message for `row`, written directly: its row images and context are JSON the worker
@@ -117,6 +120,10 @@ pub(crate) fn encode(row: &ChangeRow) -> Vec<u8> {
     }
     out.push_str(",\"previous_primary_key\":");
     push_optional_string(&mut out, row.previous_primary_key.as_deref());
+    if let Some(reason) = &row.rejected {
+        out.push_str(",\"rejected\":");
+        crate::stitch::json::push_string(&mut out, reason);
+    }
     out.push('}');
     out.into_bytes()
 }
@@ -155,6 +162,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<ChangeRow, WireError> {
         commit_lsn: message.commit_lsn,
         sequence: message.sequence,
         previous_primary_key: message.previous_primary_key.map(Cow::into_owned),
+        rejected: message.rejected.map(|reason| Arc::from(reason.as_ref())),
     })
 }
 
@@ -183,13 +191,19 @@ mod tests {
             commit_lsn: 23_500,
             sequence: 3,
             previous_primary_key: key,
+            rejected: None,
         }
     }
 
     proptest! {
         #[test]
-        fn changes_round_trip(text in "(?s).{0,40}", key in proptest::option::of("(?s).{0,20}")) {
-            let row = row(&text, key);
+        fn changes_round_trip(
+            text in "(?s).{0,40}",
+            key in proptest::option::of("(?s).{0,20}"),
+            rejected in proptest::option::of("(?s).{0,20}"),
+        ) {
+            let mut row = row(&text, key);
+            row.rejected = rejected.map(|reason| Arc::from(reason.as_str()));
             let payload = encode(&row);
             let decoded = decode(&payload).map_err(|error| TestCaseError::fail(error.to_string()))?;
             prop_assert_eq!(decoded, row);

@@ -15,6 +15,7 @@ mod durability;
 mod history;
 mod nats;
 mod operations;
+mod schema;
 mod security;
 mod startup;
 mod support;

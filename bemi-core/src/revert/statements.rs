@@ -36,7 +36,8 @@ pub(crate) fn describe_sql(table: &QualifiedName) -> (String, Vec<SqlParam>) {
         "SELECT pg_catalog.json_build_object(\
            'key', (SELECT pg_catalog.json_agg(a.attname ORDER BY pg_catalog.array_position(i.indkey::int2[], a.attnum)) \
                    FROM pg_catalog.pg_index i \
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid \
+                     AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]) \
                    WHERE i.indrelid = r.oid AND i.indisprimary), \
            'columns', (SELECT pg_catalog.json_agg(a.attname ORDER BY a.attnum) \
                    FROM pg_catalog.pg_attribute a \

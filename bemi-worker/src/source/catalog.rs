@@ -24,6 +24,9 @@ pub(crate) struct RelationInfo {
     pub(crate) key: Vec<usize>,
     /// Whether each column is part of the replica identity (what a key-only old image holds).
     pub(crate) identity: Vec<bool>,
+    /// Key columns the stream does not carry (generated columns before PostgreSQL 18): the
+    /// changes' key cannot be rendered and is marked so.
+    pub(crate) key_unavailable: Vec<String>,
     /// The column policies that apply to each column (never redact or drop on key columns).
     pub(crate) flags: Vec<ColumnFlags>,
 }
@@ -53,11 +56,25 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-const PRIMARY_KEY: &str = "SELECT a.attname::text \
-    FROM pg_catalog.pg_index i \
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-    WHERE i.indrelid = $1 AND i.indisprimary \
-    ORDER BY pg_catalog.array_position(i.indkey::int2[], a.attnum)";
+/// The key columns of relation $1, in key order: those of its primary key, else of its replica
+/// identity index, else of its smallest unique index on plain NOT NULL columns (immediate, not
+/// partial). Only key columns: an index's INCLUDE columns are not part of the key.
+const KEY: &str = "WITH chosen AS ( \
+        SELECT i.indkey::int2[] AS columns, i.indnkeyatts AS key_count \
+        FROM pg_catalog.pg_index i \
+        WHERE i.indrelid = $1 AND i.indisvalid \
+          AND (i.indisprimary OR i.indisreplident \
+               OR (i.indisunique AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL \
+                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute n \
+                       WHERE n.attrelid = i.indrelid \
+                         AND n.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]) \
+                         AND NOT n.attnotnull))) \
+        ORDER BY CASE WHEN i.indisprimary THEN 0 WHEN i.indisreplident THEN 1 ELSE 2 END, \
+                 i.indnkeyatts, i.indexrelid \
+        LIMIT 1) \
+    SELECT a.attname::text FROM chosen c \
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = $1 AND a.attnum = ANY (c.columns[0:c.key_count - 1]) \
+    ORDER BY pg_catalog.array_position(c.columns, a.attnum)";
 
 /// Whether the 32-bit `xid` $1 is visible to a new snapshot; the epoch is taken from the
 /// snapshot's xmax (an xid above xmax's low bits belongs to the previous epoch).
@@ -216,7 +233,7 @@ impl Catalog {
 
         let key_names: Vec<String> = self
             .client
-            .query(PRIMARY_KEY, &[&relation.id])
+            .query(KEY, &[&relation.id])
             .await
             .map_err(Error::postgres(format!(
                 "read the primary key of {}.{}",
@@ -229,10 +246,17 @@ impl Catalog {
             .iter()
             .filter_map(|name| columns.iter().position(|column| column == name))
             .collect();
-        if key.len() != key_names.len() {
+        // Key columns the stream does not carry (a generated column: PostgreSQL publishes them
+        // from version 18 on): the key cannot be rendered, and the changes say so.
+        let key_unavailable: Vec<String> = key_names
+            .iter()
+            .filter(|name| !columns.contains(name))
+            .cloned()
+            .collect();
+        if !key_unavailable.is_empty() {
             key.clear();
         }
-        if key.is_empty() {
+        if key_names.is_empty() {
             let flagged: Vec<usize> = relation
                 .columns
                 .iter()
@@ -286,6 +310,7 @@ impl Catalog {
             })
             .collect();
         Ok(RelationInfo {
+            key_unavailable,
             identity: relation
                 .columns
                 .iter()

@@ -409,7 +409,7 @@ fn build_row(
         }
         _ => None,
     };
-    let context = if notes.is_empty() {
+    let context = if notes.is_empty() && info.key_unavailable.is_empty() {
         Arc::clone(&transaction.context)
     } else {
         let mut marker = Map::new();
@@ -420,6 +420,12 @@ fn build_row(
         if !notes.unavailable.is_empty() {
             tracing::warn!(table = %info.table, columns = ?notes.unavailable, "unchanged TOAST value without an old row image: left out");
             marker.insert("unavailable".into(), Value::from(notes.unavailable));
+        }
+        if !info.key_unavailable.is_empty() {
+            marker.insert(
+                "key_unavailable".into(),
+                Value::from(info.key_unavailable.clone()),
+            );
         }
         if !notes.incomplete.is_empty() {
             // Not logged per change: `status` warns about the table's replica identity.
@@ -592,6 +598,7 @@ mod tests {
             kinds: vec![ValueKind::Integer, ValueKind::Text, ValueKind::Json],
             key: vec![0],
             identity: vec![true, false, false],
+            key_unavailable: Vec::new(),
             flags: vec![Default::default(); 3],
         };
         HashMap::from([(1, Arc::new(info))])

@@ -1,0 +1,64 @@
+//! Keys and schema changes: the key of a change is the table's key as the change saw it.
+
+use bemi_test_harness::test_database;
+use serde_json::json;
+
+use crate::support::{RunningWorker, fixture};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_the_key_columns_only_and_never_silently_null() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE covered (id int, v text, PRIMARY KEY (id) INCLUDE (v)); \
+         CREATE TABLE coded (code text NOT NULL, note text, maybe int UNIQUE); \
+         CREATE UNIQUE INDEX coded_code ON coded (code); \
+         CREATE TABLE generated (a int, id int GENERATED ALWAYS AS (a * 2) STORED PRIMARY KEY);",
+    )
+    .await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture
+        .sql(
+            "INSERT INTO covered VALUES (1, 'a'); UPDATE covered SET v = 'b' WHERE id = 1; \
+             INSERT INTO coded VALUES ('X-1', 'n', NULL); \
+             INSERT INTO generated (a) VALUES (21);",
+        )
+        .await;
+    let changes = fixture.wait_for(4).await;
+    let keys: Vec<_> = changes
+        .iter()
+        .map(|change| {
+            (
+                change.table.as_str(),
+                change.operation.as_str(),
+                change.primary_key.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("covered", "CREATE", Some("1")),
+            ("covered", "UPDATE", Some("1")),
+            ("coded", "CREATE", Some("X-1")),
+            ("generated", "CREATE", None),
+        ]
+    );
+    // Updating an INCLUDE column is not a key change.
+    let previous: Option<String> = fixture
+        .client
+        .query_one(
+            "SELECT previous_primary_key FROM bemi.changes WHERE \"table\" = 'covered' AND operation = 'UPDATE'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(previous, None);
+    // PostgreSQL before 18 does not publish generated columns: the key cannot be rendered, and
+    // the change says which column is missing.
+    assert_eq!(
+        changes[3].context,
+        json!({"_bemi": {"key_unavailable": ["id"]}})
+    );
+    worker.stop().await.unwrap();
+}

@@ -93,7 +93,8 @@ pub struct Change {
     pub committed_at: DateTime<Utc>,
     /// When the worker received the change.
     pub queued_at: DateTime<Utc>,
-    /// The source transaction's id.
+    /// The source transaction's id, epoch-extended to 64 bits (as `pg_current_xact_id()`
+    /// shows it), so it never repeats across wraparounds of the 32-bit counter.
     pub transaction_id: i64,
     /// The WAL position (LSN) of the change.
     pub position: i64,

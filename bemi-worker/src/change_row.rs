@@ -32,7 +32,7 @@ pub struct ChangeRow {
     pub committed_at: DateTime<Utc>,
     /// When the worker received the transaction.
     pub queued_at: DateTime<Utc>,
-    /// The source transaction id.
+    /// The source transaction id, epoch-extended to 64 bits.
     pub transaction_id: i64,
     /// The change's WAL position.
     pub position: i64,

@@ -62,3 +62,49 @@ async fn keys_are_the_key_columns_only_and_never_silently_null() {
     );
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_ids_are_epoch_extended_so_they_never_repeat() {
+    let cluster = bemi_test_harness::TestCluster::dedicated(&[]);
+    // As after three wraparounds of the 32-bit counter.
+    cluster.stop();
+    cluster.reset_wal(&["-e", "3"]);
+    cluster.restart();
+    let database =
+        bemi_test_harness::TestDatabase::new_in(&cluster, &format!("{}::epoch", module_path!()));
+    let fixture = fixture(database, "CREATE TABLE item (id int PRIMARY KEY);").await;
+    let worker = RunningWorker::start(fixture.config());
+    let xid: String = fixture
+        .client
+        .query_one(
+            "WITH inserted AS (INSERT INTO item VALUES (1) RETURNING id) \
+             SELECT pg_current_xact_id()::text FROM inserted",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let xid: i64 = xid.parse().unwrap();
+    assert!(xid > 3 << 32, "{xid}");
+    fixture.wait_for(1).await;
+    let stored: i64 = fixture
+        .client
+        .query_one("SELECT transaction_id FROM bemi.changes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, xid);
+    // Revert by transaction finds it by that id.
+    let plan = bemi_worker::revert(
+        &fixture.source,
+        &fixture.source,
+        fixture.setup.options().changes_table_name(),
+        bemi_core::revert::Revert::transaction(xid),
+        true,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(plan.steps().len(), 1);
+    worker.stop().await.unwrap();
+}

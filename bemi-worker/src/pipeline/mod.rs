@@ -34,6 +34,7 @@ use crate::sink::jetstream::{NatsOptions, Publisher};
 use crate::sink::store::Store;
 use crate::source::catalog::{Catalog, RelationInfo};
 use crate::source::pgoutput::{self, Message};
+use crate::source::xid::XidWidener;
 use crate::stitch::context::DEFAULT_MAX_CONTEXT_BYTES;
 use crate::stitch::{Stitcher, postgres_time};
 use crate::{ConnectionOptions, Error, Result};
@@ -281,6 +282,16 @@ impl Worker {
         }
         ensure_publication(&catalog_client, config).await?;
         check_source_privileges(&catalog_client).await?;
+        // The newest full xid, to epoch-extend the stream's (no xid is assigned by asking).
+        let newest_xid: i64 = catalog_client
+            .query_one(
+                "SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint",
+                &[],
+            )
+            .await
+            .map_err(Error::postgres("read the server's next transaction id"))?
+            .get(0);
+        let newest_xid = u64::try_from(newest_xid).unwrap_or_default();
 
         let mut replication_config = config
             .source
@@ -346,6 +357,7 @@ impl Worker {
             catalog: Catalog::new(catalog_client, config.column_policies.clone()),
             relations: HashMap::new(),
             relation_messages: HashMap::new(),
+            xids: XidWidener::new(newest_xid),
             proof_relation: None,
             policy_relation: None,
             proven: false,
@@ -630,6 +642,8 @@ struct Stream<'a> {
     /// The Relation messages received, to describe the relations again when the policies
     /// change.
     relation_messages: HashMap<u32, pgoutput::Relation>,
+    /// Epoch-extends the stream's 32-bit transaction ids.
+    xids: XidWidener,
     /// The OID of `bemi.message_proofs`, once its Relation message arrived.
     proof_relation: Option<u32>,
     /// The OID of `bemi.column_policies`, once its Relation message arrived.
@@ -712,7 +726,7 @@ impl Stream<'_> {
                 self.snapshot = None;
                 self.proven = false;
                 self.stitcher
-                    .begin(xid, final_lsn.as_u64(), commit_time_micros);
+                    .begin(self.xids.widen(xid), final_lsn.as_u64(), commit_time_micros);
                 self.builder.begin(commit_time_micros);
             }
             ReplicationEvent::Message {

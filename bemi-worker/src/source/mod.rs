@@ -2,3 +2,4 @@
 
 pub(crate) mod catalog;
 pub mod pgoutput;
+pub(crate) mod xid;

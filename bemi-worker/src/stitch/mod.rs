@@ -77,11 +77,11 @@ impl Stitcher {
         self.transaction.is_some()
     }
 
-    /// The id of the open transaction.
+    /// The 32-bit id of the open transaction, as the server's catalog functions take it.
     pub(crate) fn xid(&self) -> Option<u32> {
         self.transaction
             .as_ref()
-            .and_then(|transaction| u32::try_from(transaction.xid).ok())
+            .map(|transaction| (transaction.xid & 0xffff_ffff) as u32)
     }
 
     /// The commit LSN of the open transaction.
@@ -91,10 +91,10 @@ impl Stitcher {
             .map(|transaction| transaction.commit_lsn)
     }
 
-    /// Starts a transaction.
-    pub(crate) fn begin(&mut self, xid: u32, final_lsn: u64, commit_time_micros: i64) {
+    /// Starts a transaction; `xid` is its full (epoch-extended) id.
+    pub(crate) fn begin(&mut self, xid: u64, final_lsn: u64, commit_time_micros: i64) {
         self.transaction = Some(Transaction {
-            xid: i64::from(xid),
+            xid: i64::try_from(xid).unwrap_or(i64::MAX),
             commit_lsn: final_lsn,
             committed_at: postgres_time(commit_time_micros),
             queued_at: Utc::now(),

@@ -271,6 +271,23 @@ impl TestCluster {
         }
     }
 
+    /// Runs `pg_resetwal` with `args` on the stopped server (throwaway clusters only), e.g.
+    /// `["-e", "3"]` to move the transaction id epoch as years of wraparounds would.
+    pub fn reset_wal(&self, args: &[&str]) {
+        if let Some(managed) = &self.managed {
+            let status = managed
+                .command("pg_resetwal")
+                .args(args)
+                .arg("-D")
+                .arg(managed.data_dir())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .expect("run pg_resetwal");
+            assert!(status.success(), "pg_resetwal {args:?} failed");
+        }
+    }
+
     /// The root certificate that signed the server's certificate (TLS clusters only).
     pub fn root_cert(&self) -> Option<PathBuf> {
         self.managed

@@ -108,3 +108,105 @@ async fn transaction_ids_are_epoch_extended_so_they_never_repeat() {
     assert_eq!(plan.steps().len(), 1);
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_restored_from_a_base_backup_is_a_new_incarnation_and_nothing_is_skipped() {
+    let cluster = bemi_test_harness::TestCluster::dedicated(&[]);
+    let source_database = bemi_test_harness::TestDatabase::new_in(
+        &cluster,
+        &format!("{}::restored_source", module_path!()),
+    );
+    // The audit trail lives elsewhere, and is not restored with the source.
+    let destination_database = test_database!();
+    let destination = bemi_worker::ConnectionOptions::parse(&destination_database.url()).unwrap();
+    let destination_client = destination_database.connect().await;
+    let source = bemi_worker::ConnectionOptions::parse(&source_database.url()).unwrap();
+    let client = source_database.connect().await;
+    client
+        .batch_execute("CREATE TABLE item (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    let setup = bemi_core::setup::Setup::new(
+        bemi_core::setup::SetupOptions::default().slot(source_database.slot_name()),
+    )
+    .unwrap();
+    bemi_worker::setup(&source, &destination, &setup)
+        .await
+        .unwrap();
+    let mut config = bemi_worker::WorkerConfig::new(source.clone());
+    config.destination = destination.clone();
+    config.slot = source_database.slot_name().to_owned();
+    config.flush_interval = std::time::Duration::from_millis(20);
+    config.status_interval = std::time::Duration::from_millis(200);
+    let stored = |count: i64| {
+        let destination_client = &destination_client;
+        async move {
+            bemi_test_harness::wait_until_async(
+                &format!("{count} stored changes"),
+                crate::support::TIMEOUT,
+                || async {
+                    let stored: i64 = destination_client
+                        .query_one("SELECT count(*) FROM bemi.changes", &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    (stored >= count).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    let worker = RunningWorker::start(config.clone());
+    client
+        .batch_execute("INSERT INTO item SELECT i, 'before backup' FROM generate_series(1, 5) i")
+        .await
+        .unwrap();
+    stored(5).await;
+    let backup = cluster.base_backup();
+    // Changes the restore loses, written after megabytes of WAL: their positions are far past
+    // where the restored server will write next.
+    client
+        .batch_execute(
+            "CREATE SCHEMA untracked; \
+             CREATE TABLE untracked.filler AS SELECT repeat('x', 1000) AS pad FROM generate_series(1, 20000); \
+             INSERT INTO item SELECT i, 'lost' FROM generate_series(6, 15) i",
+        )
+        .await
+        .unwrap();
+    stored(15).await;
+    worker.stop().await.unwrap();
+    drop(client);
+
+    // The source goes back to the backup (its slot is gone, its WAL positions repeat); setup
+    // is run again, which creates a new slot.
+    cluster.restore(&backup);
+    bemi_worker::setup(&source, &destination, &setup)
+        .await
+        .unwrap();
+    let client = source_database.connect().await;
+    let worker = RunningWorker::start(config);
+    client
+        .batch_execute("INSERT INTO item SELECT i, 'after restore' FROM generate_series(6, 20) i")
+        .await
+        .unwrap();
+    stored(30).await;
+    let after: i64 = destination_client
+        .query_one(
+            "SELECT count(DISTINCT id) FROM bemi.changes WHERE \"after\"->>'note' = 'after restore'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, 15, "all 15 changes after the restore are stored");
+    let incarnations: i64 = client
+        .query_one("SELECT count(*) FROM bemi.slot_incarnations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        incarnations, 2,
+        "the backup's incarnation and the new slot's"
+    );
+    worker.stop().await.unwrap();
+}

@@ -89,11 +89,15 @@ async fn a_role_that_cannot_write_the_changes_table_is_told_what_to_grant() {
     for grant in [
         format!("GRANT USAGE ON SCHEMA \"bemi\" TO \"{role}\";"),
         format!("GRANT SELECT ON bemi.column_policies TO \"{role}\";"),
+        format!("GRANT SELECT, INSERT ON bemi.slot_incarnations TO \"{role}\";"),
     ] {
         assert!(message.contains(&grant), "{grant} in {message}");
     }
     fixture
-        .sql(&format!("GRANT SELECT ON bemi.column_policies TO {role}"))
+        .sql(&format!(
+            "GRANT SELECT ON bemi.column_policies TO {role}; \
+             GRANT SELECT, INSERT ON bemi.slot_incarnations TO {role}"
+        ))
         .await;
 
     // With the schema granted, the missing table privileges are named.

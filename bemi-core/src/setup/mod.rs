@@ -330,14 +330,11 @@ impl Setup {
         )
     }
 
-    /// Creates the replication slot (pgoutput) if it does not exist. Run it after
-    /// [`Setup::source_sql`] has committed, outside a transaction that wrote anything.
+    /// Creates the replication slot (pgoutput) if it does not exist, and records the new slot as
+    /// a new incarnation (see [`create_slot_sql`]). Run it after [`Setup::source_sql`] has
+    /// committed.
     pub fn create_slot_sql(&self) -> String {
-        let slot = quote_literal(&self.options.slot);
-        format!(
-            "SELECT pg_catalog.pg_create_logical_replication_slot({slot}, 'pgoutput') \
-             WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {slot})"
-        )
+        create_slot_sql(&self.options.slot)
     }
 
     /// Drops the replication slot if it exists. Fails while a worker is connected to it.
@@ -374,7 +371,8 @@ impl Setup {
         let changes_schema = crate::quote_ident(changes.schema())?;
         let source = format!(
             "GRANT USAGE ON SCHEMA bemi TO {role};\n\
-             GRANT SELECT ON bemi.column_policies TO {role};\n"
+             GRANT SELECT ON bemi.column_policies TO {role};\n\
+             GRANT SELECT, INSERT ON bemi.slot_incarnations TO {role};\n"
         );
         let mut destination = format!("GRANT USAGE ON SCHEMA bemi TO {role};\n");
         if changes.schema() != BEMI_SCHEMA {
@@ -393,6 +391,29 @@ impl Setup {
             destination,
         })
     }
+}
+
+/// Creates the replication slot `slot` (pgoutput) unless it exists, and records the new slot in
+/// `bemi.slot_incarnations`: a slot created again (after a restore from a base backup, a failover
+/// without slots, a teardown and setup) starts a new incarnation, whose commit positions may
+/// repeat those of an earlier one. The worker keys its progress and change ids by incarnation,
+/// so nothing is skipped and nothing collides. One statement, its own transaction.
+pub fn create_slot_sql(slot: &str) -> String {
+    let slot = quote_literal(slot);
+    format!(
+        "DO $bemi$\n\
+         BEGIN\n    \
+             IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {slot}) THEN\n        \
+                 PERFORM pg_catalog.pg_create_logical_replication_slot({slot}, 'pgoutput');\n        \
+                 IF pg_catalog.to_regclass('bemi.slot_incarnations') IS NOT NULL THEN\n            \
+                     INSERT INTO bemi.slot_incarnations (slot_name, created_lsn)\n            \
+                     SELECT s.slot_name, s.confirmed_flush_lsn FROM pg_catalog.pg_replication_slots s\n            \
+                     WHERE s.slot_name = {slot};\n        \
+                 END IF;\n    \
+             END IF;\n\
+         END\n\
+         $bemi$;\n"
+    )
 }
 
 /// The statements giving the worker's role its least privileges (see

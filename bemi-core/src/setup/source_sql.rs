@@ -342,6 +342,7 @@ DROP TABLE IF EXISTS bemi.tracked_tables;
 DROP TABLE IF EXISTS bemi.tracked_schemas;
 DROP TABLE IF EXISTS bemi.column_policies;
 DROP TABLE IF EXISTS bemi.message_proofs;
+DROP TABLE IF EXISTS bemi.slot_incarnations;
 DO $bemi$
 BEGIN
     DROP SCHEMA IF EXISTS bemi;
@@ -393,7 +394,15 @@ pub(super) fn install(options: &SetupOptions) -> String {
              kind text NOT NULL,\n    \
              created_at timestamptz NOT NULL DEFAULT pg_catalog.now()\n\
          );\n\
-         REVOKE ALL ON bemi.message_proofs FROM PUBLIC;\n",
+         REVOKE ALL ON bemi.message_proofs FROM PUBLIC;\n\
+         CREATE TABLE IF NOT EXISTS bemi.slot_incarnations (\n    \
+             slot_name name NOT NULL,\n    \
+             incarnation uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),\n    \
+             created_lsn pg_lsn NOT NULL,\n    \
+             created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),\n    \
+             PRIMARY KEY (slot_name, incarnation)\n\
+         );\n\
+         REVOKE ALL ON bemi.slot_incarnations FROM PUBLIC;\n",
     );
     for (table, rules) in &options.model_policies {
         let rules: Vec<(&str, crate::policy::ColumnAction)> = rules

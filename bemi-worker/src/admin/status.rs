@@ -84,7 +84,12 @@ pub async fn status(
             replay_lag: row.get(6),
         });
     let destination_client = destination.connect("bemi-worker status").await?;
-    let suffix = format!("/{}/{}", source.database(), slot);
+    // The progress of the slot's current incarnation (see `bemi_core::setup::create_slot_sql`).
+    let incarnation = crate::pipeline::slot_incarnation(&client, slot).await?;
+    let suffix = match &incarnation {
+        Some(incarnation) => format!("/{}/{slot}/{incarnation}", source.database()),
+        None => format!("/{}/{slot}", source.database()),
+    };
     let progress = destination_client
         .query_opt(
             "SELECT max(committed_at), max(updated_at) FROM bemi.worker_progress \

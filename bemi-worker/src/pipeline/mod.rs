@@ -246,10 +246,7 @@ impl Worker {
                 // Created after the publication, so decoding can read it from the slot's start.
                 ensure_publication(&catalog_client, config).await?;
                 catalog_client
-                    .execute(
-                        "SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
-                        &[&config.slot],
-                    )
+                    .batch_execute(&bemi_core::setup::create_slot_sql(&config.slot))
                     .await
                     .map_err(Error::postgres(format!(
                         "create replication slot {:?}",
@@ -306,6 +303,23 @@ impl Worker {
             .await
             .map_err(Error::Replication)?;
         let database = config.source.database().to_owned();
+        let incarnation = slot_incarnation(&catalog_client, &config.slot).await?;
+        // A slot created again (restore, failover, re-setup) may repeat the commit positions
+        // of an earlier one: progress and change ids are kept apart per incarnation. Slots
+        // created before incarnations were recorded keep the key and ids they had.
+        let (source_key, source_id) = match &incarnation {
+            Some(incarnation) => (
+                format!(
+                    "{}/{database}/{}/{incarnation}",
+                    system.system_id, config.slot
+                ),
+                format!("{}/{incarnation}", system.system_id),
+            ),
+            None => (
+                format!("{}/{database}/{}", system.system_id, config.slot),
+                system.system_id.clone(),
+            ),
+        };
         // Connected before streaming starts: a missing table or privilege fails the session here.
         let (sink, progress) = match &config.nats {
             Some(nats) => (Sink::JetStream(Publisher::connect(nats).await?), None),
@@ -317,11 +331,7 @@ impl Worker {
                     &config.changes_table,
                 )
                 .await?;
-                let store = Store::new(
-                    destination,
-                    &config.changes_table,
-                    format!("{}/{database}/{}", system.system_id, config.slot),
-                );
+                let store = Store::new(destination, &config.changes_table, source_key.clone());
                 let progress = store.load_progress().await?;
                 (Sink::Store(store), progress)
             }
@@ -338,6 +348,7 @@ impl Worker {
         tracing::info!(
             source = %config.source,
             slot = %config.slot,
+            incarnation = incarnation.as_deref().unwrap_or("-"),
             resume_after = ?progress.map(|progress| Lsn::from_u64(progress.commit_lsn)),
             "streaming"
         );
@@ -365,7 +376,7 @@ impl Worker {
             snapshot: None,
             stitcher: Stitcher::new(
                 &database,
-                source_hash(&system.system_id, &database),
+                source_hash(&source_id, &database),
                 config.max_context_bytes,
             ),
             builder: BatchBuilder::new(),
@@ -424,6 +435,34 @@ impl Worker {
     }
 }
 
+/// The newest incarnation of `slot` (see `bemi_core::setup::create_slot_sql`); `None` for a
+/// setup that predates incarnations.
+pub(crate) async fn slot_incarnation(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Option<String>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('bemi.slot_incarnations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(Error::postgres("look for bemi.slot_incarnations"))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT incarnation::text FROM bemi.slot_incarnations WHERE slot_name = $1 \
+             ORDER BY created_at DESC, created_lsn DESC LIMIT 1",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::postgres("read the slot's incarnation"))?;
+    Ok(row.map(|row| row.get(0)))
+}
+
 /// Refuses to start without the publication, which `bemi-worker setup` creates.
 async fn ensure_publication(client: &tokio_postgres::Client, config: &WorkerConfig) -> Result<()> {
     let exists = client
@@ -451,10 +490,13 @@ async fn check_source_privileges(client: &tokio_postgres::Client) -> Result<()> 
         .query_one(
             "SELECT current_user::text, c.oid IS NOT NULL, \
                     COALESCE(pg_catalog.has_schema_privilege(n.oid, 'USAGE'), false), \
-                    pg_catalog.has_table_privilege(c.oid, 'SELECT') \
+                    pg_catalog.has_table_privilege(c.oid, 'SELECT'), \
+                    COALESCE(pg_catalog.has_table_privilege(i.oid, 'SELECT') \
+                             AND pg_catalog.has_table_privilege(i.oid, 'INSERT'), true) \
              FROM (SELECT 1) one \
              LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = 'bemi' \
-             LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = 'column_policies'",
+             LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = 'column_policies' \
+             LEFT JOIN pg_catalog.pg_class i ON i.relnamespace = n.oid AND i.relname = 'slot_incarnations'",
             &[],
         )
         .await
@@ -463,7 +505,8 @@ async fn check_source_privileges(client: &tokio_postgres::Client) -> Result<()> 
     let exists: bool = row.get(1);
     let usage: bool = row.get(2);
     let select: Option<bool> = row.get(3);
-    if !exists || (usage && select == Some(true)) {
+    let incarnations: bool = row.get(4);
+    if !exists || (usage && select == Some(true) && incarnations) {
         return Ok(());
     }
     let mut missing = Vec::new();
@@ -473,8 +516,13 @@ async fn check_source_privileges(client: &tokio_postgres::Client) -> Result<()> 
     if select != Some(true) {
         missing.push(format!("GRANT SELECT ON bemi.column_policies TO {role};"));
     }
+    if !incarnations {
+        missing.push(format!(
+            "GRANT SELECT, INSERT ON bemi.slot_incarnations TO {role};"
+        ));
+    }
     Err(Error::Config(format!(
-        "the worker's role cannot read the column policies (which columns to redact or drop) in the source; run: {}",
+        "the worker's role lacks privileges on bemi's tables in the source (the column policies say which columns to redact or drop; the slot incarnations keep progress apart across restores); run: {}",
         missing.join(" ")
     )))
 }

@@ -288,6 +288,53 @@ impl TestCluster {
         }
     }
 
+    /// Takes a base backup of the running server (`pg_basebackup`, WAL included; throwaway
+    /// clusters only) and returns its directory, for [`TestCluster::restore`].
+    pub fn base_backup(&self) -> PathBuf {
+        let managed = self
+            .managed
+            .as_ref()
+            .expect("base backups are for throwaway clusters");
+        static TAKEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let target = managed.dir.join(format!(
+            "backup-{}",
+            TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let status = managed
+            .command("pg_basebackup")
+            .args([
+                "-h",
+                &self.host,
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &self.user,
+            ])
+            .arg("-D")
+            .arg(&target)
+            .args(["-X", "stream", "-c", "fast"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("run pg_basebackup");
+        assert!(status.success(), "pg_basebackup failed");
+        target
+    }
+
+    /// Restores the server from `backup` (a [`TestCluster::base_backup`]): stops it, replaces
+    /// its data directory, and starts it again on the same port. Its replication slots are gone,
+    /// as after any restore from a base backup.
+    pub fn restore(&self, backup: &Path) {
+        let managed = self
+            .managed
+            .as_ref()
+            .expect("restores are for throwaway clusters");
+        managed.pg_ctl(&["stop", "-m", "fast", "-w"]);
+        std::fs::remove_dir_all(managed.data_dir()).expect("remove the data directory");
+        std::fs::rename(backup, managed.data_dir()).expect("put the backup in place");
+        managed.pg_ctl_start(self.port);
+    }
+
     /// The root certificate that signed the server's certificate (TLS clusters only).
     pub fn root_cert(&self) -> Option<PathBuf> {
         self.managed

@@ -175,7 +175,7 @@ async fn stored_rows_carry_source_and_position_columns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitioned_tables_are_captured_per_partition() {
+async fn partitions_are_reported_as_their_table_and_a_moved_row_is_one_update() {
     let fixture = fixture(
         test_database!(),
         "CREATE TABLE event (id int, at date, note text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
@@ -199,35 +199,97 @@ async fn partitioned_tables_are_captured_per_partition() {
             json!({"via": "partition"}),
         )
         .await;
-    let changes = fixture.wait_for(3).await;
+    // Moves row 1 from event_2024 to event_2025 (PostgreSQL writes a DELETE and an INSERT).
+    fixture
+        .tagged(
+            "UPDATE event SET at = '2025-06-01' WHERE id = 1",
+            json!({"via": "move"}),
+        )
+        .await;
+    fixture
+        .tagged("DELETE FROM event WHERE id = 2", json!({"via": "delete"}))
+        .await;
+    let changes = fixture.wait_for(5).await;
+    let partition = |name: &str, context: serde_json::Value| {
+        let mut context = context;
+        context["_bemi"] = json!({"partition": name});
+        context
+    };
     assert_eq!(
         changes,
         [
             stored(
-                "event_2024",
+                "event",
                 "CREATE",
                 Some(r#"["1","2024-05-01"]"#),
                 json!({}),
                 json!({"id": 1, "at": "2024-05-01", "note": "a"}),
-                json!({"via": "root"})
+                partition("public.event_2024", json!({"via": "root"}))
             ),
             stored(
-                "event_2025",
+                "event",
                 "CREATE",
                 Some(r#"["2","2025-05-01"]"#),
                 json!({}),
                 json!({"id": 2, "at": "2025-05-01", "note": "b"}),
-                json!({"via": "root"})
+                partition("public.event_2025", json!({"via": "root"}))
             ),
             stored(
-                "event_2025",
+                "event",
                 "UPDATE",
                 Some(r#"["2","2025-05-01"]"#),
                 json!({"id": 2, "at": "2025-05-01", "note": "b"}),
                 json!({"id": 2, "at": "2025-05-01", "note": "c"}),
-                json!({"via": "partition"})
+                partition("public.event_2025", json!({"via": "partition"}))
+            ),
+            stored(
+                "event",
+                "UPDATE",
+                Some(r#"["1","2025-06-01"]"#),
+                json!({"id": 1, "at": "2024-05-01", "note": "a"}),
+                json!({"id": 1, "at": "2025-06-01", "note": "a"}),
+                json!({"via": "move", "_bemi": {"partition": "public.event_2025", "moved_from": "public.event_2024"}})
+            ),
+            stored(
+                "event",
+                "DELETE",
+                Some(r#"["2","2025-05-01"]"#),
+                json!({"id": 2, "at": "2025-05-01", "note": "c"}),
+                json!({}),
+                partition("public.event_2025", json!({"via": "delete"}))
             ),
         ]
     );
+    let previous: Option<String> = fixture
+        .client
+        .query_one(
+            "SELECT previous_primary_key FROM bemi.changes WHERE context->>'via' = 'move'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(previous.as_deref(), Some(r#"["1","2024-05-01"]"#));
+    // Reverting the move by request puts the row back in its partition, through the table.
+    let plan = bemi_worker::revert(
+        &fixture.source,
+        &fixture.source,
+        fixture.setup.options().changes_table_name(),
+        bemi_core::revert::Revert::context(
+            bemi_core::Context::from_value(json!({"via": "move"})).unwrap(),
+        ),
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(plan.is_clean(), "{plan:?}");
+    let at: String = fixture
+        .client
+        .query_one("SELECT at::text FROM event_2024 WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(at, "2024-05-01");
     worker.stop().await.unwrap();
 }

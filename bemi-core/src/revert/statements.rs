@@ -47,11 +47,12 @@ pub(crate) fn describe_sql(table: &QualifiedName) -> (String, Vec<SqlParam>) {
                               JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
                               WHERE t.tgrelid = r.oid AND t.tgname = '_bemi_context' \
                                 AND p.proname = 'emit_context' AND pn.nspname = 'bemi') \
-                      AND EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt \
+                      AND (EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr WHERE pr.prrelid = r.oid) \
+                           OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt \
                                   JOIN pg_catalog.pg_class c ON c.relname = pt.tablename \
                                   JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
                                     AND cn.nspname = pt.schemaname \
-                                  WHERE c.oid = r.oid), \
+                                  WHERE c.oid = r.oid)), \
            'system', (SELECT n.nspname IN ('pg_catalog', 'information_schema', 'pg_toast', 'bemi') \
                              OR n.nspname LIKE 'pg\\_temp\\_%' OR n.nspname LIKE 'pg\\_toast\\_temp\\_%' \
                       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \

@@ -783,6 +783,7 @@ impl Stream<'_> {
                 content,
                 lsn,
             } => {
+                self.push_pending();
                 if prefix == bemi_core::setup::MESSAGE_PREFIX && transactional {
                     // A context: a claim of the writer, whoever it is.
                     self.stitcher.message(transactional, &prefix, &content);
@@ -870,6 +871,7 @@ impl Stream<'_> {
                 }
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
+                self.push_pending();
                 if self.ignored > 0 {
                     tracing::warn!(
                         xid = ?self.stitcher.xid(),
@@ -928,6 +930,7 @@ impl Stream<'_> {
     /// Parks a replication message that cannot be rendered in `bemi.rejected` (with its raw
     /// bytes, position and transaction): bad data never stops capture, and is never dropped.
     async fn park_unrenderable(&mut self, data: &[u8], position: u64, reason: &str) -> Result<()> {
+        self.push_pending();
         tracing::error!(
             position = %Lsn::from_u64(position),
             xid = ?self.stitcher.xid(),
@@ -948,6 +951,14 @@ impl Stream<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Hands a DELETE the stitcher held (see `Stitcher::change`) to the batch, before anything
+    /// that follows it.
+    fn push_pending(&mut self) {
+        if let Some(row) = self.stitcher.take_pending() {
+            self.builder.push(vec![row]);
+        }
     }
 
     /// Counts a message under bemi's prefixes that is not trusted (logged once, at the next

@@ -27,6 +27,9 @@ pub(crate) struct RelationInfo {
     /// Key columns the stream does not carry (generated columns before PostgreSQL 18): the
     /// changes' key cannot be rendered and is marked so.
     pub(crate) key_unavailable: Vec<String>,
+    /// For a partition: its own name (`schema.table`), while `schema` and `table` name the
+    /// partitioned table it belongs to, under which its changes are reported.
+    pub(crate) partition: Option<Arc<str>>,
     /// The column policies that apply to each column (never redact or drop on key columns).
     pub(crate) flags: Vec<ColumnFlags>,
 }
@@ -94,6 +97,11 @@ const ANCESTORS: &str = "WITH RECURSIVE up (oid, depth) AS ( \
     JOIN pg_catalog.pg_class c ON c.oid = up.oid \
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
     ORDER BY up.depth";
+
+/// The partitioned table at the top of relation $1's partition tree, when $1 is a partition.
+const PARTITION_ROOT: &str = "SELECT n.nspname::text, c.relname::text \
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+    WHERE c.oid = pg_catalog.pg_partition_root($1::oid::regclass) AND c.oid <> $1";
 
 /// The stored policies of one table.
 const STORED_POLICIES: &str = "SELECT column_name::text, action FROM bemi.column_policies \
@@ -309,16 +317,38 @@ impl Catalog {
                 flags
             })
             .collect();
+        // A partition is one table to its users: its changes are reported under the partitioned
+        // table's name, the partition kept in the change.
+        let root = self
+            .client
+            .query_opt(PARTITION_ROOT, &[&relation.id])
+            .await
+            .map_err(Error::postgres(format!(
+                "read the partitioned table of {}.{}",
+                relation.namespace, relation.name
+            )))?
+            .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)));
+        let (schema, table, partition) = match root {
+            Some((schema, table)) => (
+                schema,
+                table,
+                Some(Arc::from(
+                    format!("{}.{}", relation.namespace, relation.name).as_str(),
+                )),
+            ),
+            None => (relation.namespace.clone(), relation.name.clone(), None),
+        };
         Ok(RelationInfo {
             key_unavailable,
+            partition,
             identity: relation
                 .columns
                 .iter()
                 .map(|column| column.is_key)
                 .collect(),
             id: relation.id,
-            schema: Arc::from(relation.namespace.as_str()),
-            table: Arc::from(relation.name.as_str()),
+            schema: Arc::from(schema.as_str()),
+            table: Arc::from(table.as_str()),
             columns,
             kinds,
             key,

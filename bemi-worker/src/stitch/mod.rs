@@ -59,6 +59,16 @@ pub(crate) struct Stitcher {
     max_context_bytes: usize,
     empty_context: Arc<str>,
     transaction: Option<Transaction>,
+    /// A DELETE from a partition, held until the next change shows whether it is the first
+    /// half of a row moving to another partition (see [`Stitcher::change`]).
+    pending: Option<PendingDelete>,
+}
+
+/// A held DELETE from a partition.
+#[derive(Debug)]
+struct PendingDelete {
+    row: ChangeRow,
+    partition: Arc<str>,
 }
 
 impl Stitcher {
@@ -69,7 +79,13 @@ impl Stitcher {
             max_context_bytes,
             empty_context: context::empty(),
             transaction: None,
+            pending: None,
         }
+    }
+
+    /// The held DELETE, if any: to be stored before anything that follows it.
+    pub(crate) fn take_pending(&mut self) -> Option<ChangeRow> {
+        self.pending.take().map(|pending| pending.row)
     }
 
     /// Whether a transaction is open.
@@ -242,7 +258,52 @@ impl Stitcher {
     /// Turns a decoded row-change message into change rows (one, or one per table for
     /// TRUNCATE), numbering them within the transaction. `keep` decides, by position, which
     /// rows are built (rows stored before a restart are skipped, but still numbered).
+    ///
+    /// Partitions are one table to their users: an UPDATE that moves a row to another
+    /// partition, which PostgreSQL writes as a DELETE from one partition followed at once by
+    /// an INSERT into the other, becomes one UPDATE of the partitioned table (numbered as the
+    /// INSERT, so a restart cannot split it). A DELETE from a partition is therefore held until
+    /// the next change, or [`Stitcher::take_pending`].
     pub(crate) fn change(
+        &mut self,
+        message: &Message<'_>,
+        position: u64,
+        relations: &HashMap<u32, Arc<RelationInfo>>,
+        keep: impl Fn(Position) -> bool,
+    ) -> Result<Vec<ChangeRow>> {
+        let mut rows = self.change_rows(message, position, relations, keep)?;
+        let moved_to = match message {
+            Message::Insert { relation_id, .. } => relations
+                .get(relation_id)
+                .and_then(|info| info.partition.clone()),
+            _ => None,
+        };
+        match (self.pending.take(), moved_to) {
+            (Some(deleted), Some(partition))
+                if rows.len() == 1
+                    && partition != deleted.partition
+                    && rows[0].schema == deleted.row.schema
+                    && rows[0].table == deleted.row.table =>
+            {
+                if let Some(inserted) = rows.pop() {
+                    rows.push(moved(deleted, inserted));
+                }
+            }
+            (Some(deleted), _) => rows.insert(0, deleted.row),
+            (None, _) => {}
+        }
+        if let Message::Delete { relation_id, .. } = message
+            && let Some(partition) = relations
+                .get(relation_id)
+                .and_then(|info| info.partition.clone())
+            && let Some(row) = rows.pop()
+        {
+            self.pending = Some(PendingDelete { row, partition });
+        }
+        Ok(rows)
+    }
+
+    fn change_rows(
         &mut self,
         message: &Message<'_>,
         position: u64,
@@ -359,6 +420,34 @@ impl Stitcher {
     }
 }
 
+/// One UPDATE of the partitioned table from a DELETE and the INSERT that moved its row to
+/// another partition: the INSERT's id, position and new image, the DELETE's old image and key.
+fn moved(deleted: PendingDelete, inserted: ChangeRow) -> ChangeRow {
+    let mut notes = Map::new();
+    notes.insert("moved_from".into(), Value::from(&*deleted.partition));
+    let incomplete = serde_json::from_str::<Value>(&deleted.row.context)
+        .ok()
+        .and_then(|context| {
+            context
+                .get(bemi_core::MARKER_KEY)?
+                .get("incomplete")
+                .cloned()
+        });
+    if let Some(incomplete) = incomplete {
+        notes.insert("incomplete".into(), incomplete);
+    }
+    ChangeRow {
+        operation: Operation::Update,
+        previous_primary_key: deleted
+            .row
+            .primary_key
+            .filter(|old| Some(old) != inserted.primary_key.as_ref()),
+        before: deleted.row.before,
+        context: context::with_notes(&inserted.context, notes),
+        ..inserted
+    }
+}
+
 /// The row images of a change.
 #[derive(Clone, Copy)]
 struct Images<'t, 'a> {
@@ -409,7 +498,8 @@ fn build_row(
         }
         _ => None,
     };
-    let context = if notes.is_empty() && info.key_unavailable.is_empty() {
+    let context = if notes.is_empty() && info.key_unavailable.is_empty() && info.partition.is_none()
+    {
         Arc::clone(&transaction.context)
     } else {
         let mut marker = Map::new();
@@ -420,6 +510,9 @@ fn build_row(
         if !notes.unavailable.is_empty() {
             tracing::warn!(table = %info.table, columns = ?notes.unavailable, "unchanged TOAST value without an old row image: left out");
             marker.insert("unavailable".into(), Value::from(notes.unavailable));
+        }
+        if let Some(partition) = &info.partition {
+            marker.insert("partition".into(), Value::from(&**partition));
         }
         if !info.key_unavailable.is_empty() {
             marker.insert(
@@ -599,6 +692,7 @@ mod tests {
             key: vec![0],
             identity: vec![true, false, false],
             key_unavailable: Vec::new(),
+            partition: None,
             flags: vec![Default::default(); 3],
         };
         HashMap::from([(1, Arc::new(info))])
@@ -767,6 +861,84 @@ mod tests {
             serde_json::from_str::<Value>(&rows[0].context).unwrap(),
             json!({"user": 1, "_bemi": {"unavailable": ["after.doc"], "incomplete": ["before"]}})
         );
+    }
+
+    #[test]
+    fn a_row_moved_between_partitions_is_one_update_and_other_deletes_are_kept() {
+        let partition = |id: u32, name: &str| {
+            let mut info = (*relation()[&1]).clone();
+            info.id = id;
+            info.partition = Some(Arc::from(name));
+            Arc::new(info)
+        };
+        let relations = HashMap::from([
+            (2, partition(2, "public.todo_a")),
+            (3, partition(3, "public.todo_b")),
+        ]);
+        let row = |id: &'static [u8]| tuple(&[Datum::Text(id), Datum::Text(b"t"), Datum::Null]);
+        let mut stitcher = stitcher();
+        let delete = |relation_id, old| Message::Delete {
+            relation_id,
+            old,
+            old_is_key: false,
+        };
+        // Held: it may be the first half of a move.
+        assert!(
+            stitcher
+                .change(&delete(2, row(b"1")), 10, &relations, |_| true)
+                .unwrap()
+                .is_empty()
+        );
+        let moved = stitcher
+            .change(
+                &Message::Insert {
+                    relation_id: 3,
+                    new: row(b"1"),
+                },
+                11,
+                &relations,
+                |_| true,
+            )
+            .unwrap();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].operation, Operation::Update);
+        assert_eq!((moved[0].sequence, moved[0].position), (1, 11));
+        assert_eq!(
+            serde_json::from_str::<Value>(&moved[0].context).unwrap(),
+            json!({"_bemi": {"partition": "public.todo_b", "moved_from": "public.todo_a"}})
+        );
+        // A DELETE followed by something else is a DELETE, stored first.
+        assert!(
+            stitcher
+                .change(&delete(2, row(b"2")), 12, &relations, |_| true)
+                .unwrap()
+                .is_empty()
+        );
+        let rows = stitcher
+            .change(
+                &Message::Insert {
+                    relation_id: 2,
+                    new: row(b"3"),
+                },
+                13,
+                &relations,
+                |_| true,
+            )
+            .unwrap();
+        let operations: Vec<_> = rows.iter().map(|row| row.operation).collect();
+        assert_eq!(operations, [Operation::Delete, Operation::Create]);
+        // The last one is handed over at the end of the transaction.
+        assert!(
+            stitcher
+                .change(&delete(3, row(b"1")), 14, &relations, |_| true)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            stitcher.take_pending().map(|row| row.operation),
+            Some(Operation::Delete)
+        );
+        assert!(stitcher.take_pending().is_none());
     }
 
     #[test]

@@ -224,3 +224,168 @@ async fn primary_keys_come_from_the_catalog() {
     );
     worker.stop().await.unwrap();
 }
+
+/// A JSON text twice: as written (NUL characters as `\u0000` escapes) and as `jsonb` can hold
+/// it (U+FFFD instead). `/` is written `\u002f` (a context payload holds none).
+#[derive(Debug, Clone)]
+struct JsonText {
+    written: String,
+    storable: String,
+}
+
+fn json_text() -> impl proptest::strategy::Strategy<Value = JsonText> {
+    use proptest::prelude::*;
+    let number = (
+        proptest::bool::ANY,
+        "[1-9][0-9]{0,39}",
+        proptest::option::of("[0-9]{1,40}"),
+        proptest::option::of(-30_i32..30),
+    )
+        .prop_map(|(negative, digits, fraction, exponent)| {
+            let mut text = format!("{}{digits}", if negative { "-" } else { "" });
+            if let Some(fraction) = fraction {
+                text.push('.');
+                text.push_str(&fraction);
+            }
+            if let Some(exponent) = exponent {
+                text.push_str(&format!("e{exponent}"));
+            }
+            JsonText {
+                written: text.clone(),
+                storable: text,
+            }
+        });
+    // Strings of pieces: plain text, a real NUL, and an escaped backslash before `u0000`.
+    let string = proptest::collection::vec(
+        prop_oneof![
+            "[a-zé\"/ ]{0,4}".prop_map(|text| {
+                let escaped = text.replace('"', "\\\"").replace('/', "\\u002f");
+                (escaped.clone(), escaped)
+            }),
+            Just(("\\u0000".to_owned(), "\\ufffd".to_owned())),
+            Just(("\\\\u0000".to_owned(), "\\\\u0000".to_owned())),
+        ],
+        0..4,
+    )
+    .prop_map(|pieces| {
+        let (written, storable): (Vec<String>, Vec<String>) = pieces.into_iter().unzip();
+        JsonText {
+            written: format!("\"{}\"", written.concat()),
+            storable: format!("\"{}\"", storable.concat()),
+        }
+    });
+    let leaf = prop_oneof![number, string.clone()];
+    leaf.prop_recursive(3, 24, 4, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(|items| JsonText {
+                written: format!(
+                    "[{}]",
+                    items
+                        .iter()
+                        .map(|item| item.written.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                storable: format!(
+                    "[{}]",
+                    items
+                        .iter()
+                        .map(|item| item.storable.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            }),
+            proptest::collection::vec(("[a-z]{1,3}", inner), 0..4).prop_map(|members| JsonText {
+                written: format!(
+                    "{{{}}}",
+                    members
+                        .iter()
+                        .map(|(key, value)| format!("\"{key}\":{}", value.written))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                storable: format!(
+                    "{{{}}}",
+                    members
+                        .iter()
+                        .map(|(key, value)| format!("\"{key}\":{}", value.storable))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            }),
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_keep_every_digit_through_contexts_and_json_columns() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE doc (id int PRIMARY KEY, j json, jb jsonb, f float8);",
+    )
+    .await;
+    let worker = RunningWorker::start(fixture.config());
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut cases: Vec<JsonText> = (0..48)
+        .map(|_| json_text().new_tree(&mut runner).unwrap().current())
+        .collect();
+    // The cases the issue found, always.
+    for fixed in [
+        "123456789012345678901234567890",
+        "18446744073709551616",
+        "0.1000000000000000055511151231257827",
+        "{\"a\":\"\\\\u0000\",\"n\":123456789012345678901234567890}",
+    ] {
+        cases.push(JsonText {
+            written: fixed.to_owned(),
+            storable: fixed.to_owned(),
+        });
+    }
+    for (id, case) in cases.iter().enumerate() {
+        // The context is written by hand, as any client may: `{"v": <value>}`.
+        fixture
+            .client
+            .execute(
+                &format!(
+                    "INSERT INTO doc (id, j, jb) VALUES ($1, $2::text::json, $3::text::jsonb) \
+                     /*Bemi {{\"v\":{}}} Bemi*/",
+                    case.written
+                ),
+                &[&(id as i32), &case.written, &case.storable],
+            )
+            .await
+            .unwrap();
+    }
+    fixture
+        .sql("INSERT INTO doc (id, f) VALUES (-1, '-0'::float8)")
+        .await;
+    fixture.wait_for(cases.len() + 1).await;
+    for (id, case) in cases.iter().enumerate() {
+        let row = fixture
+            .client
+            .query_one(
+                "SELECT (\"after\"->'j')::text, (\"after\"->'jb')::text, (context->'v')::text, \
+                        ($2::text::jsonb)::text \
+                 FROM bemi.changes WHERE primary_key = $1::int::text",
+                &[&(id as i32), &case.storable],
+            )
+            .await
+            .unwrap();
+        let expected: String = row.get(3);
+        for (what, column) in [("json column", 0), ("jsonb column", 1), ("context", 2)] {
+            assert_eq!(row.get::<_, String>(column), expected, "{what} of {case:?}");
+        }
+    }
+    let negative_zero: serde_json::Value = fixture
+        .client
+        .query_one(
+            "SELECT \"after\"->'f' FROM bemi.changes WHERE primary_key = '-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(negative_zero, json!("-0"));
+    worker.stop().await.unwrap();
+}

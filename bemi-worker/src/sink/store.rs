@@ -17,7 +17,7 @@
 use bemi_core::QualifiedName;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -415,24 +415,21 @@ async fn insert_row(
 /// `row` with `before`/`after` emptied and their JSON text kept as strings in the context, which
 /// PostgreSQL always accepts.
 fn unstorable(row: &ChangeRow, error: &str) -> ChangeRow {
-    let mut context = match serde_json::from_str::<Value>(&row.context) {
-        Ok(Value::Object(object)) => object,
-        _ => serde_json::Map::new(),
-    };
-    context.insert(
-        bemi_core::MARKER_KEY.to_owned(),
+    // The images' JSON text is kept exactly, as strings (which any `jsonb` accepts); the rest of
+    // the context is merged into without parsing its numbers.
+    let mut notes = serde_json::Map::new();
+    notes.insert(
+        "unstorable".to_owned(),
         json!({
-            "unstorable": {
-                "error": error.replace('\0', "\u{fffd}"),
-                "before": row.before.replace("\\u0000", "\\ufffd"),
-                "after": row.after.replace("\\u0000", "\\ufffd"),
-            }
+            "error": error.replace('\0', "\u{fffd}"),
+            "before": row.before,
+            "after": row.after,
         }),
     );
     ChangeRow {
         before: "{}".to_owned(),
         after: "{}".to_owned(),
-        context: Value::Object(context).to_string().into(),
+        context: crate::stitch::context::with_notes(&row.context, notes),
         ..row.clone()
     }
 }
@@ -614,7 +611,7 @@ mod tests {
     fn unstorable_rows_keep_their_values_as_text() {
         let kept = unstorable(&row(), "numeric field overflow");
         assert_eq!(kept.after, "{}");
-        let context: Value = serde_json::from_str(&kept.context).unwrap();
+        let context: serde_json::Value = serde_json::from_str(&kept.context).unwrap();
         assert_eq!(
             context["_bemi"]["unstorable"]["after"],
             json!(r#"{"t":"a\tb\\c\nd"}"#)

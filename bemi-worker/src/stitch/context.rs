@@ -15,12 +15,17 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use bemi_core::MARKER_KEY;
 
 /// The default cap on a context payload the worker stores, in bytes.
 pub const DEFAULT_MAX_CONTEXT_BYTES: usize = 1 << 20;
+/// The deepest nesting of a context stored as it is (serde_json's own limit).
+const MAX_DEPTH: usize = 128;
 /// How much of an invalid payload is kept in the marker, in characters.
 const RAW_KEPT_CHARS: usize = 10_000;
 
@@ -48,31 +53,56 @@ pub(crate) fn from_payload(content: &[u8], max_bytes: usize) -> Arc<str> {
             );
         }
     };
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(mut object)) => {
-            if replace_nul_in_object(&mut object) {
-                tracing::warn!(
-                    "context contained \\u0000, which jsonb cannot store: replaced by U+FFFD"
-                );
-                add_note(&mut object, "replaced_nul", json!(["context"]));
-            }
-            Arc::from(Value::Object(object).to_string())
+    // Checked without building numbers (which serde_json would round through f64): the text
+    // is stored as it came, every digit kept.
+    let raw = match serde_json::from_str::<&RawValue>(text) {
+        Ok(raw) => raw,
+        Err(error) => return invalid(&format!("not JSON: {error}"), text),
+    };
+    if !raw.get().starts_with('{') {
+        return invalid("not a JSON object", text);
+    }
+    if crate::stitch::json::nesting_exceeds(raw.get(), MAX_DEPTH) {
+        return invalid(
+            &format!("nested deeper than {MAX_DEPTH} levels (recursion limit exceeded)"),
+            text,
+        );
+    }
+    match crate::stitch::json::replace_nul_escapes(raw.get()) {
+        None => Arc::from(raw.get()),
+        Some(replaced) => {
+            tracing::warn!(
+                "context contained \\u0000, which jsonb cannot store: replaced by U+FFFD"
+            );
+            let mut notes = Map::new();
+            notes.insert("replaced_nul".into(), json!(["context"]));
+            with_notes(&replaced, notes)
         }
-        Ok(_) => invalid("not a JSON object", text),
-        Err(error) => invalid(&format!("not JSON: {error}"), text),
     }
 }
 
-/// `context` (JSON object text) with `notes` merged under `_bemi`.
+/// `context` (JSON object text) with `notes` merged under `_bemi`. The other members are kept
+/// as raw text: no number is rounded.
 pub(crate) fn with_notes(context: &str, notes: Map<String, Value>) -> Arc<str> {
-    let mut object = match serde_json::from_str::<Value>(context) {
-        Ok(Value::Object(object)) => object,
-        _ => Map::new(),
-    };
-    for (key, value) in notes {
-        add_note(&mut object, &key, value);
+    let mut object: BTreeMap<String, Box<RawValue>> =
+        serde_json::from_str(context).unwrap_or_default();
+    let mut marker = Map::new();
+    if let Some(existing) = object.remove(MARKER_KEY) {
+        marker.insert(
+            MARKER_KEY.to_owned(),
+            serde_json::from_str(existing.get()).unwrap_or(Value::Null),
+        );
     }
-    Arc::from(Value::Object(object).to_string())
+    for (key, value) in notes {
+        add_note(&mut marker, &key, value);
+    }
+    if let Some(Ok(raw)) = marker
+        .remove(MARKER_KEY)
+        .map(|value| RawValue::from_string(value.to_string()))
+    {
+        object.insert(MARKER_KEY.to_owned(), raw);
+    }
+    Arc::from(serde_json::to_string(&object).unwrap_or_else(|_| "{}".to_owned()))
 }
 
 fn invalid(reason: &str, raw: &str) -> Arc<str> {
@@ -100,35 +130,6 @@ fn add_note(object: &mut Map<String, Value>, key: &str, value: Value) {
     }
     if let Value::Object(marker) = marker {
         marker.insert(key.to_owned(), value);
-    }
-}
-
-fn replace_nul_in_object(object: &mut Map<String, Value>) -> bool {
-    let mut replaced = false;
-    if object.keys().any(|key| key.contains('\0')) {
-        let entries = std::mem::take(object);
-        for (key, value) in entries {
-            object.insert(key.replace('\0', "\u{fffd}"), value);
-        }
-        replaced = true;
-    }
-    for value in object.values_mut() {
-        replaced |= replace_nul(value);
-    }
-    replaced
-}
-
-fn replace_nul(value: &mut Value) -> bool {
-    match value {
-        Value::String(text) if text.contains('\0') => {
-            *text = text.replace('\0', "\u{fffd}");
-            true
-        }
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |any, item| replace_nul(item) | any),
-        Value::Object(object) => replace_nul_in_object(object),
-        _ => false,
     }
 }
 

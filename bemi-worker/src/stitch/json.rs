@@ -69,6 +69,67 @@ pub(crate) fn push_string(out: &mut String, text: &str) {
     out.push('"');
 }
 
+/// JSON text with every `\u0000` escape replaced by `\ufffd` (`jsonb` cannot store NUL), or
+/// `None` when it has none. Works on the text, so numbers keep every digit; an escaped
+/// backslash followed by `u0000` (`\\u0000`, which is no NUL) is left alone.
+pub(crate) fn replace_nul_escapes(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(found) = next_special(bytes, at, b"\\") {
+        if bytes[found] != b'\\' {
+            // A control byte: not an escape.
+            at = found + 1;
+            continue;
+        }
+        if bytes.get(found + 1) == Some(&b'u') && bytes.get(found + 2..found + 6) == Some(b"0000") {
+            let replaced = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            replaced.push_str(&text[copied..found]);
+            replaced.push_str("\\ufffd");
+            copied = found + 6;
+            at = found + 6;
+        } else {
+            // Any other escape is two characters (`\uXXXX` carries on as plain text).
+            at = found + 2;
+        }
+    }
+    out.map(|mut replaced| {
+        replaced.push_str(&text[copied..]);
+        replaced
+    })
+}
+
+/// Whether valid JSON `text` nests arrays and objects deeper than `limit` (strings skipped).
+pub(crate) fn nesting_exceeds(text: &str, limit: usize) -> bool {
+    let mut depth = 0_usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in text.as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Whether `text` is a JSON number (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`).
 pub(crate) fn is_number(text: &str) -> bool {
     let bytes = text.as_bytes();

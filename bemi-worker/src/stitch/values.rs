@@ -101,6 +101,8 @@ pub(crate) fn push_value(out: &mut String, kind: &ValueKind, text: &str) -> bool
             "f" => out.push_str("false"),
             other => push_string(out, other),
         },
+        // `jsonb` numbers are `numeric`, which has no negative zero: a float's `-0` stays text.
+        ValueKind::Float if text == "-0" => push_string(out, text),
         ValueKind::Integer | ValueKind::Numeric | ValueKind::Float => {
             if is_number(text) {
                 out.push_str(text);
@@ -128,49 +130,18 @@ pub(crate) fn push_value(out: &mut String, kind: &ValueKind, text: &str) -> bool
     true
 }
 
-/// Appends JSON text, replacing `\u0000` escapes (which `jsonb` rejects). Returns `false` when
-/// it replaced any.
+/// Appends JSON text as it is, with `\u0000` escapes (which `jsonb` rejects) replaced: never
+/// parsed, so no number loses a digit. Returns `false` when it replaced any.
 fn push_json(out: &mut String, text: &str) -> bool {
-    if !text.contains("\\u0000") {
-        out.push_str(text);
-        return true;
-    }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(mut value) => {
-            let replaced = replace_nul(&mut value);
-            out.push_str(&value.to_string());
-            !replaced
+    match crate::stitch::json::replace_nul_escapes(text) {
+        Some(replaced) => {
+            out.push_str(&replaced);
+            false
         }
-        Err(_) => {
-            push_string(out, text);
+        None => {
+            out.push_str(text);
             true
         }
-    }
-}
-
-/// Replaces NUL characters in every string and key of `value` with U+FFFD.
-fn replace_nul(value: &mut serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(text) if text.contains('\0') => {
-            *text = text.replace('\0', "\u{fffd}");
-            true
-        }
-        serde_json::Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |any, item| replace_nul(item) | any),
-        serde_json::Value::Object(map) => {
-            let mut replaced = false;
-            if map.keys().any(|key| key.contains('\0')) {
-                let entries = std::mem::take(map);
-                for (key, value) in entries {
-                    map.insert(key.replace('\0', "\u{fffd}"), value);
-                }
-                replaced = true;
-            }
-            map.values_mut()
-                .fold(replaced, |any, item| replace_nul(item) | any)
-        }
-        _ => false,
     }
 }
 

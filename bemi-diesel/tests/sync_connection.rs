@@ -543,3 +543,46 @@ fn migrations_run_through_the_wrapper() {
         ]
     );
 }
+
+#[test]
+fn every_write_of_a_multi_statement_string_carries_the_context() {
+    let audited = audited_database!(SCHEMA);
+    let mut conn = PgConnection::establish(&audited.url()).unwrap();
+    {
+        let _request = enter_context(ctx(json!({"user": "bob"})));
+        conn.batch_execute(
+            "SET LOCAL statement_timeout = '5s'; INSERT INTO todo (task) VALUES ('x')",
+        )
+        .unwrap();
+    }
+    // A migration creating a table and filling it, run under a context.
+    {
+        let _request = enter_context(ctx(json!({"job": "migrate"})));
+        conn.batch_execute(
+            "CREATE TABLE seeded (id int PRIMARY KEY);\nINSERT INTO seeded VALUES (1);",
+        )
+        .unwrap();
+    }
+    // Two statements with their own comments, as a hand-written script may send them: which
+    // one runs cannot be told from the query text, so neither gets a (maybe wrong) context.
+    conn.batch_execute(
+        "INSERT INTO todo (task) VALUES ('a') /*Bemi {\"who\":\"x\"} Bemi*/; \
+         INSERT INTO todo (task) VALUES ('b') /*Bemi {\"who\":\"y\"} Bemi*/",
+    )
+    .unwrap();
+    let changes = audited.wait_for(4);
+    let contexts: Vec<(&str, &serde_json::Value)> = changes
+        .iter()
+        .map(|change| (change.table.as_str(), &change.context))
+        .collect();
+    let ambiguous = json!({"_bemi": {"ambiguous_context": "several statements with context comments in one query"}});
+    assert_eq!(
+        contexts,
+        [
+            ("todo", &json!({"user": "bob"})),
+            ("seeded", &json!({"job": "migrate"})),
+            ("todo", &ambiguous),
+            ("todo", &ambiguous),
+        ]
+    );
+}

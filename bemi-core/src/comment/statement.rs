@@ -8,6 +8,8 @@
 /// these. Leading whitespace and comments are skipped; keywords are case-insensitive; string
 /// literals, quoted identifiers and dollar-quoted bodies are never mistaken for keywords.
 ///
+/// A string of several statements (`;`-separated) is a write when any of them is.
+///
 /// Everything else is a read and is never tagged: `SELECT`, `VALUES`, `TABLE`, `SHOW`, `SET`,
 /// `BEGIN`, `COMMIT`, `SAVEPOINT`, ... A `SELECT` calling a function that writes is a read here:
 /// its rows are still captured, without context.
@@ -24,7 +26,16 @@
 /// ```
 pub fn is_write(sql: &str) -> bool {
     let mut tokens = Tokens::new(sql);
-    classify(&mut tokens)
+    loop {
+        // A string of several statements writes when any of them does: `SET LOCAL ...;
+        // INSERT ...` must carry the context.
+        if classify(&mut tokens) {
+            return true;
+        }
+        if !tokens.next_statement() {
+            return false;
+        }
+    }
 }
 
 fn classify(tokens: &mut Tokens<'_>) -> bool {
@@ -147,6 +158,18 @@ impl<'a> Tokens<'a> {
         self.sql.get(self.at..).unwrap_or_default()
     }
 
+    /// Moves past the `;` that ends the current statement; `false` when none does.
+    fn next_statement(&mut self) -> bool {
+        while self.next().is_some() {}
+        self.skip_trivia();
+        if self.rest().starts_with(';') {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Skips whitespace and comments (`-- ...` and nested `/* ... */`).
     fn skip_trivia(&mut self) {
         loop {
@@ -171,6 +194,10 @@ impl<'a> Iterator for Tokens<'a> {
         self.skip_trivia();
         let rest = self.rest();
         let first = rest.chars().next()?;
+        if first == ';' {
+            // The statement ends here (see `next_statement`).
+            return None;
+        }
         let (len, token) = match first {
             '(' => (1, Token::Open),
             ')' => (1, Token::Close),
@@ -295,6 +322,10 @@ mod tests {
             "EXPLAIN ANALYZE DELETE FROM t",
             "EXPLAIN (ANALYZE, BUFFERS) UPDATE t SET a = 1",
             "EXPLAIN ANALYZE VERBOSE INSERT INTO t VALUES (1)",
+            "SET LOCAL statement_timeout = '5s'; INSERT INTO items (name) VALUES ('x')",
+            "CREATE TABLE t (id int);\nINSERT INTO t VALUES (1);",
+            "SELECT ';'; SELECT $$;$$; DELETE FROM t",
+            "WITH x AS (SELECT 1) SELECT * FROM x; UPDATE t SET a = 1",
         ] {
             assert!(is_write(sql), "{sql}");
         }
@@ -329,6 +360,8 @@ mod tests {
             "EXPLAIN ANALYZE SELECT 1",
             "(SELECT 1)",
             "PREPARE p AS INSERT INTO t VALUES (1)",
+            "SET a = 1; SELECT 'INSERT INTO t'; ; SHOW b;",
+            "SELECT 1; -- DELETE FROM t",
         ] {
             assert!(!is_write(sql), "{sql}");
         }

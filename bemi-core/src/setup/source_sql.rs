@@ -36,6 +36,15 @@ BEGIN
             IF pg_catalog.length(rest) OPERATOR(pg_catalog.>=) 7 THEN
                 payload := pg_catalog.left(rest, pg_catalog.length(rest) OPERATOR(pg_catalog.-) 7);
             END IF;
+            -- Several statements in one query, an earlier one ending with its own comment
+            -- (`A /*Bemi x Bemi*/; B /*Bemi y Bemi*/`): which statement is running cannot be
+            -- told from the text, so none gets a context rather than maybe the wrong one.
+            IF pg_catalog.length(query) OPERATOR(pg_catalog.>)
+                    ((pg_catalog.length(rest) OPERATOR(pg_catalog.+) found) OPERATOR(pg_catalog.+) 6)
+                AND (pg_catalog.left(query, pg_catalog.length(query) OPERATOR(pg_catalog.-) pg_catalog.length(rest))
+                    OPERATOR(pg_catalog.~) ' Bemi\*/[[:space:]]*;') THEN
+                payload := '{"_bemi":{"ambiguous_context":"several statements with context comments in one query"}}';
+            END IF;
         END IF;
     END IF;
     IF payload OPERATOR(pg_catalog.=) '' THEN

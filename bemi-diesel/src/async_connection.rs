@@ -176,7 +176,11 @@ impl AsyncConnection for AsyncPgConnection {
 }
 
 impl diesel_async::pooled_connection::PoolableConnection for AsyncPgConnection {
+    /// The pools ask this of every connection they take back (bb8) or hand out again
+    /// (deadpool): the connection's own context ([`AsyncPgConnection::set_context`]) is cleared
+    /// here, so it never reaches the pool's next user.
     fn is_broken(&mut self) -> bool {
+        self.clear_context();
         self.inner.is_broken()
     }
 }

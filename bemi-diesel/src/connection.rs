@@ -196,7 +196,10 @@ impl diesel::r2d2::R2D2Connection for PgConnection {
         self.inner.ping()
     }
 
+    /// r2d2 asks this of every connection returned to the pool: the connection's own context
+    /// ([`PgConnection::set_context`]) is cleared here, so it never reaches the pool's next user.
     fn is_broken(&mut self) -> bool {
+        self.clear_context();
         self.inner.is_broken()
     }
 }

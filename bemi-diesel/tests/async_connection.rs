@@ -308,3 +308,47 @@ async fn tagged_writes_leave_no_prepared_statements_behind() {
     let changes = audited.wait_for_async(1_000).await;
     assert_eq!(changes[999].context, json!({"request": 999}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_context_never_reaches_the_next_user_of_deadpool_or_bb8() {
+    let audited = audited_database!(SCHEMA);
+    let insert = |task: &'static str| diesel::insert_into(todo::table).values(todo::task.eq(task));
+    {
+        use diesel_async::pooled_connection::deadpool::Pool;
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(audited.url());
+        let pool = Pool::builder(manager).max_size(1).build().unwrap();
+        {
+            let mut first = pool.get().await.unwrap();
+            first.set_context(ctx(json!({"job": "deadpool-first"})));
+            insert("first").execute(&mut first).await.unwrap();
+        }
+        let mut next = pool.get().await.unwrap();
+        insert("next").execute(&mut next).await.unwrap();
+    }
+    {
+        use diesel_async::pooled_connection::bb8::Pool;
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(audited.url());
+        let pool = Pool::builder().max_size(1).build(manager).await.unwrap();
+        {
+            let mut first = pool.get().await.unwrap();
+            first.set_context(ctx(json!({"job": "bb8-first"})));
+            insert("first").execute(&mut *first).await.unwrap();
+        }
+        let mut next = pool.get().await.unwrap();
+        insert("next").execute(&mut *next).await.unwrap();
+    }
+    let changes = audited.wait_for_async(4).await;
+    let contexts: Vec<_> = changes
+        .iter()
+        .map(|change| change.context.clone())
+        .collect();
+    assert_eq!(
+        contexts,
+        [
+            json!({"job": "deadpool-first"}),
+            json!({}),
+            json!({"job": "bb8-first"}),
+            json!({}),
+        ]
+    );
+}

@@ -586,3 +586,30 @@ fn every_write_of_a_multi_statement_string_carries_the_context() {
         ]
     );
 }
+
+#[test]
+fn a_connection_context_never_reaches_the_pool_s_next_user() {
+    use diesel::r2d2::{ConnectionManager, Pool};
+    let audited = audited_database!(SCHEMA);
+    let pool = Pool::builder()
+        .max_size(1)
+        .build(ConnectionManager::<PgConnection>::new(audited.url()))
+        .unwrap();
+    {
+        let mut first = pool.get().unwrap();
+        first.set_context(ctx(json!({"job": "first-user"})));
+        diesel::insert_into(todo::table)
+            .values(NewTodo { task: "first" })
+            .execute(&mut first)
+            .unwrap();
+    }
+    // The same connection (the pool holds one), for another request without a context.
+    let mut next = pool.get().unwrap();
+    diesel::insert_into(todo::table)
+        .values(NewTodo { task: "next" })
+        .execute(&mut next)
+        .unwrap();
+    let changes = audited.wait_for(2);
+    assert_eq!(changes[0].context, json!({"job": "first-user"}));
+    assert_eq!(changes[1].context, json!({}));
+}

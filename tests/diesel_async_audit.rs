@@ -136,3 +136,60 @@ async fn composite_keys_history_and_transaction_revert() {
         history[1].change.transaction_id
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_api_takes_connections_as_deadpool_and_bb8_hand_them_out() {
+    use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+    let db = audited_database!(
+        "CREATE TABLE order_lines (order_id bigint, line int, product text NOT NULL, \
+         quantity int NOT NULL, PRIMARY KEY (order_id, line));"
+    );
+    let deadpool =
+        diesel_async::pooled_connection::deadpool::Pool::builder(AsyncDieselConnectionManager::<
+            AsyncPgConnection,
+        >::new(db.url()))
+        .max_size(1)
+        .build()
+        .unwrap();
+    let mut conn = deadpool.get().await.unwrap();
+    with_context(Context::new().with("request_id", "pooled"), async {
+        diesel::insert_into(order_lines::table)
+            .values((
+                order_lines::order_id.eq(7_i64),
+                order_lines::line.eq(1),
+                order_lines::product.eq("tea"),
+                order_lines::quantity.eq(1),
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    })
+    .await;
+    db.wait_for_async(1).await;
+    let history = OrderLine::history(&mut conn, (7, 1)).await.unwrap();
+    assert_eq!(history.len(), 1);
+    let revert = Revert::context(Context::new().with("request_id", "pooled"));
+    assert!(
+        plan_revert(&mut conn, &revert, false)
+            .await
+            .unwrap()
+            .is_clean()
+    );
+
+    let bb8 = diesel_async::pooled_connection::bb8::Pool::builder()
+        .max_size(1)
+        .build(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
+            db.url(),
+        ))
+        .await
+        .unwrap();
+    let mut conn = bb8.get().await.unwrap();
+    let history = OrderLine::history(&mut conn, (7, 1)).await.unwrap();
+    assert_eq!(history[0].change.operation, Operation::Create);
+    assert!(
+        plan_revert(&mut conn, &revert, false)
+            .await
+            .unwrap()
+            .is_clean()
+    );
+}

@@ -388,3 +388,28 @@ async fn audited_models_select_the_tracked_tables() {
         .collect();
     assert_eq!(published, ["projects", "tasks"]);
 }
+
+#[test]
+fn the_audit_api_takes_connections_as_the_r2d2_pool_hands_them_out() {
+    use diesel::r2d2::{ConnectionManager, Pool};
+    let db = audited_database!(SCHEMA);
+    let pool = Pool::builder()
+        .max_size(1)
+        .build(ConnectionManager::<PgConnection>::new(db.url()))
+        .unwrap();
+    let mut conn = pool.get().unwrap();
+    {
+        let _request = enter_context(Context::new().with("request_id", "pooled"));
+        diesel::insert_into(projects::table)
+            .values((projects::id.eq(1), projects::name.eq("Pool")))
+            .execute(&mut conn)
+            .unwrap();
+    }
+    db.wait_for(1);
+    let history = Project::history(&mut conn, 1).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].change.operation, Operation::Create);
+    let revert = Revert::context(Context::new().with("request_id", "pooled"));
+    let plan = plan_revert(&mut conn, &revert, false).unwrap();
+    assert!(plan.is_clean());
+}

@@ -38,6 +38,22 @@ impl AuditConnection for crate::PgConnection {
     }
 }
 
+/// A connection checked out of an r2d2 pool (`diesel::r2d2::Pool`), as the pool hands it out:
+/// no `&mut *conn` needed.
+impl<M> AuditConnection for diesel::r2d2::PooledConnection<M>
+where
+    M: diesel::r2d2::ManageConnection,
+    M::Connection: AuditConnection,
+{
+    fn pg_connection(&mut self) -> &mut diesel::PgConnection {
+        (**self).pg_connection()
+    }
+
+    fn revert_context(&self) -> Context {
+        (**self).revert_context()
+    }
+}
+
 /// History and time travel for every [`Audited`] model, on a sync Diesel connection.
 ///
 /// ```no_run

@@ -57,6 +57,29 @@ pub trait AuditConnection: Send {
     fn revert_context(&self) -> Context;
 }
 
+/// Connections checked out of diesel-async's deadpool and bb8 pools, as the pools hand them out
+/// (no `&mut *conn` needed), for diesel-async's connection and bemi's wrapper.
+macro_rules! pooled_audit_connection {
+    ($($pooled:ty),* $(,)?) => {$(
+        impl AuditConnection for $pooled {
+            fn pg_connection(&mut self) -> &mut diesel_async::AsyncPgConnection {
+                (**self).pg_connection()
+            }
+
+            fn revert_context(&self) -> Context {
+                (**self).revert_context()
+            }
+        }
+    )*};
+}
+
+pooled_audit_connection!(
+    diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>,
+    diesel_async::pooled_connection::deadpool::Object<crate::AsyncPgConnection>,
+    diesel_async::pooled_connection::bb8::PooledConnection<'_, diesel_async::AsyncPgConnection>,
+    diesel_async::pooled_connection::bb8::PooledConnection<'_, crate::AsyncPgConnection>,
+);
+
 impl AuditConnection for diesel_async::AsyncPgConnection {
     fn pg_connection(&mut self) -> &mut diesel_async::AsyncPgConnection {
         self

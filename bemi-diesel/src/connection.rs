@@ -191,6 +191,52 @@ impl MigrationConnection for PgConnection {
     }
 }
 
+/// `diesel::copy_from(table)...execute(&mut conn)` through the wrapper: the rows carry the
+/// context. A `COPY` statement's text is Diesel's to build, so the context travels in the
+/// transaction-local setting the context trigger also reads (`bemi.context`), set for the `COPY`
+/// and cleared after it (a transaction is opened around it when none is). `COPY TO` is a read:
+/// run it on [`PgConnection::inner_mut`].
+impl<T, A> diesel::ExecuteCopyFromDsl<PgConnection> for diesel::pg::CopyFromQuery<T, A>
+where
+    diesel::pg::CopyFromQuery<T, A>: diesel::ExecuteCopyFromDsl<diesel::PgConnection>,
+    <diesel::pg::CopyFromQuery<T, A> as diesel::ExecuteCopyFromDsl<diesel::PgConnection>>::Error:
+        From<diesel::result::Error>,
+{
+    type Error = <diesel::pg::CopyFromQuery<T, A> as diesel::ExecuteCopyFromDsl<
+        diesel::PgConnection,
+    >>::Error;
+
+    fn execute(self, conn: &mut PgConnection) -> Result<usize, Self::Error> {
+        let Some(comment) = conn.tagging.comment_for_sql("COPY t FROM STDIN") else {
+            return self.execute(&mut conn.inner);
+        };
+        let set_context = |inner: &mut diesel::PgConnection, payload: &str| {
+            diesel::RunQueryDsl::execute(
+                diesel::sql_query("SELECT pg_catalog.set_config('bemi.context', $1, true)")
+                    .bind::<diesel::sql_types::Text, _>(payload),
+                inner,
+            )
+        };
+        let payload = comment.payload().to_owned();
+        let copy = move |inner: &mut diesel::PgConnection| -> Result<usize, Self::Error> {
+            set_context(inner, &payload)?;
+            let copied = self.execute(inner)?;
+            set_context(inner, "")?;
+            Ok(copied)
+        };
+        if AnsiTransactionManager::transaction_manager_status_mut(&mut conn.inner)
+            .transaction_depth()
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            copy(&mut conn.inner)
+        } else {
+            conn.inner.transaction(copy)
+        }
+    }
+}
+
 impl diesel::r2d2::R2D2Connection for PgConnection {
     fn ping(&mut self) -> QueryResult<()> {
         self.inner.ping()

@@ -613,3 +613,58 @@ fn a_connection_context_never_reaches_the_pool_s_next_user() {
     assert_eq!(changes[0].context, json!({"job": "first-user"}));
     assert_eq!(changes[1].context, json!({}));
 }
+
+#[test]
+fn copy_from_through_the_wrapper_carries_the_context() {
+    let audited = audited_database!(SCHEMA);
+    let mut conn = PgConnection::establish(&audited.url()).unwrap();
+    #[derive(Insertable)]
+    #[diesel(table_name = todo, treat_none_as_default_value = false)]
+    struct Copied {
+        task: String,
+    }
+    let rows = vec![
+        Copied {
+            task: "copied 1".into(),
+        },
+        Copied {
+            task: "copied 2".into(),
+        },
+    ];
+    {
+        let _request = enter_context(ctx(json!({"job": "import"})));
+        let copied = diesel::copy_from(todo::table)
+            .from_insertable(&rows)
+            .execute(&mut conn)
+            .unwrap();
+        assert_eq!(copied, 2);
+    }
+    // Inside the application's transaction: the context ends with the COPY.
+    conn.transaction::<_, DieselError, _>(|conn| {
+        {
+            let _request = enter_context(ctx(json!({"job": "import-in-transaction"})));
+            diesel::copy_from(todo::table)
+                .from_insertable(&rows[..1])
+                .execute(conn)?;
+        }
+        diesel::insert_into(todo::table)
+            .values(NewTodo { task: "after copy" })
+            .execute(conn)?;
+        Ok(())
+    })
+    .unwrap();
+    let changes = audited.wait_for(4);
+    let contexts: Vec<_> = changes
+        .iter()
+        .map(|change| change.context.clone())
+        .collect();
+    assert_eq!(
+        contexts,
+        [
+            json!({"job": "import"}),
+            json!({"job": "import"}),
+            json!({"job": "import-in-transaction"}),
+            json!({}),
+        ]
+    );
+}

@@ -53,7 +53,7 @@ async fn a_transaction_larger_than_a_batch_is_stored_in_chunks() {
     let worker = RunningWorker::start(config);
     insert_batch(&fixture.client, 1, 5_000).await;
     fixture.wait_for(5_000).await;
-    let metrics = worker.metrics.clone();
+    let metrics = std::sync::Arc::clone(&worker.metrics);
     worker.stop().await.unwrap();
     assert_eq!(metrics.stored_changes(), 5_000);
     assert_exactly_once(&fixture.client, 5_000).await;
@@ -229,7 +229,7 @@ async fn the_worker_reconnects_when_the_database_restarts() {
     insert_batch(&fixture.client, 1, 5).await;
     fixture.wait_for(5).await;
 
-    let restarted = cluster.clone();
+    let restarted = std::sync::Arc::clone(&cluster);
     tokio::task::spawn_blocking(move || {
         restarted.stop();
         restarted.restart();
@@ -277,7 +277,7 @@ async fn a_second_slot_is_its_own_incarnation_with_its_own_ids_and_progress() {
         (progress == Some(true)).then_some(())
     })
     .await;
-    let metrics = second.metrics.clone();
+    let metrics = std::sync::Arc::clone(&second.metrics);
     second.stop().await.unwrap();
     assert_eq!(
         metrics.stored_changes(),

@@ -38,8 +38,12 @@ pub(crate) async fn run(
         if rows == 0 {
             continue;
         }
-        let env = Environment::in_cluster(first.cluster.clone(), &format!("memory-{rows}"), SCHEMA)
-            .await?;
+        let env = Environment::in_cluster(
+            std::sync::Arc::clone(&first.cluster),
+            &format!("memory-{rows}"),
+            SCHEMA,
+        )
+        .await?;
         env.create_slot("bench_memory").await?;
         env.client.batch_execute(&insert(0, rows)).await?;
         let target = env.current_lsn().await?;
@@ -61,7 +65,8 @@ pub(crate) async fn run(
 async fn wide(first: &Environment, rows: usize, bytes: usize) -> anyhow::Result<()> {
     let schema = "CREATE TABLE blob (id int PRIMARY KEY, note text, data bytea) \
                   WITH (autovacuum_enabled = false); ALTER TABLE blob REPLICA IDENTITY FULL;";
-    let env = Environment::in_cluster(first.cluster.clone(), "memory-wide", schema).await?;
+    let env = Environment::in_cluster(std::sync::Arc::clone(&first.cluster), "memory-wide", schema)
+        .await?;
     // Random bytes: incompressible, so TOAST stores them at full size.
     env.client
         .batch_execute(&format!(

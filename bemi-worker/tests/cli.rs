@@ -26,8 +26,16 @@ fn help_explains_every_command() {
     let output = bemi_worker(&["--help"], "");
     let help = text(&output);
     assert!(output.status.success(), "{help}");
-    for command in ["setup", "run", "status", "teardown", "snapshot", "revert"] {
+    for command in [
+        "setup", "run", "status", "teardown", "snapshot", "revert", "capture", "ingest",
+    ] {
         assert!(help.contains(command), "{help}");
+        let command_help = bemi_worker(&[command, "--help"], "");
+        assert!(
+            command_help.status.success(),
+            "{command}: {}",
+            text(&command_help)
+        );
     }
     let run_help = text(&bemi_worker(&["run", "--help"], ""));
     for flag in [
@@ -35,6 +43,8 @@ fn help_explains_every_command() {
         "--destination-url",
         "--slot",
         "--batch-size",
+        "--batch-bytes",
+        "--database-url-file",
         "DATABASE_URL",
         "BEMI_DESTINATION_URL",
     ] {

@@ -1,10 +1,4 @@
-//! The error type of the worker, and what each error means for the pipeline: its [`ErrorKind`].
-//!
-//! | kind | caused by | the worker |
-//! | --- | --- | --- |
-//! | [`ErrorKind::BadData`] | the content of one message or one change (a value the destination refuses, a hostile message) | parks it in `bemi.rejected` (or stores it with a marker), logs it once, goes on |
-//! | [`ErrorKind::Transient`] | infrastructure that may recover: lost connections, restarts, timeouts, lock waits, a protocol hiccup | reconnects with backoff |
-//! | [`ErrorKind::Fatal`] | what only an operator can fix: configuration, credentials, privileges, missing objects | stops, saying what to do |
+//! The error type of the worker, and what each error means for the pipeline (`ErrorKind`).
 
 use crate::source::pgoutput::DecodeError;
 
@@ -109,6 +103,12 @@ pub enum Error {
 }
 
 /// What an error means for the pipeline: park the item, retry, or stop.
+///
+/// | kind | caused by | the worker |
+/// | --- | --- | --- |
+/// | [`ErrorKind::BadData`] | the content of one message or one change (a value the destination refuses, a message the decoder cannot read) | parks it in `bemi.rejected` (or stores it with a marker), logs it once, goes on |
+/// | [`ErrorKind::Transient`] | infrastructure that may recover: lost connections, restarts, timeouts, lock waits, a protocol hiccup | reconnects with backoff |
+/// | [`ErrorKind::Fatal`] | what only an operator can fix: configuration, credentials, privileges, missing objects | stops, saying what to do |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -161,7 +161,7 @@ impl Error {
         move |source| Error::Postgres { action, source }
     }
 
-    /// What this error means for the pipeline (see the [module](self) table).
+    /// What this error means for the pipeline: park the item, retry, or stop.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Postgres { source, .. } => match source.code() {

@@ -1,7 +1,7 @@
 //! Typed history and revert of Diesel models on diesel-async, against the real worker.
 
 use bemi::diesel::AsyncPgConnection;
-use bemi::diesel::audit_async::{AuditedQueries, apply_revert, plan_revert};
+use bemi::diesel::{AuditedQueries, apply_revert, plan_revert};
 use bemi::revert::{Revert, StepOutcome};
 use bemi::{Context, Operation, with_context};
 use bemi_testing::audited_database;
@@ -192,4 +192,43 @@ async fn the_audit_api_takes_connections_as_deadpool_and_bb8_hand_them_out() {
             .unwrap()
             .is_clean()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_import_serves_sync_and_async_connections() {
+    // Both connections in one module, one trait in scope: no ambiguity.
+    let db = audited_database!(
+        "CREATE TABLE order_lines (order_id bigint, line int, product text NOT NULL, \
+         quantity int NOT NULL, PRIMARY KEY (order_id, line));"
+    );
+    let mut async_conn = AsyncPgConnection::establish(&db.url()).await.unwrap();
+    diesel::insert_into(order_lines::table)
+        .values((
+            order_lines::order_id.eq(3_i64),
+            order_lines::line.eq(1),
+            order_lines::product.eq("tea"),
+            order_lines::quantity.eq(1),
+        ))
+        .execute(&mut async_conn)
+        .await
+        .unwrap();
+    db.wait_for_async(1).await;
+    let from_async = OrderLine::history(&mut async_conn, (3, 1)).await.unwrap();
+    let url = db.url();
+    let from_sync = tokio::task::spawn_blocking(move || {
+        use diesel::Connection;
+        let mut sync_conn = bemi::diesel::PgConnection::establish(&url).unwrap();
+        let history = OrderLine::history(&mut sync_conn, (3, 1)).unwrap();
+        let plan = plan_revert(
+            &mut sync_conn,
+            &Revert::transaction(history[0].change.transaction_id),
+            false,
+        )
+        .unwrap();
+        (history, plan)
+    })
+    .await
+    .unwrap();
+    assert_eq!(from_sync.0, from_async);
+    assert!(from_sync.1.is_clean());
 }

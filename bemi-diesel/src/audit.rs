@@ -1,41 +1,95 @@
-//! Typed history, time travel and revert for Diesel models (sync `PgConnection`).
+//! Typed history, time travel and revert for Diesel models: one API for sync `PgConnection` and
+//! (feature `async`) diesel-async's `AsyncPgConnection`. On a sync connection the functions return
+//! their result; on an async one, a future of it. One trait, so importing it once serves both.
+
+use std::future::Future;
 
 use bemi_core::revert::{Revert, RevertPlan};
 use bemi_core::time_travel::{model_all_as_of, model_as_of, model_history};
-use bemi_core::{Audited, AuditedChange, ChangeQuery, Context, block_on_ready, current_context};
+use bemi_core::{
+    Audited, AuditedChange, ChangeQuery, Context, SqlRunner, block_on_ready, current_context,
+};
 use chrono::{DateTime, Utc};
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 
 use crate::runner::{SyncRunner, database_error};
 
-/// A sync Diesel connection bemi's audit queries run on: Diesel's own `PgConnection` or
-/// bemi's wrapper (whose context the revert's writes then carry).
-pub trait AuditConnection {
-    /// The underlying Diesel connection (statements sent through it are not tagged again).
-    fn pg_connection(&mut self) -> &mut diesel::PgConnection;
+/// A Diesel connection bemi's audit queries run on: Diesel's sync `PgConnection`, diesel-async's
+/// `AsyncPgConnection` (feature `async`), bemi's wrappers of both (whose context the revert's
+/// writes then carry), and connections as r2d2, deadpool and bb8 hand them out.
+pub trait AuditConnection: Send {
+    /// What an audit query gives on this connection: its result on a sync connection, a future
+    /// of it on an async one.
+    type Output<'a, T: Send + 'a>
+    where
+        Self: 'a;
+
+    /// The runner bemi's SQL goes through on this connection.
+    #[doc(hidden)]
+    type Runner<'a>: SqlRunner
+    where
+        Self: 'a;
+
+    /// Runs `query` with this connection's runner.
+    #[doc(hidden)]
+    fn run<'a, T, F, Fut>(&'a mut self, query: F) -> Self::Output<'a, T>
+    where
+        T: Send + 'a,
+        F: FnOnce(Self::Runner<'a>) -> Fut + Send + 'a,
+        Fut: Future<Output = bemi_core::Result<T>> + Send + 'a;
+
+    /// Plans (`apply` false, rolled back) or applies a revert in a transaction of its own.
+    #[doc(hidden)]
+    fn run_revert(
+        &mut self,
+        revert: Revert,
+        force: bool,
+        apply: bool,
+    ) -> Self::Output<'_, RevertPlan>;
 
     /// The context the revert's writes carry, under bemi's own `revert` entry.
     fn revert_context(&self) -> Context;
 }
 
-impl AuditConnection for diesel::PgConnection {
-    fn pg_connection(&mut self) -> &mut diesel::PgConnection {
-        self
-    }
+/// The sync connections: the runner's futures are complete when created.
+macro_rules! sync_audit_connection {
+    ($($connection:ty => |$this:ident| $inner:expr, $context:expr;)*) => {$(
+        impl AuditConnection for $connection {
+            type Output<'a, T: Send + 'a> = bemi_core::Result<T> where Self: 'a;
+            type Runner<'a> = SyncRunner<'a> where Self: 'a;
 
-    fn revert_context(&self) -> Context {
-        current_context()
-    }
+            fn run<'a, T, F, Fut>(&'a mut self, query: F) -> Self::Output<'a, T>
+            where
+                T: Send + 'a,
+                F: FnOnce(Self::Runner<'a>) -> Fut + Send + 'a,
+                Fut: Future<Output = bemi_core::Result<T>> + Send + 'a,
+            {
+                let $this = self;
+                block_on_ready(query(SyncRunner($inner)))?
+            }
+
+            fn run_revert(
+                &mut self,
+                revert: Revert,
+                force: bool,
+                apply: bool,
+            ) -> Self::Output<'_, RevertPlan> {
+                let revert = revert.under(&self.revert_context());
+                let $this = self;
+                revert_in_transaction($inner, &revert, force, apply)
+            }
+
+            fn revert_context(&self) -> Context {
+                let $this = self;
+                $context
+            }
+        }
+    )*};
 }
 
-impl AuditConnection for crate::PgConnection {
-    fn pg_connection(&mut self) -> &mut diesel::PgConnection {
-        self.inner_mut()
-    }
-
-    fn revert_context(&self) -> Context {
-        self.effective_context()
-    }
+sync_audit_connection! {
+    diesel::PgConnection => |this| this, { let _ = this; current_context() };
+    crate::PgConnection => |this| this.inner_mut(), this.effective_context();
 }
 
 /// A connection checked out of an r2d2 pool (`diesel::r2d2::Pool`), as the pool hands it out:
@@ -45,8 +99,31 @@ where
     M: diesel::r2d2::ManageConnection,
     M::Connection: AuditConnection,
 {
-    fn pg_connection(&mut self) -> &mut diesel::PgConnection {
-        (**self).pg_connection()
+    type Output<'a, T: Send + 'a>
+        = <M::Connection as AuditConnection>::Output<'a, T>
+    where
+        Self: 'a;
+    type Runner<'a>
+        = <M::Connection as AuditConnection>::Runner<'a>
+    where
+        Self: 'a;
+
+    fn run<'a, T, F, Fut>(&'a mut self, query: F) -> Self::Output<'a, T>
+    where
+        T: Send + 'a,
+        F: FnOnce(Self::Runner<'a>) -> Fut + Send + 'a,
+        Fut: Future<Output = bemi_core::Result<T>> + Send + 'a,
+    {
+        (**self).run(query)
+    }
+
+    fn run_revert(
+        &mut self,
+        revert: Revert,
+        force: bool,
+        apply: bool,
+    ) -> Self::Output<'_, RevertPlan> {
+        (**self).run_revert(revert, force, apply)
     }
 
     fn revert_context(&self) -> Context {
@@ -54,7 +131,8 @@ where
     }
 }
 
-/// History and time travel for every [`Audited`] model, on a sync Diesel connection.
+/// History and time travel for every [`Audited`] model, on any [`AuditConnection`]: sync
+/// connections return the result, async ones a future of it.
 ///
 /// ```no_run
 /// use bemi_diesel::AuditedQueries;
@@ -78,19 +156,23 @@ where
 /// # Ok(())
 /// # }
 /// ```
-pub trait AuditedQueries: Audited {
+///
+/// On diesel-async the same calls are awaited: `Todo::history(&mut conn, 1).await?`.
+pub trait AuditedQueries: Audited + Send {
     /// The row's changes, oldest first, typed.
     ///
     /// # Errors
     ///
     /// Database errors, and [`bemi_core::Error::ModelField`] when an image does not fit.
-    fn history(
-        conn: &mut impl AuditConnection,
+    fn history<C: AuditConnection>(
+        conn: &mut C,
         key: impl Into<Self::Key>,
-    ) -> bemi_core::Result<Vec<AuditedChange<Self>>> {
+    ) -> C::Output<'_, Vec<AuditedChange<Self>>>
+    where
+        Self::Key: Send + Sync,
+    {
         let key = key.into();
-        let mut runner = SyncRunner(conn.pg_connection());
-        block_on_ready(model_history::<Self, _>(&mut runner, &key))?
+        conn.run(move |mut runner| async move { model_history::<Self, _>(&mut runner, &key).await })
     }
 
     /// The row as it was at `at`, or `None` when it did not exist then.
@@ -98,14 +180,18 @@ pub trait AuditedQueries: Audited {
     /// # Errors
     ///
     /// Database errors, and [`bemi_core::Error::ModelField`] when the image does not fit.
-    fn as_of(
-        conn: &mut impl AuditConnection,
+    fn as_of<C: AuditConnection>(
+        conn: &mut C,
         key: impl Into<Self::Key>,
         at: DateTime<Utc>,
-    ) -> bemi_core::Result<Option<Self>> {
+    ) -> C::Output<'_, Option<Self>>
+    where
+        Self::Key: Send + Sync,
+    {
         let key = key.into();
-        let mut runner = SyncRunner(conn.pg_connection());
-        block_on_ready(model_as_of::<Self, _>(&mut runner, &key, at))?
+        conn.run(
+            move |mut runner| async move { model_as_of::<Self, _>(&mut runner, &key, at).await },
+        )
     }
 
     /// Every row of the table as it was at `at`, including rows deleted since.
@@ -113,12 +199,8 @@ pub trait AuditedQueries: Audited {
     /// # Errors
     ///
     /// Database errors, and [`bemi_core::Error::ModelField`] when an image does not fit.
-    fn all_as_of(
-        conn: &mut impl AuditConnection,
-        at: DateTime<Utc>,
-    ) -> bemi_core::Result<Vec<Self>> {
-        let mut runner = SyncRunner(conn.pg_connection());
-        block_on_ready(model_all_as_of::<Self, _>(&mut runner, at))?
+    fn all_as_of<C: AuditConnection>(conn: &mut C, at: DateTime<Utc>) -> C::Output<'_, Vec<Self>> {
+        conn.run(move |mut runner| async move { model_all_as_of::<Self, _>(&mut runner, at).await })
     }
 
     /// The changes of this model's table that `query` selects (its table is set to the
@@ -127,68 +209,62 @@ pub trait AuditedQueries: Audited {
     /// # Errors
     ///
     /// Database errors, and [`bemi_core::Error::ModelField`] when an image does not fit.
-    fn changes(
-        conn: &mut impl AuditConnection,
+    fn changes<C: AuditConnection>(
+        conn: &mut C,
         query: ChangeQuery,
-    ) -> bemi_core::Result<Vec<AuditedChange<Self>>> {
-        let query = query.for_model::<Self>()?;
-        let mut runner = SyncRunner(conn.pg_connection());
-        block_on_ready(query.fetch_as::<Self, _>(&mut runner))?
+    ) -> C::Output<'_, Vec<AuditedChange<Self>>> {
+        conn.run(move |mut runner| async move {
+            query
+                .for_model::<Self>()?
+                .fetch_as::<Self, _>(&mut runner)
+                .await
+        })
     }
 }
 
-impl<M: Audited> AuditedQueries for M {}
+impl<M: Audited + Send> AuditedQueries for M {}
 
-/// What a revert run does with its transaction.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Finish {
-    RollBack,
-    CommitOnSuccess,
-}
-
-fn in_transaction(
-    conn: &mut impl AuditConnection,
+/// Plans or applies a revert in a transaction of its own on a sync connection.
+fn revert_in_transaction(
+    pg: &mut diesel::PgConnection,
     revert: &Revert,
     force: bool,
-    finish: Finish,
+    apply: bool,
 ) -> bemi_core::Result<RevertPlan> {
-    let revert = revert.clone().under(&conn.revert_context());
-    let pg = conn.pg_connection();
     AnsiTransactionManager::begin_transaction(pg).map_err(database_error)?;
     let result = {
         let mut runner = SyncRunner(&mut *pg);
         let run = async {
-            match finish {
-                Finish::RollBack => bemi_core::revert::plan(&mut runner, &revert, force).await,
-                Finish::CommitOnSuccess => {
-                    bemi_core::revert::apply(&mut runner, &revert, force).await
-                }
+            if apply {
+                bemi_core::revert::apply(&mut runner, revert, force).await
+            } else {
+                bemi_core::revert::plan(&mut runner, revert, force).await
             }
         };
         block_on_ready(run).and_then(|result| result)
     };
-    match (&result, finish) {
-        (Ok(_), Finish::CommitOnSuccess) => {
-            AnsiTransactionManager::commit_transaction(pg).map_err(database_error)?;
-        }
-        _ => AnsiTransactionManager::rollback_transaction(pg).map_err(database_error)?,
+    if apply && result.is_ok() {
+        AnsiTransactionManager::commit_transaction(pg).map_err(database_error)?;
+    } else {
+        AnsiTransactionManager::rollback_transaction(pg).map_err(database_error)?;
     }
     result
 }
 
 /// A dry run of a revert: every step checked and run in a transaction that is rolled back.
-/// The plan lists each change, its compensating statement, and conflicts.
+/// The plan lists each change, its compensating statement, and conflicts. Sync connections
+/// return the plan, async ones a future of it.
 ///
 /// # Errors
 ///
 /// Database errors; [`bemi_core::Error::RevertStep`] when a statement fails for another
 /// reason than a conflict.
-pub fn plan_revert(
-    conn: &mut impl AuditConnection,
+pub fn plan_revert<'a, C: AuditConnection>(
+    conn: &'a mut C,
     revert: &Revert,
     force: bool,
-) -> bemi_core::Result<RevertPlan> {
-    in_transaction(conn, revert, force, Finish::RollBack)
+) -> C::Output<'a, RevertPlan> {
+    conn.run_revert(revert.clone(), force, false)
 }
 
 /// Applies a revert in one transaction (a savepoint when one is open). Its writes carry the
@@ -198,10 +274,10 @@ pub fn plan_revert(
 ///
 /// [`bemi_core::Error::RevertConflicts`] (nothing changed) when a step conflicts and `force`
 /// is false; as [`plan_revert`] otherwise.
-pub fn apply_revert(
-    conn: &mut impl AuditConnection,
+pub fn apply_revert<'a, C: AuditConnection>(
+    conn: &'a mut C,
     revert: &Revert,
     force: bool,
-) -> bemi_core::Result<RevertPlan> {
-    in_transaction(conn, revert, force, Finish::CommitOnSuccess)
+) -> C::Output<'a, RevertPlan> {
+    conn.run_revert(revert.clone(), force, true)
 }

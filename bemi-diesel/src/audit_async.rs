@@ -1,17 +1,15 @@
-//! Typed history, time travel and revert for Diesel models on diesel-async's
-//! `AsyncPgConnection` (feature `async`). The same API as the sync one at the crate root.
+//! The async side of the audit API (feature `async`): bemi's SQL over diesel-async's
+//! `AsyncPgConnection`, and the [`AuditConnection`] implementations whose queries are futures.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use bemi_core::revert::{Revert, RevertPlan};
-use bemi_core::time_travel::{model_all_as_of, model_as_of, model_history};
-use bemi_core::{
-    Audited, AuditedChange, ChangeQuery, Context, SqlParam, SqlRunner, current_context,
-};
-use chrono::{DateTime, Utc};
+use bemi_core::{Context, SqlParam, SqlRunner, current_context};
 use diesel::sql_types::{Nullable, Text};
 use diesel_async::{AnsiTransactionManager, RunQueryDsl, TransactionManager};
 
+use crate::audit::AuditConnection;
 use crate::runner::{TextRow, database_error};
 
 /// [`SqlRunner`] over diesel-async's `AsyncPgConnection`.
@@ -47,155 +45,78 @@ impl SqlRunner for AsyncRunner<'_> {
     }
 }
 
-/// An async Diesel connection bemi's audit queries run on: diesel-async's own
-/// `AsyncPgConnection` or bemi's wrapper (whose context the revert's writes then carry).
-pub trait AuditConnection: Send {
-    /// The underlying connection (statements sent through it are not tagged again).
-    fn pg_connection(&mut self) -> &mut diesel_async::AsyncPgConnection;
+/// What an audit query gives on an async connection: a future of its result.
+pub type AuditFuture<'a, T> = Pin<Box<dyn Future<Output = bemi_core::Result<T>> + Send + 'a>>;
 
-    /// The context the revert's writes carry, under bemi's own `revert` entry.
-    fn revert_context(&self) -> Context;
-}
+/// The async connections: diesel-async's, bemi's wrapper, and both as deadpool and bb8 hand
+/// them out (no `&mut *conn` needed).
+macro_rules! async_audit_connection {
+    ($($connection:ty => |$this:ident| $inner:expr, $context:expr;)*) => {$(
+        impl AuditConnection for $connection {
+            type Output<'a, T: Send + 'a> = AuditFuture<'a, T> where Self: 'a;
+            type Runner<'a> = AsyncRunner<'a> where Self: 'a;
 
-/// Connections checked out of diesel-async's deadpool and bb8 pools, as the pools hand them out
-/// (no `&mut *conn` needed), for diesel-async's connection and bemi's wrapper.
-macro_rules! pooled_audit_connection {
-    ($($pooled:ty),* $(,)?) => {$(
-        impl AuditConnection for $pooled {
-            fn pg_connection(&mut self) -> &mut diesel_async::AsyncPgConnection {
-                (**self).pg_connection()
+            fn run<'a, T, F, Fut>(&'a mut self, query: F) -> Self::Output<'a, T>
+            where
+                T: Send + 'a,
+                F: FnOnce(Self::Runner<'a>) -> Fut + Send + 'a,
+                Fut: Future<Output = bemi_core::Result<T>> + Send + 'a,
+            {
+                let $this = self;
+                Box::pin(query(AsyncRunner($inner)))
+            }
+
+            fn run_revert(
+                &mut self,
+                revert: Revert,
+                force: bool,
+                apply: bool,
+            ) -> Self::Output<'_, RevertPlan> {
+                let revert = revert.under(&self.revert_context());
+                let $this = self;
+                Box::pin(revert_in_transaction($inner, revert, force, apply))
             }
 
             fn revert_context(&self) -> Context {
-                (**self).revert_context()
+                let $this = self;
+                $context
             }
         }
     )*};
 }
 
-pooled_audit_connection!(
-    diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>,
-    diesel_async::pooled_connection::deadpool::Object<crate::AsyncPgConnection>,
-    diesel_async::pooled_connection::bb8::PooledConnection<'_, diesel_async::AsyncPgConnection>,
-    diesel_async::pooled_connection::bb8::PooledConnection<'_, crate::AsyncPgConnection>,
-);
-
-impl AuditConnection for diesel_async::AsyncPgConnection {
-    fn pg_connection(&mut self) -> &mut diesel_async::AsyncPgConnection {
-        self
-    }
-
-    fn revert_context(&self) -> Context {
-        current_context()
-    }
+async_audit_connection! {
+    diesel_async::AsyncPgConnection => |this| this, { let _ = this; current_context() };
+    crate::AsyncPgConnection => |this| this.inner_mut(), this.effective_context();
+    diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>
+        => |this| &mut **this, { let _ = this; current_context() };
+    diesel_async::pooled_connection::deadpool::Object<crate::AsyncPgConnection>
+        => |this| this.inner_mut(), this.effective_context();
+    diesel_async::pooled_connection::bb8::PooledConnection<'_, diesel_async::AsyncPgConnection>
+        => |this| &mut **this, { let _ = this; current_context() };
+    diesel_async::pooled_connection::bb8::PooledConnection<'_, crate::AsyncPgConnection>
+        => |this| this.inner_mut(), this.effective_context();
 }
 
-impl AuditConnection for crate::AsyncPgConnection {
-    fn pg_connection(&mut self) -> &mut diesel_async::AsyncPgConnection {
-        self.inner_mut()
-    }
-
-    fn revert_context(&self) -> Context {
-        self.effective_context()
-    }
-}
-
-/// History and time travel for every [`Audited`] model, on diesel-async.
-pub trait AuditedQueries: Audited {
-    /// The row's changes, oldest first, typed.
-    ///
-    /// # Errors
-    ///
-    /// Database errors, and [`bemi_core::Error::ModelField`] when an image does not fit.
-    fn history(
-        conn: &mut impl AuditConnection,
-        key: impl Into<Self::Key>,
-    ) -> impl Future<Output = bemi_core::Result<Vec<AuditedChange<Self>>>> + Send
-    where
-        Self: Send,
-        Self::Key: Send + Sync,
-    {
-        let key = key.into();
-        async move { model_history::<Self, _>(&mut AsyncRunner(conn.pg_connection()), &key).await }
-    }
-
-    /// The row as it was at `at`, or `None` when it did not exist then.
-    ///
-    /// # Errors
-    ///
-    /// Database errors, and [`bemi_core::Error::ModelField`] when the image does not fit.
-    fn as_of(
-        conn: &mut impl AuditConnection,
-        key: impl Into<Self::Key>,
-        at: DateTime<Utc>,
-    ) -> impl Future<Output = bemi_core::Result<Option<Self>>> + Send
-    where
-        Self: Send,
-        Self::Key: Send + Sync,
-    {
-        let key = key.into();
-        async move { model_as_of::<Self, _>(&mut AsyncRunner(conn.pg_connection()), &key, at).await }
-    }
-
-    /// Every row of the table as it was at `at`, including rows deleted since.
-    ///
-    /// # Errors
-    ///
-    /// Database errors, and [`bemi_core::Error::ModelField`] when an image does not fit.
-    fn all_as_of(
-        conn: &mut impl AuditConnection,
-        at: DateTime<Utc>,
-    ) -> impl Future<Output = bemi_core::Result<Vec<Self>>> + Send
-    where
-        Self: Send,
-    {
-        async move { model_all_as_of::<Self, _>(&mut AsyncRunner(conn.pg_connection()), at).await }
-    }
-
-    /// The changes of this model's table that `query` selects (its table is set to the
-    /// model's), typed.
-    ///
-    /// # Errors
-    ///
-    /// Database errors, and [`bemi_core::Error::ModelField`] when an image does not fit.
-    fn changes(
-        conn: &mut impl AuditConnection,
-        query: ChangeQuery,
-    ) -> impl Future<Output = bemi_core::Result<Vec<AuditedChange<Self>>>> + Send
-    where
-        Self: Send,
-    {
-        async move {
-            let query = query.for_model::<Self>()?;
-            query
-                .fetch_as::<Self, _>(&mut AsyncRunner(conn.pg_connection()))
-                .await
-        }
-    }
-}
-
-impl<M: Audited> AuditedQueries for M {}
-
-async fn in_transaction(
-    conn: &mut impl AuditConnection,
-    revert: &Revert,
+/// Plans or applies a revert in a transaction of its own on an async connection.
+async fn revert_in_transaction(
+    pg: &mut diesel_async::AsyncPgConnection,
+    revert: Revert,
     force: bool,
-    commit_on_success: bool,
+    apply: bool,
 ) -> bemi_core::Result<RevertPlan> {
-    let revert = revert.clone().under(&conn.revert_context());
-    let pg = conn.pg_connection();
     AnsiTransactionManager::begin_transaction(pg)
         .await
         .map_err(database_error)?;
     let result = {
         let mut runner = AsyncRunner(&mut *pg);
-        if commit_on_success {
+        if apply {
             bemi_core::revert::apply(&mut runner, &revert, force).await
         } else {
             bemi_core::revert::plan(&mut runner, &revert, force).await
         }
     };
-    if commit_on_success && result.is_ok() {
+    if apply && result.is_ok() {
         AnsiTransactionManager::commit_transaction(pg)
             .await
             .map_err(database_error)?;
@@ -205,35 +126,6 @@ async fn in_transaction(
             .map_err(database_error)?;
     }
     result
-}
-
-/// A dry run of a revert: every step checked and run in a transaction that is rolled back.
-///
-/// # Errors
-///
-/// Database errors; [`bemi_core::Error::RevertStep`] when a statement fails for another
-/// reason than a conflict.
-pub async fn plan_revert(
-    conn: &mut impl AuditConnection,
-    revert: &Revert,
-    force: bool,
-) -> bemi_core::Result<RevertPlan> {
-    in_transaction(conn, revert, force, false).await
-}
-
-/// Applies a revert in one transaction (a savepoint when one is open). Its writes carry the
-/// connection's context with `{"revert": {"change_id": ..., "of": ...}}`.
-///
-/// # Errors
-///
-/// [`bemi_core::Error::RevertConflicts`] (nothing changed) when a step conflicts and `force`
-/// is false; as [`plan_revert`] otherwise.
-pub async fn apply_revert(
-    conn: &mut impl AuditConnection,
-    revert: &Revert,
-    force: bool,
-) -> bemi_core::Result<RevertPlan> {
-    in_transaction(conn, revert, force, true).await
 }
 
 impl std::fmt::Debug for AsyncRunner<'_> {

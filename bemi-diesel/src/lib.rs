@@ -30,8 +30,10 @@
 //!
 //! For models with `#[derive(bemi::Audited)]`: [`AuditedQueries`] (`Todo::history(conn, 1)`,
 //! `Todo::as_of(conn, 1, t)`, `Todo::all_as_of(conn, t)`), [`plan_revert`] and
-//! [`apply_revert`]; with `async`, the same in [`audit_async`]. [`SyncRunner`] runs any
-//! `bemi_core` query (e.g. a `ChangeQuery`) on a Diesel connection.
+//! [`apply_revert`], one API for every [`AuditConnection`]: on a sync connection they return
+//! their result, on an async one (feature `async`) a future of it (`Todo::history(conn, 1).await`),
+//! so one import serves both. [`SyncRunner`] (and `AsyncRunner`) run any `bemi_core` query
+//! (e.g. a `ChangeQuery`) on a Diesel connection.
 //!
 //! # Features
 //!
@@ -41,7 +43,7 @@
 mod async_connection;
 mod audit;
 #[cfg(feature = "async")]
-pub mod audit_async;
+mod audit_async;
 mod connection;
 mod runner;
 mod tagged_query;
@@ -50,5 +52,7 @@ mod tagging;
 #[cfg(feature = "async")]
 pub use async_connection::AsyncPgConnection;
 pub use audit::{AuditConnection, AuditedQueries, apply_revert, plan_revert};
+#[cfg(feature = "async")]
+pub use audit_async::{AsyncRunner, AuditFuture};
 pub use connection::PgConnection;
 pub use runner::SyncRunner;

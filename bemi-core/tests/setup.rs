@@ -95,7 +95,8 @@ fn installs_every_object_and_tracks_the_schema_tables() {
         lines_starting(&catalog, "bemi published "),
         strings(&[
             "bemi published bemi bemi.column_policies",
-            "bemi published bemi bemi.message_proofs"
+            "bemi published bemi bemi.message_proofs",
+            "bemi published bemi bemi.schema_versions"
         ])
     );
     assert_eq!(
@@ -122,7 +123,11 @@ fn installs_every_object_and_tracks_the_schema_tables() {
     assert!(catalog.contains(&"identity bemi.changes d".to_owned()));
     assert_eq!(
         lines_starting(&catalog, "event trigger "),
-        strings(&["event trigger _bemi_track_new_tables"])
+        strings(&[
+            "event trigger _bemi_record_ddl",
+            "event trigger _bemi_record_drop",
+            "event trigger _bemi_track_new_tables"
+        ])
     );
     for function in [
         "bemi.emit_context()",
@@ -214,9 +219,11 @@ fn teardown_removes_every_object_and_restores_replica_identities() {
             "identity bemi.changes",
             "identity bemi.worker_progress",
             "identity bemi.rejected",
+            "identity bemi.schema_history",
             "relation bemi.changes",
             "relation bemi.worker_progress",
             "relation bemi.rejected",
+            "relation bemi.schema_history",
             "schema bemi",
         ]
         .iter()
@@ -308,7 +315,14 @@ fn an_explicit_table_list_is_applied_declaratively() {
         lines_starting(&catalog_first, "published "),
         strings(&["published bemi a", "published bemi b"])
     );
-    assert!(lines_starting(&catalog_first, "event trigger ").is_empty());
+    // No event trigger tracks new tables; the DDL recorders are there (a superuser ran setup).
+    assert_eq!(
+        lines_starting(&catalog_first, "event trigger "),
+        strings(&[
+            "event trigger _bemi_record_ddl",
+            "event trigger _bemi_record_drop"
+        ])
+    );
 
     let second = Setup::new(options.tables([table("b")])).unwrap();
     run_setup(&mut client, &second);

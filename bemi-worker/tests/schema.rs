@@ -210,3 +210,88 @@ async fn a_source_restored_from_a_base_backup_is_a_new_incarnation_and_nothing_i
     );
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_as_of_each_change_across_renames_and_drops_read_late() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE account (id int PRIMARY KEY, note text); \
+         CREATE TABLE scratch (code text PRIMARY KEY, note text);",
+    )
+    .await;
+    // The worker is stopped across every change of shape: it reads them all afterwards.
+    fixture
+        .sql(
+            "INSERT INTO account VALUES (1, 'before'); \
+             ALTER TABLE account RENAME COLUMN id TO account_id; \
+             INSERT INTO account VALUES (2, 'after rename'); \
+             ALTER TABLE account ADD COLUMN code text NOT NULL DEFAULT 'x'; \
+             ALTER TABLE account DROP CONSTRAINT account_pkey; \
+             ALTER TABLE account ADD PRIMARY KEY (code, account_id); \
+             INSERT INTO account VALUES (3, 'new key', 'c'); \
+             INSERT INTO scratch VALUES ('s1', 'kept'); \
+             DELETE FROM scratch; \
+             DROP TABLE scratch;",
+        )
+        .await;
+    let worker = RunningWorker::start(fixture.config());
+    let changes = fixture.wait_for(5).await;
+    let keys: Vec<(String, String, Option<String>)> = changes
+        .iter()
+        .filter(|change| change.table != "schema_versions")
+        .map(|change| {
+            (
+                change.table.clone(),
+                change.operation.clone(),
+                change.primary_key.clone(),
+            )
+        })
+        .collect();
+    let expected = |table: &str, operation: &str, key: &str| {
+        (table.to_owned(), operation.to_owned(), Some(key.to_owned()))
+    };
+    assert_eq!(
+        keys,
+        [
+            expected("account", "CREATE", "1"),
+            expected("account", "CREATE", "2"),
+            expected("account", "CREATE", r#"["c","3"]"#),
+            expected("scratch", "CREATE", "s1"),
+            expected("scratch", "DELETE", "s1"),
+        ]
+    );
+    // The changes of shape are in the trail too (bemi.schema_history, beside `changes`), each
+    // with the table's key from then on.
+    let shapes: Vec<(String, serde_json::Value, bool)> = fixture
+        .client
+        .query(
+            "SELECT shape->>'command', shape->'key', (shape->>'dropped')::boolean \
+             FROM bemi.schema_history WHERE shape->>'table_name' IN ('account', 'scratch') \
+             ORDER BY commit_lsn, sequence",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert!(
+        shapes.contains(&("ALTER TABLE".to_owned(), json!(["account_id"]), false)),
+        "{shapes:?}"
+    );
+    assert!(
+        shapes.contains(&(
+            "ALTER TABLE".to_owned(),
+            json!(["code", "account_id"]),
+            false
+        )),
+        "{shapes:?}"
+    );
+    assert!(
+        shapes
+            .iter()
+            .any(|(command, _, dropped)| command == "DROP TABLE" && *dropped),
+        "{shapes:?}"
+    );
+    worker.stop().await.unwrap();
+}

@@ -55,6 +55,22 @@ const REJECTED_TABLE: &str = "CREATE TABLE IF NOT EXISTS bemi.rejected (
 );
 ";
 
+/// The shapes of tracked tables as the stream recorded them (rows of the source's
+/// `bemi.schema_versions`, one per change of shape, with the DDL statement's context): the
+/// worker renders each change with the key its table had at the change's position, also after
+/// a restart. A companion of `changes`, not in it: DDL is not a row change.
+const SCHEMA_HISTORY_TABLE: &str = "CREATE TABLE IF NOT EXISTS bemi.schema_history (
+    id uuid PRIMARY KEY,
+    database text NOT NULL,
+    commit_lsn bigint NOT NULL,
+    sequence integer NOT NULL,
+    committed_at timestamptz NOT NULL,
+    transaction_id bigint NOT NULL,
+    context jsonb NOT NULL,
+    shape jsonb NOT NULL
+);
+";
+
 /// The install script for the destination database.
 pub(super) fn install(changes: &QualifiedName, owner_role: Option<&str>) -> String {
     let table = changes.to_string();
@@ -94,15 +110,17 @@ pub(super) fn install(changes: &QualifiedName, owner_role: Option<&str>) -> Stri
     ));
     sql.push_str(PROGRESS_TABLE);
     sql.push_str(REJECTED_TABLE);
+    sql.push_str(SCHEMA_HISTORY_TABLE);
     sql.push_str(&format!(
-        "REVOKE ALL ON {table}, bemi.worker_progress, bemi.rejected FROM PUBLIC;\n"
+        "REVOKE ALL ON {table}, bemi.worker_progress, bemi.rejected, bemi.schema_history FROM PUBLIC;\n"
     ));
     // The name was validated by `Setup::new`.
     if let Some(role) = owner_role.and_then(|role| quote_ident(role).ok()) {
         sql.push_str(&format!(
             "ALTER TABLE {table} OWNER TO {role};\n\
              ALTER TABLE bemi.worker_progress OWNER TO {role};\n\
-             ALTER TABLE bemi.rejected OWNER TO {role};\n"
+             ALTER TABLE bemi.rejected OWNER TO {role};\n\
+             ALTER TABLE bemi.schema_history OWNER TO {role};\n"
         ));
     }
     sql
@@ -115,6 +133,7 @@ pub(super) fn teardown(changes: &QualifiedName) -> String {
          DROP TABLE IF EXISTS {changes};\n\
          DROP TABLE IF EXISTS bemi.worker_progress;\n\
          DROP TABLE IF EXISTS bemi.rejected;\n\
+         DROP TABLE IF EXISTS bemi.schema_history;\n\
          DO $bemi$\n\
          BEGIN\n    \
              DROP SCHEMA IF EXISTS bemi;\n\

@@ -383,7 +383,8 @@ impl Setup {
         destination.push_str(&format!(
             "GRANT SELECT, INSERT ON {changes} TO {role};\n\
              GRANT SELECT, INSERT, UPDATE ON bemi.worker_progress TO {role};\n\
-             GRANT SELECT, INSERT ON bemi.rejected TO {role};\n"
+             GRANT SELECT, INSERT ON bemi.rejected TO {role};\n\
+             GRANT SELECT, INSERT ON bemi.schema_history TO {role};\n"
         ));
         Ok(WorkerGrants {
             role_sql: format!("CREATE ROLE {role} LOGIN REPLICATION PASSWORD '...';\n"),
@@ -409,6 +410,14 @@ pub fn create_slot_sql(slot: &str) -> String {
                      INSERT INTO bemi.slot_incarnations (slot_name, created_lsn)\n            \
                      SELECT s.slot_name, s.confirmed_flush_lsn FROM pg_catalog.pg_replication_slots s\n            \
                      WHERE s.slot_name = {slot};\n        \
+                 END IF;\n        \
+                 -- The tracked tables' shapes, now in the new slot's stream.\n        \
+                 IF pg_catalog.to_regprocedure('bemi.record_schema(oid, text)') IS NOT NULL THEN\n            \
+                     BEGIN\n                \
+                         PERFORM bemi.record_schema(t.relid, 'slot created') FROM bemi.tracked_tables t;\n            \
+                     EXCEPTION WHEN insufficient_privilege THEN\n                \
+                         RAISE NOTICE 'bemi could not record the tracked tables'' shapes for the new slot (%): run bemi-worker setup', SQLERRM;\n            \
+                     END;\n        \
                  END IF;\n    \
              END IF;\n\
          END\n\

@@ -127,6 +127,106 @@ BEGIN
     ) THEN
         EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE %s', @PUBLICATION@, target);
     END IF;
+    -- The table's shape from here on, in the stream (see RECORD_SCHEMA).
+    PERFORM bemi.record_schema(target, 'track');
+END
+$bemi$;
+"#;
+
+/// Records a tracked table's shape in `bemi.schema_versions`, a published table: the row travels
+/// in the WAL at the position of the change of shape, so the worker renders every change with
+/// the key its table had then, however late it reads it (after a rename, a new key, a drop).
+/// The key is chosen as the worker chooses it: the primary key, else the replica identity
+/// index, else the smallest unique index on plain NOT NULL columns; key columns only.
+const RECORD_SCHEMA: &str = r#"
+CREATE OR REPLACE FUNCTION bemi.record_schema(rel oid, command text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $bemi$
+    INSERT INTO bemi.schema_versions (relid, schema_name, table_name, key, columns, command)
+    SELECT c.oid, n.nspname, c.relname,
+        COALESCE((
+            SELECT pg_catalog.jsonb_agg(a.attname ORDER BY pg_catalog.array_position(k.columns, a.attnum))
+            FROM (
+                SELECT i.indkey::int2[] AS columns, i.indnkeyatts AS key_count
+                FROM pg_catalog.pg_index i
+                WHERE i.indrelid = c.oid AND i.indisvalid
+                  AND (i.indisprimary OR i.indisreplident
+                       OR (i.indisunique AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL
+                           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute x
+                               WHERE x.attrelid = i.indrelid
+                                 AND x.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
+                                 AND NOT x.attnotnull)))
+                ORDER BY CASE WHEN i.indisprimary THEN 0 WHEN i.indisreplident THEN 1 ELSE 2 END,
+                         i.indnkeyatts, i.indexrelid
+                LIMIT 1) k
+            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (k.columns[0:k.key_count - 1])
+        ), '[]'),
+        COALESCE((
+            SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                       'name', a.attname, 'type', pg_catalog.format_type(a.atttypid, a.atttypmod))
+                   ORDER BY a.attnum)
+            FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        ), '[]'),
+        command
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = rel
+$bemi$;
+"#;
+
+/// Event-trigger functions recording the shape of tracked tables after DDL, and their drops.
+const RECORD_DDL: &str = r#"
+CREATE OR REPLACE FUNCTION bemi.record_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $bemi$
+DECLARE
+    changed record;
+BEGIN
+    FOR changed IN
+        SELECT DISTINCT COALESCE(
+                   (SELECT i.indrelid FROM pg_catalog.pg_index i WHERE i.indexrelid = d.objid),
+                   d.objid) AS relid,
+               d.command_tag
+        FROM pg_catalog.pg_event_trigger_ddl_commands() d
+        WHERE d.classid = 'pg_catalog.pg_class'::regclass
+    LOOP
+        IF EXISTS (SELECT 1 FROM bemi.tracked_tables t WHERE t.relid = changed.relid) THEN
+            PERFORM bemi.record_schema(changed.relid, changed.command_tag);
+        END IF;
+    END LOOP;
+END
+$bemi$;
+
+CREATE OR REPLACE FUNCTION bemi.record_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $bemi$
+DECLARE
+    dropped record;
+BEGIN
+    FOR dropped IN
+        SELECT o.objid, o.schema_name, o.object_name
+        FROM pg_catalog.pg_event_trigger_dropped_objects() o
+        WHERE o.object_type = 'table' AND o.objid IN (SELECT t.relid FROM bemi.tracked_tables t)
+    LOOP
+        INSERT INTO bemi.schema_versions (relid, schema_name, table_name, key, columns, command, dropped)
+        VALUES (dropped.objid, dropped.schema_name, dropped.object_name, '[]', '[]',
+                TG_TAG, true);
+        DELETE FROM bemi.tracked_tables t WHERE t.relid = dropped.objid;
+    END LOOP;
+END
+$bemi$;
+"#;
+
+const CREATE_RECORD_EVENT_TRIGGERS: &str = r#"
+DO $bemi$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = '_bemi_record_ddl') THEN
+        CREATE EVENT TRIGGER _bemi_record_ddl ON ddl_command_end
+            EXECUTE FUNCTION bemi.record_ddl();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = '_bemi_record_drop') THEN
+        CREATE EVENT TRIGGER _bemi_record_drop ON sql_drop
+            EXECUTE FUNCTION bemi.record_drop();
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'bemi could not create its DDL event triggers (%): the worker reads keys from the catalog when it processes a change, which is wrong for changes made before a later schema change; run the setup as a superuser', SQLERRM;
 END
 $bemi$;
 "#;
@@ -302,7 +402,8 @@ DO $bemi$
 DECLARE
     own regclass;
 BEGIN
-    FOREACH own IN ARRAY ARRAY['bemi.message_proofs'::regclass, 'bemi.column_policies'::regclass] LOOP
+    FOREACH own IN ARRAY ARRAY['bemi.message_proofs'::regclass, 'bemi.column_policies'::regclass,
+                               'bemi.schema_versions'::regclass] LOOP
         IF NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_publication_rel pr
             JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
@@ -318,6 +419,8 @@ $bemi$;
 const TEARDOWN: &str = r#"
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 DROP EVENT TRIGGER IF EXISTS _bemi_track_new_tables;
+DROP EVENT TRIGGER IF EXISTS _bemi_record_ddl;
+DROP EVENT TRIGGER IF EXISTS _bemi_record_drop;
 DO $bemi$
 DECLARE
     rel oid;
@@ -352,6 +455,10 @@ DROP TABLE IF EXISTS bemi.tracked_schemas;
 DROP TABLE IF EXISTS bemi.column_policies;
 DROP TABLE IF EXISTS bemi.message_proofs;
 DROP TABLE IF EXISTS bemi.slot_incarnations;
+DROP FUNCTION IF EXISTS bemi.record_ddl();
+DROP FUNCTION IF EXISTS bemi.record_drop();
+DROP FUNCTION IF EXISTS bemi.record_schema(oid, text);
+DROP TABLE IF EXISTS bemi.schema_versions;
 DO $bemi$
 BEGIN
     DROP SCHEMA IF EXISTS bemi;
@@ -411,7 +518,19 @@ pub(super) fn install(options: &SetupOptions) -> String {
              created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),\n    \
              PRIMARY KEY (slot_name, incarnation)\n\
          );\n\
-         REVOKE ALL ON bemi.slot_incarnations FROM PUBLIC;\n",
+         REVOKE ALL ON bemi.slot_incarnations FROM PUBLIC;\n\
+         CREATE TABLE IF NOT EXISTS bemi.schema_versions (\n    \
+             id bigserial PRIMARY KEY,\n    \
+             relid oid NOT NULL,\n    \
+             schema_name name NOT NULL,\n    \
+             table_name name NOT NULL,\n    \
+             key jsonb NOT NULL,\n    \
+             columns jsonb NOT NULL,\n    \
+             command text NOT NULL,\n    \
+             dropped boolean NOT NULL DEFAULT false,\n    \
+             recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now()\n\
+         );\n\
+         REVOKE ALL ON bemi.schema_versions FROM PUBLIC;\n",
     );
     for (table, rules) in &options.model_policies {
         let rules: Vec<(&str, crate::policy::ColumnAction)> = rules
@@ -423,6 +542,8 @@ pub(super) fn install(options: &SetupOptions) -> String {
     for template in [
         EMIT_CONTEXT,
         IS_EXCLUDED,
+        RECORD_SCHEMA,
+        RECORD_DDL,
         TRACK_TABLE,
         UNTRACK_TABLE,
         SYNC_TRACKING,
@@ -453,6 +574,7 @@ pub(super) fn install(options: &SetupOptions) -> String {
             "ALTER TABLE bemi.column_policies OWNER TO {role};\n"
         ));
     }
+    sql.push_str(CREATE_RECORD_EVENT_TRIGGERS);
     if matches!(options.tracked, Tracked::Schemas(_)) {
         sql.push_str(CREATE_EVENT_TRIGGER);
     }
@@ -500,7 +622,7 @@ mod tests {
             QualifiedName::new("sales", "my-table").unwrap(),
         ];
         let sql = install(&SetupOptions::default().tables(tables));
-        assert!(!sql.contains("CREATE EVENT TRIGGER"));
+        assert!(!sql.contains("CREATE EVENT TRIGGER _bemi_track_new_tables"));
         assert!(sql.contains(
             r#"SELECT bemi.sync_tracking('{}'::name[], ARRAY['"public"."Order Items"', '"sales"."my-table"']::regclass[]);"#
         ));

@@ -98,6 +98,11 @@ const FOREIGN_OWNED: &str = "
                c.oid::regclass::text, c.relowner, c.relkind IN ('r', 'p')
         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'bemi' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+          -- A sequence owned by a column follows its table's owner.
+          AND NOT (c.relkind = 'S' AND EXISTS (
+              SELECT 1 FROM pg_catalog.pg_depend d
+              WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+                AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')))
         UNION ALL
         SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
                p.oid::regprocedure::text, p.proowner, false
@@ -110,7 +115,7 @@ const FOREIGN_OWNED: &str = "
           AND t.typelem = 0
         UNION ALL
         SELECT 'EVENT TRIGGER', pg_catalog.quote_ident(e.evtname), e.evtowner, false
-        FROM pg_catalog.pg_event_trigger e WHERE e.evtname = '_bemi_track_new_tables'
+        FROM pg_catalog.pg_event_trigger e WHERE e.evtname IN ('_bemi_track_new_tables', '_bemi_record_ddl', '_bemi_record_drop')
     )
     SELECT o.kind, o.name, r.rolname::text
     FROM objects o JOIN pg_catalog.pg_roles r ON r.oid = o.owner

@@ -31,7 +31,7 @@ use crate::pipeline::batch::{Batch, BatchBuilder};
 use crate::pipeline::progress::Progress;
 use crate::sink::Sink;
 use crate::sink::jetstream::{NatsOptions, Publisher};
-use crate::sink::store::Store;
+use crate::sink::store::{Store, is_schema_version};
 use crate::source::catalog::{Catalog, RelationInfo};
 use crate::source::pgoutput::{self, Message};
 use crate::source::xid::XidWidener;
@@ -320,6 +320,9 @@ impl Worker {
                 system.system_id.clone(),
             ),
         };
+        // The table shapes recorded before this session's start position (see `Stream::
+        // recorded_keys`); `capture` has no destination to read them from.
+        let mut recorded_keys: Vec<(u32, Vec<String>)> = Vec::new();
         // Connected before streaming starts: a missing table or privilege fails the session here.
         let (sink, progress) = match &config.nats {
             Some(nats) => (Sink::JetStream(Publisher::connect(nats).await?), None),
@@ -333,6 +336,7 @@ impl Worker {
                 .await?;
                 let store = Store::new(destination, &config.changes_table, source_key.clone());
                 let progress = store.load_progress().await?;
+                recorded_keys.extend(store.load_recorded_keys(&database).await?);
                 (Sink::Store(store), progress)
             }
         };
@@ -368,6 +372,8 @@ impl Worker {
             catalog: Catalog::new(catalog_client, config.column_policies.clone()),
             relations: HashMap::new(),
             relation_messages: HashMap::new(),
+            recorded_keys: recorded_keys.into_iter().collect(),
+            schema_relation: None,
             xids: XidWidener::new(newest_xid),
             proof_relation: None,
             policy_relation: None,
@@ -558,7 +564,7 @@ pub(crate) async fn check_destination_privileges(
     let role = bemi_core::quote_ident(&row.get::<_, String>(0))?;
     let setup_needed = || {
         Error::Config(format!(
-            "{changes}, bemi.worker_progress or bemi.rejected does not exist in {destination}: run `bemi-worker setup`"
+            "{changes} or one of bemi's tables (worker_progress, rejected, schema_history) does not exist in {destination}: run `bemi-worker setup`"
         ))
     };
     let mut missing = Vec::new();
@@ -581,7 +587,8 @@ pub(crate) async fn check_destination_privileges(
             .query_one(
                 "SELECT pg_catalog.to_regclass($1) IS NOT NULL \
                  AND pg_catalog.to_regclass('bemi.worker_progress') IS NOT NULL \
-                 AND pg_catalog.to_regclass('bemi.rejected') IS NOT NULL",
+                 AND pg_catalog.to_regclass('bemi.rejected') IS NOT NULL \
+                 AND pg_catalog.to_regclass('bemi.schema_history') IS NOT NULL",
                 &[&changes],
             )
             .await
@@ -595,7 +602,9 @@ pub(crate) async fn check_destination_privileges(
                  pg_catalog.has_table_privilege('bemi.worker_progress', 'INSERT') \
                  AND pg_catalog.has_table_privilege('bemi.worker_progress', 'SELECT') \
                  AND pg_catalog.has_table_privilege('bemi.worker_progress', 'UPDATE'), \
-                 pg_catalog.has_table_privilege('bemi.rejected', 'INSERT')",
+                 pg_catalog.has_table_privilege('bemi.rejected', 'INSERT'), \
+                 pg_catalog.has_table_privilege('bemi.schema_history', 'INSERT') \
+                 AND pg_catalog.has_table_privilege('bemi.schema_history', 'SELECT')",
                 &[&changes],
             )
             .await
@@ -610,6 +619,11 @@ pub(crate) async fn check_destination_privileges(
         }
         if !row.get::<_, bool>(2) {
             missing.push(format!("GRANT SELECT, INSERT ON bemi.rejected TO {role};"));
+        }
+        if !row.get::<_, bool>(3) {
+            missing.push(format!(
+                "GRANT SELECT, INSERT ON bemi.schema_history TO {role};"
+            ));
         }
     }
     if missing.is_empty() {
@@ -667,9 +681,15 @@ async fn store_batches(
             sink.write(&batch.rows, batch.progress).await?;
             tracing::debug!(rows = batch.rows.len(), elapsed = ?started.elapsed(), "stored a batch");
         }
+        // Changes stored in `changes`: not parked ones, not recorded table shapes.
+        let stored_changes = batch
+            .rows
+            .iter()
+            .filter(|row| row.rejected.is_none() && !is_schema_version(row))
+            .count();
         metrics
             .stored_changes
-            .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
+            .fetch_add(stored_changes as u64, Ordering::Relaxed);
         stored.batches += 1;
         if let Some(lsn) = batch.ack {
             stored.lsn = stored.lsn.max(lsn);
@@ -692,6 +712,11 @@ struct Stream<'a> {
     relation_messages: HashMap<u32, pgoutput::Relation>,
     /// Epoch-extends the stream's 32-bit transaction ids.
     xids: XidWidener,
+    /// The key columns of each tracked relation as last recorded in the stream
+    /// (`bemi.schema_versions`): the key as of the position being read, not as of now.
+    recorded_keys: HashMap<u32, Vec<String>>,
+    /// The OID of `bemi.schema_versions`, once its Relation message arrived.
+    schema_relation: Option<u32>,
     /// The OID of `bemi.message_proofs`, once its Relation message arrived.
     proof_relation: Option<u32>,
     /// The OID of `bemi.column_policies`, once its Relation message arrived.
@@ -821,7 +846,12 @@ impl Stream<'_> {
                         {
                             self.policy_relation = Some(relation.id);
                         }
-                        let info = self.catalog.describe(relation, self.stitcher.xid()).await?;
+                        if relation.namespace == bemi_core::setup::BEMI_SCHEMA
+                            && relation.name == "schema_versions"
+                        {
+                            self.schema_relation = Some(relation.id);
+                        }
+                        let info = self.describe(relation).await?;
                         self.relations.insert(relation.id, Arc::new(info));
                         self.relation_messages.insert(relation.id, relation.clone());
                     }
@@ -856,6 +886,11 @@ impl Stream<'_> {
                             }
                             Err(error) => return Err(error),
                         };
+                        if let Some(schemas) = self.schema_relation
+                            && matches!(&message, Message::Insert { relation_id, .. } if *relation_id == schemas)
+                        {
+                            self.record_schema_versions(&rows);
+                        }
                         self.builder.push(rows);
                         if policies_changed {
                             self.reload_policies().await?;
@@ -915,10 +950,10 @@ impl Stream<'_> {
     /// this transaction too) are rendered with the new policies, and none in plaintext.
     async fn reload_policies(&mut self) -> Result<()> {
         self.catalog.forget_policies();
-        let xid = self.stitcher.xid();
-        for (id, relation) in &self.relation_messages {
-            let info = self.catalog.describe(relation, xid).await?;
-            self.relations.insert(*id, Arc::new(info));
+        let relations: Vec<pgoutput::Relation> = self.relation_messages.values().cloned().collect();
+        for relation in relations {
+            let info = self.describe(&relation).await?;
+            self.relations.insert(relation.id, Arc::new(info));
         }
         tracing::info!(
             relations = self.relation_messages.len(),
@@ -958,6 +993,51 @@ impl Stream<'_> {
     fn push_pending(&mut self) {
         if let Some(row) = self.stitcher.take_pending() {
             self.builder.push(vec![row]);
+        }
+    }
+
+    /// Describes a relation from its Relation message (names and types as of its position), the
+    /// catalog (types, policies, partitions), and the key recorded for it in the stream, which
+    /// holds as of this position where the catalog may have moved on (a renamed key column, a
+    /// dropped table).
+    async fn describe(&mut self, relation: &pgoutput::Relation) -> Result<RelationInfo> {
+        let mut info = self.catalog.describe(relation, self.stitcher.xid()).await?;
+        if let Some(names) = self.recorded_keys.get(&relation.id) {
+            info.apply_recorded_key(names);
+        }
+        Ok(info)
+    }
+
+    /// Takes the table shapes the stream just recorded (rows inserted into
+    /// `bemi.schema_versions`, which only bemi's setup and its superuser-owned event triggers
+    /// write): the keys they name hold from here on.
+    fn record_schema_versions(&mut self, rows: &[crate::change_row::ChangeRow]) {
+        for row in rows {
+            let Ok(after) = serde_json::from_str::<serde_json::Value>(&row.after) else {
+                continue;
+            };
+            let Some(relid) = after
+                .get("relid")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|relid| u32::try_from(relid).ok())
+            else {
+                continue;
+            };
+            let names: Vec<String> = after
+                .get("key")
+                .and_then(serde_json::Value::as_array)
+                .map(|names| {
+                    names
+                        .iter()
+                        .filter_map(|name| name.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if after.get("dropped") == Some(&serde_json::Value::Bool(true)) {
+                // Changes before the drop keep the last shape recorded; none come after.
+                continue;
+            }
+            self.recorded_keys.insert(relid, names);
         }
     }
 

@@ -60,6 +60,38 @@ impl Store {
         }
     }
 
+    /// The key columns recorded per relation in `bemi.schema_versions` (the source's table of
+    /// table shapes, stored like any change), newest last, for `database`: what the stream
+    /// showed before this session's start position.
+    pub(crate) async fn load_recorded_keys(
+        &self,
+        database: &str,
+    ) -> Result<Vec<(u32, Vec<String>)>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT (shape->>'relid')::bigint, shape->'key' FROM bemi.schema_history \
+                 WHERE database = $1 AND NOT COALESCE((shape->>'dropped')::boolean, false) \
+                 ORDER BY commit_lsn, sequence",
+                &[&database],
+            )
+            .await
+            .map_err(Error::postgres("read the recorded table shapes"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let relid = u32::try_from(row.get::<_, Option<i64>>(0)?).ok()?;
+                let key: serde_json::Value = row.get::<_, Option<serde_json::Value>>(1)?;
+                let names = key
+                    .as_array()?
+                    .iter()
+                    .filter_map(|name| name.as_str().map(str::to_owned))
+                    .collect();
+                Some((relid, names))
+            })
+            .collect())
+    }
+
     /// The stored progress of this source.
     pub(crate) async fn load_progress(&self) -> Result<Option<Progress>> {
         let row = self
@@ -90,13 +122,18 @@ impl Store {
         rows: &[ChangeRow],
         progress: Option<Progress>,
     ) -> Result<()> {
-        let parked: Vec<&ChangeRow> = rows.iter().filter(|row| row.rejected.is_some()).collect();
+        // Parked changes and recorded table shapes go to their own tables, in the same
+        // transaction.
+        let parked: Vec<&ChangeRow> = rows
+            .iter()
+            .filter(|row| row.rejected.is_some() || is_schema_version(row))
+            .collect();
         let data = if parked.is_empty() {
             encode_copy(rows)
         } else {
             let storable: Vec<ChangeRow> = rows
                 .iter()
-                .filter(|row| row.rejected.is_none())
+                .filter(|row| row.rejected.is_none() && !is_schema_version(row))
                 .cloned()
                 .collect();
             encode_copy(&storable)
@@ -180,13 +217,7 @@ impl Store {
             }
         }
         for row in parked {
-            park(
-                &transaction,
-                &self.source,
-                row,
-                row.rejected.as_deref().unwrap_or_default(),
-            )
-            .await?;
+            set_aside(&transaction, &self.source, row).await?;
         }
         save_progress(&transaction, &self.source, progress).await?;
         transaction
@@ -220,8 +251,8 @@ impl Store {
             .await
             .map_err(Error::postgres("prepare the row insert"))?;
         for row in rows {
-            if let Some(reason) = &row.rejected {
-                park(&transaction, &self.source, row, reason).await?;
+            if row.rejected.is_some() || is_schema_version(row) {
+                set_aside(&transaction, &self.source, row).await?;
                 continue;
             }
             let savepoint = transaction
@@ -347,6 +378,47 @@ fn is_bad_data(error: &tokio_postgres::Error) -> bool {
     error
         .code()
         .is_some_and(|code| sqlstate_kind(code.code()) == ErrorKind::BadData)
+}
+
+/// Whether `row` records a tracked table's shape (an insert into the source's
+/// `bemi.schema_versions`): kept in `bemi.schema_history`, not in `changes`.
+pub(crate) fn is_schema_version(row: &ChangeRow) -> bool {
+    &*row.schema == bemi_core::setup::BEMI_SCHEMA
+        && &*row.table == "schema_versions"
+        && row.operation == bemi_core::Operation::Create
+}
+
+/// Writes a row that does not belong in `changes`: a parked change, or a table shape.
+async fn set_aside(
+    transaction: &tokio_postgres::Transaction<'_>,
+    source: &str,
+    row: &ChangeRow,
+) -> Result<()> {
+    if let Some(reason) = &row.rejected {
+        return park(transaction, source, row, reason).await;
+    }
+    transaction
+        .execute(
+            "INSERT INTO bemi.schema_history (id, database, commit_lsn, sequence, committed_at, \
+             transaction_id, context, shape) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8::text::jsonb) \
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &row.id,
+                &&*row.database,
+                &row.commit_lsn,
+                &row.sequence,
+                &row.committed_at,
+                &row.transaction_id,
+                &&*row.context,
+                &row.after,
+            ],
+        )
+        .await
+        .map_err(Error::postgres(
+            "record a table's shape in bemi.schema_history",
+        ))?;
+    Ok(())
 }
 
 /// Parks a change the `changes` table refused in `bemi.rejected`: its whole JSON (as bytes, which

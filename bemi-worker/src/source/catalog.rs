@@ -35,6 +35,29 @@ pub(crate) struct RelationInfo {
 }
 
 impl RelationInfo {
+    /// Takes the key from a recorded schema version (`bemi.schema_versions`: the key as of the
+    /// change's position), by name, over what the catalog says now.
+    pub(crate) fn apply_recorded_key(&mut self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        let positions: Vec<Option<usize>> = names
+            .iter()
+            .map(|name| self.columns.iter().position(|column| column == name))
+            .collect();
+        self.key_unavailable = names
+            .iter()
+            .zip(&positions)
+            .filter(|(_, position)| position.is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.key = if self.key_unavailable.is_empty() {
+            positions.into_iter().flatten().collect()
+        } else {
+            Vec::new()
+        };
+    }
+
     /// Whether some column is noise (UPDATEs changing only noise columns are skipped).
     pub(crate) fn has_noise(&self) -> bool {
         self.flags.iter().any(|flags| flags.noise)

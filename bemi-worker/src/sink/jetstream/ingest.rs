@@ -228,9 +228,13 @@ impl Ingest {
                 source,
             })?;
         }
+        let stored = rows
+            .iter()
+            .filter(|row| row.rejected.is_none() && !crate::sink::store::is_schema_version(row))
+            .count();
         self.metrics
             .stored_changes
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            .fetch_add(stored as u64, Ordering::Relaxed);
         Ok(rows.len())
     }
 }

@@ -371,19 +371,8 @@ async fn a_message_that_is_not_a_change_is_kept_and_does_not_block_the_rest() {
     let capture = capture(&fixture, &nats, "6");
     insert_batch(&fixture.client, 1, 10).await;
     // Someone else publishes to the subject.
+    publish_raw(&nats, "{\"hello\": \"world\"}".to_owned()).await;
     let options = NatsOptions::new(nats.url());
-    wait_until_async("capture to create the stream", TIMEOUT, || async {
-        bemi_worker::nats_status(&options).await.ok()
-    })
-    .await;
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let jetstream = async_nats::jetstream::new(client);
-    jetstream
-        .publish("bemi.changes", "{\"hello\": \"world\"}".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
     let ingest = ingest(&destination, &nats, "a6");
     insert_batch(&fixture.client, 2, 10).await;
     wait_for_count(&fixture.client, &fixture.setup, 20, &[&capture, &ingest]).await;
@@ -554,14 +543,7 @@ async fn a_change_marked_rejected_is_parked_by_ingest_not_stored() {
     let destination = fixture.database.url();
     let capture = capture(&fixture, &nats, "9");
     insert_batch(&fixture.client, 1, 3).await;
-    let options = NatsOptions::new(nats.url());
-    wait_until_async("capture to create the stream", TIMEOUT, || async {
-        bemi_worker::nats_status(&options).await.ok()
-    })
-    .await;
     // What capture publishes for a replication message it cannot render.
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let jetstream = async_nats::jetstream::new(client);
     let parked = serde_json::json!({
         "v": 1, "id": "00000000-0000-8000-8000-000000000001", "primary_key": null,
         "before": {}, "after": {"pgoutput": "\\x4900"}, "context": {},
@@ -571,12 +553,7 @@ async fn a_change_marked_rejected_is_parked_by_ingest_not_stored() {
         "previous_primary_key": null,
         "rejected": "pgoutput message: truncated while reading a tuple"
     });
-    jetstream
-        .publish("bemi.changes", parked.to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    publish_raw(&nats, parked.to_string()).await;
     let ingest = ingest(&destination, &nats, "a9");
     wait_for_count(&fixture.client, &fixture.setup, 3, &[&capture, &ingest]).await;
     let row = wait_until_async("the parked change", TIMEOUT, || async {
@@ -601,4 +578,22 @@ async fn a_change_marked_rejected_is_parked_by_ingest_not_stored() {
         serde_json::json!({"pgoutput": "\\x4900"})
     );
     assert_exactly_once(&fixture.client, 3).await;
+}
+
+/// Publishes `payload` to the changes subject as another client would, once capture created
+/// the stream.
+async fn publish_raw(nats: &NatsServer, payload: String) {
+    let options = NatsOptions::new(nats.url());
+    wait_until_async("capture to create the stream", TIMEOUT, || async {
+        bemi_worker::nats_status(&options).await.ok()
+    })
+    .await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream
+        .publish("bemi.changes", payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }

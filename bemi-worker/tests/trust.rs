@@ -68,16 +68,7 @@ async fn a_change_refused_even_as_text_is_parked_in_rejected_and_capture_goes_on
     )
     .await;
     // A destination rule that refuses one row whatever its form, for a reason tied to it.
-    fixture
-        .sql(
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-               IF NEW.primary_key = '13' THEN \
-                 RAISE EXCEPTION 'key 13 is refused' USING ERRCODE = '22023'; \
-               END IF; RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_poison BEFORE INSERT ON bemi.changes \
-               FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
-        )
-        .await;
+    refuse_key_in_destination(&fixture, "13").await;
     let worker = RunningWorker::start(fixture.config());
     fixture
         .sql("INSERT INTO item VALUES (12, 'a'), (13, 'poison'), (14, 'b')")
@@ -777,15 +768,7 @@ async fn no_row_value_reaches_the_log_even_at_trace_level() {
     .await;
     // A destination rule refusing one row: the worker then stores row by row, with statement
     // parameters that tokio-postgres would log at debug level.
-    fixture
-        .sql(
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-               IF NEW.primary_key = '2' THEN RAISE EXCEPTION 'no' USING ERRCODE = '22023'; END IF; \
-               RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_poison BEFORE INSERT ON bemi.changes \
-               FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
-        )
-        .await;
+    refuse_key_in_destination(&fixture, "2").await;
     let slot = fixture.database.slot_name().to_owned();
     let url = fixture.database.url();
     let log = std::env::temp_dir().join(format!("trace-{slot}.log"));
@@ -889,4 +872,19 @@ async fn a_key_only_old_image_is_marked_incomplete_and_never_restored() {
         .get(0);
     assert_eq!(rows, 0, "nothing restored from the incomplete images");
     worker.stop().await.unwrap();
+}
+
+/// A rule of the destination refusing the change of `key` whatever its form (a trigger raising
+/// a data exception), as a value the `changes` table cannot take would.
+async fn refuse_key_in_destination(fixture: &crate::support::Fixture, key: &str) {
+    fixture
+        .sql(&format!(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.primary_key = '{key}' THEN \
+                 RAISE EXCEPTION 'key {key} is refused' USING ERRCODE = '22023'; \
+               END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON bemi.changes \
+               FOR EACH ROW EXECUTE FUNCTION refuse_poison();"
+        ))
+        .await;
 }

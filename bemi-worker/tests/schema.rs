@@ -295,3 +295,117 @@ async fn keys_are_as_of_each_change_across_renames_and_drops_read_late() {
     );
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_by_create_table_as_and_select_into_are_recorded() {
+    let fixture = fixture(test_database!(), "").await;
+    let worker = RunningWorker::start(fixture.config());
+    for statement in [
+        "BEGIN",
+        "SET LOCAL bemi.context = '{\"job\":\"ctas\"}'",
+        "CREATE TABLE copied AS SELECT g AS id, 'x' || g AS note FROM generate_series(1, 3) g",
+        "COMMIT",
+        "SELECT 7 AS id INTO selected",
+        "INSERT INTO copied VALUES (4, 'later')",
+    ] {
+        fixture.sql(statement).await;
+    }
+    let changes = fixture.wait_for(5).await;
+    let rows: Vec<(&str, &str, serde_json::Value, serde_json::Value)> = changes
+        .iter()
+        .map(|change| {
+            (
+                change.table.as_str(),
+                change.operation.as_str(),
+                change.after.clone(),
+                change.context.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                "copied",
+                "CREATE",
+                json!({"id": 1, "note": "x1"}),
+                json!({"job": "ctas"})
+            ),
+            (
+                "copied",
+                "CREATE",
+                json!({"id": 2, "note": "x2"}),
+                json!({"job": "ctas"})
+            ),
+            (
+                "copied",
+                "CREATE",
+                json!({"id": 3, "note": "x3"}),
+                json!({"job": "ctas"})
+            ),
+            ("selected", "CREATE", json!({"id": 7}), json!({})),
+            (
+                "copied",
+                "CREATE",
+                json!({"id": 4, "note": "later"}),
+                json!({})
+            ),
+        ]
+    );
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_entering_or_leaving_the_tracked_schemas_are_tracked_from_that_moment() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE SCHEMA elsewhere; \
+         CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY); \
+         CREATE TABLE elsewhere.moved_in (id int PRIMARY KEY); \
+         CREATE TABLE leaving (id int PRIMARY KEY); \
+         CREATE TABLE marker (id int PRIMARY KEY);",
+    )
+    .await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture
+        .sql(
+            "INSERT INTO scratch VALUES (0); \
+             ALTER TABLE scratch SET LOGGED; \
+             INSERT INTO scratch VALUES (1); \
+             INSERT INTO elsewhere.moved_in VALUES (0); \
+             ALTER TABLE elsewhere.moved_in SET SCHEMA public; \
+             INSERT INTO moved_in VALUES (1); \
+             INSERT INTO leaving VALUES (1); \
+             ALTER TABLE leaving SET SCHEMA elsewhere; \
+             INSERT INTO elsewhere.leaving VALUES (2); \
+             INSERT INTO marker VALUES (1);",
+        )
+        .await;
+    // Everything before the marker is processed once the marker is stored.
+    let changes = fixture.wait_for(4).await;
+    let rows: Vec<(&str, Option<&str>)> = changes
+        .iter()
+        .map(|change| (change.table.as_str(), change.primary_key.as_deref()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("scratch", Some("1")),
+            ("moved_in", Some("1")),
+            ("leaving", Some("1")),
+            ("marker", Some("1")),
+        ]
+    );
+    let untracked: i64 = fixture
+        .client
+        .query_one(
+            "SELECT count(*) FROM bemi.schema_history \
+             WHERE shape->>'table_name' = 'leaving' AND shape->>'command' = 'ALTER TABLE (untracked)'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(untracked, 1);
+    worker.stop().await.unwrap();
+}

@@ -179,7 +179,15 @@ CREATE OR REPLACE FUNCTION bemi.record_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $bemi$
 DECLARE
     changed record;
+    by_schema boolean := EXISTS (SELECT 1 FROM bemi.tracked_schemas);
+    in_tracked_schema boolean;
+    ignored text;
 BEGIN
+    -- The DDL this function runs itself (tracking a table alters it) is not recorded again.
+    IF pg_catalog.current_setting('bemi.recording_ddl', true) = 'on' THEN
+        RETURN;
+    END IF;
+    ignored := pg_catalog.set_config('bemi.recording_ddl', 'on', true);
     FOR changed IN
         SELECT DISTINCT COALESCE(
                    (SELECT i.indrelid FROM pg_catalog.pg_index i WHERE i.indexrelid = d.objid),
@@ -188,10 +196,25 @@ BEGIN
         FROM pg_catalog.pg_event_trigger_ddl_commands() d
         WHERE d.classid = 'pg_catalog.pg_class'::regclass
     LOOP
+        in_tracked_schema := EXISTS (
+            SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = changed.relid AND c.relkind IN ('r', 'p')
+              AND n.nspname IN (SELECT s.schema_name FROM bemi.tracked_schemas s));
         IF EXISTS (SELECT 1 FROM bemi.tracked_tables t WHERE t.relid = changed.relid) THEN
-            PERFORM bemi.record_schema(changed.relid, changed.command_tag);
+            IF bemi.is_excluded(changed.relid) OR (by_schema AND NOT in_tracked_schema) THEN
+                -- Made unlogged, or moved out of the tracked schemas: no longer tracked, and
+                -- the trail says so.
+                PERFORM bemi.untrack_table(changed.relid);
+                PERFORM bemi.record_schema(changed.relid, changed.command_tag || ' (untracked)');
+            ELSE
+                PERFORM bemi.record_schema(changed.relid, changed.command_tag);
+            END IF;
+        ELSIF in_tracked_schema AND NOT bemi.is_excluded(changed.relid) THEN
+            -- Made logged, moved into a tracked schema, created there: tracked from now on.
+            PERFORM bemi.track_table(changed.relid::regclass);
         END IF;
     END LOOP;
+    ignored := pg_catalog.set_config('bemi.recording_ddl', 'off', true);
 END
 $bemi$;
 
@@ -311,13 +334,25 @@ DECLARE
     created record;
 BEGIN
     FOR created IN
-        SELECT DISTINCT d.objid
+        SELECT DISTINCT d.objid, d.command_tag
         FROM pg_catalog.pg_event_trigger_ddl_commands() d
         WHERE d.object_type = 'table'
           AND d.schema_name IN (SELECT s.schema_name FROM bemi.tracked_schemas s)
     LOOP
         IF NOT bemi.is_excluded(created.objid) THEN
             PERFORM bemi.track_table(created.objid::regclass);
+            -- The rows the statement itself wrote were not published yet: recorded as the
+            -- statement's CREATE changes.
+            IF created.command_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
+                -- A context set for the transaction (`bemi.context`, as the Diesel wrapper sets
+                -- it around COPY) is the statement's.
+                IF COALESCE(pg_catalog.current_setting('bemi.context', true), '') <> '' THEN
+                    PERFORM pg_catalog.pg_logical_emit_message(
+                        true, '_bemi', pg_catalog.current_setting('bemi.context', true));
+                    PERFORM pg_catalog.set_config('bemi.context_active', 'on', true);
+                END IF;
+                PERFORM bemi.emit_rows(created.objid::regclass, true);
+            END IF;
         END IF;
     END LOOP;
 END
@@ -358,7 +393,7 @@ $bemi$;
 /// the state after every change committed before the messages and before every change after
 /// them: the snapshot is consistent with the stream.
 const SNAPSHOT_TABLE: &str = r#"
-CREATE OR REPLACE FUNCTION bemi.snapshot_table(target regclass) RETURNS bigint
+CREATE OR REPLACE FUNCTION bemi.emit_rows(target regclass, created boolean) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $bemi$
@@ -367,9 +402,9 @@ DECLARE
     value_list text;
     emitted bigint;
 BEGIN
-    EXECUTE pg_catalog.format('LOCK TABLE %s IN SHARE MODE', target);
     SELECT pg_catalog.json_build_object(
                'relation', c.oid::bigint,
+               'created', created,
                'schema', n.nspname,
                'table', c.relname,
                'columns', (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(a.attname, a.atttypid::bigint) ORDER BY a.attnum)
@@ -390,6 +425,16 @@ BEGIN
         '_bemi_snapshot_row', COALESCE(value_list, ''), target)
       INTO emitted;
     RETURN emitted;
+END
+$bemi$;
+
+CREATE OR REPLACE FUNCTION bemi.snapshot_table(target regclass) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $bemi$
+BEGIN
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN SHARE MODE', target);
+    RETURN bemi.emit_rows(target, false);
 END
 $bemi$;
 "#;
@@ -450,6 +495,7 @@ DROP FUNCTION IF EXISTS bemi.untrack_table(oid);
 DROP FUNCTION IF EXISTS bemi.is_excluded(oid);
 DROP FUNCTION IF EXISTS bemi.emit_context();
 DROP FUNCTION IF EXISTS bemi.snapshot_table(regclass);
+DROP FUNCTION IF EXISTS bemi.emit_rows(regclass, boolean);
 DROP TABLE IF EXISTS bemi.tracked_tables;
 DROP TABLE IF EXISTS bemi.tracked_schemas;
 DROP TABLE IF EXISTS bemi.column_policies;

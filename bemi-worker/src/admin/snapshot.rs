@@ -21,12 +21,25 @@ pub(crate) struct SnapshotHeader {
     table: String,
     #[serde(default)]
     columns: Vec<(String, u32)>,
+    /// The rows were written by the statement that created the table (`CREATE TABLE AS`,
+    /// `SELECT INTO`), before it was tracked: they are that statement's CREATE changes.
+    #[serde(default)]
+    created: bool,
 }
 
 impl SnapshotHeader {
     /// Parses a `_bemi_snapshot` message.
     pub(crate) fn parse(content: &[u8]) -> serde_json::Result<Self> {
         serde_json::from_slice(content)
+    }
+
+    /// The operation the rows are stored as.
+    pub(crate) fn operation(&self) -> bemi_core::Operation {
+        if self.created {
+            bemi_core::Operation::Create
+        } else {
+            bemi_core::Operation::Snapshot
+        }
     }
 
     /// The table described as a Relation message would describe it.

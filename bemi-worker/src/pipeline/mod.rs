@@ -726,8 +726,9 @@ struct Stream<'a> {
     proven: bool,
     /// Messages under bemi's prefixes ignored since the last commit (logged at the commit).
     ignored: u64,
-    /// The table whose snapshot rows are arriving, in the current transaction.
-    snapshot: Option<Arc<RelationInfo>>,
+    /// The table whose snapshot rows are arriving, in the current transaction, and what they
+    /// are stored as (SNAPSHOT, or CREATE for the rows of a `CREATE TABLE AS`).
+    snapshot: Option<(Arc<RelationInfo>, bemi_core::Operation)>,
     stitcher: Stitcher,
     builder: BatchBuilder,
     progress: Option<Progress>,
@@ -1086,7 +1087,7 @@ impl Stream<'_> {
                 .describe(&header.relation(), self.stitcher.xid())
                 .await
             {
-                Ok(info) => Some(Arc::new(info)),
+                Ok(info) => Some((Arc::new(info), header.operation())),
                 Err(error) if error.is_bad_data() => {
                     let error = crate::error_chain(&error);
                     tracing::warn!(%error, "snapshot header the catalog cannot describe: its rows are skipped");
@@ -1104,7 +1105,7 @@ impl Stream<'_> {
 
     /// Stores one snapshotted row as a SNAPSHOT change.
     async fn snapshot_row(&mut self, content: &[u8], position: u64) -> Result<()> {
-        let Some(info) = self.snapshot.clone() else {
+        let Some((info, operation)) = self.snapshot.clone() else {
             tracing::warn!("snapshot row without a valid header: skipped");
             return Ok(());
         };
@@ -1116,17 +1117,18 @@ impl Stream<'_> {
             }
         };
         let progress = self.progress;
-        let row = match self
-            .stitcher
-            .snapshot_row(&info, &values, position, |position| {
-                !progress.is_some_and(|progress| progress.covers(position))
-            }) {
-            Ok(row) => row,
-            Err(error) => {
-                tracing::warn!(%error, "snapshot row skipped");
-                return Ok(());
-            }
-        };
+        let row =
+            match self
+                .stitcher
+                .snapshot_row(&info, &values, position, operation, |position| {
+                    !progress.is_some_and(|progress| progress.covers(position))
+                }) {
+                Ok(row) => row,
+                Err(error) => {
+                    tracing::warn!(%error, "snapshot row skipped");
+                    return Ok(());
+                }
+            };
         if let Some(row) = row {
             self.builder.push(vec![row]);
             if self

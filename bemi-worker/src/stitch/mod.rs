@@ -145,6 +145,7 @@ impl Stitcher {
         info: &RelationInfo,
         values: &[Option<String>],
         position: u64,
+        operation: Operation,
         keep: impl Fn(Position) -> bool,
     ) -> Result<Option<ChangeRow>> {
         let transaction = self
@@ -183,7 +184,7 @@ impl Stitcher {
             &self.database,
             self.source_hash,
             info,
-            Operation::Snapshot,
+            operation,
             Images {
                 before: None,
                 after: Some(&tuple),

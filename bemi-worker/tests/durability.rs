@@ -106,8 +106,8 @@ async fn killing_the_worker_mid_stream_loses_and_doubles_nothing() {
     writer.await.unwrap();
     let (mut child, _) = spawn_binary(&args, &format!("sigkill-{slot}-final"));
     fixture.wait_for(18_000).await;
-    // Give a duplicate, if any, the chance to arrive before counting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A duplicate, if any, is stored by the time the worker processed everything written.
+    crate::support::wait_caught_up(&fixture.client, &slot).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_exactly_once(&fixture.client, 18_000).await;

@@ -120,8 +120,9 @@ impl AuditedDatabase {
         blocking(self.runtime(), async move { changes(&client).await })
     }
 
-    /// Waits until at least `count` changes are stored (then a moment longer, so that a change
-    /// stored twice would show), and returns all of them.
+    /// Waits until at least `count` changes are stored, then until the worker has processed
+    /// everything written so far (its slot confirmed the server's current WAL position: a
+    /// change stored twice, or one too many, would be there by then), and returns all of them.
     ///
     /// # Panics
     ///
@@ -131,7 +132,12 @@ impl AuditedDatabase {
         loop {
             let all = self.changes();
             if all.len() >= count {
-                std::thread::sleep(Duration::from_millis(100));
+                let client = std::sync::Arc::clone(&self.client);
+                let slot = self.database.slot_name().to_owned();
+                blocking(
+                    self.runtime(),
+                    async move { caught_up(&client, &slot).await },
+                );
                 return self.changes();
             }
             assert!(
@@ -146,13 +152,14 @@ impl AuditedDatabase {
     /// [`AuditedDatabase::wait_for`] for async tests (does not block the caller's runtime).
     pub async fn wait_for_async(&self, count: usize) -> Vec<Stored> {
         let client = std::sync::Arc::clone(&self.client);
+        let slot = self.database.slot_name().to_owned();
         self.runtime()
             .spawn(async move {
                 let deadline = Instant::now() + TIMEOUT;
                 loop {
                     let all = changes(&client).await;
                     if all.len() >= count {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        caught_up(&client, &slot).await;
                         return changes(&client).await;
                     }
                     assert!(
@@ -266,4 +273,34 @@ async fn changes(client: &tokio_postgres::Client) -> Vec<Stored> {
             context: row.get(5),
         })
         .collect()
+}
+
+/// Waits until `slot` has confirmed the WAL position the server is at now: every change written
+/// before this call has been processed and stored (the worker confirms an idle stream's end).
+async fn caught_up(client: &tokio_postgres::Client, slot: &str) {
+    let target: String = client
+        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let done: Option<bool> = client
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&slot, &target],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if done == Some(true) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the worker to catch up with {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

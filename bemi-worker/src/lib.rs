@@ -49,7 +49,7 @@ pub use admin::snapshot::snapshot;
 pub use admin::status::{SlotInfo, Status, status};
 pub use change_row::ChangeRow;
 pub use error::{Error, ErrorKind, Result, error_chain};
-pub use pipeline::{Metrics, Worker, WorkerConfig};
+pub use pipeline::{Metrics, Output, Worker, WorkerConfig};
 pub use postgres::connection::{ConnectionOptions, mask_password};
 pub use postgres::tls;
 pub use sink::jetstream;

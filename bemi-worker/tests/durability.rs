@@ -189,7 +189,12 @@ async fn lost_destination_connections_are_reestablished() {
     let destination_client = destination_database.connect().await;
 
     let mut config = bemi_worker::WorkerConfig::new(source);
-    config.destination = destination;
+    config.store_into(
+        destination,
+        bemi_core::setup::SetupOptions::default()
+            .changes_table_name()
+            .clone(),
+    );
     config.slot = source_database.slot_name().to_owned();
     config.flush_interval = Duration::from_millis(20);
     config.max_backoff = Duration::from_millis(500);

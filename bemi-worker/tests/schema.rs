@@ -134,7 +134,12 @@ async fn a_source_restored_from_a_base_backup_is_a_new_incarnation_and_nothing_i
         .await
         .unwrap();
     let mut config = bemi_worker::WorkerConfig::new(source.clone());
-    config.destination = destination.clone();
+    config.store_into(
+        destination.clone(),
+        bemi_core::setup::SetupOptions::default()
+            .changes_table_name()
+            .clone(),
+    );
     config.slot = source_database.slot_name().to_owned();
     config.flush_interval = std::time::Duration::from_millis(20);
     config.status_interval = std::time::Duration::from_millis(200);

@@ -155,7 +155,12 @@ async fn model_attributes_given_to_setup_protect_columns_with_least_privilege() 
     let mut config = fixture.config();
     config.source =
         ConnectionOptions::parse(&fixture.database.url_for_user(&role, Some("bemi-test"))).unwrap();
-    config.destination = config.source.clone();
+    config.store_into(
+        config.source.clone(),
+        bemi_core::setup::SetupOptions::default()
+            .changes_table_name()
+            .clone(),
+    );
     let worker = RunningWorker::start(config.clone());
     fixture
         .sql(

@@ -68,7 +68,12 @@ fn config_for(fixture: &crate::support::Fixture, role: &str) -> WorkerConfig {
     let mut config = fixture.config();
     let url = fixture.database.url_for_user(role, Some("bemi-test"));
     config.source = ConnectionOptions::parse(&url).unwrap();
-    config.destination = config.source.clone();
+    config.store_into(
+        config.source.clone(),
+        bemi_core::setup::SetupOptions::default()
+            .changes_table_name()
+            .clone(),
+    );
     config
 }
 

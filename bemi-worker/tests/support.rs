@@ -70,7 +70,10 @@ impl Fixture {
         let mut config = WorkerConfig::new(self.source.clone());
         config.slot = self.setup.options().slot_name().to_owned();
         config.publication = self.setup.options().publication_name().to_owned();
-        config.changes_table = self.setup.options().changes_table_name().clone();
+        config.store_into(
+            self.source.clone(),
+            self.setup.options().changes_table_name().clone(),
+        );
         config.flush_interval = Duration::from_millis(20);
         config.status_interval = Duration::from_millis(200);
         config.max_backoff = Duration::from_millis(500);

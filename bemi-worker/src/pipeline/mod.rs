@@ -39,19 +39,33 @@ use crate::stitch::context::DEFAULT_MAX_CONTEXT_BYTES;
 use crate::stitch::{Stitcher, postgres_time};
 use crate::{ConnectionOptions, Error, Result};
 
+/// Where the worker's changes go.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Output {
+    /// Stored into a `changes` table (`bemi-worker run`).
+    Store {
+        /// The database holding the `changes` table (usually the source).
+        destination: ConnectionOptions,
+        /// The `changes` table (default `bemi.changes`).
+        changes_table: QualifiedName,
+    },
+    /// Published to NATS JetStream (`bemi-worker capture`; `bemi-worker ingest` stores them).
+    JetStream(NatsOptions),
+}
+
 /// What the worker connects to and how it batches.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WorkerConfig {
     /// The database whose changes are captured.
     pub source: ConnectionOptions,
-    /// The database holding the `changes` table (usually the source).
-    pub destination: ConnectionOptions,
+    /// Where the changes go (default: `bemi.changes` in the source database).
+    pub output: Output,
     /// The replication slot (default `bemi`).
     pub slot: String,
     /// The publication (default `bemi`).
     pub publication: String,
-    /// The `changes` table (default `bemi.changes`).
-    pub changes_table: QualifiedName,
     /// Rows per stored batch (default 5,000). Bounds memory, whatever the transactions' size.
     pub batch_size: usize,
     /// Bytes per stored batch (default 4 MiB): a batch is stored when it reaches `batch_size`
@@ -74,22 +88,21 @@ pub struct WorkerConfig {
     /// Columns to redact, drop or treat as noise (added to those stored in the source's
     /// `bemi.column_policies`); see `bemi_core::policy`.
     pub column_policies: bemi_core::policy::ColumnPolicies,
-    /// Publish the changes to NATS JetStream instead of storing them (`bemi-worker capture`;
-    /// `bemi-worker ingest` stores them). `destination` is then unused.
-    pub nats: Option<NatsOptions>,
 }
 
 impl WorkerConfig {
     /// Defaults for `source`, storing into the same database.
     pub fn new(source: ConnectionOptions) -> Self {
         Self {
-            destination: source.clone(),
+            output: Output::Store {
+                destination: source.clone(),
+                changes_table: bemi_core::setup::SetupOptions::default()
+                    .changes_table_name()
+                    .clone(),
+            },
             source,
             slot: bemi_core::setup::DEFAULT_SLOT.to_owned(),
             publication: bemi_core::setup::DEFAULT_PUBLICATION.to_owned(),
-            changes_table: bemi_core::setup::SetupOptions::default()
-                .changes_table_name()
-                .clone(),
             batch_size: 5_000,
             batch_bytes: 4 << 20,
             flush_interval: Duration::from_millis(100),
@@ -99,8 +112,15 @@ impl WorkerConfig {
             max_backoff: Duration::from_secs(30),
             slot_release_wait: Duration::from_secs(60),
             column_policies: bemi_core::policy::ColumnPolicies::default(),
-            nats: None,
         }
+    }
+
+    /// Stores into the `changes` table `changes_table` of `destination`.
+    pub fn store_into(&mut self, destination: ConnectionOptions, changes_table: QualifiedName) {
+        self.output = Output::Store {
+            destination,
+            changes_table,
+        };
     }
 }
 
@@ -324,17 +344,15 @@ impl Worker {
         // recorded_keys`); `capture` has no destination to read them from.
         let mut recorded_keys: Vec<(u32, Vec<String>)> = Vec::new();
         // Connected before streaming starts: a missing table or privilege fails the session here.
-        let (sink, progress) = match &config.nats {
-            Some(nats) => (Sink::JetStream(Publisher::connect(nats).await?), None),
-            None => {
-                let destination = config.destination.connect("bemi-worker").await?;
-                check_destination_privileges(
-                    &destination,
-                    &config.destination,
-                    &config.changes_table,
-                )
-                .await?;
-                let store = Store::new(destination, &config.changes_table, source_key.clone());
+        let (sink, progress) = match &config.output {
+            Output::JetStream(nats) => (Sink::JetStream(Publisher::connect(nats).await?), None),
+            Output::Store {
+                destination: options,
+                changes_table,
+            } => {
+                let destination = options.connect("bemi-worker").await?;
+                check_destination_privileges(&destination, options, changes_table).await?;
+                let store = Store::new(destination, changes_table, source_key.clone());
                 let progress = store.load_progress().await?;
                 recorded_keys.extend(store.load_recorded_keys(&database).await?);
                 (Sink::Store(store), progress)

@@ -148,11 +148,18 @@ pub(crate) async fn run_worker(
 ) -> anyhow::Result<()> {
     let mut config = bemi_worker::WorkerConfig::new(bemi_worker::ConnectionOptions::parse(url)?);
     if let Some(destination) = destination {
-        config.destination = bemi_worker::ConnectionOptions::parse(destination)?;
+        config.store_into(
+            bemi_worker::ConnectionOptions::parse(destination)?,
+            bemi_core::setup::SetupOptions::default()
+                .changes_table_name()
+                .clone(),
+        );
+    }
+    if let Some(nats) = nats {
+        config.output = bemi_worker::Output::JetStream(nats);
     }
     config.slot = slot.to_owned();
     config.status_interval = Duration::from_millis(100);
-    config.nats = nats;
     let worker = bemi_worker::Worker::new(config);
     worker.run(terminated()).await?;
     Ok(())

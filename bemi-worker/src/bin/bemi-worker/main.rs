@@ -349,10 +349,9 @@ impl RunArgs {
         let column_policies = self.column_policies()?;
         let mut config = WorkerConfig::new(source);
         config.column_policies = column_policies;
-        config.destination = destination;
+        config.store_into(destination, self.common.changes_table);
         config.slot = self.common.slot;
         config.publication = self.common.publication;
-        config.changes_table = self.common.changes_table;
         config.batch_size = self.batch_size.max(1);
         config.batch_bytes = self.batch_bytes.max(1);
         config.flush_interval = Duration::from_millis(self.flush_interval_ms);
@@ -486,7 +485,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Capture(args) => {
             let nats = args.nats.options(&args.nats_url);
             let mut config = args.run.config()?;
-            config.nats = Some(nats);
+            config.output = bemi_worker::Output::JetStream(nats);
             let worker = Worker::new(config);
             worker.run(shutdown_signal()).await?;
         }

@@ -136,7 +136,7 @@ fn time_travel(conn: &mut bemi::diesel::PgConnection) -> anyhow::Result<()> {
             .with("endpoint", "/admin/undo"),
     );
     let revert = Revert::context(Context::new().with("endpoint", "/todo/delete"));
-    let plan = bemi::diesel::apply_revert(conn, &revert, false)?;
+    let plan = bemi::diesel::apply_revert(conn, &revert)?;
     print!("\nReverted the delete request:\n{plan}");
     let todos: Vec<Todo> = todo::table
         .select(Todo::as_select())

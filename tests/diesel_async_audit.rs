@@ -104,7 +104,7 @@ async fn composite_keys_history_and_transaction_revert() {
 
     // Undo the whole "fix" transaction.
     let revert = Revert::transaction(history[1].change.transaction_id);
-    let plan = plan_revert(&mut conn, &revert, false).await.unwrap();
+    let plan = plan_revert(&mut conn, &revert).await.unwrap();
     assert!(plan.is_clean(), "{plan}");
     assert_eq!(
         plan.steps()
@@ -113,7 +113,7 @@ async fn composite_keys_history_and_transaction_revert() {
             .collect::<Vec<_>>(),
         [Operation::Create, Operation::Update]
     );
-    let applied = apply_revert(&mut conn, &revert, false).await.unwrap();
+    let applied = apply_revert(&mut conn, &revert).await.unwrap();
     assert!(
         applied
             .steps()
@@ -169,12 +169,7 @@ async fn the_audit_api_takes_connections_as_deadpool_and_bb8_hand_them_out() {
     let history = OrderLine::history(&mut conn, (7, 1)).await.unwrap();
     assert_eq!(history.len(), 1);
     let revert = Revert::context(Context::new().with("request_id", "pooled"));
-    assert!(
-        plan_revert(&mut conn, &revert, false)
-            .await
-            .unwrap()
-            .is_clean()
-    );
+    assert!(plan_revert(&mut conn, &revert).await.unwrap().is_clean());
 
     let bb8 = diesel_async::pooled_connection::bb8::Pool::builder()
         .max_size(1)
@@ -186,12 +181,7 @@ async fn the_audit_api_takes_connections_as_deadpool_and_bb8_hand_them_out() {
     let mut conn = bb8.get().await.unwrap();
     let history = OrderLine::history(&mut conn, (7, 1)).await.unwrap();
     assert_eq!(history[0].change.operation, Operation::Create);
-    assert!(
-        plan_revert(&mut conn, &revert, false)
-            .await
-            .unwrap()
-            .is_clean()
-    );
+    assert!(plan_revert(&mut conn, &revert).await.unwrap().is_clean());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +212,6 @@ async fn one_import_serves_sync_and_async_connections() {
         let plan = plan_revert(
             &mut sync_conn,
             &Revert::transaction(history[0].change.transaction_id),
-            false,
         )
         .unwrap();
         (history, plan)

@@ -254,7 +254,7 @@ fn reverting_a_request_is_conflict_aware_forced_on_demand_and_audited() {
     db.wait_for(7);
     let revert = Revert::context(Context::new().with("request_id", "bad"));
 
-    let plan = plan_revert(&mut conn, &revert, false).unwrap();
+    let plan = plan_revert(&mut conn, &revert).unwrap();
     let outcomes: Vec<(Operation, &StepOutcome)> = plan
         .steps()
         .iter()
@@ -285,7 +285,7 @@ fn reverting_a_request_is_conflict_aware_forced_on_demand_and_audited() {
     );
 
     // Refused as a whole: nothing changes.
-    let refused = apply_revert(&mut conn, &revert, false).unwrap_err();
+    let refused = apply_revert(&mut conn, &revert).unwrap_err();
     let Error::RevertConflicts(refused_plan) = &refused else {
         panic!("expected a refusal, got {refused}");
     };
@@ -298,7 +298,7 @@ fn reverting_a_request_is_conflict_aware_forced_on_demand_and_audited() {
     // Forced, under an admin's context: the changed column is restored, the later change kept.
     let applied = {
         let _admin = enter_context(Context::new().with("user_id", 1).with("reason", "undo bad"));
-        apply_revert(&mut conn, &revert, true).unwrap()
+        apply_revert(&mut conn, &revert.clone().force()).unwrap()
     };
     assert!(matches!(applied.steps()[2].outcome, StepOutcome::Forced(_)));
     assert_eq!(
@@ -342,12 +342,12 @@ fn a_missing_row_is_a_conflict_that_force_skips() {
     db.wait_for(3);
     let created = Task::history(&mut conn, 9).unwrap()[0].change.id;
     let revert = Revert::change(created);
-    let plan = plan_revert(&mut conn, &revert, false).unwrap();
+    let plan = plan_revert(&mut conn, &revert).unwrap();
     assert_eq!(
         plan.steps()[0].outcome,
         StepOutcome::Conflict(Conflict::RowMissing)
     );
-    let forced = apply_revert(&mut conn, &revert, true).unwrap();
+    let forced = apply_revert(&mut conn, &revert.clone().force()).unwrap();
     assert_eq!(
         forced.steps()[0].outcome,
         StepOutcome::Skipped(Conflict::RowMissing)
@@ -410,6 +410,6 @@ fn the_audit_api_takes_connections_as_the_r2d2_pool_hands_them_out() {
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].change.operation, Operation::Create);
     let revert = Revert::context(Context::new().with("request_id", "pooled"));
-    let plan = plan_revert(&mut conn, &revert, false).unwrap();
+    let plan = plan_revert(&mut conn, &revert).unwrap();
     assert!(plan.is_clean());
 }

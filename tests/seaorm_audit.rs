@@ -109,7 +109,7 @@ async fn seaorm_models_have_history_time_travel_and_revert() {
 
     // Bob's edit is not the latest: reverting it conflicts on both columns.
     let bobs = Revert::change(history[1].change.id);
-    let plan = plan_revert(&conn, &bobs, false).await.unwrap();
+    let plan = plan_revert(&conn, &bobs).await.unwrap();
     let StepOutcome::Conflict(Conflict::RowDiffers { differences }) = &plan.steps()[0].outcome
     else {
         panic!("expected a conflict: {plan}");
@@ -122,14 +122,14 @@ async fn seaorm_models_have_history_time_travel_and_revert() {
         ["body_text", "version"]
     );
     assert!(matches!(
-        apply_revert(&conn, &bobs, false).await,
+        apply_revert(&conn, &bobs).await,
         Err(Error::RevertConflicts(_))
     ));
 
     // Ann's last edit reverts cleanly, through the wrapper with its own context.
     let anns = Revert::change(history[2].change.id);
     let reviewer = conn.with_context(Context::new().with("editor", "reviewer"));
-    let applied = apply_revert(&reviewer, &anns, false).await.unwrap();
+    let applied = apply_revert(&reviewer, &anns).await.unwrap();
     assert_eq!(applied.steps()[0].outcome, StepOutcome::Clean);
     assert_eq!(applied.steps()[0].change.operation, Operation::Update);
     let now = note::Entity::find_by_id(key("ann", "todo"))

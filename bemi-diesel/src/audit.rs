@@ -40,12 +40,7 @@ pub trait AuditConnection: Send {
 
     /// Plans (`apply` false, rolled back) or applies a revert in a transaction of its own.
     #[doc(hidden)]
-    fn run_revert(
-        &mut self,
-        revert: Revert,
-        force: bool,
-        apply: bool,
-    ) -> Self::Output<'_, RevertPlan>;
+    fn run_revert(&mut self, revert: Revert, apply: bool) -> Self::Output<'_, RevertPlan>;
 
     /// The context the revert's writes carry, under bemi's own `revert` entry.
     fn revert_context(&self) -> Context;
@@ -71,12 +66,11 @@ macro_rules! sync_audit_connection {
             fn run_revert(
                 &mut self,
                 revert: Revert,
-                force: bool,
                 apply: bool,
             ) -> Self::Output<'_, RevertPlan> {
                 let revert = revert.under(&self.revert_context());
                 let $this = self;
-                revert_in_transaction($inner, &revert, force, apply)
+                revert_in_transaction($inner, &revert, apply)
             }
 
             fn revert_context(&self) -> Context {
@@ -117,13 +111,8 @@ where
         (**self).run(query)
     }
 
-    fn run_revert(
-        &mut self,
-        revert: Revert,
-        force: bool,
-        apply: bool,
-    ) -> Self::Output<'_, RevertPlan> {
-        (**self).run_revert(revert, force, apply)
+    fn run_revert(&mut self, revert: Revert, apply: bool) -> Self::Output<'_, RevertPlan> {
+        (**self).run_revert(revert, apply)
     }
 
     fn revert_context(&self) -> Context {
@@ -228,7 +217,6 @@ impl<M: Audited + Send> AuditedQueries for M {}
 fn revert_in_transaction(
     pg: &mut diesel::PgConnection,
     revert: &Revert,
-    force: bool,
     apply: bool,
 ) -> bemi_core::Result<RevertPlan> {
     AnsiTransactionManager::begin_transaction(pg).map_err(database_error)?;
@@ -236,9 +224,9 @@ fn revert_in_transaction(
         let mut runner = SyncRunner(&mut *pg);
         let run = async {
             if apply {
-                bemi_core::revert::apply(&mut runner, revert, force).await
+                bemi_core::revert::apply(&mut runner, revert).await
             } else {
-                bemi_core::revert::plan(&mut runner, revert, force).await
+                bemi_core::revert::plan(&mut runner, revert).await
             }
         };
         block_on_ready(run).and_then(|result| result)
@@ -262,9 +250,8 @@ fn revert_in_transaction(
 pub fn plan_revert<'a, C: AuditConnection>(
     conn: &'a mut C,
     revert: &Revert,
-    force: bool,
 ) -> C::Output<'a, RevertPlan> {
-    conn.run_revert(revert.clone(), force, false)
+    conn.run_revert(revert.clone(), false)
 }
 
 /// Applies a revert in one transaction (a savepoint when one is open). Its writes carry the
@@ -272,12 +259,11 @@ pub fn plan_revert<'a, C: AuditConnection>(
 ///
 /// # Errors
 ///
-/// [`bemi_core::Error::RevertConflicts`] (nothing changed) when a step conflicts and `force`
-/// is false; as [`plan_revert`] otherwise.
+/// [`bemi_core::Error::RevertConflicts`] (nothing changed) when a step conflicts and the revert
+/// is not forced ([`Revert::force`]); as [`plan_revert`] otherwise.
 pub fn apply_revert<'a, C: AuditConnection>(
     conn: &'a mut C,
     revert: &Revert,
-    force: bool,
 ) -> C::Output<'a, RevertPlan> {
-    conn.run_revert(revert.clone(), force, true)
+    conn.run_revert(revert.clone(), true)
 }

@@ -69,12 +69,11 @@ macro_rules! async_audit_connection {
             fn run_revert(
                 &mut self,
                 revert: Revert,
-                force: bool,
                 apply: bool,
             ) -> Self::Output<'_, RevertPlan> {
                 let revert = revert.under(&self.revert_context());
                 let $this = self;
-                Box::pin(revert_in_transaction($inner, revert, force, apply))
+                Box::pin(revert_in_transaction($inner, revert, apply))
             }
 
             fn revert_context(&self) -> Context {
@@ -102,7 +101,6 @@ async_audit_connection! {
 async fn revert_in_transaction(
     pg: &mut diesel_async::AsyncPgConnection,
     revert: Revert,
-    force: bool,
     apply: bool,
 ) -> bemi_core::Result<RevertPlan> {
     AnsiTransactionManager::begin_transaction(pg)
@@ -111,9 +109,9 @@ async fn revert_in_transaction(
     let result = {
         let mut runner = AsyncRunner(&mut *pg);
         if apply {
-            bemi_core::revert::apply(&mut runner, &revert, force).await
+            bemi_core::revert::apply(&mut runner, &revert).await
         } else {
-            bemi_core::revert::plan(&mut runner, &revert, force).await
+            bemi_core::revert::plan(&mut runner, &revert).await
         }
     };
     if apply && result.is_ok() {

@@ -225,7 +225,6 @@ impl<M: Audited> AuditedQueries for M {}
 async fn in_transaction<C: AuditConnection>(
     conn: &C,
     revert: &Revert,
-    force: bool,
     commit_on_success: bool,
 ) -> bemi_core::Result<RevertPlan> {
     let revert = revert.clone().under(&conn.revert_context());
@@ -237,9 +236,9 @@ async fn in_transaction<C: AuditConnection>(
     let result = {
         let mut runner = SeaOrmRunner(&transaction);
         if commit_on_success {
-            bemi_core::revert::apply(&mut runner, &revert, force).await
+            bemi_core::revert::apply(&mut runner, &revert).await
         } else {
-            bemi_core::revert::plan(&mut runner, &revert, force).await
+            bemi_core::revert::plan(&mut runner, &revert).await
         }
     };
     if commit_on_success && result.is_ok() {
@@ -259,9 +258,8 @@ async fn in_transaction<C: AuditConnection>(
 pub async fn plan_revert<C: AuditConnection>(
     conn: &C,
     revert: &Revert,
-    force: bool,
 ) -> bemi_core::Result<RevertPlan> {
-    in_transaction(conn, revert, force, false).await
+    in_transaction(conn, revert, false).await
 }
 
 /// Applies a revert in one transaction (a savepoint inside a transaction). Its writes carry
@@ -269,12 +267,11 @@ pub async fn plan_revert<C: AuditConnection>(
 ///
 /// # Errors
 ///
-/// [`bemi_core::Error::RevertConflicts`] (nothing changed) when a step conflicts and `force`
-/// is false; as [`plan_revert`] otherwise.
+/// [`bemi_core::Error::RevertConflicts`] (nothing changed) when a step conflicts and the revert
+/// is not forced ([`Revert::force`]); as [`plan_revert`] otherwise.
 pub async fn apply_revert<C: AuditConnection>(
     conn: &C,
     revert: &Revert,
-    force: bool,
 ) -> bemi_core::Result<RevertPlan> {
-    in_transaction(conn, revert, force, true).await
+    in_transaction(conn, revert, true).await
 }

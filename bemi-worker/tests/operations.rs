@@ -279,7 +279,6 @@ async fn partitions_are_reported_as_their_table_and_a_moved_row_is_one_update() 
             bemi_core::Context::from_value(json!({"via": "move"})).unwrap(),
         ),
         false,
-        false,
     )
     .await
     .unwrap();

@@ -101,7 +101,6 @@ async fn transaction_ids_are_epoch_extended_so_they_never_repeat() {
         fixture.setup.options().changes_table_name(),
         bemi_core::revert::Revert::transaction(xid),
         true,
-        false,
     )
     .await
     .unwrap();

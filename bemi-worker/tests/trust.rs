@@ -432,17 +432,11 @@ async fn revert_never_writes_where_a_forged_changes_row_points() {
         let source = fixture.source.clone();
         let changes_table = changes_table.clone();
         async move {
-            bemi_worker::revert(
-                &source,
-                &source,
-                &changes_table,
-                bemi_core::revert::Revert::context(
-                    bemi_core::Context::from_value(context).unwrap(),
-                ),
-                false,
-                force,
-            )
-            .await
+            let revert = bemi_core::revert::Revert::context(
+                bemi_core::Context::from_value(context).unwrap(),
+            );
+            let revert = if force { revert.force() } else { revert };
+            bemi_worker::revert(&source, &source, &changes_table, revert, false).await
         }
     };
     let refused = revert(json!({"request_id": "req-42"}), false)
@@ -846,9 +840,9 @@ async fn a_key_only_old_image_is_marked_incomplete_and_never_restored() {
         fixture.setup.options().changes_table_name(),
         bemi_core::revert::Revert::context(
             bemi_core::Context::from_value(json!({"request_id": "r1"})).unwrap(),
-        ),
+        )
+        .force(),
         false,
-        true,
     )
     .await
     .unwrap();

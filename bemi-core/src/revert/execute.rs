@@ -25,7 +25,8 @@ const SAVEPOINT: &str = "bemi_revert_step";
 ///
 /// # Errors
 ///
-/// [`Error::RevertConflicts`] in [`Mode::Apply`] when a step conflicts and `force` is false;
+/// [`Error::RevertConflicts`] in [`Mode::Apply`] when a step conflicts and the revert is not
+/// forced;
 /// [`Error::RevertStep`] when a statement fails (also after retrying it last); errors of the
 /// runner.
 pub async fn run<R: SqlRunner>(
@@ -33,8 +34,8 @@ pub async fn run<R: SqlRunner>(
     revert: &Revert,
     changes: Vec<Change>,
     mode: Mode,
-    force: bool,
 ) -> Result<RevertPlan> {
+    let force = revert.is_forced();
     let mut shapes: HashMap<QualifiedName, Option<TableShape>> = HashMap::new();
     let mut steps = Vec::with_capacity(changes.len());
     for change in changes {

@@ -67,6 +67,7 @@ pub struct Revert {
     log: AuditLog,
     database: Option<String>,
     context: Context,
+    force: bool,
 }
 
 impl Revert {
@@ -97,7 +98,22 @@ impl Revert {
             log: AuditLog::default(),
             database: None,
             context: Context::new(),
+            force: false,
         }
+    }
+
+    /// Forces the revert: a step that conflicts runs anyway where that means something (restore
+    /// the changed columns of a row that differs, delete a row that differs, overwrite a row that
+    /// exists again) and is skipped where it does not. Refused steps are never run.
+    #[must_use]
+    pub fn force(mut self) -> Self {
+        self.force = true;
+        self
+    }
+
+    /// Whether the revert is forced (see [`Revert::force`]).
+    pub fn is_forced(&self) -> bool {
+        self.force
     }
 
     /// Reads changes from another `changes` table.
@@ -364,14 +380,10 @@ pub async fn current_database<R: SqlRunner>(runner: &mut R) -> Result<String> {
 ///
 /// [`Error::Database`] from the runner; [`Error::RevertStep`] when a statement fails for
 /// another reason than a conflict.
-pub async fn plan<R: SqlRunner>(
-    runner: &mut R,
-    revert: &Revert,
-    force: bool,
-) -> Result<RevertPlan> {
+pub async fn plan<R: SqlRunner>(runner: &mut R, revert: &Revert) -> Result<RevertPlan> {
     let revert = with_database(runner, revert).await?;
     let changes = revert.load(runner).await?;
-    run(runner, &revert, changes, Mode::Plan, force).await
+    run(runner, &revert, changes, Mode::Plan).await
 }
 
 /// Applies `revert` through one connection to a database that is both source and destination.
@@ -379,16 +391,12 @@ pub async fn plan<R: SqlRunner>(
 ///
 /// # Errors
 ///
-/// [`Error::RevertConflicts`] when a step conflicts and `force` is false; as [`plan`]
-/// otherwise.
-pub async fn apply<R: SqlRunner>(
-    runner: &mut R,
-    revert: &Revert,
-    force: bool,
-) -> Result<RevertPlan> {
+/// [`Error::RevertConflicts`] when a step conflicts and the revert is not forced
+/// ([`Revert::force`]); as [`plan`] otherwise.
+pub async fn apply<R: SqlRunner>(runner: &mut R, revert: &Revert) -> Result<RevertPlan> {
     let revert = with_database(runner, revert).await?;
     let changes = revert.load(runner).await?;
-    run(runner, &revert, changes, Mode::Apply, force).await
+    run(runner, &revert, changes, Mode::Apply).await
 }
 
 /// `revert`, restricted to the runner's database unless it names one.

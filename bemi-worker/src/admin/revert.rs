@@ -14,15 +14,15 @@ use crate::{ConnectionOptions, Error, Result};
 ///
 /// # Errors
 ///
-/// [`Error::Core`] with [`bemi_core::Error::RevertConflicts`] when a step conflicts and neither
-/// `dry_run` nor `force` is set (nothing is changed), other revert and connection errors.
+/// [`Error::Core`] with [`bemi_core::Error::RevertConflicts`] when a step conflicts, the run is
+/// not `dry_run` and the revert is not forced ([`Revert::force`]; nothing is changed), other
+/// revert and connection errors.
 pub async fn revert(
     source: &ConnectionOptions,
     destination: &ConnectionOptions,
     changes_table: &QualifiedName,
     revert: Revert,
     dry_run: bool,
-    force: bool,
 ) -> Result<RevertPlan> {
     let destination_client = destination.connect("bemi-worker revert").await?;
     let mut source_client = source.connect("bemi-worker revert").await?;
@@ -37,14 +37,7 @@ pub async fn revert(
         .await
         .map_err(Error::postgres("begin the revert transaction"))?;
     let mode = if dry_run { Mode::Plan } else { Mode::Apply };
-    let plan = run(
-        &mut ClientRunner(&transaction),
-        &revert,
-        changes,
-        mode,
-        force,
-    )
-    .await?;
+    let plan = run(&mut ClientRunner(&transaction), &revert, changes, mode).await?;
     if dry_run {
         transaction
             .rollback()

@@ -554,9 +554,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &source,
                 &destination,
                 &args.common.changes_table,
-                selection,
+                if args.force {
+                    selection.force()
+                } else {
+                    selection
+                },
                 args.dry_run,
-                args.force,
             )
             .await;
             match result {

@@ -77,6 +77,7 @@ pub use query::{ChangeCursor, ChangeQuery, Order};
 /// What `#[derive(Audited)]` expands to needs; not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::read_field;
     pub use serde_json;
 
     /// A qualified name whose parts `#[derive(Audited)]` already validated.

@@ -159,7 +159,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         if field.ignore || field.redact {
             quote_spanned!(ty.span()=> #ident: <#ty as ::core::default::Default>::default())
         } else {
-            quote_spanned!(ty.span()=> #ident: #krate::read_field::<#ty>(row, #table, #column)?)
+            quote_spanned!(ty.span()=> #ident: #krate::__private::read_field::<#ty>(row, #table, #column)?)
         }
     });
     let audit_log = match &attributes.changes_table {

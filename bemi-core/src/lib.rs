@@ -54,7 +54,7 @@ pub mod strategies;
 
 pub use audited::{AuditLog, Audited, AuditedChange, FieldChange, REDACTED, read_field};
 pub use change::{Change, Operation};
-pub use comment::statement::is_write;
+pub use comment::statement::{is_ddl, is_write};
 pub use comment::{
     COMMENT_PREFIX, COMMENT_SUFFIX, Comment, CommentEncoder, DEFAULT_MAX_PAYLOAD_BYTES, MARKER_KEY,
     decode_payload, encode_payload, oversized_marker, parse_payload,

@@ -103,8 +103,8 @@ impl From<Inner> for AsyncPgConnection {
 
 impl SimpleAsyncConnection for AsyncPgConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        match self.tagging.comment_for_sql(query) {
-            Some(comment) => self.inner.batch_execute(&comment.append_to(query)).await,
+        match self.tagging.tag_sql(query) {
+            Some(tagged) => self.inner.batch_execute(&tagged).await,
             None => self.inner.batch_execute(query).await,
         }
     }

@@ -107,8 +107,8 @@ impl From<diesel::PgConnection> for PgConnection {
 
 impl SimpleConnection for PgConnection {
     fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        match self.tagging.comment_for_sql(query) {
-            Some(comment) => self.inner.batch_execute(&comment.append_to(query)),
+        match self.tagging.tag_sql(query) {
+            Some(tagged) => self.inner.batch_execute(&tagged),
             None => self.inner.batch_execute(query),
         }
     }

@@ -47,6 +47,37 @@ impl Tagging {
         Ok(self.comment(context))
     }
 
+    /// A raw SQL string as sent: writes carry the comment; DDL runs with the context in the
+    /// transaction-local setting `bemi.context` too, which bemi's DDL event trigger reads (a
+    /// comment is only read by the row triggers), cleared after it.
+    pub(crate) fn tag_sql(&mut self, sql: &str) -> Option<String> {
+        let context = self.effective_context()?;
+        let comment = if is_write(sql) {
+            self.comment(context)
+        } else {
+            None
+        };
+        let tagged = match &comment {
+            Some(comment) => comment.append_to(sql),
+            None => sql.to_owned(),
+        };
+        if !bemi_core::is_ddl(sql) {
+            return comment.map(|_| tagged);
+        }
+        let payload = match comment {
+            Some(comment) => comment.payload().to_owned(),
+            None => self
+                .comment(self.effective_context()?)?
+                .payload()
+                .to_owned(),
+        };
+        let payload = bemi_core::quote_literal(&payload);
+        Some(format!(
+            "SELECT pg_catalog.set_config('bemi.context', {payload}, true);\n{tagged};\n\
+             SELECT pg_catalog.set_config('bemi.context', '', true)"
+        ))
+    }
+
     /// The comment to append to a raw SQL string, or `None`.
     pub(crate) fn comment_for_sql(&mut self, sql: &str) -> Option<Comment> {
         let context = self.effective_context()?;

@@ -668,3 +668,25 @@ fn copy_from_through_the_wrapper_carries_the_context() {
         ]
     );
 }
+
+#[test]
+fn ddl_under_a_context_is_recorded_with_it() {
+    let audited = audited_database!(SCHEMA);
+    let mut conn = PgConnection::establish(&audited.url()).unwrap();
+    {
+        let _migration = enter_context(ctx(json!({"job": "migrate"})));
+        conn.batch_execute("ALTER TABLE todo ADD COLUMN due date")
+            .unwrap();
+    }
+    // An untagged write after it: stored once everything before it is.
+    conn.batch_execute("INSERT INTO todo (task) VALUES ('after')")
+        .unwrap();
+    let changes = audited.wait_for(1);
+    assert_eq!(changes[0].context, json!({}));
+    let recorded = audited.query_i64(
+        "SELECT count(*) FROM bemi.schema_history \
+         WHERE shape->>'table_name' = 'todo' AND shape->>'command' = 'ALTER TABLE' \
+           AND context = '{\"job\": \"migrate\"}'::jsonb",
+    );
+    assert_eq!(recorded, 1);
+}

@@ -38,6 +38,29 @@ pub fn is_write(sql: &str) -> bool {
     }
 }
 
+/// Whether `sql` holds a statement that changes the shape of tables (`CREATE`, `ALTER`, `DROP`):
+/// bemi records those, with the context in force, in `bemi.schema_history`.
+///
+/// ```
+/// use bemi_core::is_ddl;
+///
+/// assert!(is_ddl("ALTER TABLE todo ADD COLUMN due date"));
+/// assert!(is_ddl("SET lock_timeout = '1s'; DROP TABLE old_todo"));
+/// assert!(!is_ddl("INSERT INTO todo VALUES (1)"));
+/// ```
+pub fn is_ddl(sql: &str) -> bool {
+    let mut tokens = Tokens::new(sql);
+    loop {
+        if matches!(tokens.next(), Some(Token::Word(first)) if is_keyword(first, &["CREATE", "ALTER", "DROP"]))
+        {
+            return true;
+        }
+        if !tokens.next_statement() {
+            return false;
+        }
+    }
+}
+
 fn classify(tokens: &mut Tokens<'_>) -> bool {
     let Some(Token::Word(first)) = tokens.next() else {
         return false;

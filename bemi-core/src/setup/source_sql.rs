@@ -182,12 +182,23 @@ DECLARE
     by_schema boolean := EXISTS (SELECT 1 FROM bemi.tracked_schemas);
     in_tracked_schema boolean;
     ignored text;
+    payload text;
 BEGIN
     -- The DDL this function runs itself (tracking a table alters it) is not recorded again.
     IF pg_catalog.current_setting('bemi.recording_ddl', true) = 'on' THEN
         RETURN;
     END IF;
     ignored := pg_catalog.set_config('bemi.recording_ddl', 'on', true);
+    -- The statement's context (the Diesel wrapper sets `bemi.context` around DDL): the shapes
+    -- recorded below carry it, so the trail shows who changed a table.
+    payload := COALESCE(pg_catalog.current_setting('bemi.context', true), '');
+    IF payload <> '' THEN
+        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', payload);
+        ignored := pg_catalog.set_config('bemi.context_active', 'on', true);
+    ELSIF pg_catalog.current_setting('bemi.context_active', true) = 'on' THEN
+        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', '');
+        ignored := pg_catalog.set_config('bemi.context_active', 'off', true);
+    END IF;
     FOR changed IN
         SELECT DISTINCT COALESCE(
                    (SELECT i.indrelid FROM pg_catalog.pg_index i WHERE i.indexrelid = d.objid),

@@ -207,21 +207,14 @@ where
     >>::Error;
 
     fn execute(self, conn: &mut PgConnection) -> Result<usize, Self::Error> {
-        let Some(comment) = conn.tagging.comment_for_sql("COPY t FROM STDIN") else {
+        let Some(comment) = conn.tagging.context_comment() else {
             return self.execute(&mut conn.inner);
-        };
-        let set_context = |inner: &mut diesel::PgConnection, payload: &str| {
-            diesel::RunQueryDsl::execute(
-                diesel::sql_query("SELECT pg_catalog.set_config('bemi.context', $1, true)")
-                    .bind::<diesel::sql_types::Text, _>(payload),
-                inner,
-            )
         };
         let payload = comment.payload().to_owned();
         let copy = move |inner: &mut diesel::PgConnection| -> Result<usize, Self::Error> {
-            set_context(inner, &payload)?;
+            inner.batch_execute(&crate::tagging::set_context_sql(&payload))?;
             let copied = self.execute(inner)?;
-            set_context(inner, "")?;
+            inner.batch_execute(&crate::tagging::set_context_sql(""))?;
             Ok(copied)
         };
         if AnsiTransactionManager::transaction_manager_status_mut(&mut conn.inner)

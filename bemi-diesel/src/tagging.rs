@@ -51,41 +51,31 @@ impl Tagging {
     /// transaction-local setting `bemi.context` too, which bemi's DDL event trigger reads (a
     /// comment is only read by the row triggers), cleared after it.
     pub(crate) fn tag_sql(&mut self, sql: &str) -> Option<String> {
-        let context = self.effective_context()?;
-        let comment = if is_write(sql) {
-            self.comment(context)
-        } else {
-            None
-        };
-        let tagged = match &comment {
-            Some(comment) => comment.append_to(sql),
-            None => sql.to_owned(),
-        };
-        if !bemi_core::is_ddl(sql) {
-            return comment.map(|_| tagged);
+        let (write, ddl) = (is_write(sql), bemi_core::is_ddl(sql));
+        if !write && !ddl {
+            return None;
         }
-        let payload = match comment {
-            Some(comment) => comment.payload().to_owned(),
-            None => self
-                .comment(self.effective_context()?)?
-                .payload()
-                .to_owned(),
+        let comment = self.context_comment()?;
+        let tagged = if write {
+            comment.append_to(sql)
+        } else {
+            sql.to_owned()
         };
-        let payload = bemi_core::quote_literal(&payload);
+        if !ddl {
+            return Some(tagged);
+        }
         Some(format!(
-            "SELECT pg_catalog.set_config('bemi.context', {payload}, true);\n{tagged};\n\
-             SELECT pg_catalog.set_config('bemi.context', '', true)"
+            "{};\n{tagged};\n{}",
+            set_context_sql(comment.payload()),
+            set_context_sql("")
         ))
     }
 
-    /// The comment to append to a raw SQL string, or `None`.
-    pub(crate) fn comment_for_sql(&mut self, sql: &str) -> Option<Comment> {
+    /// The comment carrying the context a statement made now carries (whatever the statement),
+    /// or `None` without a context.
+    pub(crate) fn context_comment(&mut self) -> Option<Comment> {
         let context = self.effective_context()?;
-        if is_write(sql) {
-            self.comment(context)
-        } else {
-            None
-        }
+        self.comment(context)
     }
 
     fn comment(&mut self, context: Context) -> Option<Comment> {
@@ -115,4 +105,13 @@ impl Tagging {
         }
         Ok(write)
     }
+}
+
+/// Sets the transaction-local `bemi.context` that bemi's triggers read when a statement carries
+/// no comment (`payload` is an encoded payload; `""` clears it).
+pub(crate) fn set_context_sql(payload: &str) -> String {
+    format!(
+        "SELECT pg_catalog.set_config('bemi.context', {}, true)",
+        bemi_core::quote_literal(payload)
+    )
 }

@@ -107,7 +107,8 @@ async fn killing_the_worker_mid_stream_loses_and_doubles_nothing() {
     let (mut child, _) = spawn_binary(&args, &format!("sigkill-{slot}-final"));
     fixture.wait_for(18_000).await;
     // A duplicate, if any, is stored by the time the worker processed everything written.
-    crate::support::wait_caught_up(&fixture.client, &slot).await;
+    bemi_test_harness::wait_for_slot_to_catch_up(&fixture.client, &slot, crate::support::TIMEOUT)
+        .await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert_exactly_once(&fixture.client, 18_000).await;

@@ -125,7 +125,12 @@ async fn the_changes_table_is_never_captured_even_in_a_tracked_schema() {
     }
     let changes = fixture.wait_for(3).await;
     // A feedback loop would show by the time the worker processed everything written so far.
-    crate::support::wait_caught_up(&fixture.client, fixture.database.slot_name()).await;
+    bemi_test_harness::wait_for_slot_to_catch_up(
+        &fixture.client,
+        fixture.database.slot_name(),
+        crate::support::TIMEOUT,
+    )
+    .await;
     let changes_again = crate::support::changes(&fixture.client, &fixture.setup).await;
     assert_eq!(changes, changes_again);
     assert!(changes.iter().all(|change| change.table == "item"));

@@ -214,34 +214,6 @@ pub async fn wait_for_changes(
     .await
 }
 
-/// Waits until `slot` has confirmed the server's current WAL position: everything written before
-/// this call is processed and stored, so what is not in `changes` by then will never be (the
-/// barrier for checks of absence).
-pub async fn wait_caught_up(client: &tokio_postgres::Client, slot: &str) {
-    let target: String = client
-        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    wait_until_async(
-        &format!("the slot to confirm {target}"),
-        TIMEOUT,
-        || async {
-            let done: Option<bool> = client
-                .query_one(
-                    "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots \
-                 WHERE slot_name = $1",
-                    &[&slot, &target],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (done == Some(true)).then_some(())
-        },
-    )
-    .await;
-}
-
 /// The number of stored changes.
 pub async fn count(client: &tokio_postgres::Client, setup: &Setup) -> i64 {
     client

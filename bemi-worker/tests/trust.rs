@@ -206,24 +206,13 @@ fn role_name(database: &bemi_test_harness::TestDatabase, suffix: &str) -> String
     format!("r{:016x}_{suffix}", hasher.finish())
 }
 
-/// A login role with no privileges at all, unique to the test's database.
+/// A connection as a new login role with no privileges at all.
 async fn unprivileged_role(
     fixture: &crate::support::Fixture,
     suffix: &str,
 ) -> tokio_postgres::Client {
-    let role = role_name(&fixture.database, suffix);
-    fixture
-        .sql(&format!(
-            "CREATE ROLE {} LOGIN",
-            bemi_core::quote_ident(&role).unwrap()
-        ))
-        .await;
-    let url = fixture.database.url_for_user(&role, None);
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
+    let (role, _) = role(&fixture.client, &fixture.database, suffix, "").await;
+    connect_as(&fixture.database, &role).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,13 +350,7 @@ async fn revert_never_writes_where_a_forged_changes_row_points() {
         "CREATE TABLE item (id int PRIMARY KEY, note text);",
     )
     .await;
-    let victim = role_name(&fixture.database, "victim");
-    fixture
-        .sql(&format!(
-            "CREATE ROLE {} LOGIN",
-            bemi_core::quote_ident(&victim).unwrap()
-        ))
-        .await;
+    let (victim, _) = role(&fixture.client, &fixture.database, "victim", "").await;
     let worker = RunningWorker::start(fixture.config());
     fixture
         .tagged(

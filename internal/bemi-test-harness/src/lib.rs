@@ -41,7 +41,7 @@ pub use cluster::{BACKEND_VARIABLE, BIN_DIR_VARIABLE, DATABASE_URL_VARIABLE, Tes
 pub use container::IMAGE_TAG_VARIABLE;
 pub use database::TestDatabase;
 pub use nats::{NATS_SERVER_VARIABLE, NatsServer};
-pub use wait::{wait_until, wait_until_async};
+pub use wait::{wait_for_slot_to_catch_up, wait_until, wait_until_async};
 
 /// Creates the [`TestDatabase`] of the calling test, named after the test function's path.
 #[macro_export]

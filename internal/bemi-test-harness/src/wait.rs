@@ -47,3 +47,40 @@ where
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
+
+/// Waits until replication slot `slot` has confirmed the server's WAL position at the time of
+/// the call: every change written before is then processed and stored by the worker streaming
+/// from it, so what is not stored by then never will be (the barrier for checks of absence,
+/// instead of a sleep).
+///
+/// # Panics
+///
+/// When `timeout` passes first, or a query fails.
+pub async fn wait_for_slot_to_catch_up(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    timeout: Duration,
+) {
+    let target: String = client
+        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("read the current WAL position")
+        .get(0);
+    wait_until_async(
+        &format!("slot {slot} to confirm {target}"),
+        timeout,
+        || async {
+            let done: Option<bool> = client
+                .query_one(
+                    "SELECT confirmed_flush_lsn >= $2::text::pg_lsn \
+                 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                    &[&slot, &target],
+                )
+                .await
+                .expect("read the slot's confirmed position")
+                .get(0);
+            (done == Some(true)).then_some(())
+        },
+    )
+    .await;
+}

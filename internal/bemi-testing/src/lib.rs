@@ -134,10 +134,9 @@ impl AuditedDatabase {
             if all.len() >= count {
                 let client = std::sync::Arc::clone(&self.client);
                 let slot = self.database.slot_name().to_owned();
-                blocking(
-                    self.runtime(),
-                    async move { caught_up(&client, &slot).await },
-                );
+                blocking(self.runtime(), async move {
+                    bemi_test_harness::wait_for_slot_to_catch_up(&client, &slot, TIMEOUT).await
+                });
                 return self.changes();
             }
             assert!(
@@ -159,7 +158,7 @@ impl AuditedDatabase {
                 loop {
                     let all = changes(&client).await;
                     if all.len() >= count {
-                        caught_up(&client, &slot).await;
+                        bemi_test_harness::wait_for_slot_to_catch_up(&client, &slot, TIMEOUT).await;
                         return changes(&client).await;
                     }
                     assert!(
@@ -273,34 +272,4 @@ async fn changes(client: &tokio_postgres::Client) -> Vec<Stored> {
             context: row.get(5),
         })
         .collect()
-}
-
-/// Waits until `slot` has confirmed the WAL position the server is at now: every change written
-/// before this call has been processed and stored (the worker confirms an idle stream's end).
-async fn caught_up(client: &tokio_postgres::Client, slot: &str) {
-    let target: String = client
-        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let done: Option<bool> = client
-            .query_one(
-                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_catalog.pg_replication_slots \
-                 WHERE slot_name = $1",
-                &[&slot, &target],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if done == Some(true) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for the worker to catch up with {target}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -28,7 +28,7 @@ pub use bemi_core::{ContextLayer, ContextService};
 // Models and the audit trail.
 pub use bemi_core::{
     AuditKey, AuditLog, Audited, AuditedChange, Change, ChangeCursor, ChangeQuery, FieldChange,
-    KeyPart, Operation, Order, QualifiedName, REDACTED,
+    Image, JsonText, KeyPart, Operation, Order, QualifiedName, REDACTED,
 };
 pub use bemi_core::{policy, revert, setup, time_travel};
 

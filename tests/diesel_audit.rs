@@ -155,8 +155,8 @@ fn typed_history_and_time_travel() {
         history[1].diff(),
         [FieldChange {
             column: "done".into(),
-            before: Some(json!(false)),
-            after: Some(json!(true)),
+            before: Some(json!(false).into()),
+            after: Some(json!(true).into()),
         }]
     );
     assert_eq!(
@@ -206,7 +206,10 @@ fn typed_history_and_time_travel() {
 
     // A redacted column never shows in typed history.
     let project = Project::history(&mut conn, 1).unwrap();
-    assert_eq!(project[0].change.after["secret"], json!(bemi::REDACTED));
+    assert_eq!(
+        project[0].change.after.value("secret"),
+        Some(json!(bemi::REDACTED))
+    );
     assert_eq!(
         project[0].after,
         Some(Project {
@@ -268,8 +271,8 @@ fn reverting_a_request_is_conflict_aware_forced_on_demand_and_audited() {
     };
     assert_eq!(differences.len(), 1);
     assert_eq!(differences[0].column, "done");
-    assert_eq!(differences[0].expected, Some(json!(false)));
-    assert_eq!(differences[0].found, Some(json!(true)));
+    assert_eq!(differences[0].expected, Some(json!(false).into()));
+    assert_eq!(differences[0].found, Some(json!(true).into()));
     assert_eq!(
         plan.steps()[2].action,
         RevertAction::Restore {

@@ -10,5 +10,6 @@
 
 mod diesel_async_audit;
 mod diesel_audit;
+mod exact_numbers;
 mod request_context;
 mod seaorm_audit;

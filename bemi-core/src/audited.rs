@@ -1,9 +1,7 @@
 //! [`Audited`]: what bemi needs to know about a model to give its typed history, and
 //! [`AuditedChange`], a change with its row images as model values.
 
-use serde_json::{Map, Value};
-
-use crate::{AuditKey, Change, QualifiedName, Result};
+use crate::{AuditKey, Change, Image, JsonText, QualifiedName, Result};
 
 /// The value shown instead of a redacted column's content in typed history.
 pub const REDACTED: &str = "[REDACTED]";
@@ -40,12 +38,13 @@ pub trait Audited: Sized {
     /// This value's primary key.
     fn key(&self) -> Self::Key;
 
-    /// Builds a value from a row image of the `changes` table (column name → JSON value).
+    /// Builds a value from a row image of the `changes` table. Read fields with
+    /// [`Image::read`], which keeps every digit of a number the field's type can hold.
     ///
     /// # Errors
     ///
     /// [`crate::Error::ModelField`] when a column's value does not fit its field.
-    fn from_row(row: &Map<String, Value>) -> Result<Self>;
+    fn from_row(row: &Image) -> Result<Self>;
 
     /// The table, as a qualified name.
     ///
@@ -107,9 +106,9 @@ pub struct FieldChange {
     /// The column.
     pub column: String,
     /// Its value before (`None` when the image has no such column, e.g. for CREATE).
-    pub before: Option<Value>,
+    pub before: Option<JsonText>,
     /// Its value after.
-    pub after: Option<Value>,
+    pub after: Option<JsonText>,
 }
 
 impl<M: Audited> AuditedChange<M> {
@@ -122,7 +121,7 @@ impl<M: Audited> AuditedChange<M> {
         for image in [&mut change.before, &mut change.after] {
             mask(image, M::IGNORED, M::REDACTED);
         }
-        let typed = |image: &Map<String, Value>| -> Result<Option<M>> {
+        let typed = |image: &Image| -> Result<Option<M>> {
             if image.is_empty() {
                 Ok(None)
             } else {
@@ -151,13 +150,13 @@ impl<M: Audited> AuditedChange<M> {
 }
 
 /// Removes `ignored` columns from an image and masks `redacted` ones.
-pub(crate) fn mask(image: &mut Map<String, Value>, ignored: &[&str], redacted: &[&str]) {
+pub(crate) fn mask(image: &mut Image, ignored: &[&str], redacted: &[&str]) {
     for column in ignored {
-        image.remove(*column);
+        image.remove(column);
     }
     for column in redacted {
-        if let Some(value) = image.get_mut(*column) {
-            *value = Value::from(REDACTED);
+        if image.contains(column) {
+            image.insert(*column, serde_json::Value::from(REDACTED));
         }
     }
 }
@@ -170,12 +169,11 @@ pub(crate) fn mask(image: &mut Map<String, Value>, ignored: &[&str], redacted: &
 ///
 /// [`crate::Error::ModelField`] when the value does not fit `T`.
 pub fn read_field<T: serde::de::DeserializeOwned>(
-    row: &Map<String, Value>,
+    row: &Image,
     table: &str,
     column: &str,
 ) -> Result<T> {
-    let value = row.get(column).cloned().unwrap_or(Value::Null);
-    serde_json::from_value(value).map_err(|source| crate::Error::ModelField {
+    row.read(column).map_err(|source| crate::Error::ModelField {
         table: table.to_owned(),
         column: column.to_owned(),
         source,

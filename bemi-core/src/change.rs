@@ -5,10 +5,9 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::{Context, Error, Result};
+use crate::{Context, Error, Image, Result};
 
 /// What happened to a row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -76,9 +75,9 @@ pub struct Change {
     #[serde(default)]
     pub previous_primary_key: Option<String>,
     /// The row before the change (empty for CREATE and TRUNCATE).
-    pub before: Map<String, Value>,
+    pub before: Image,
     /// The row after the change (empty for DELETE and TRUNCATE).
-    pub after: Map<String, Value>,
+    pub after: Image,
     /// The application context of the statement that made the change (empty when none).
     pub context: Context,
     /// The source database.
@@ -125,17 +124,17 @@ impl Change {
     /// #     committed_at: at, queued_at: at, transaction_id: 1, position: 1, commit_lsn: 1,
     /// #     sequence: 0, created_at: at,
     /// # };
-    /// change.before = json!({"id": 1, "task": "Sleep", "done": false}).as_object().unwrap().clone();
-    /// change.after = json!({"id": 1, "task": "Sleep", "done": true}).as_object().unwrap().clone();
+    /// change.before = serde_json::from_value(json!({"id": 1, "task": "Sleep", "done": false}))?;
+    /// change.after = serde_json::from_value(json!({"id": 1, "task": "Sleep", "done": true}))?;
     /// assert_eq!(change.changed_fields(), ["done"]);
+    /// # Ok::<(), serde_json::Error>(())
     /// ```
     pub fn changed_fields(&self) -> Vec<&str> {
         let mut fields: Vec<&str> = self
             .before
-            .keys()
-            .chain(self.after.keys())
-            .map(String::as_str)
-            .filter(|key| self.before.get(*key) != self.after.get(*key))
+            .columns()
+            .chain(self.after.columns())
+            .filter(|key| self.before.get(key) != self.after.get(key))
             .collect();
         fields.sort_unstable();
         fields.dedup();

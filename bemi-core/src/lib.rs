@@ -44,6 +44,7 @@ mod comment;
 mod context;
 mod error;
 mod ident;
+mod image;
 mod key;
 pub mod policy;
 mod query;
@@ -69,6 +70,7 @@ pub use context::scope::{
 };
 pub use error::{Error, Result};
 pub use ident::{QualifiedName, quote_ident, quote_literal};
+pub use image::{Image, JsonText};
 pub use key::{AuditKey, KeyPart};
 pub use query::runner::{ROW_COLUMN, SqlParam, SqlRunner, block_on_ready};
 pub use query::time_travel;

@@ -131,7 +131,7 @@ where
 /// #     const PRIMARY_KEY: &'static [&'static str] = &["id"]; const IGNORED: &'static [&'static str] = &[];
 /// #     const REDACTED: &'static [&'static str] = &[];
 /// #     fn key(&self) -> i32 { self.id }
-/// #     fn from_row(row: &serde_json::Map<String, serde_json::Value>) -> bemi_core::Result<Self> {
+/// #     fn from_row(row: &bemi_core::Image) -> bemi_core::Result<Self> {
 /// #         Ok(Self { id: bemi_core::read_field(row, "todo", "id")? }) }
 /// # }
 ///

@@ -190,7 +190,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             }
 
             fn from_row(
-                row: &#krate::__private::serde_json::Map<::std::string::String, #krate::__private::serde_json::Value>,
+                row: &#krate::Image,
             ) -> #krate::Result<Self> {
                 ::core::result::Result::Ok(Self { #(#reads),* })
             }

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 
 use bemi_core::time_travel::{history, row_as_of, table_as_of};
 use bemi_core::{
-    AuditLog, Change, ChangeQuery, Context, Operation, Order, QualifiedName, SqlParam,
+    AuditLog, Change, ChangeQuery, Context, Image, Operation, Order, QualifiedName, SqlParam,
 };
 use bemi_test_harness::{test_database, wait_until_async};
 use bemi_worker::ClientRunner;
 use chrono::{DateTime, Duration as Span, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::support::{RunningWorker, TIMEOUT, fixture};
 
@@ -18,8 +18,8 @@ fn table(name: &str) -> QualifiedName {
     QualifiedName::new("public", name).unwrap()
 }
 
-fn object(value: Value) -> Map<String, Value> {
-    value.as_object().unwrap().clone()
+fn object(value: Value) -> Image {
+    serde_json::from_value(value).unwrap()
 }
 
 async fn all_changes(client: &tokio_postgres::Client) -> Vec<Change> {
@@ -42,7 +42,7 @@ async fn item_as_of(
     client: &tokio_postgres::Client,
     key: &str,
     at: DateTime<Utc>,
-) -> Option<Map<String, Value>> {
+) -> Option<Image> {
     row_as_of(
         &mut ClientRunner(client),
         &AuditLog::default(),
@@ -215,7 +215,7 @@ async fn queries_filter_order_and_page() {
         .await
         .unwrap();
     assert_eq!(nested.len(), 1);
-    assert_eq!(nested[0].after["id"], 4);
+    assert_eq!(nested[0].after.value("id"), Some(json!(4)));
 
     let qty_changes = ChangeQuery::new()
         .operations([Operation::Update])
@@ -403,7 +403,7 @@ async fn a_snapshot_under_concurrent_writes_misses_and_doubles_nothing() {
     let snapshotted = counts[0].1;
 
     // Everything is stored once the stream reflects the table as it is now.
-    let current: Vec<Map<String, Value>> = fixture
+    let current: Vec<Image> = fixture
         .client
         .query(
             "SELECT json_build_object('id', id, 'balance', balance)::text FROM account ORDER BY id::text",
@@ -430,7 +430,7 @@ async fn a_snapshot_under_concurrent_writes_misses_and_doubles_nothing() {
     // Replaying the stream: each SNAPSHOT row is exactly the row's state at its position, and
     // the snapshot has one row per row that existed then.
     let changes = all_changes(&fixture.client).await;
-    let mut state: HashMap<String, Map<String, Value>> = HashMap::new();
+    let mut state: HashMap<String, Image> = HashMap::new();
     let mut snapshot_rows = 0;
     let mut snapshot_position = None;
     for change in &changes {

@@ -132,7 +132,7 @@ impl Audited for Account {
         1
     }
 
-    fn from_row(_: &serde_json::Map<String, Value>) -> bemi_core::Result<Self> {
+    fn from_row(_: &bemi_core::Image) -> bemi_core::Result<Self> {
         Ok(Account)
     }
 }

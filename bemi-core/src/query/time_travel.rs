@@ -10,13 +10,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
 use crate::audited::mask;
 use crate::query::runner::{ROW_COLUMN, SqlParam, SqlRunner};
 use crate::query::{Params, timestamp};
 use crate::{
-    AuditKey, AuditLog, Audited, AuditedChange, Change, ChangeQuery, Error, Operation,
+    AuditKey, AuditLog, Audited, AuditedChange, Change, ChangeQuery, Error, Image, Operation,
     QualifiedName, Result,
 };
 
@@ -64,7 +63,7 @@ pub fn row_as_of_sql(
     let order = newest_first("c");
     let candidate = |moved_away: bool, condition: &str| {
         format!(
-            "(SELECT c.*, {moved_away} AS moved_away FROM {changes} c \
+            "(SELECT pg_catalog.row_to_json(c) AS change, {moved_away} AS moved_away FROM {changes} c \
              WHERE c.schema = {schema} AND c.\"table\" = {name} AND {condition} \
              AND c.committed_at <= {at}::timestamptz ORDER BY {order} LIMIT 1)"
         )
@@ -78,10 +77,10 @@ pub fn row_as_of_sql(
     (sql, params.into_vec())
 }
 
-/// A candidate of [`row_as_of_sql`].
+/// A candidate of [`row_as_of_sql`] (not flattened: images are kept as their text, which
+/// serde's buffering of flattened fields cannot hold).
 #[derive(Deserialize)]
 struct Candidate {
-    #[serde(flatten)]
     change: Change,
     moved_away: bool,
 }
@@ -98,7 +97,7 @@ pub async fn row_as_of<R: SqlRunner>(
     table: &QualifiedName,
     key: &str,
     at: DateTime<Utc>,
-) -> Result<Option<Map<String, Value>>> {
+) -> Result<Option<Image>> {
     let (sql, params) = row_as_of_sql(log, table, key, &at);
     let mut candidates = Vec::new();
     for row in runner.query_rows(&sql, &params).await? {
@@ -178,7 +177,7 @@ pub async fn table_as_of<R: SqlRunner>(
     log: &AuditLog,
     table: &QualifiedName,
     at: DateTime<Utc>,
-) -> Result<Vec<Map<String, Value>>> {
+) -> Result<Vec<Image>> {
     let (sql, params) = table_as_of_sql(log, table, &at);
     runner
         .query_rows(&sql, &params)

@@ -3,14 +3,14 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::statements::{TableShape, check_sql, delete_sql, describe_sql, insert_sql, restore_sql};
 use super::{
     Conflict, Difference, Mode, Revert, RevertAction, RevertPlan, RevertStep, StepOutcome,
 };
 use crate::query::runner::{SqlParam, SqlRunner};
-use crate::{Change, CommentEncoder, Error, Operation, QualifiedName, Result};
+use crate::{Change, CommentEncoder, Error, Image, JsonText, Operation, QualifiedName, Result};
 
 /// SQLSTATEs of constraint violations that another order of the statements may avoid:
 /// foreign key, unique, exclusion.
@@ -269,8 +269,8 @@ async fn attempt<R: SqlRunner>(
 /// The row found by a check, and the change's image typed the same way.
 #[derive(Deserialize)]
 struct Checked {
-    found: Map<String, Value>,
-    expected: Map<String, Value>,
+    found: Image,
+    expected: Image,
 }
 
 /// Checks the row, decides, and runs the compensating statement when it should run.
@@ -283,14 +283,14 @@ async fn check_and_act<R: SqlRunner>(
 ) -> Result<(RevertAction, Option<String>, StepOutcome)> {
     let change = &step.change;
     let table = &step.table;
-    let image = |image: &Map<String, Value>| Some(Value::Object(image.clone()).to_string());
+    let image = |image: &Image| Some(image.to_json());
     // Columns that exist now and whose value the change knows (not redacted by the worker).
     let writable = |columns: Vec<&str>| -> Vec<String> {
         columns
             .into_iter()
             .filter(|column| shape.columns.iter().any(|existing| existing == column))
-            .filter(|column| !is_redacted(change.before.get(*column)))
-            .filter(|column| !is_redacted(change.after.get(*column)))
+            .filter(|column| !is_redacted(change.before.get(column)))
+            .filter(|column| !is_redacted(change.after.get(column)))
             .map(str::to_owned)
             .collect()
     };
@@ -326,7 +326,7 @@ async fn check_and_act<R: SqlRunner>(
     };
 
     // (action, statement, parameters) when something should run.
-    let before_columns = || writable(change.before.keys().map(String::as_str).collect());
+    let before_columns = || writable(change.before.columns().collect());
     let planned: Option<(RevertAction, String, Vec<SqlParam>)> =
         match (&change.operation, &conflict) {
             (_, Some(Conflict::RowMissing)) => None,
@@ -394,7 +394,7 @@ async fn check_and_act<R: SqlRunner>(
 }
 
 /// The columns of the change's `after` image whose current value differs.
-fn differences(after: &Map<String, Value>, checked: &Checked) -> Vec<Difference> {
+fn differences(after: &Image, checked: &Checked) -> Vec<Difference> {
     let mut differences: Vec<Difference> = after
         .iter()
         .filter(|(_, value)| !is_redacted(Some(value)))
@@ -402,7 +402,7 @@ fn differences(after: &Map<String, Value>, checked: &Checked) -> Vec<Difference>
             let found = checked.found.get(column);
             let same = found.is_some() && found == checked.expected.get(column);
             (!same).then(|| Difference {
-                column: column.clone(),
+                column: column.to_owned(),
                 expected: Some(value.clone()),
                 found: found.cloned(),
             })
@@ -424,6 +424,10 @@ fn has_incomplete_before(change: &Change) -> bool {
 
 /// Whether a stored value is the worker's redaction marker: its real value is unknown, so it is
 /// neither compared nor written back.
-fn is_redacted(value: Option<&Value>) -> bool {
-    value.and_then(Value::as_str) == Some(crate::REDACTED)
+fn is_redacted(value: Option<&JsonText>) -> bool {
+    value.is_some_and(|value| {
+        value
+            .parse::<String>()
+            .is_ok_and(|text| text == crate::REDACTED)
+    })
 }

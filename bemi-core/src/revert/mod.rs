@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::query::runner::{ROW_COLUMN, SqlRunner};
-use crate::{AuditLog, Change, ChangeQuery, Context, Error, Order, Result};
+use crate::{AuditLog, Change, ChangeQuery, Context, Error, Image, JsonText, Order, Result};
 
 pub use execute::run;
 
@@ -262,7 +262,7 @@ pub enum Conflict {
     /// A DELETE is reverted but a row with that key exists again.
     RowExists {
         /// The row found (as PostgreSQL's `to_jsonb`).
-        found: Map<String, Value>,
+        found: Image,
     },
     /// The row was changed since: these columns differ from the change's `after` image.
     RowDiffers {
@@ -288,9 +288,9 @@ pub struct Difference {
     /// The column.
     pub column: String,
     /// The value the change left (from its `after` image); `None` when the image lacks it.
-    pub expected: Option<Value>,
+    pub expected: Option<JsonText>,
     /// The value found now (as PostgreSQL's `to_jsonb`); `None` when the column is gone.
-    pub found: Option<Value>,
+    pub found: Option<JsonText>,
 }
 
 /// What happened, or would happen, to one step.
@@ -436,10 +436,10 @@ impl std::fmt::Display for RevertAction {
 
 impl std::fmt::Display for Conflict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let show = |value: &Option<Value>| {
+        let show = |value: &Option<JsonText>| {
             value
                 .as_ref()
-                .map_or_else(|| "nothing".to_owned(), Value::to_string)
+                .map_or_else(|| "nothing".to_owned(), JsonText::to_string)
         };
         match self {
             Conflict::RowMissing => f.write_str("the row no longer exists"),

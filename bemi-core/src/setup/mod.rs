@@ -175,7 +175,7 @@ impl SetupOptions {
     /// #     const PRIMARY_KEY: &'static [&'static str] = &["id"]; const IGNORED: &'static [&'static str] = &[];
     /// #     const REDACTED: &'static [&'static str] = &[];
     /// #     fn key(&self) -> i32 { 1 }
-    /// #     fn from_row(_: &serde_json::Map<String, serde_json::Value>) -> bemi_core::Result<Self> { Ok(Todo) }
+    /// #     fn from_row(_: &bemi_core::Image) -> bemi_core::Result<Self> { Ok(Todo) }
     /// # }
     /// let options = SetupOptions::default().audited::<Todo>()?;
     /// assert_eq!(options.tracked(), &Tracked::Tables(vec!["public.todo".parse()?]));

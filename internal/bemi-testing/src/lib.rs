@@ -114,6 +114,21 @@ impl AuditedDatabase {
         })
     }
 
+    /// Runs a query returning one text column; returns its values in order.
+    pub fn query_texts(&self, sql: &str) -> Vec<String> {
+        let client = std::sync::Arc::clone(&self.client);
+        let sql = sql.to_owned();
+        blocking(self.runtime(), async move {
+            client
+                .query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect()
+        })
+    }
+
     /// Every stored change, in commit order.
     pub fn changes(&self) -> Vec<Stored> {
         let client = std::sync::Arc::clone(&self.client);

@@ -13,5 +13,5 @@ fn main() {
     let key: uuid::Uuid = todo.key();
     assert!(key.is_nil());
     let row = serde_json::json!({"id": uuid::Uuid::nil(), "type": "chore"});
-    assert_eq!(Todo::from_row(row.as_object().unwrap()).unwrap().r#type, "chore");
+    assert_eq!(Todo::from_row(&serde_json::from_value(row).unwrap()).unwrap().r#type, "chore");
 }

@@ -28,13 +28,13 @@ fn main() {
     let row = serde_json::json!({
         "order_id": 7, "line no": 2, "product": "tea", "cached_total": 9.5, "note": "[REDACTED]"
     });
-    let line = OrderLine::from_row(row.as_object().unwrap()).unwrap();
+    let line = OrderLine::from_row(&serde_json::from_value(row).unwrap()).unwrap();
     assert_eq!(
         line,
         OrderLine { order_id: 7, line: 2, product: "tea".into(), cached_total: 0.0, note: None }
     );
     assert_eq!(line.key().to_stored_key(), r#"["7","2"]"#);
     let wrong = serde_json::json!({"order_id": "seven", "line no": 2, "product": "tea"});
-    let error = OrderLine::from_row(wrong.as_object().unwrap()).unwrap_err();
+    let error = OrderLine::from_row(&serde_json::from_value(wrong).unwrap()).unwrap_err();
     assert!(error.to_string().contains("column \"order_id\" of Order Lines"), "{error}");
 }

@@ -12,4 +12,5 @@ mod diesel_async_audit;
 mod diesel_audit;
 mod exact_numbers;
 mod request_context;
+mod schema_changes;
 mod seaorm_audit;

@@ -161,6 +161,26 @@ pub(crate) fn mask(image: &mut Image, ignored: &[&str], redacted: &[&str]) {
     }
 }
 
+/// Reads a column that had other names before (`#[bemi(renamed_from = "...")]`): the image's
+/// value under `column`, else under the first of `renamed_from` it has (images recorded before
+/// the rename), else JSON `null`.
+///
+/// # Errors
+///
+/// [`crate::Error::ModelField`] when the value does not fit `T`.
+pub fn read_renamed_field<T: serde::de::DeserializeOwned>(
+    row: &Image,
+    table: &str,
+    column: &str,
+    renamed_from: &[&str],
+) -> Result<T> {
+    let found = std::iter::once(column)
+        .chain(renamed_from.iter().copied())
+        .find(|name| row.contains(name))
+        .unwrap_or(column);
+    read_field(row, table, found)
+}
+
 /// Reads one column of a row image into a model field (used by `#[derive(Audited)]`).
 ///
 /// A missing column reads as JSON `null`, so `Option` fields of columns added later work.

@@ -53,7 +53,9 @@ pub mod setup;
 #[cfg(any(test, feature = "proptest"))]
 pub mod strategies;
 
-pub use audited::{AuditLog, Audited, AuditedChange, FieldChange, REDACTED, read_field};
+pub use audited::{
+    AuditLog, Audited, AuditedChange, FieldChange, REDACTED, read_field, read_renamed_field,
+};
 pub use change::{Change, Operation};
 pub use comment::statement::{is_ddl, is_write};
 pub use comment::{
@@ -79,7 +81,7 @@ pub use query::{ChangeCursor, ChangeQuery, Order};
 /// What `#[derive(Audited)]` expands to needs; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::read_field;
+    pub use crate::{read_field, read_renamed_field};
     pub use serde_json;
 
     /// A qualified name whose parts `#[derive(Audited)]` already validated.

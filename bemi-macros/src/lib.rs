@@ -12,14 +12,20 @@
 //! | `#[bemi(changes_table = "audit.changes")]` | struct | where the model's changes are stored (default `bemi.changes`) |
 //! | `#[bemi(crate = "::my_bemi")]` | struct | the path of the `bemi` crate in generated code |
 //! | `#[bemi(column = "name")]` | field | the column (default: `#[diesel(column_name)]`, `#[sea_orm(column_name)]`, or the field's name) |
+//! | `#[bemi(renamed_from = "old")]` | field | an earlier name of the column (repeatable, newest first): images recorded before `RENAME COLUMN` are read under it |
 //! | `#[bemi(key)]` | field | part of the primary key |
 //! | `#[bemi(ignore)]` | field | left out of history (the field takes `Default::default()`); not stored at all when setup is given the model |
 //! | `#[bemi(redact)]` | field | never shown by history (images show `[REDACTED]`, the field takes `Default::default()`); redacted by the worker before storing when setup is given the model |
 //! | `#[bemi(noise)]` | field | an UPDATE changing only noise columns (e.g. `updated_at`) is not stored, when setup is given the model |
 //!
 //! Field types must implement `serde::Deserialize` (values come from the `changes` table's JSON
-//! images); key fields must implement `bemi::KeyPart` (integers, strings, UUIDs, booleans,
-//! dates).
+//! images, read without rounding numbers); key fields must implement `bemi::KeyPart` (integers,
+//! strings, UUIDs, booleans, dates).
+//!
+//! Across schema changes, a model of today's table reads older images this way: a column added
+//! since is missing from them and reads as `null` (make its field an `Option`); a column dropped
+//! since is in them and is not read; a column renamed since is read under its old name when the
+//! field says `#[bemi(renamed_from = "old")]`, and as `null` otherwise.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2, TokenTree};
@@ -44,6 +50,8 @@ struct Field {
     ident: syn::Ident,
     ty: Type,
     column: String,
+    /// Earlier names of the column, newest first: images recorded before a rename.
+    renamed_from: Vec<String>,
     key: bool,
     ignore: bool,
     redact: bool,
@@ -156,8 +164,11 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         let ident = &field.ident;
         let ty = &field.ty;
         let column = &field.column;
+        let renamed_from = &field.renamed_from;
         if field.ignore || field.redact {
             quote_spanned!(ty.span()=> #ident: <#ty as ::core::default::Default>::default())
+        } else if !renamed_from.is_empty() {
+            quote_spanned!(ty.span()=> #ident: #krate::__private::read_renamed_field::<#ty>(row, #table, #column, &[#(#renamed_from),*])?)
         } else {
             quote_spanned!(ty.span()=> #ident: #krate::__private::read_field::<#ty>(row, #table, #column)?)
         }
@@ -265,6 +276,7 @@ fn field(field: &syn::Field) -> syn::Result<Field> {
         .clone()
         .ok_or_else(|| syn::Error::new(field.span(), "expected a named field"))?;
     let mut column: Option<String> = None;
+    let mut renamed_from: Vec<String> = Vec::new();
     let mut other_column: Option<String> = None;
     let (mut key, mut ignore, mut redact, mut noise) = (false, false, false, false);
     for attribute in &field.attrs {
@@ -272,6 +284,10 @@ fn field(field: &syn::Field) -> syn::Result<Field> {
             attribute.parse_nested_meta(|meta| {
                 if meta.path.is_ident("column") {
                     column = Some(meta.value()?.parse::<LitStr>()?.value());
+                } else if meta.path.is_ident("renamed_from") {
+                    let old = meta.value()?.parse::<LitStr>()?;
+                    check_identifier(&old.value(), old.span(), "column")?;
+                    renamed_from.push(old.value());
                 } else if meta.path.is_ident("key") {
                     key = true;
                 } else if meta.path.is_ident("ignore") {
@@ -282,7 +298,7 @@ fn field(field: &syn::Field) -> syn::Result<Field> {
                     noise = true;
                 } else {
                     return Err(meta.error(
-                        "unknown bemi field attribute: expected `column`, `key`, `ignore`, `redact` or `noise`",
+                        "unknown bemi field attribute: expected `column`, `renamed_from`, `key`, `ignore`, `redact` or `noise`",
                     ));
                 }
                 Ok(())
@@ -328,6 +344,7 @@ fn field(field: &syn::Field) -> syn::Result<Field> {
         ident,
         ty: field.ty.clone(),
         column,
+        renamed_from,
         key,
         ignore,
         redact,

@@ -1,6 +1,6 @@
-//! Rewriting statements: the active context appended to writes.
+//! Rewriting statements: the active context appended to writes and DDL.
 
-use bemi_core::{CommentEncoder, Context, is_write, with_current_context};
+use bemi_core::{CommentEncoder, Context, is_ddl, is_write, with_current_context};
 use sea_orm::Statement;
 
 /// The context a write made now carries: the task's (or thread's) scope with `own` merged over
@@ -15,13 +15,14 @@ pub(crate) fn effective_context(own: Option<&Context>) -> Option<Context> {
     .filter(|context| !context.is_empty())
 }
 
-/// `sql` with the comment appended when it is a write and a context is active.
+/// `sql` with the comment appended when it is a write or DDL and a context is active (bemi's
+/// event triggers read a DDL statement's comment, so schema changes show who made them).
 pub(crate) fn tag_sql(
     sql: &str,
     own: Option<&Context>,
     encoder: &CommentEncoder,
 ) -> Option<String> {
-    if !is_write(sql) {
+    if !is_write(sql) && !is_ddl(sql) {
         return None;
     }
     let context = effective_context(own)?;

@@ -10,6 +10,7 @@
 
 mod attribution;
 mod cli;
+mod ddl_torture;
 mod decoder_fuzz;
 mod durability;
 mod history;

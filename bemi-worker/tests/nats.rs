@@ -597,3 +597,52 @@ async fn publish_raw(nats: &NatsServer, payload: String) {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_capture_renders_keys_with_the_shapes_recorded_before_its_start() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE account (id int PRIMARY KEY, note text);",
+    )
+    .await;
+    let nats = NatsServer::start();
+    let destination = fixture.database.url();
+    let ingest = ingest(&destination, &nats, "shapes");
+    let mut first = capture(&fixture, &nats, "shapes-a");
+    fixture
+        .sql("INSERT INTO account VALUES (1, 'a'); ALTER TABLE account RENAME COLUMN id TO account_id")
+        .await;
+    wait_for_count(&fixture.client, &fixture.setup, 1, &[&first, &ingest]).await;
+    bemi_test_harness::wait_for_slot_to_catch_up(
+        &fixture.client,
+        fixture.database.slot_name(),
+        TIMEOUT,
+    )
+    .await;
+    first.kill();
+    // Written under the key `account_id`, read by a new capture after the catalog moved on:
+    // the shape recorded before its start (the rename) names the key, not the catalog.
+    fixture
+        .sql("INSERT INTO account VALUES (2, 'b'); ALTER TABLE account RENAME COLUMN account_id TO acc")
+        .await;
+    let second = capture(&fixture, &nats, "shapes-b");
+    wait_for_count(&fixture.client, &fixture.setup, 2, &[&second, &ingest]).await;
+    let keys: Vec<Option<String>> = fixture
+        .client
+        .query(
+            "SELECT primary_key FROM bemi.changes WHERE \"table\" = 'account' \
+             ORDER BY commit_lsn, sequence",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        keys,
+        [Some("1".to_owned()), Some("2".to_owned())],
+        "{}",
+        second.log()
+    );
+}

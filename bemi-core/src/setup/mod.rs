@@ -371,7 +371,7 @@ impl Setup {
         let changes_schema = crate::quote_ident(changes.schema())?;
         let source = format!(
             "GRANT USAGE ON SCHEMA bemi TO {role};\n\
-             GRANT SELECT ON bemi.column_policies TO {role};\n\
+             GRANT SELECT ON bemi.column_policies, bemi.schema_versions TO {role};\n\
              GRANT SELECT, INSERT ON bemi.slot_incarnations TO {role};\n"
         );
         let mut destination = format!("GRANT USAGE ON SCHEMA bemi TO {role};\n");

@@ -3,25 +3,17 @@
 use super::{SetupOptions, Tracked};
 use crate::ident::{quote_ident, quote_literal};
 
-/// The statement trigger's function. It has no `SET search_path` clause: it runs with the rights
-/// of the statement's author (so a search path cannot grant anything), and names every function
-/// and operator with its schema. Measured per single-row INSERT (server CPU, PostgreSQL 15, this
-/// project's 2-core machine): plain 3.4 µs; untagged +1.9 µs; tagged +5 µs. A `WHEN` clause on
-/// the trigger, which PostgreSQL deserialises and compiles for every statement, cost more than
-/// entering PL/pgSQL: +6.5 µs untagged, +14.5 µs tagged with this body.
-const EMIT_CONTEXT: &str = r#"
-CREATE OR REPLACE FUNCTION bemi.emit_context() RETURNS trigger
-LANGUAGE plpgsql AS $bemi$
-DECLARE
-    query text := pg_catalog.rtrim(pg_catalog.current_query(), E' \t\r\n;');
+/// Declarations and statements that set `payload` to the running statement's context: the
+/// payload of the `/*Bemi ... Bemi*/` comment ending its text, else the transaction-local
+/// `bemi.context` setting, else `''`. Inlined in the row trigger (which app roles run without
+/// any privilege on schema `bemi`) and in `bemi.statement_context()` (for the event triggers).
+const STATEMENT_CONTEXT_DECLARATIONS: &str = r#"    query text := pg_catalog.rtrim(pg_catalog.current_query(), E' \t\r\n;');
     found integer;
     rest text;
     next integer;
     payload text := '';
-    emitted pg_catalog.pg_lsn;
-    ignored text;
-BEGIN
-    -- Only a comment that ends the statement's text counts (clients append it last): a
+"#;
+const STATEMENT_CONTEXT_STATEMENTS: &str = r#"    -- Only a comment that ends the statement's text counts (clients append it last): a
     -- `/*Bemi ... Bemi*/` inside a string literal or earlier in the text is data, not context.
     IF pg_catalog.right(query, 7) OPERATOR(pg_catalog.=) ' Bemi*/' THEN
         found := pg_catalog.strpos(query, '/*Bemi ');
@@ -50,7 +42,48 @@ BEGIN
     IF payload OPERATOR(pg_catalog.=) '' THEN
         payload := COALESCE(pg_catalog.current_setting('bemi.context', true), '');
     END IF;
-    IF payload OPERATOR(pg_catalog.<>) '' THEN
+"#;
+
+/// `bemi.statement_context()` and `bemi.emit_statement_context()`, for the event triggers, and
+/// the statement trigger's function.
+/// The trigger function has no `SET search_path` clause: it runs with the rights
+/// of the statement's author (so a search path cannot grant anything), and names every function
+/// and operator with its schema. Measured per single-row INSERT (server CPU, PostgreSQL 15, this
+/// project's 2-core machine): plain 3.4 µs; untagged +1.9 µs; tagged +5 µs. A `WHEN` clause on
+/// the trigger, which PostgreSQL deserialises and compiles for every statement, cost more than
+/// entering PL/pgSQL: +6.5 µs untagged, +14.5 µs tagged with this body.
+const EMIT_CONTEXT: &str = r#"
+CREATE OR REPLACE FUNCTION bemi.statement_context() RETURNS text
+LANGUAGE plpgsql STABLE AS $bemi$
+DECLARE
+@CONTEXT_DECLARATIONS@BEGIN
+@CONTEXT_STATEMENTS@    RETURN payload;
+END
+$bemi$;
+
+CREATE OR REPLACE FUNCTION bemi.emit_statement_context() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $bemi$
+DECLARE
+    payload text := bemi.statement_context();
+BEGIN
+    IF payload <> '' THEN
+        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', payload);
+        PERFORM pg_catalog.set_config('bemi.context_active', 'on', true);
+    ELSIF pg_catalog.current_setting('bemi.context_active', true) = 'on' THEN
+        -- An earlier statement of this transaction had a context: clear it for this one.
+        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', '');
+        PERFORM pg_catalog.set_config('bemi.context_active', 'off', true);
+    END IF;
+END
+$bemi$;
+
+CREATE OR REPLACE FUNCTION bemi.emit_context() RETURNS trigger
+LANGUAGE plpgsql AS $bemi$
+DECLARE
+@CONTEXT_DECLARATIONS@    emitted pg_catalog.pg_lsn;
+    ignored text;
+BEGIN
+@CONTEXT_STATEMENTS@    IF payload OPERATOR(pg_catalog.<>) '' THEN
         emitted := pg_catalog.pg_logical_emit_message(true, '_bemi', payload);
         IF pg_catalog.current_setting('bemi.context_active', true) IS DISTINCT FROM 'on' THEN
             ignored := pg_catalog.set_config('bemi.context_active', 'on', true);
@@ -138,10 +171,27 @@ $bemi$;
 /// the key its table had then, however late it reads it (after a rename, a new key, a drop).
 /// The key is chosen as the worker chooses it: the primary key, else the replica identity
 /// index, else the smallest unique index on plain NOT NULL columns; key columns only.
+/// Each column also records how its values become JSON (`kind`: a built-in type's OID after
+/// resolving domains, `[` + delimiter + the element's kind for arrays), so values of an enum or
+/// domain dropped before the worker reads the change keep their JSON type.
 const RECORD_SCHEMA: &str = r#"
+CREATE OR REPLACE FUNCTION bemi.value_kind(type_id oid, depth integer DEFAULT 0) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $bemi$
+    SELECT CASE
+        WHEN t.oid IS NULL OR depth > 16 THEN '25'
+        WHEN t.typtype = 'd' AND t.typbasetype <> 0 THEN bemi.value_kind(t.typbasetype, depth + 1)
+        WHEN t.typcategory = 'A' AND t.typelem <> 0
+            THEN '[' || e.typdelim::text || bemi.value_kind(t.typelem, depth + 1)
+        ELSE t.oid::text
+    END
+    FROM (SELECT type_id AS id) x
+    LEFT JOIN pg_catalog.pg_type t ON t.oid = x.id
+    LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem
+$bemi$;
+
 CREATE OR REPLACE FUNCTION bemi.record_schema(rel oid, command text) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $bemi$
-    INSERT INTO bemi.schema_versions (relid, schema_name, table_name, key, columns, command)
+    INSERT INTO bemi.schema_versions (relid, schema_name, table_name, key, columns, command, partition_root)
     SELECT c.oid, n.nspname, c.relname,
         COALESCE((
             SELECT pg_catalog.jsonb_agg(a.attname ORDER BY pg_catalog.array_position(k.columns, a.attnum))
@@ -162,12 +212,18 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $bemi$
         ), '[]'),
         COALESCE((
             SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                       'name', a.attname, 'type', pg_catalog.format_type(a.atttypid, a.atttypmod))
+                       'name', a.attname, 'type', pg_catalog.format_type(a.atttypid, a.atttypmod),
+                       'kind', bemi.value_kind(a.atttypid))
                    ORDER BY a.attnum)
             FROM pg_catalog.pg_attribute a
             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
         ), '[]'),
-        command
+        command,
+        COALESCE((
+            SELECT pg_catalog.jsonb_build_object('schema', rn.nspname, 'table', r.relname)
+            FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+            WHERE r.oid = pg_catalog.pg_partition_root(c.oid) AND r.oid <> c.oid
+        ), 'false')
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = rel
 $bemi$;
@@ -179,26 +235,19 @@ CREATE OR REPLACE FUNCTION bemi.record_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $bemi$
 DECLARE
     changed record;
+    part oid;
     by_schema boolean := EXISTS (SELECT 1 FROM bemi.tracked_schemas);
     in_tracked_schema boolean;
     ignored text;
-    payload text;
 BEGIN
     -- The DDL this function runs itself (tracking a table alters it) is not recorded again.
     IF pg_catalog.current_setting('bemi.recording_ddl', true) = 'on' THEN
         RETURN;
     END IF;
     ignored := pg_catalog.set_config('bemi.recording_ddl', 'on', true);
-    -- The statement's context (the Diesel wrapper sets `bemi.context` around DDL): the shapes
-    -- recorded below carry it, so the trail shows who changed a table.
-    payload := COALESCE(pg_catalog.current_setting('bemi.context', true), '');
-    IF payload <> '' THEN
-        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', payload);
-        ignored := pg_catalog.set_config('bemi.context_active', 'on', true);
-    ELSIF pg_catalog.current_setting('bemi.context_active', true) = 'on' THEN
-        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', '');
-        ignored := pg_catalog.set_config('bemi.context_active', 'off', true);
-    END IF;
+    -- The shapes recorded below carry the statement's context: the trail shows who changed
+    -- a table.
+    PERFORM bemi.emit_statement_context();
     FOR changed IN
         SELECT DISTINCT COALESCE(
                    (SELECT i.indrelid FROM pg_catalog.pg_index i WHERE i.indexrelid = d.objid),
@@ -219,6 +268,23 @@ BEGIN
                 PERFORM bemi.record_schema(changed.relid, changed.command_tag || ' (untracked)');
             ELSE
                 PERFORM bemi.record_schema(changed.relid, changed.command_tag);
+                -- A partitioned table's change (attach, detach, rename) can change under
+                -- which table its partitions, current and just detached, are reported.
+                FOR part IN
+                    SELECT t.relid FROM bemi.tracked_tables t
+                    WHERE t.relid <> changed.relid
+                      AND EXISTS (SELECT 1 FROM pg_catalog.pg_class pc
+                                  WHERE pc.oid = changed.relid AND pc.relkind = 'p')
+                      AND (t.relid IN (SELECT p.relid FROM pg_catalog.pg_partition_tree(changed.relid) p)
+                           OR (SELECT v.partition_root FROM bemi.schema_versions v
+                               WHERE v.relid = t.relid ORDER BY v.id DESC LIMIT 1)
+                              = (SELECT pg_catalog.jsonb_build_object('schema', rn.nspname, 'table', r.relname)
+                                 FROM pg_catalog.pg_class r
+                                 JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+                                 WHERE r.oid = changed.relid))
+                LOOP
+                    PERFORM bemi.record_schema(part, changed.command_tag);
+                END LOOP;
             END IF;
         ELSIF in_tracked_schema AND NOT bemi.is_excluded(changed.relid) THEN
             -- Made logged, moved into a tracked schema, created there: tracked from now on.
@@ -233,12 +299,19 @@ CREATE OR REPLACE FUNCTION bemi.record_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $bemi$
 DECLARE
     dropped record;
+    first boolean := true;
 BEGIN
     FOR dropped IN
         SELECT o.objid, o.schema_name, o.object_name
         FROM pg_catalog.pg_event_trigger_dropped_objects() o
         WHERE o.object_type = 'table' AND o.objid IN (SELECT t.relid FROM bemi.tracked_tables t)
     LOOP
+        -- The drop is recorded with the statement's context (sql_drop fires before
+        -- ddl_command_end, where record_ddl emits it).
+        IF first THEN
+            PERFORM bemi.emit_statement_context();
+            first := false;
+        END IF;
         INSERT INTO bemi.schema_versions (relid, schema_name, table_name, key, columns, command, dropped)
         VALUES (dropped.objid, dropped.schema_name, dropped.object_name, '[]', '[]',
                 TG_TAG, true);
@@ -355,13 +428,8 @@ BEGIN
             -- The rows the statement itself wrote were not published yet: recorded as the
             -- statement's CREATE changes.
             IF created.command_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
-                -- A context set for the transaction (`bemi.context`, as the Diesel wrapper sets
-                -- it around COPY) is the statement's.
-                IF COALESCE(pg_catalog.current_setting('bemi.context', true), '') <> '' THEN
-                    PERFORM pg_catalog.pg_logical_emit_message(
-                        true, '_bemi', pg_catalog.current_setting('bemi.context', true));
-                    PERFORM pg_catalog.set_config('bemi.context_active', 'on', true);
-                END IF;
+                -- With the statement's context.
+                PERFORM bemi.emit_statement_context();
                 PERFORM bemi.emit_rows(created.objid::regclass, true);
             END IF;
         END IF;
@@ -505,6 +573,8 @@ DROP FUNCTION IF EXISTS bemi.track_table(regclass);
 DROP FUNCTION IF EXISTS bemi.untrack_table(oid);
 DROP FUNCTION IF EXISTS bemi.is_excluded(oid);
 DROP FUNCTION IF EXISTS bemi.emit_context();
+DROP FUNCTION IF EXISTS bemi.emit_statement_context();
+DROP FUNCTION IF EXISTS bemi.statement_context();
 DROP FUNCTION IF EXISTS bemi.snapshot_table(regclass);
 DROP FUNCTION IF EXISTS bemi.emit_rows(regclass, boolean);
 DROP TABLE IF EXISTS bemi.tracked_tables;
@@ -515,6 +585,7 @@ DROP TABLE IF EXISTS bemi.slot_incarnations;
 DROP FUNCTION IF EXISTS bemi.record_ddl();
 DROP FUNCTION IF EXISTS bemi.record_drop();
 DROP FUNCTION IF EXISTS bemi.record_schema(oid, text);
+DROP FUNCTION IF EXISTS bemi.value_kind(oid, integer);
 DROP TABLE IF EXISTS bemi.schema_versions;
 DO $bemi$
 BEGIN
@@ -532,6 +603,8 @@ pub(super) fn install(options: &SetupOptions) -> String {
         template
             .replace("@PUBLICATION@", &publication)
             .replace("@CHANGES_TABLE@", &options.changes_table.regclass_literal())
+            .replace("@CONTEXT_DECLARATIONS@", STATEMENT_CONTEXT_DECLARATIONS)
+            .replace("@CONTEXT_STATEMENTS@", STATEMENT_CONTEXT_STATEMENTS)
     };
     let (schemas, tables) = match &options.tracked {
         Tracked::Schemas(schemas) => (schemas.as_slice(), &[][..]),
@@ -587,6 +660,9 @@ pub(super) fn install(options: &SetupOptions) -> String {
              dropped boolean NOT NULL DEFAULT false,\n    \
              recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now()\n\
          );\n\
+         ALTER TABLE bemi.schema_versions ADD COLUMN IF NOT EXISTS partition_root jsonb;\n\
+         ALTER TABLE bemi.schema_versions ADD COLUMN IF NOT EXISTS recorded_lsn pg_lsn\n    \
+             DEFAULT pg_catalog.pg_current_wal_insert_lsn();\n\
          REVOKE ALL ON bemi.schema_versions FROM PUBLIC;\n",
     );
     for (table, rules) in &options.model_policies {

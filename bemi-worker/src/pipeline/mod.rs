@@ -34,6 +34,7 @@ use crate::sink::jetstream::{NatsOptions, Publisher};
 use crate::sink::store::{Store, is_schema_version};
 use crate::source::catalog::{Catalog, RelationInfo};
 use crate::source::pgoutput::{self, Message};
+use crate::source::recorded_shape::RecordedShape;
 use crate::source::xid::XidWidener;
 use crate::stitch::context::DEFAULT_MAX_CONTEXT_BYTES;
 use crate::stitch::{Stitcher, postgres_time};
@@ -341,11 +342,15 @@ impl Worker {
             ),
         };
         // The table shapes recorded before this session's start position (see `Stream::
-        // recorded_keys`); `capture` has no destination to read them from.
-        let mut recorded_keys: Vec<(u32, Vec<String>)> = Vec::new();
+        // recorded_shapes`): from the destination's history, or for `capture`, which has no
+        // destination, from the source's table of them.
+        let mut recorded_shapes: Vec<(u32, RecordedShape)> = Vec::new();
         // Connected before streaming starts: a missing table or privilege fails the session here.
         let (sink, progress) = match &config.output {
-            Output::JetStream(nats) => (Sink::JetStream(Publisher::connect(nats).await?), None),
+            Output::JetStream(nats) => {
+                recorded_shapes.extend(load_source_shapes(&catalog_client, &config.slot).await?);
+                (Sink::JetStream(Publisher::connect(nats).await?), None)
+            }
             Output::Store {
                 destination: options,
                 changes_table,
@@ -354,7 +359,7 @@ impl Worker {
                 check_destination_privileges(&destination, options, changes_table).await?;
                 let store = Store::new(destination, changes_table, source_key.clone());
                 let progress = store.load_progress().await?;
-                recorded_keys.extend(store.load_recorded_keys(&database).await?);
+                recorded_shapes.extend(store.load_recorded_shapes(&database).await?);
                 (Sink::Store(store), progress)
             }
         };
@@ -390,7 +395,7 @@ impl Worker {
             catalog: Catalog::new(catalog_client, config.column_policies.clone()),
             relations: HashMap::new(),
             relation_messages: HashMap::new(),
-            recorded_keys: recorded_keys.into_iter().collect(),
+            recorded_shapes: recorded_shapes.into_iter().collect(),
             schema_relation: None,
             xids: XidWidener::new(newest_xid),
             proof_relation: None,
@@ -509,6 +514,36 @@ async fn ensure_publication(client: &tokio_postgres::Client, config: &WorkerConf
 
 /// Refuses to start when the worker's role cannot read the stored column policies (it would store
 /// values they redact): names the GRANT to run.
+/// The table shapes `bemi.schema_versions` recorded before the slot's confirmed position (what
+/// the stream will not show again), oldest first: `capture`'s history of shapes at its start.
+/// A shape recorded by a transaction still open at that position is taken a little early (it
+/// comes again at its commit).
+async fn load_source_shapes(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Vec<(u32, RecordedShape)>> {
+    let rows = client
+        .query(
+            "SELECT pg_catalog.row_to_json(v)::text FROM bemi.schema_versions v \
+             WHERE v.recorded_lsn <= (SELECT s.confirmed_flush_lsn FROM pg_catalog.pg_replication_slots s \
+                                      WHERE s.slot_name = $1) \
+             ORDER BY v.id",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::postgres(
+            "read the recorded table shapes in bemi.schema_versions (the worker's role needs \
+             SELECT on it: see `bemi-worker setup --print-sql --worker-role`)",
+        ))?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let version: serde_json::Value = serde_json::from_str(row.get(0)).ok()?;
+            RecordedShape::from_version(&version)
+        })
+        .collect())
+}
+
 async fn check_source_privileges(client: &tokio_postgres::Client) -> Result<()> {
     let row = client
         .query_one(
@@ -730,9 +765,9 @@ struct Stream<'a> {
     relation_messages: HashMap<u32, pgoutput::Relation>,
     /// Epoch-extends the stream's 32-bit transaction ids.
     xids: XidWidener,
-    /// The key columns of each tracked relation as last recorded in the stream
-    /// (`bemi.schema_versions`): the key as of the position being read, not as of now.
-    recorded_keys: HashMap<u32, Vec<String>>,
+    /// The shape (key columns, value kinds) of each tracked relation as last recorded in the
+    /// stream (`bemi.schema_versions`): as of the position being read, not as of now.
+    recorded_shapes: HashMap<u32, RecordedShape>,
     /// The OID of `bemi.schema_versions`, once its Relation message arrived.
     schema_relation: Option<u32>,
     /// The OID of `bemi.message_proofs`, once its Relation message arrived.
@@ -1021,8 +1056,8 @@ impl Stream<'_> {
     /// dropped table).
     async fn describe(&mut self, relation: &pgoutput::Relation) -> Result<RelationInfo> {
         let mut info = self.catalog.describe(relation, self.stitcher.xid()).await?;
-        if let Some(names) = self.recorded_keys.get(&relation.id) {
-            info.apply_recorded_key(names);
+        if let Some(shape) = self.recorded_shapes.get(&relation.id) {
+            info.apply_recorded_shape(shape, relation);
         }
         Ok(info)
     }
@@ -1035,28 +1070,10 @@ impl Stream<'_> {
             let Ok(after) = serde_json::from_str::<serde_json::Value>(&row.after) else {
                 continue;
             };
-            let Some(relid) = after
-                .get("relid")
-                .and_then(serde_json::Value::as_u64)
-                .and_then(|relid| u32::try_from(relid).ok())
-            else {
-                continue;
-            };
-            let names: Vec<String> = after
-                .get("key")
-                .and_then(serde_json::Value::as_array)
-                .map(|names| {
-                    names
-                        .iter()
-                        .filter_map(|name| name.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if after.get("dropped") == Some(&serde_json::Value::Bool(true)) {
-                // Changes before the drop keep the last shape recorded; none come after.
-                continue;
+            // A drop records nothing: changes before it keep the last shape recorded.
+            if let Some((relid, shape)) = RecordedShape::from_version(&after) {
+                self.recorded_shapes.insert(relid, shape);
             }
-            self.recorded_keys.insert(relid, names);
         }
     }
 

@@ -24,6 +24,7 @@ use tokio_postgres::error::SqlState;
 use crate::change_row::ChangeRow;
 use crate::error::{ErrorKind, sqlstate_kind};
 use crate::pipeline::progress::Progress;
+use crate::source::recorded_shape::RecordedShape;
 use crate::stitch::postgres_time;
 use crate::{Error, Result};
 
@@ -60,18 +61,17 @@ impl Store {
         }
     }
 
-    /// The key columns recorded per relation in `bemi.schema_versions` (the source's table of
+    /// The table shapes recorded per relation in `bemi.schema_versions` (the source's table of
     /// table shapes, stored like any change), newest last, for `database`: what the stream
     /// showed before this session's start position.
-    pub(crate) async fn load_recorded_keys(
+    pub(crate) async fn load_recorded_shapes(
         &self,
         database: &str,
-    ) -> Result<Vec<(u32, Vec<String>)>> {
+    ) -> Result<Vec<(u32, RecordedShape)>> {
         let rows = self
             .client
             .query(
-                "SELECT (shape->>'relid')::bigint, shape->'key' FROM bemi.schema_history \
-                 WHERE database = $1 AND NOT COALESCE((shape->>'dropped')::boolean, false) \
+                "SELECT shape FROM bemi.schema_history WHERE database = $1 \
                  ORDER BY commit_lsn, sequence",
                 &[&database],
             )
@@ -80,14 +80,7 @@ impl Store {
         Ok(rows
             .iter()
             .filter_map(|row| {
-                let relid = u32::try_from(row.get::<_, Option<i64>>(0)?).ok()?;
-                let key: serde_json::Value = row.get::<_, Option<serde_json::Value>>(1)?;
-                let names = key
-                    .as_array()?
-                    .iter()
-                    .filter_map(|name| name.as_str().map(str::to_owned))
-                    .collect();
-                Some((relid, names))
+                RecordedShape::from_version(&row.get::<_, Option<serde_json::Value>>(0)?)
             })
             .collect())
     }

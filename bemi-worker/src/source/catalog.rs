@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bemi_core::policy::{ColumnAction, ColumnFlags, ColumnPattern, ColumnPolicies};
 
 use crate::source::pgoutput::Relation;
+use crate::source::recorded_shape::RecordedShape;
 use crate::stitch::values::ValueKind;
 use crate::{Error, Result};
 
@@ -20,6 +21,9 @@ pub(crate) struct RelationInfo {
     pub(crate) columns: Vec<String>,
     /// How each column's values become JSON.
     pub(crate) kinds: Vec<ValueKind>,
+    /// Columns whose type the catalog no longer has (dropped since the Relation message):
+    /// their kind comes from the recorded shape when there is one, else they are text.
+    pub(crate) types_gone: Vec<bool>,
     /// Positions of the primary-key columns, in key order; empty when the table has none.
     pub(crate) key: Vec<usize>,
     /// Whether each column is part of the replica identity (what a key-only old image holds).
@@ -35,9 +39,38 @@ pub(crate) struct RelationInfo {
 }
 
 impl RelationInfo {
-    /// Takes the key from a recorded schema version (`bemi.schema_versions`: the key as of the
-    /// change's position), by name, over what the catalog says now.
-    pub(crate) fn apply_recorded_key(&mut self, names: &[String]) {
+    /// Takes the key and the kinds of columns whose type is gone from a recorded schema version
+    /// (`bemi.schema_versions`: the shape as of the change's position), by name, over what the
+    /// catalog says now.
+    pub(crate) fn apply_recorded_shape(&mut self, shape: &RecordedShape, relation: &Relation) {
+        // Under which table the changes are reported: the partitioned table the relation
+        // belonged to then (attached or detached since).
+        match &shape.partition_root {
+            Some(Some((schema, table))) => {
+                self.schema = Arc::from(schema.as_str());
+                self.table = Arc::from(table.as_str());
+                self.partition = Some(Arc::from(
+                    format!("{}.{}", relation.namespace, relation.name).as_str(),
+                ));
+            }
+            Some(None) => {
+                self.schema = Arc::from(relation.namespace.as_str());
+                self.table = Arc::from(relation.name.as_str());
+                self.partition = None;
+            }
+            None => {}
+        }
+        for (position, column) in self.columns.iter().enumerate() {
+            if self.types_gone.get(position).copied().unwrap_or(false)
+                && let Some(kind) = shape.kinds.get(column)
+            {
+                self.kinds[position] = kind.clone();
+            }
+        }
+        self.apply_recorded_key(&shape.key);
+    }
+
+    fn apply_recorded_key(&mut self, names: &[String]) {
         if names.is_empty() {
             return;
         }
@@ -252,6 +285,10 @@ impl Catalog {
             .map(|column| column.type_id)
             .collect();
         self.resolve_types(&type_ids).await?;
+        let types_gone: Vec<bool> = type_ids
+            .iter()
+            .map(|type_id| !self.types.contains_key(type_id))
+            .collect();
         let kinds = type_ids
             .iter()
             .map(|type_id| self.types.get(type_id).cloned().unwrap_or(ValueKind::Text))
@@ -374,6 +411,7 @@ impl Catalog {
             table: Arc::from(table.as_str()),
             columns,
             kinds,
+            types_gone,
             key,
             flags,
         })
@@ -426,21 +464,25 @@ impl Catalog {
             pending = next;
         }
         for id in type_ids {
-            if !self.types.contains_key(id) {
-                let kind = self.kind_of(*id, &rows, 0);
+            if !self.types.contains_key(id)
+                && let Some(kind) = self.kind_of(*id, &rows, 0)
+            {
                 self.types.insert(*id, kind);
             }
         }
         Ok(())
     }
 
-    fn kind_of(&self, id: u32, rows: &HashMap<u32, TypeRow>, depth: usize) -> ValueKind {
+    /// The kind of type `id`; `None` when the catalog does not have it (or a type it is built
+    /// on) any more.
+    fn kind_of(&self, id: u32, rows: &HashMap<u32, TypeRow>, depth: usize) -> Option<ValueKind> {
         if let Some(kind) = self.types.get(&id) {
-            return kind.clone();
+            return Some(kind.clone());
         }
-        let Some(row) = rows.get(&id).filter(|_| depth < 16) else {
-            return ValueKind::Text;
-        };
+        if depth >= 16 {
+            return Some(ValueKind::Text);
+        }
+        let row = rows.get(&id)?;
         if row.kind == "d" && row.base != 0 {
             return self.kind_of(row.base, rows, depth + 1);
         }
@@ -450,12 +492,12 @@ impl Catalog {
                 .as_deref()
                 .and_then(|text| text.bytes().next())
                 .unwrap_or(b',');
-            return ValueKind::Array {
-                element: Box::new(self.kind_of(row.element, rows, depth + 1)),
+            return Some(ValueKind::Array {
+                element: Box::new(self.kind_of(row.element, rows, depth + 1)?),
                 delimiter,
-            };
+            });
         }
-        ValueKind::Text
+        Some(ValueKind::Text)
     }
 }
 

@@ -2,4 +2,5 @@
 
 pub(crate) mod catalog;
 pub mod pgoutput;
+pub(crate) mod recorded_shape;
 pub(crate) mod xid;

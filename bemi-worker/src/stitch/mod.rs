@@ -690,6 +690,7 @@ mod tests {
             table: Arc::from("todo"),
             columns: vec!["id".into(), "task".into(), "doc".into()],
             kinds: vec![ValueKind::Integer, ValueKind::Text, ValueKind::Json],
+            types_gone: vec![false; 3],
             key: vec![0],
             identity: vec![true, false, false],
             key_unavailable: Vec::new(),

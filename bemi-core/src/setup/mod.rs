@@ -398,14 +398,20 @@ impl Setup {
 /// `bemi.slot_incarnations`: a slot created again (after a restore from a base backup, a failover
 /// without slots, a teardown and setup) starts a new incarnation, whose commit positions may
 /// repeat those of an earlier one. The worker keys its progress and change ids by incarnation,
-/// so nothing is skipped and nothing collides. One statement, its own transaction.
+/// so nothing is skipped and nothing collides. One transaction of its own.
 pub fn create_slot_sql(slot: &str) -> String {
     let slot = quote_literal(slot);
+    // The slot is created by a plain SELECT: called from PL/pgSQL, slot creation that has to
+    // wait for running transactions failed now and then with "snapshot reference ... is not
+    // owned by resource owner". One transaction, so a created slot always has its incarnation.
     format!(
-        "DO $bemi$\n\
+        "BEGIN;\n\
+         SELECT pg_catalog.set_config('bemi.slot_created', 'on', true),\n       \
+                pg_catalog.pg_create_logical_replication_slot({slot}, 'pgoutput')\n\
+         WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {slot});\n\
+         DO $bemi$\n\
          BEGIN\n    \
-             IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {slot}) THEN\n        \
-                 PERFORM pg_catalog.pg_create_logical_replication_slot({slot}, 'pgoutput');\n        \
+             IF pg_catalog.current_setting('bemi.slot_created', true) = 'on' THEN\n        \
                  IF pg_catalog.to_regclass('bemi.slot_incarnations') IS NOT NULL THEN\n            \
                      INSERT INTO bemi.slot_incarnations (slot_name, created_lsn)\n            \
                      SELECT s.slot_name, s.confirmed_flush_lsn FROM pg_catalog.pg_replication_slots s\n            \
@@ -421,7 +427,8 @@ pub fn create_slot_sql(slot: &str) -> String {
                  END IF;\n    \
              END IF;\n\
          END\n\
-         $bemi$;\n"
+         $bemi$;\n\
+         COMMIT;\n"
     )
 }
 

@@ -52,9 +52,10 @@ impl JsonText {
         }
     }
 
-    /// The JSON text of a value (compact, as `serde_json` writes it).
+    /// The JSON text of a value, compacted like every `JsonText` (members sorted by name,
+    /// whatever order the map keeps them in).
     pub fn from_value(value: &Value) -> Self {
-        Self(RawValue::from_string(value.to_string()).unwrap_or_else(|_| Self::null().0))
+        Self::from_json(value.to_string()).unwrap_or_else(|_| Self::null())
     }
 
     /// JSON `null`.

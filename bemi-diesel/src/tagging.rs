@@ -47,28 +47,13 @@ impl Tagging {
         Ok(self.comment(context))
     }
 
-    /// A raw SQL string as sent: writes carry the comment; DDL runs with the context in the
-    /// transaction-local setting `bemi.context` too, which bemi's DDL event trigger reads (a
-    /// comment is only read by the row triggers), cleared after it.
+    /// A raw SQL string as sent: writes and DDL carry the comment (bemi's row triggers and its
+    /// DDL event triggers both read it).
     pub(crate) fn tag_sql(&mut self, sql: &str) -> Option<String> {
-        let (write, ddl) = (is_write(sql), bemi_core::is_ddl(sql));
-        if !write && !ddl {
+        if !is_write(sql) && !bemi_core::is_ddl(sql) {
             return None;
         }
-        let comment = self.context_comment()?;
-        let tagged = if write {
-            comment.append_to(sql)
-        } else {
-            sql.to_owned()
-        };
-        if !ddl {
-            return Some(tagged);
-        }
-        Some(format!(
-            "{};\n{tagged};\n{}",
-            set_context_sql(comment.payload()),
-            set_context_sql("")
-        ))
+        Some(self.context_comment()?.append_to(sql))
     }
 
     /// The comment carrying the context a statement made now carries (whatever the statement),

@@ -70,6 +70,29 @@ fn a_model_of_todays_table_reads_history_across_add_drop_and_rename_column() {
         Some(note("first", None))
     );
 
+    // The table's changes, DDL included: the DDL changes are typed without rows.
+    let all = Note::changes(&mut conn, bemi::ChangeQuery::new()).unwrap();
+    let operations: Vec<(bemi::Operation, bool)> = all
+        .iter()
+        .map(|change| (change.change.operation, change.after.is_some()))
+        .collect();
+    use bemi::Operation::{Create, Ddl, Update};
+    assert_eq!(
+        operations,
+        [
+            (Create, true),
+            (Ddl, false),
+            (Update, true),
+            (Ddl, false),
+            (Ddl, false),
+            (Update, true)
+        ]
+    );
+    assert_eq!(
+        all[1].change.after.value("command"),
+        Some(serde_json::json!("ALTER TABLE"))
+    );
+
     let without_alias = NoteWithoutAlias::history(&mut conn, 1).unwrap();
     assert_eq!(
         without_alias[0].after,

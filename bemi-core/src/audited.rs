@@ -94,9 +94,9 @@ pub struct AuditedChange<M> {
     /// The change, with [`Audited::IGNORED`] columns removed from its images and
     /// [`Audited::REDACTED`] ones masked.
     pub change: Change,
-    /// The row before the change (`None` for CREATE, TRUNCATE and SNAPSHOT).
+    /// The row before the change (`None` for CREATE, TRUNCATE, SNAPSHOT and DDL).
     pub before: Option<M>,
-    /// The row after the change (`None` for DELETE and TRUNCATE).
+    /// The row after the change (`None` for DELETE, TRUNCATE and DDL).
     pub after: Option<M>,
 }
 
@@ -121,8 +121,10 @@ impl<M: Audited> AuditedChange<M> {
         for image in [&mut change.before, &mut change.after] {
             mask(image, M::IGNORED, M::REDACTED);
         }
+        // A DDL change's images are the table's shapes, not rows.
+        let ddl = change.operation == crate::Operation::Ddl;
         let typed = |image: &Image| -> Result<Option<M>> {
-            if image.is_empty() {
+            if ddl || image.is_empty() {
                 Ok(None)
             } else {
                 M::from_row(image).map(Some)

@@ -24,11 +24,17 @@ pub enum Operation {
     /// The row as it was when `bemi-worker snapshot` recorded the table: a baseline for time
     /// travel, not a write (`after` holds the row, `before` is empty).
     Snapshot,
+    /// The table's shape changed (`CREATE`, `ALTER`, `DROP TABLE`, a table entering or leaving
+    /// tracking): `before` and `after` are the shapes (`columns` with names, types and value
+    /// kinds, `key`, `replica_identity`, `partition_root`, `schema_name`, `table_name`), `after`
+    /// also holds the `command` and, unless setup was told not to record them, the `statement`;
+    /// `primary_key` is empty. Never part of a row's history.
+    Ddl,
 }
 
 impl Operation {
-    /// The name stored in the `operation` column: `CREATE`, `UPDATE`, `DELETE`, `TRUNCATE` or
-    /// `SNAPSHOT`.
+    /// The name stored in the `operation` column: `CREATE`, `UPDATE`, `DELETE`, `TRUNCATE`,
+    /// `SNAPSHOT` or `DDL`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Operation::Create => "CREATE",
@@ -36,6 +42,7 @@ impl Operation {
             Operation::Delete => "DELETE",
             Operation::Truncate => "TRUNCATE",
             Operation::Snapshot => "SNAPSHOT",
+            Operation::Ddl => "DDL",
         }
     }
 }
@@ -56,6 +63,7 @@ impl FromStr for Operation {
             "DELETE" => Ok(Operation::Delete),
             "TRUNCATE" => Ok(Operation::Truncate),
             "SNAPSHOT" => Ok(Operation::Snapshot),
+            "DDL" => Ok(Operation::Ddl),
             other => Err(Error::UnknownOperation(other.to_owned())),
         }
     }
@@ -154,6 +162,7 @@ mod tests {
             Operation::Delete,
             Operation::Truncate,
             Operation::Snapshot,
+            Operation::Ddl,
         ] {
             assert_eq!(operation.as_str().parse::<Operation>().unwrap(), operation);
             assert_eq!(

@@ -683,6 +683,16 @@ fn ddl_under_a_context_is_recorded_with_it() {
         .unwrap();
     let changes = audited.wait_for(1);
     assert_eq!(changes[0].context, json!({}));
+    // The DDL is a change of the table in `changes` too, with its context and statement.
+    let ddl = audited.ddl_changes();
+    assert_eq!(ddl.len(), 1, "{ddl:?}");
+    assert_eq!(ddl[0].table, "todo");
+    assert_eq!(ddl[0].context, json!({"job": "migrate"}));
+    assert_eq!(ddl[0].after["command"], "ALTER TABLE");
+    assert_eq!(
+        ddl[0].after["statement"],
+        "ALTER TABLE todo ADD COLUMN due date"
+    );
     let recorded = audited.query_i64(
         "SELECT count(*) FROM bemi.schema_history \
          WHERE shape->>'table_name' = 'todo' AND shape->>'command' = 'ALTER TABLE' \

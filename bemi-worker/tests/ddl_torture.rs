@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use bemi_core::{CommentEncoder, Context};
+use bemi_core::{ChangeQuery, CommentEncoder, Context, Operation};
 use bemi_test_harness::{test_database, wait_for_slot_to_catch_up};
+use bemi_worker::ClientRunner;
 use serde_json::{Value, json};
 
 use crate::support::{Fixture, RunningWorker, Stored, fixture};
@@ -301,6 +302,7 @@ async fn torture(fixture: Fixture, timing: Timing) {
         let of_case: Vec<(String, String, Option<String>, Value, Value)> = stored
             .iter()
             .filter(|change| change.context.get("case") == Some(&json!(case.name)))
+            .filter(|change| change.operation != "DDL")
             .map(|change| {
                 let image = if change.operation == "DELETE" {
                     change.before.clone()
@@ -338,6 +340,46 @@ async fn torture(fixture: Fixture, timing: Timing) {
             .collect();
         assert_eq!(of_case, expected, "{timing:?}: {}", case.name);
     }
+    // Each DDL is a change of its table in `changes` (operation DDL, selectable with
+    // ChangeQuery), with its context, its statement and the shapes before and after.
+    let ddl = ChangeQuery::new()
+        .operations([Operation::Ddl])
+        .fetch(&mut ClientRunner(&fixture.client))
+        .await
+        .unwrap();
+    for case in &cases {
+        let event = ddl
+            .iter()
+            .find(|change| {
+                change.table == case.recorded
+                    && change.context.get("case") == Some(&json!(case.name))
+            })
+            .unwrap_or_else(|| panic!("{timing:?}: no DDL change of {} in {ddl:#?}", case.name));
+        assert_eq!(event.primary_key, None);
+        assert_eq!(
+            event.after.read::<String>("statement").unwrap(),
+            case.ddl,
+            "{timing:?}: {}",
+            case.name
+        );
+        assert!(event.after.contains("command"), "{event:?}");
+    }
+    let renamed = ddl
+        .iter()
+        .find(|change| change.table == "t_key" && change.context.get("case").is_some())
+        .unwrap();
+    let names = |image: &bemi_core::Image| -> Vec<String> {
+        image
+            .value("columns")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|column| column["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&renamed.before), ["id", "v"]);
+    assert_eq!(names(&renamed.after), ["key_id", "v"]);
     // Each DDL is in the trail with its context and the table it changed.
     let events: Vec<(String, Value)> = fixture
         .client

@@ -452,7 +452,7 @@ async fn a_snapshot_under_concurrent_writes_misses_and_doubles_nothing() {
                 snapshot_position = Some(position);
                 assert_eq!(state.get(&key), Some(&change.after), "{change:?}");
             }
-            Operation::Truncate => unreachable!(),
+            Operation::Truncate | Operation::Ddl => unreachable!(),
         }
         if change.operation == Operation::Snapshot && snapshot_rows == snapshotted {
             assert_eq!(state.len() as u64, snapshotted, "one row per existing row");

@@ -240,6 +240,13 @@ async fn keys_are_as_of_each_change_across_renames_and_drops_read_late() {
         .await;
     let worker = RunningWorker::start(fixture.config());
     let changes = fixture.wait_for(5).await;
+    // Everything read, the shapes recorded after the last row change included.
+    bemi_test_harness::wait_for_slot_to_catch_up(
+        &fixture.client,
+        fixture.database.slot_name(),
+        std::time::Duration::from_secs(60),
+    )
+    .await;
     let keys: Vec<(String, String, Option<String>)> = changes
         .iter()
         .filter(|change| change.table != "schema_versions")
@@ -411,5 +418,77 @@ async fn tables_entering_or_leaving_the_tracked_schemas_are_tracked_from_that_mo
         .unwrap()
         .get(0);
     assert_eq!(untracked, 1);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_statements_can_be_left_out_and_ddl_is_never_reverted() {
+    use bemi_core::revert::{Conflict, Revert, StepOutcome};
+    use bemi_core::setup::SetupOptions;
+    use bemi_core::{ChangeQuery, Context, Operation};
+    use bemi_worker::ClientRunner;
+
+    let fixture = crate::support::fixture_with(
+        test_database!(),
+        "CREATE TABLE account (id int PRIMARY KEY, note text);",
+        SetupOptions::default().ddl_statements(false),
+    )
+    .await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture
+        .tagged(
+            "INSERT INTO account VALUES (1, 'a')",
+            json!({"request": "migrate"}),
+        )
+        .await;
+    fixture
+        .sql(
+            "ALTER TABLE account ADD COLUMN secret text DEFAULT 'hunter2' \
+             /*Bemi {\"request\":\"migrate\"} Bemi*/",
+        )
+        .await;
+    fixture.wait_for(1).await;
+    bemi_test_harness::wait_for_slot_to_catch_up(
+        &fixture.client,
+        fixture.database.slot_name(),
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    let ddl = ChangeQuery::new()
+        .operations([Operation::Ddl])
+        .fetch(&mut ClientRunner(&fixture.client))
+        .await
+        .unwrap();
+    assert_eq!(ddl.len(), 1, "{ddl:?}");
+    assert_eq!(ddl[0].context.get("request"), Some(&json!("migrate")));
+    assert_eq!(ddl[0].after.value("command"), Some(json!("ALTER TABLE")));
+    assert!(!ddl[0].after.contains("statement"), "{:?}", ddl[0].after);
+    assert!(!ddl[0].after.to_json().contains("hunter2"));
+
+    // Reverting the request undoes the row and refuses the DDL, even when forced.
+    let revert = Revert::context(Context::new().with("request", "migrate")).force();
+    let mut client = fixture.database.connect().await;
+    let transaction = client.transaction().await.unwrap();
+    let plan = bemi_core::revert::plan(&mut ClientRunner(&transaction), &revert)
+        .await
+        .unwrap();
+    transaction.rollback().await.unwrap();
+    let outcomes: Vec<(Operation, bool)> = plan
+        .steps()
+        .iter()
+        .map(|step| {
+            (
+                step.change.operation,
+                matches!(
+                    step.outcome,
+                    StepOutcome::Skipped(Conflict::NotRevertible { .. })
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [(Operation::Ddl, true), (Operation::Create, false)]
+    );
     worker.stop().await.unwrap();
 }

@@ -176,13 +176,14 @@ pub fn stored(
     }
 }
 
-/// Every stored change, in commit order.
+/// Every stored row change (DDL changes, which `ChangeQuery` selects, left out), in commit
+/// order.
 pub async fn changes(client: &tokio_postgres::Client, setup: &Setup) -> Vec<Stored> {
     client
         .query(
             &format!(
                 "SELECT \"table\", operation, primary_key, \"before\", \"after\", context \
-                 FROM {} ORDER BY commit_lsn, sequence",
+                 FROM {} WHERE operation <> 'DDL' ORDER BY commit_lsn, sequence",
                 setup.options().changes_table_name()
             ),
             &[],

@@ -190,6 +190,9 @@ async fn attempt<R: SqlRunner>(
         Operation::Snapshot => {
             return not_revertible("a SNAPSHOT records a row, it changed nothing".into());
         }
+        Operation::Ddl => {
+            return not_revertible("a change of a table's shape (DDL) cannot be reverted".into());
+        }
         Operation::Create => {}
         Operation::Update | Operation::Delete => {
             if has_incomplete_before(change) {
@@ -364,7 +367,7 @@ async fn check_and_act<R: SqlRunner>(
                 insert_sql(table, &before_columns())?,
                 vec![image(&change.before)],
             )),
-            (Operation::Truncate | Operation::Snapshot, _) => None,
+            (Operation::Truncate | Operation::Snapshot | Operation::Ddl, _) => None,
         };
 
     let Some((action, sql, params)) = planned else {

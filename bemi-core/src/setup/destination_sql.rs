@@ -17,7 +17,7 @@ const CHANGES_COLUMNS: &str = r#"(
     database text NOT NULL,
     schema text NOT NULL,
     "table" text NOT NULL,
-    operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE', 'SNAPSHOT')),
+    operation text NOT NULL CONSTRAINT @OPERATION_CHECK@ CHECK (operation IN (@OPERATIONS@)),
     committed_at timestamptz NOT NULL,
     queued_at timestamptz NOT NULL,
     transaction_id bigint NOT NULL,
@@ -27,6 +27,9 @@ const CHANGES_COLUMNS: &str = r#"(
     previous_primary_key text,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 )"#;
+
+/// The operations the `changes` table accepts.
+const OPERATIONS: &str = "'CREATE', 'UPDATE', 'DELETE', 'TRUNCATE', 'SNAPSHOT', 'DDL'";
 
 const PROGRESS_TABLE: &str = "CREATE TABLE IF NOT EXISTS bemi.worker_progress (
     source text PRIMARY KEY,
@@ -84,8 +87,27 @@ pub(super) fn install(changes: &QualifiedName, owner_role: Option<&str>) -> Stri
     if changes.schema() != crate::setup::BEMI_SCHEMA {
         sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {schema};\n"));
     }
+    let operation_check =
+        quote_ident(&format!("{}_operation_check", changes.name())).unwrap_or_default();
     sql.push_str(&format!(
-        "CREATE TABLE IF NOT EXISTS {table} {CHANGES_COLUMNS};\n"
+        "CREATE TABLE IF NOT EXISTS {table} {};\n",
+        CHANGES_COLUMNS
+            .replace("@OPERATION_CHECK@", &operation_check)
+            .replace("@OPERATIONS@", OPERATIONS)
+    ));
+    // Tables made by earlier versions accept the operations added since (`DDL`).
+    sql.push_str(&format!(
+        "DO $bemi$\n\
+         BEGIN\n    \
+             IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c\n        \
+                 WHERE c.conrelid = {literal}::regclass AND c.contype = 'c'\n          \
+                   AND pg_catalog.pg_get_constraintdef(c.oid) LIKE '%''DDL''%') THEN\n        \
+                 ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {operation_check};\n        \
+                 ALTER TABLE {table} ADD CONSTRAINT {operation_check} CHECK (operation IN ({OPERATIONS}));\n    \
+             END IF;\n\
+         END\n\
+         $bemi$;\n",
+        literal = changes.regclass_literal(),
     ));
     sql.push_str(&format!(
         "CREATE INDEX IF NOT EXISTS {} ON {table} (\"table\", primary_key, committed_at);\n",

@@ -126,6 +126,8 @@ pub struct SetupOptions {
     model_policies: Vec<(QualifiedName, Vec<(String, ColumnAction)>)>,
     /// The role owning the audit tables, when not the role running setup.
     owner_role: Option<String>,
+    /// Whether DDL events keep their statement's text.
+    ddl_statements: bool,
 }
 
 impl Default for SetupOptions {
@@ -138,6 +140,7 @@ impl Default for SetupOptions {
             slot: DEFAULT_SLOT.to_owned(),
             model_policies: Vec::new(),
             owner_role: None,
+            ddl_statements: true,
         }
     }
 }
@@ -238,6 +241,20 @@ impl SetupOptions {
     pub fn owner_role(mut self, role: impl Into<String>) -> Self {
         self.owner_role = Some(role.into());
         self
+    }
+
+    /// Whether DDL events (`Operation::Ddl` changes) keep the text of the statement that made
+    /// them (default: yes, capped at 64 KiB). Turn it off when migrations may hold secrets
+    /// (e.g. a default value): the events keep their command, shapes and context.
+    #[must_use]
+    pub fn ddl_statements(mut self, record: bool) -> Self {
+        self.ddl_statements = record;
+        self
+    }
+
+    /// Whether DDL events keep their statement's text (see [`SetupOptions::ddl_statements`]).
+    pub fn records_ddl_statements(&self) -> bool {
+        self.ddl_statements
     }
 
     /// The role owning the audit tables, if one is set (see [`SetupOptions::owner_role`]).

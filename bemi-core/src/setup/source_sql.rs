@@ -189,9 +189,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $bemi$
     LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem
 $bemi$;
 
+-- The text of the DDL statement running (without bemi's context comment, capped at 64 KiB),
+-- or NULL when setup was told not to keep statements. Called from the event triggers.
+CREATE OR REPLACE FUNCTION bemi.ddl_statement() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $bemi$
+    SELECT CASE WHEN length(s.text) > 65536 THEN left(s.text, 65536) || ' ...(cut)' ELSE s.text END
+    FROM (SELECT pg_catalog.regexp_replace(pg_catalog.current_query(),
+                 '[[:space:]]*/[*]Bemi .* Bemi[*]/[[:space:];]*$', '') AS text) s
+    WHERE @RECORD_DDL_STATEMENTS@
+$bemi$;
+
 CREATE OR REPLACE FUNCTION bemi.record_schema(rel oid, command text) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $bemi$
-    INSERT INTO bemi.schema_versions (relid, schema_name, table_name, key, columns, command, partition_root)
+    INSERT INTO bemi.schema_versions (relid, schema_name, table_name, key, columns, command,
+                                      partition_root, replica_identity, statement)
     SELECT c.oid, n.nspname, c.relname,
         COALESCE((
             SELECT pg_catalog.jsonb_agg(a.attname ORDER BY pg_catalog.array_position(k.columns, a.attnum))
@@ -223,7 +234,12 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $bemi$
             SELECT pg_catalog.jsonb_build_object('schema', rn.nspname, 'table', r.relname)
             FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
             WHERE r.oid = pg_catalog.pg_partition_root(c.oid) AND r.oid <> c.oid
-        ), 'false')
+        ), 'false'),
+        CASE c.relreplident WHEN 'd' THEN 'default' WHEN 'f' THEN 'full' WHEN 'i' THEN 'index'
+            ELSE 'nothing' END,
+        -- Recorded by the event trigger (not by setup or a new slot): the statement's text.
+        CASE WHEN pg_catalog.current_setting('bemi.recording_ddl', true) = 'on'
+            THEN bemi.ddl_statement() END
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = rel
 $bemi$;
@@ -248,11 +264,13 @@ BEGIN
     -- The shapes recorded below carry the statement's context: the trail shows who changed
     -- a table.
     PERFORM bemi.emit_statement_context();
+    -- One record per table and statement, under the statement's command (a CREATE TABLE also
+    -- reports its index and sequence; an ALTER TABLE, each subcommand).
     FOR changed IN
         SELECT DISTINCT COALESCE(
                    (SELECT i.indrelid FROM pg_catalog.pg_index i WHERE i.indexrelid = d.objid),
                    d.objid) AS relid,
-               d.command_tag
+               TG_TAG AS command_tag
         FROM pg_catalog.pg_event_trigger_ddl_commands() d
         WHERE d.classid = 'pg_catalog.pg_class'::regclass
     LOOP
@@ -287,8 +305,10 @@ BEGIN
                 END LOOP;
             END IF;
         ELSIF in_tracked_schema AND NOT bemi.is_excluded(changed.relid) THEN
-            -- Made logged, moved into a tracked schema, created there: tracked from now on.
+            -- Made logged, moved into a tracked schema, created there: tracked from now on,
+            -- and the trail says by which statement.
             PERFORM bemi.track_table(changed.relid::regclass);
+            PERFORM bemi.record_schema(changed.relid, changed.command_tag);
         END IF;
     END LOOP;
     ignored := pg_catalog.set_config('bemi.recording_ddl', 'off', true);
@@ -312,9 +332,10 @@ BEGIN
             PERFORM bemi.emit_statement_context();
             first := false;
         END IF;
-        INSERT INTO bemi.schema_versions (relid, schema_name, table_name, key, columns, command, dropped)
+        INSERT INTO bemi.schema_versions (relid, schema_name, table_name, key, columns, command,
+                                          dropped, statement)
         VALUES (dropped.objid, dropped.schema_name, dropped.object_name, '[]', '[]',
-                TG_TAG, true);
+                TG_TAG, true, bemi.ddl_statement());
         DELETE FROM bemi.tracked_tables t WHERE t.relid = dropped.objid;
     END LOOP;
 END
@@ -586,6 +607,7 @@ DROP FUNCTION IF EXISTS bemi.record_ddl();
 DROP FUNCTION IF EXISTS bemi.record_drop();
 DROP FUNCTION IF EXISTS bemi.record_schema(oid, text);
 DROP FUNCTION IF EXISTS bemi.value_kind(oid, integer);
+DROP FUNCTION IF EXISTS bemi.ddl_statement();
 DROP TABLE IF EXISTS bemi.schema_versions;
 DO $bemi$
 BEGIN
@@ -603,6 +625,14 @@ pub(super) fn install(options: &SetupOptions) -> String {
         template
             .replace("@PUBLICATION@", &publication)
             .replace("@CHANGES_TABLE@", &options.changes_table.regclass_literal())
+            .replace(
+                "@RECORD_DDL_STATEMENTS@",
+                if options.records_ddl_statements() {
+                    "true"
+                } else {
+                    "false"
+                },
+            )
             .replace("@CONTEXT_DECLARATIONS@", STATEMENT_CONTEXT_DECLARATIONS)
             .replace("@CONTEXT_STATEMENTS@", STATEMENT_CONTEXT_STATEMENTS)
     };
@@ -661,6 +691,8 @@ pub(super) fn install(options: &SetupOptions) -> String {
              recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now()\n\
          );\n\
          ALTER TABLE bemi.schema_versions ADD COLUMN IF NOT EXISTS partition_root jsonb;\n\
+         ALTER TABLE bemi.schema_versions ADD COLUMN IF NOT EXISTS replica_identity text;\n\
+         ALTER TABLE bemi.schema_versions ADD COLUMN IF NOT EXISTS statement text;\n\
          ALTER TABLE bemi.schema_versions ADD COLUMN IF NOT EXISTS recorded_lsn pg_lsn\n    \
              DEFAULT pg_catalog.pg_current_wal_insert_lsn();\n\
          REVOKE ALL ON bemi.schema_versions FROM PUBLIC;\n",

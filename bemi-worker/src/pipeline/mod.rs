@@ -34,7 +34,7 @@ use crate::sink::jetstream::{NatsOptions, Publisher};
 use crate::sink::store::{Store, is_schema_version};
 use crate::source::catalog::{Catalog, RelationInfo};
 use crate::source::pgoutput::{self, Message};
-use crate::source::recorded_shape::RecordedShape;
+use crate::source::recorded_shape::{RecordedShape, relid_of};
 use crate::source::xid::XidWidener;
 use crate::stitch::context::DEFAULT_MAX_CONTEXT_BYTES;
 use crate::stitch::{Stitcher, postgres_time};
@@ -924,7 +924,7 @@ impl Stream<'_> {
                                 _ => false,
                             });
                         let progress = self.progress;
-                        let rows = match self.stitcher.change(
+                        let mut rows = match self.stitcher.change(
                             &message,
                             wal_start.as_u64(),
                             &self.relations,
@@ -943,7 +943,8 @@ impl Stream<'_> {
                         if let Some(schemas) = self.schema_relation
                             && matches!(&message, Message::Insert { relation_id, .. } if *relation_id == schemas)
                         {
-                            self.record_schema_versions(&rows);
+                            let events = self.record_schema_versions(&rows);
+                            rows.extend(events);
                         }
                         self.builder.push(rows);
                         if policies_changed {
@@ -1065,16 +1066,24 @@ impl Stream<'_> {
     /// Takes the table shapes the stream just recorded (rows inserted into
     /// `bemi.schema_versions`, which only bemi's setup and its superuser-owned event triggers
     /// write): the keys they name hold from here on.
-    fn record_schema_versions(&mut self, rows: &[crate::change_row::ChangeRow]) {
+    /// Returns the DDL changes of the versions DDL recorded (see `stitch::ddl`).
+    fn record_schema_versions(
+        &mut self,
+        rows: &[crate::change_row::ChangeRow],
+    ) -> Vec<crate::change_row::ChangeRow> {
+        let mut events = Vec::new();
         for row in rows {
             let Ok(after) = serde_json::from_str::<serde_json::Value>(&row.after) else {
                 continue;
             };
+            let previous = relid_of(&after).and_then(|relid| self.recorded_shapes.get(&relid));
+            events.extend(crate::stitch::ddl::ddl_change(row, &after, previous));
             // A drop records nothing: changes before it keep the last shape recorded.
             if let Some((relid, shape)) = RecordedShape::from_version(&after) {
                 self.recorded_shapes.insert(relid, shape);
             }
         }
+        events
     }
 
     /// Counts a message under bemi's prefixes that is not trusted (logged once, at the next

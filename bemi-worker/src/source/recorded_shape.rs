@@ -17,18 +17,31 @@ pub(crate) struct RecordedShape {
     /// The partitioned table the table was a partition of (schema, name), `Some(None)` when it
     /// was none, `None` when the version does not say (recorded by an older setup).
     pub(crate) partition_root: Option<Option<(String, String)>>,
+    /// The shape as a JSON object (see [`shape_image`]): the `before` of the next DDL change.
+    pub(crate) image: String,
+}
+
+/// The fields of a `bemi.schema_versions` row that describe the table's shape, as the image of
+/// a DDL change.
+pub(crate) fn shape_image(version: &Value) -> serde_json::Map<String, Value> {
+    [
+        "schema_name",
+        "table_name",
+        "columns",
+        "key",
+        "replica_identity",
+        "partition_root",
+    ]
+    .into_iter()
+    .filter_map(|field| Some((field.to_owned(), version.get(field)?.clone())))
+    .collect()
 }
 
 impl RecordedShape {
     /// Reads a `bemi.schema_versions` row (as JSON): its relation and shape, or `None` when it
     /// is not one or records a drop (changes before a drop keep the shape recorded before it).
     pub(crate) fn from_version(version: &Value) -> Option<(u32, RecordedShape)> {
-        // A number as the worker renders an `oid`, a string as `row_to_json` does.
-        let relid = match version.get("relid")? {
-            Value::Number(number) => u32::try_from(number.as_u64()?).ok()?,
-            Value::String(text) => text.parse().ok()?,
-            _ => return None,
-        };
+        let relid = relid_of(version)?;
         if version.get("dropped") == Some(&Value::Bool(true)) {
             return None;
         }
@@ -70,8 +83,19 @@ impl RecordedShape {
                 key,
                 kinds,
                 partition_root,
+                image: Value::Object(shape_image(version)).to_string(),
             },
         ))
+    }
+}
+
+/// The relation a `bemi.schema_versions` row is about: a number as the worker renders an
+/// `oid`, a string as `row_to_json` does.
+pub(crate) fn relid_of(version: &Value) -> Option<u32> {
+    match version.get("relid")? {
+        Value::Number(number) => u32::try_from(number.as_u64()?).ok(),
+        Value::String(text) => text.parse().ok(),
+        _ => None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! order, never by LSN.
 
 pub(crate) mod context;
+pub(crate) mod ddl;
 pub(crate) mod json;
 pub(crate) mod values;
 

@@ -129,10 +129,23 @@ impl AuditedDatabase {
         })
     }
 
-    /// Every stored change, in commit order.
+    /// Every stored row change (DDL changes left out: see [`AuditedDatabase::ddl_changes`]),
+    /// in commit order.
     pub fn changes(&self) -> Vec<Stored> {
         let client = std::sync::Arc::clone(&self.client);
-        blocking(self.runtime(), async move { changes(&client).await })
+        blocking(
+            self.runtime(),
+            async move { changes_of(&client, false).await },
+        )
+    }
+
+    /// Every stored DDL change (operation `DDL`: a change of a table's shape), in commit order.
+    pub fn ddl_changes(&self) -> Vec<Stored> {
+        let client = std::sync::Arc::clone(&self.client);
+        blocking(
+            self.runtime(),
+            async move { changes_of(&client, true).await },
+        )
     }
 
     /// Waits until at least `count` changes are stored, then until the worker has processed
@@ -171,10 +184,10 @@ impl AuditedDatabase {
             .spawn(async move {
                 let deadline = Instant::now() + TIMEOUT;
                 loop {
-                    let all = changes(&client).await;
+                    let all = changes_of(&client, false).await;
                     if all.len() >= count {
                         bemi_test_harness::wait_for_slot_to_catch_up(&client, &slot, TIMEOUT).await;
-                        return changes(&client).await;
+                        return changes_of(&client, false).await;
                     }
                     assert!(
                         Instant::now() < deadline,
@@ -237,7 +250,7 @@ where
 pub struct Stored {
     /// The table.
     pub table: String,
-    /// `CREATE`, `UPDATE`, `DELETE` or `TRUNCATE`.
+    /// `CREATE`, `UPDATE`, `DELETE`, `TRUNCATE`, `SNAPSHOT` or `DDL`.
     pub operation: String,
     /// The primary key.
     pub primary_key: Option<String>,
@@ -268,12 +281,13 @@ pub fn stored(
     }
 }
 
-async fn changes(client: &tokio_postgres::Client) -> Vec<Stored> {
+/// The stored row changes (`ddl` false) or DDL changes (`ddl` true), in commit order.
+async fn changes_of(client: &tokio_postgres::Client, ddl: bool) -> Vec<Stored> {
     client
         .query(
             "SELECT \"table\", operation, primary_key, \"before\", \"after\", context \
-             FROM bemi.changes ORDER BY commit_lsn, sequence",
-            &[],
+             FROM bemi.changes WHERE (operation = 'DDL') = $1 ORDER BY commit_lsn, sequence",
+            &[&ddl],
         )
         .await
         .unwrap()

@@ -160,6 +160,10 @@ struct SetupArgs {
     /// Run setup as a superuser (or a member of the role).
     #[arg(long, env = "BEMI_OWNER_ROLE")]
     owner_role: Option<String>,
+    /// Record DDL changes without their statement's text (command, shapes and context only),
+    /// for migrations that may hold secrets.
+    #[arg(long)]
+    no_ddl_statements: bool,
 }
 
 #[derive(Debug, Args)]
@@ -467,6 +471,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(role) = &args.owner_role {
                 options = options.owner_role(role);
             }
+            options = options.ddl_statements(!args.no_ddl_statements);
             let setup = Setup::new(options)?;
             if args.print_sql {
                 print!("{}", print_sql(&setup, &args.worker_role)?);

@@ -627,6 +627,33 @@ async fn a_restarted_capture_renders_keys_with_the_shapes_recorded_before_its_st
         .await;
     let second = capture(&fixture, &nats, "shapes-b");
     wait_for_count(&fixture.client, &fixture.setup, 2, &[&second, &ingest]).await;
+    bemi_test_harness::wait_for_slot_to_catch_up(
+        &fixture.client,
+        fixture.database.slot_name(),
+        TIMEOUT,
+    )
+    .await;
+    wait_for_drained_consumer(&nats).await;
+    // The renames travelled through JetStream too, as DDL changes with their statements.
+    let statements: Vec<String> = fixture
+        .client
+        .query(
+            "SELECT \"after\"->>'statement' FROM bemi.changes \
+             WHERE \"table\" = 'account' AND operation = 'DDL' ORDER BY commit_lsn, sequence",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        statements,
+        [
+            "INSERT INTO account VALUES (1, 'a'); ALTER TABLE account RENAME COLUMN id TO account_id",
+            "INSERT INTO account VALUES (2, 'b'); ALTER TABLE account RENAME COLUMN account_id TO acc",
+        ]
+    );
     let keys: Vec<Option<String>> = fixture
         .client
         .query(

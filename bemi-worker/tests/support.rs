@@ -215,12 +215,12 @@ pub async fn wait_for_changes(
     .await
 }
 
-/// The number of stored changes.
+/// The number of stored row changes (DDL changes left out, as in [`changes`]).
 pub async fn count(client: &tokio_postgres::Client, setup: &Setup) -> i64 {
     client
         .query_one(
             &format!(
-                "SELECT count(*) FROM {}",
+                "SELECT count(*) FROM {} WHERE operation <> 'DDL'",
                 setup.options().changes_table_name()
             ),
             &[],

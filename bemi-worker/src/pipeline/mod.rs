@@ -943,8 +943,19 @@ impl Stream<'_> {
                         if let Some(schemas) = self.schema_relation
                             && matches!(&message, Message::Insert { relation_id, .. } if *relation_id == schemas)
                         {
+                            // The DDL change takes the next number, whether this delivery
+                            // builds it or it was stored before a restart.
+                            let derived = self.stitcher.next_derived(|position| {
+                                !progress.is_some_and(|progress| progress.covers(position))
+                            });
                             let events = self.record_schema_versions(&rows);
-                            rows.extend(events);
+                            if let Some((id, sequence)) = derived {
+                                rows.extend(events.into_iter().map(|mut event| {
+                                    event.id = id;
+                                    event.sequence = sequence;
+                                    event
+                                }));
+                            }
                         }
                         self.builder.push(rows);
                         if policies_changed {

@@ -14,7 +14,8 @@ use crate::source::recorded_shape::{RecordedShape, shape_image};
 const NOT_DDL: [&str; 2] = ["track", "slot created"];
 
 /// The DDL change of `version` (a `bemi.schema_versions` row, stored as `row`), given the shape
-/// recorded before it for the same table; `None` for shapes setup recorded.
+/// recorded before it for the same table; `None` for shapes setup recorded. It keeps `row`'s id
+/// and sequence: the caller numbers it as the next change (`Stitcher::next_derived`).
 pub(crate) fn ddl_change(
     row: &ChangeRow,
     version: &Value,

@@ -250,6 +250,29 @@ impl Stitcher {
         }))
     }
 
+    /// Numbers the next change of the transaction as one derived from the change just made (a
+    /// DDL change from its schema version), returning its id and sequence; `None` outside a
+    /// transaction or when it is already stored (`keep` says no). Called for every such change,
+    /// kept or not, so the numbering is the same on every delivery.
+    pub(crate) fn next_derived(
+        &mut self,
+        keep: impl Fn(Position) -> bool,
+    ) -> Option<(uuid::Uuid, i32)> {
+        let transaction = self.transaction.as_mut()?;
+        let sequence = transaction.next_sequence;
+        transaction.next_sequence += 1;
+        let here = Position {
+            commit_lsn: transaction.commit_lsn,
+            sequence,
+        };
+        keep(here).then(|| {
+            (
+                change_id(self.source_hash, transaction.commit_lsn, sequence),
+                i32::try_from(sequence).unwrap_or(i32::MAX),
+            )
+        })
+    }
+
     /// Ends the transaction; returns how many changes it had.
     pub(crate) fn commit(&mut self) -> u32 {
         self.transaction
@@ -963,6 +986,25 @@ mod tests {
         assert_eq!(rows[0].sequence, 1);
         stitcher.commit();
         assert!(stitcher.unrenderable(&[], 79, "x", |_| true).is_err());
+    }
+
+    #[test]
+    fn derived_changes_are_numbered_whether_or_not_they_are_built() {
+        let mut stitcher = stitcher();
+        let first = stitcher
+            .change(&insert("1"), 1, &relation(), |_| true)
+            .unwrap();
+        // Stored before a restart: not built, but numbered.
+        assert_eq!(stitcher.next_derived(|_| false), None);
+        let (id, sequence) = stitcher.next_derived(|_| true).unwrap();
+        assert_eq!(sequence, 2);
+        assert_ne!(id, first[0].id);
+        let next = stitcher
+            .change(&insert("2"), 2, &relation(), |_| true)
+            .unwrap();
+        assert_eq!(next[0].sequence, 3);
+        stitcher.commit();
+        assert_eq!(stitcher.next_derived(|_| true), None);
     }
 
     #[test]

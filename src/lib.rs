@@ -16,6 +16,9 @@
 pub use bemi_macros::Audited;
 
 // The request side: contexts and their scopes.
+#[cfg(feature = "tokio-postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio-postgres")))]
+pub use bemi_core::TokioPostgresRunner;
 pub use bemi_core::scope;
 pub use bemi_core::{
     Context, ContextGuard, WithContext, current_context, enter_context, enter_context_replaced,

@@ -34,6 +34,8 @@
 //!
 //! - `tower`: [`ContextLayer`], a tower layer setting each HTTP request's context (axum, tonic).
 //! - `proptest`: `strategies`, hostile contexts for property tests.
+//! - `tokio-postgres`: [`TokioPostgresRunner`], reading history, time travel and revert through
+//!   a `tokio-postgres` client or transaction.
 //!
 //! Users normally depend on the `bemi` facade crate, which re-exports this crate and adds the
 //! ORM integrations behind the features `diesel`, `diesel-async` and `sea-orm`.
@@ -76,6 +78,9 @@ pub use image::{Image, JsonText};
 pub use key::{AuditKey, KeyPart};
 pub use query::runner::{ROW_COLUMN, SqlParam, SqlRunner, block_on_ready};
 pub use query::time_travel;
+#[cfg(feature = "tokio-postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio-postgres")))]
+pub use query::tokio_postgres_runner::TokioPostgresRunner;
 pub use query::{ChangeCursor, ChangeQuery, Order};
 
 /// What `#[derive(Audited)]` expands to needs; not part of the API.

@@ -12,7 +12,7 @@ use bemi_core::{
 use chrono::{DateTime, Utc};
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 
-use crate::runner::{SyncRunner, database_error};
+use crate::runner::{DieselRunner, database_error};
 
 /// A Diesel connection bemi's audit queries run on: Diesel's sync `PgConnection`, diesel-async's
 /// `AsyncPgConnection` (feature `async`), bemi's wrappers of both (whose context the revert's
@@ -51,7 +51,7 @@ macro_rules! sync_audit_connection {
     ($($connection:ty => |$this:ident| $inner:expr, $context:expr;)*) => {$(
         impl AuditConnection for $connection {
             type Output<'a, T: Send + 'a> = bemi_core::Result<T> where Self: 'a;
-            type Runner<'a> = SyncRunner<'a> where Self: 'a;
+            type Runner<'a> = DieselRunner<'a> where Self: 'a;
 
             fn run<'a, T, F, Fut>(&'a mut self, query: F) -> Self::Output<'a, T>
             where
@@ -60,7 +60,7 @@ macro_rules! sync_audit_connection {
                 Fut: Future<Output = bemi_core::Result<T>> + Send + 'a,
             {
                 let $this = self;
-                block_on_ready(query(SyncRunner($inner)))?
+                block_on_ready(query(DieselRunner($inner)))?
             }
 
             fn run_revert(
@@ -221,7 +221,7 @@ fn revert_in_transaction(
 ) -> bemi_core::Result<RevertPlan> {
     AnsiTransactionManager::begin_transaction(pg).map_err(database_error)?;
     let result = {
-        let mut runner = SyncRunner(&mut *pg);
+        let mut runner = DieselRunner(&mut *pg);
         let run = async {
             if apply {
                 bemi_core::revert::apply(&mut runner, revert).await

@@ -13,9 +13,9 @@ use crate::audit::AuditConnection;
 use crate::runner::{TextRow, database_error};
 
 /// [`SqlRunner`] over diesel-async's `AsyncPgConnection`.
-pub struct AsyncRunner<'a>(pub &'a mut diesel_async::AsyncPgConnection);
+pub struct DieselAsyncRunner<'a>(pub &'a mut diesel_async::AsyncPgConnection);
 
-impl SqlRunner for AsyncRunner<'_> {
+impl SqlRunner for DieselAsyncRunner<'_> {
     async fn query_rows(
         &mut self,
         sql: &str,
@@ -54,7 +54,7 @@ macro_rules! async_audit_connection {
     ($($connection:ty => |$this:ident| $inner:expr, $context:expr;)*) => {$(
         impl AuditConnection for $connection {
             type Output<'a, T: Send + 'a> = AuditFuture<'a, T> where Self: 'a;
-            type Runner<'a> = AsyncRunner<'a> where Self: 'a;
+            type Runner<'a> = DieselAsyncRunner<'a> where Self: 'a;
 
             fn run<'a, T, F, Fut>(&'a mut self, query: F) -> Self::Output<'a, T>
             where
@@ -63,7 +63,7 @@ macro_rules! async_audit_connection {
                 Fut: Future<Output = bemi_core::Result<T>> + Send + 'a,
             {
                 let $this = self;
-                Box::pin(query(AsyncRunner($inner)))
+                Box::pin(query(DieselAsyncRunner($inner)))
             }
 
             fn run_revert(
@@ -107,7 +107,7 @@ async fn revert_in_transaction(
         .await
         .map_err(database_error)?;
     let result = {
-        let mut runner = AsyncRunner(&mut *pg);
+        let mut runner = DieselAsyncRunner(&mut *pg);
         if apply {
             bemi_core::revert::apply(&mut runner, &revert).await
         } else {
@@ -126,8 +126,8 @@ async fn revert_in_transaction(
     result
 }
 
-impl std::fmt::Debug for AsyncRunner<'_> {
+impl std::fmt::Debug for DieselAsyncRunner<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncRunner").finish_non_exhaustive()
+        f.debug_struct("DieselAsyncRunner").finish_non_exhaustive()
     }
 }

@@ -32,7 +32,7 @@
 //! `Todo::as_of(conn, 1, t)`, `Todo::all_as_of(conn, t)`), [`plan_revert`] and
 //! [`apply_revert`], one API for every [`AuditConnection`]: on a sync connection they return
 //! their result, on an async one (feature `async`) a future of it (`Todo::history(conn, 1).await`),
-//! so one import serves both. [`SyncRunner`] (and `AsyncRunner`) run any `bemi_core` query
+//! so one import serves both. [`DieselRunner`] (and `DieselAsyncRunner`) run any `bemi_core` query
 //! (e.g. a `ChangeQuery`) on a Diesel connection.
 //!
 //! # Features
@@ -53,6 +53,6 @@ mod tagging;
 pub use async_connection::AsyncPgConnection;
 pub use audit::{AuditConnection, AuditedQueries, apply_revert, plan_revert};
 #[cfg(feature = "async")]
-pub use audit_async::{AsyncRunner, AuditFuture};
+pub use audit_async::{AuditFuture, DieselAsyncRunner};
 pub use connection::PgConnection;
-pub use runner::SyncRunner;
+pub use runner::DieselRunner;

@@ -73,9 +73,9 @@ pub(crate) fn execute(
 }
 
 /// [`SqlRunner`] over Diesel's sync `PgConnection` (its futures are complete when created).
-pub struct SyncRunner<'a>(pub &'a mut diesel::PgConnection);
+pub struct DieselRunner<'a>(pub &'a mut diesel::PgConnection);
 
-impl SqlRunner for SyncRunner<'_> {
+impl SqlRunner for DieselRunner<'_> {
     fn query_rows(
         &mut self,
         sql: &str,
@@ -93,8 +93,8 @@ impl SqlRunner for SyncRunner<'_> {
     }
 }
 
-impl std::fmt::Debug for SyncRunner<'_> {
+impl std::fmt::Debug for DieselRunner<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyncRunner").finish_non_exhaustive()
+        f.debug_struct("DieselRunner").finish_non_exhaustive()
     }
 }

@@ -44,7 +44,6 @@ mod stitch;
 
 pub use admin::install::{setup, teardown};
 pub use admin::revert::revert;
-pub use admin::runner::ClientRunner;
 pub use admin::snapshot::snapshot;
 pub use admin::status::{SlotInfo, Status, status};
 pub use change_row::ChangeRow;

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use bemi_core::TokioPostgresRunner;
 use bemi_core::{ChangeQuery, CommentEncoder, Context, Operation};
 use bemi_test_harness::{test_database, wait_for_slot_to_catch_up};
-use bemi_worker::ClientRunner;
 use serde_json::{Value, json};
 
 use crate::support::{Fixture, RunningWorker, Stored, fixture};
@@ -344,7 +344,7 @@ async fn torture(fixture: Fixture, timing: Timing) {
     // ChangeQuery), with its context, its statement and the shapes before and after.
     let ddl = ChangeQuery::new()
         .operations([Operation::Ddl])
-        .fetch(&mut ClientRunner(&fixture.client))
+        .fetch(&mut TokioPostgresRunner(&fixture.client))
         .await
         .unwrap();
     for case in &cases {

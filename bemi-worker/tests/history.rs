@@ -1,14 +1,14 @@
 //! History, time travel and snapshots over what the real worker stored, read back with
-//! bemi-core's queries through `ClientRunner`.
+//! bemi-core's queries through `TokioPostgresRunner`.
 
 use std::collections::HashMap;
 
+use bemi_core::TokioPostgresRunner;
 use bemi_core::time_travel::{history, row_as_of, table_as_of};
 use bemi_core::{
     AuditLog, Change, ChangeQuery, Context, Image, Operation, Order, QualifiedName, SqlParam,
 };
 use bemi_test_harness::{test_database, wait_until_async};
-use bemi_worker::ClientRunner;
 use chrono::{DateTime, Duration as Span, Utc};
 use serde_json::{Value, json};
 
@@ -24,7 +24,7 @@ fn object(value: Value) -> Image {
 
 async fn all_changes(client: &tokio_postgres::Client) -> Vec<Change> {
     ChangeQuery::new()
-        .fetch(&mut ClientRunner(client))
+        .fetch(&mut TokioPostgresRunner(client))
         .await
         .unwrap()
 }
@@ -44,7 +44,7 @@ async fn item_as_of(
     at: DateTime<Utc>,
 ) -> Option<Image> {
     row_as_of(
-        &mut ClientRunner(client),
+        &mut TokioPostgresRunner(client),
         &AuditLog::default(),
         &table("item"),
         key,
@@ -91,7 +91,7 @@ async fn time_travel_follows_updates_deletes_key_changes_and_truncates() {
     assert_eq!(moved.previous_primary_key.as_deref(), Some("1"));
 
     let log = AuditLog::default();
-    let mut runner = ClientRunner(&fixture.client);
+    let mut runner = TokioPostgresRunner(&fixture.client);
     let at = |index: usize| changes[index].committed_at;
     assert_eq!(
         item_as_of(&fixture.client, "1", just_before(at(0))).await,
@@ -127,7 +127,7 @@ async fn time_travel_follows_updates_deletes_key_changes_and_truncates() {
         let log = log.clone();
         let client = &fixture.client;
         async move {
-            table_as_of(&mut ClientRunner(client), &log, &table("item"), when)
+            table_as_of(&mut TokioPostgresRunner(client), &log, &table("item"), when)
                 .await
                 .unwrap()
         }
@@ -195,7 +195,7 @@ async fn queries_filter_order_and_page() {
         .sql("UPDATE item SET name = 'renamed' WHERE id = 3")
         .await;
     let changes = changes_once_stored(&fixture.client, 7).await;
-    let mut runner = ClientRunner(&fixture.client);
+    let mut runner = TokioPostgresRunner(&fixture.client);
 
     let by_context = ChangeQuery::new()
         .context_contains(Context::new().with("request_id", "r1"))
@@ -286,7 +286,7 @@ async fn rows_that_never_changed_are_known_after_a_snapshot() {
         .unwrap();
     let fixture = fixture(database, "").await;
     let worker = RunningWorker::start(fixture.config());
-    let mut runner = ClientRunner(&fixture.client);
+    let mut runner = TokioPostgresRunner(&fixture.client);
     let log = AuditLog::default();
     assert_eq!(
         row_as_of(&mut runner, &log, &table("price"), "a", Utc::now())
@@ -416,7 +416,7 @@ async fn a_snapshot_under_concurrent_writes_misses_and_doubles_nothing() {
         .collect();
     wait_until_async("the stream to reach the current table", TIMEOUT, || async {
         let now = table_as_of(
-            &mut ClientRunner(&fixture.client),
+            &mut TokioPostgresRunner(&fixture.client),
             &AuditLog::default(),
             &table("account"),
             Utc::now(),

@@ -423,10 +423,10 @@ async fn tables_entering_or_leaving_the_tracked_schemas_are_tracked_from_that_mo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_statements_can_be_left_out_and_ddl_is_never_reverted() {
+    use bemi_core::TokioPostgresRunner;
     use bemi_core::revert::{Conflict, Revert, StepOutcome};
     use bemi_core::setup::SetupOptions;
     use bemi_core::{ChangeQuery, Context, Operation};
-    use bemi_worker::ClientRunner;
 
     let fixture = crate::support::fixture_with(
         test_database!(),
@@ -456,7 +456,7 @@ async fn ddl_statements_can_be_left_out_and_ddl_is_never_reverted() {
     .await;
     let ddl = ChangeQuery::new()
         .operations([Operation::Ddl])
-        .fetch(&mut ClientRunner(&fixture.client))
+        .fetch(&mut TokioPostgresRunner(&fixture.client))
         .await
         .unwrap();
     assert_eq!(ddl.len(), 1, "{ddl:?}");
@@ -469,7 +469,7 @@ async fn ddl_statements_can_be_left_out_and_ddl_is_never_reverted() {
     let revert = Revert::context(Context::new().with("request", "migrate")).force();
     let mut client = fixture.database.connect().await;
     let transaction = client.transaction().await.unwrap();
-    let plan = bemi_core::revert::plan(&mut ClientRunner(&transaction), &revert)
+    let plan = bemi_core::revert::plan(&mut TokioPostgresRunner(&transaction), &revert)
         .await
         .unwrap();
     transaction.rollback().await.unwrap();

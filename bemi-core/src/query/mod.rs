@@ -8,6 +8,8 @@
 
 pub(crate) mod runner;
 pub mod time_travel;
+#[cfg(feature = "tokio-postgres")]
+pub(crate) mod tokio_postgres_runner;
 
 use std::fmt;
 use std::str::FromStr;

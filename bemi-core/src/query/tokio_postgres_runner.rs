@@ -1,7 +1,8 @@
-//! [`ClientRunner`]: bemi-core's [`SqlRunner`] over a `tokio-postgres` client or transaction,
-//! for the worker's `revert` command and for tests.
+//! [`TokioPostgresRunner`]: the [`SqlRunner`] over a `tokio-postgres` client or transaction
+//! (feature `tokio-postgres`), used by the worker's `revert` command and by applications that
+//! read history with `tokio-postgres`.
 
-use bemi_core::{SqlParam, SqlRunner};
+use crate::{SqlParam, SqlRunner};
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
@@ -12,14 +13,17 @@ use tokio_postgres::types::ToSql;
 ///
 /// ```no_run
 /// # async fn example(client: &tokio_postgres::Client) -> bemi_core::Result<()> {
-/// use bemi_worker::ClientRunner;
+/// use bemi_core::TokioPostgresRunner;
 ///
-/// let changes = bemi_core::ChangeQuery::new().limit(10).fetch(&mut ClientRunner(client)).await?;
+/// let changes = bemi_core::ChangeQuery::new()
+///     .limit(10)
+///     .fetch(&mut TokioPostgresRunner(client))
+///     .await?;
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct ClientRunner<'a, C>(pub &'a C);
+pub struct TokioPostgresRunner<'a, C>(pub &'a C);
 
 fn params(params: &[SqlParam]) -> Vec<&(dyn ToSql + Sync)> {
     params
@@ -29,28 +33,38 @@ fn params(params: &[SqlParam]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 /// A driver error as bemi-core's, with the SQLSTATE and the server's detail.
-fn database_error(error: &tokio_postgres::Error) -> bemi_core::Error {
+fn database_error(error: &tokio_postgres::Error) -> crate::Error {
     match error.as_db_error() {
         Some(db) => {
             let detail = db
                 .detail()
                 .map(|detail| format!(" ({detail})"))
                 .unwrap_or_default();
-            bemi_core::Error::database(
+            crate::Error::database(
                 Some(db.code().code().to_owned()),
                 format!("{}{detail}", db.message()),
             )
         }
-        None => bemi_core::Error::database(None, crate::error_chain(error)),
+        None => {
+            // The driver's message and its causes (an I/O error, a TLS failure, ...).
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                message.push_str(": ");
+                message.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            crate::Error::database(None, message)
+        }
     }
 }
 
-impl<C: GenericClient + Sync> SqlRunner for ClientRunner<'_, C> {
+impl<C: GenericClient + Sync> SqlRunner for TokioPostgresRunner<'_, C> {
     async fn query_rows(
         &mut self,
         sql: &str,
         values: &[SqlParam],
-    ) -> bemi_core::Result<Vec<Option<String>>> {
+    ) -> crate::Result<Vec<Option<String>>> {
         let rows = self
             .0
             .query(sql, &params(values))
@@ -64,7 +78,7 @@ impl<C: GenericClient + Sync> SqlRunner for ClientRunner<'_, C> {
             .collect()
     }
 
-    async fn execute(&mut self, sql: &str, values: &[SqlParam]) -> bemi_core::Result<u64> {
+    async fn execute(&mut self, sql: &str, values: &[SqlParam]) -> crate::Result<u64> {
         self.0
             .execute(sql, &params(values))
             .await

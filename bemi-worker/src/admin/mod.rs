@@ -2,6 +2,5 @@
 
 pub(crate) mod install;
 pub(crate) mod revert;
-pub(crate) mod runner;
 pub(crate) mod snapshot;
 pub(crate) mod status;

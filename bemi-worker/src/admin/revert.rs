@@ -4,8 +4,8 @@
 use bemi_core::revert::{Mode, Revert, RevertPlan, current_database, run};
 use bemi_core::{AuditLog, Context, QualifiedName};
 
-use crate::admin::runner::ClientRunner;
 use crate::{ConnectionOptions, Error, Result};
+use bemi_core::TokioPostgresRunner;
 
 /// Plans (`dry_run`) or applies a revert: reads the selected changes from `changes_table` in
 /// `destination`, then runs the compensating statements in one transaction of `source`
@@ -26,18 +26,26 @@ pub async fn revert(
 ) -> Result<RevertPlan> {
     let destination_client = destination.connect("bemi-worker revert").await?;
     let mut source_client = source.connect("bemi-worker revert").await?;
-    let database = current_database(&mut ClientRunner(&source_client)).await?;
+    let database = current_database(&mut TokioPostgresRunner(&source_client)).await?;
     let revert = revert
         .log(AuditLog::new(changes_table.clone()))
         .database(database)
         .with_context(Context::new().with("tool", "bemi-worker revert"));
-    let changes = revert.load(&mut ClientRunner(&destination_client)).await?;
+    let changes = revert
+        .load(&mut TokioPostgresRunner(&destination_client))
+        .await?;
     let transaction = source_client
         .transaction()
         .await
         .map_err(Error::postgres("begin the revert transaction"))?;
     let mode = if dry_run { Mode::Plan } else { Mode::Apply };
-    let plan = run(&mut ClientRunner(&transaction), &revert, changes, mode).await?;
+    let plan = run(
+        &mut TokioPostgresRunner(&transaction),
+        &revert,
+        changes,
+        mode,
+    )
+    .await?;
     if dry_run {
         transaction
             .rollback()

@@ -7,9 +7,9 @@
 
 use std::time::Instant;
 
+use bemi_core::TokioPostgresRunner;
 use bemi_core::time_travel::{history, row_as_of, table_as_of};
 use bemi_core::{AuditLog, ChangeQuery, Context, QualifiedName};
-use bemi_worker::ClientRunner;
 use chrono::{Duration, Utc};
 
 use crate::environment::Environment;
@@ -103,7 +103,7 @@ pub(crate) async fn run(changes: u64, probes: usize, repetitions: usize) -> anyh
             let key = probe.next(ROWS_PER_TABLE).to_string();
             let at = start + Duration::seconds(probe.next(year.num_seconds() as u64) as i64);
             let request = format!("req-{}", probe.next(changes / 3));
-            let mut runner = ClientRunner(&env.client);
+            let mut runner = TokioPostgresRunner(&env.client);
 
             let timer = Instant::now();
             env.client
@@ -135,7 +135,7 @@ pub(crate) async fn run(changes: u64, probes: usize, repetitions: usize) -> anyh
         }
         let timer = Instant::now();
         let rows = table_as_of(
-            &mut ClientRunner(&env.client),
+            &mut TokioPostgresRunner(&env.client),
             &log,
             &QualifiedName::new("public", "table_3")?,
             start + year / 2,

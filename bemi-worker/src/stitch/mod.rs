@@ -55,8 +55,7 @@ pub(crate) struct Position {
 /// Turns transactions of the replication stream into change rows.
 #[derive(Debug)]
 pub(crate) struct Stitcher {
-    database: Arc<str>,
-    source_hash: u32,
+    origin: Origin,
     max_context_bytes: usize,
     empty_context: Arc<str>,
     transaction: Option<Transaction>,
@@ -75,8 +74,10 @@ struct PendingDelete {
 impl Stitcher {
     pub(crate) fn new(database: &str, source_hash: u32, max_context_bytes: usize) -> Self {
         Self {
-            database: Arc::from(database),
-            source_hash,
+            origin: Origin {
+                database: Arc::from(database),
+                source_hash,
+            },
             max_context_bytes,
             empty_context: context::empty(),
             transaction: None,
@@ -180,19 +181,19 @@ impl Stitcher {
                 })
                 .collect(),
         };
-        Ok(Some(build_row(
+        Ok(Some(self.origin.build_row(
             transaction,
-            &self.database,
-            self.source_hash,
-            info,
-            operation,
-            Images {
-                before: None,
-                after: Some(&tuple),
-                before_incomplete: false,
+            RowChange {
+                info,
+                operation,
+                images: Images {
+                    before: None,
+                    after: Some(&tuple),
+                    before_incomplete: false,
+                },
+                position,
+                sequence,
             },
-            position,
-            sequence,
         )))
     }
 
@@ -230,12 +231,12 @@ impl Stitcher {
         json::push_string(&mut after, &format!("\\x{hex}"));
         after.push('}');
         Ok(Some(ChangeRow {
-            id: change_id(self.source_hash, transaction.commit_lsn, sequence),
+            id: change_id(self.origin.source_hash, transaction.commit_lsn, sequence),
             primary_key: None,
             before: "{}".to_owned(),
             after,
             context: Arc::clone(&transaction.context),
-            database: Arc::clone(&self.database),
+            database: Arc::clone(&self.origin.database),
             schema: Arc::from(""),
             table: Arc::from(""),
             operation: Operation::Create,
@@ -267,7 +268,7 @@ impl Stitcher {
         };
         keep(here).then(|| {
             (
-                change_id(self.source_hash, transaction.commit_lsn, sequence),
+                change_id(self.origin.source_hash, transaction.commit_lsn, sequence),
                 i32::try_from(sequence).unwrap_or(i32::MAX),
             )
         })
@@ -358,15 +359,15 @@ impl Stitcher {
                 sequence,
             };
             if keep(here) {
-                rows.push(build_row(
+                rows.push(self.origin.build_row(
                     transaction,
-                    &self.database,
-                    self.source_hash,
-                    info,
-                    operation,
-                    images,
-                    position,
-                    sequence,
+                    RowChange {
+                        info,
+                        operation,
+                        images,
+                        position,
+                        sequence,
+                    },
                 ));
             }
         };
@@ -483,92 +484,114 @@ struct Images<'t, 'a> {
     before_incomplete: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_row(
-    transaction: &Transaction,
-    database: &Arc<str>,
+/// Where change rows come from: the source database, and the hash of the source that change
+/// ids carry.
+#[derive(Debug)]
+struct Origin {
+    database: Arc<str>,
     source_hash: u32,
-    info: &RelationInfo,
+}
+
+/// One row change to build: the relation, what happened, the images and where it is.
+struct RowChange<'i, 't, 'a> {
+    info: &'i RelationInfo,
     operation: Operation,
-    images: Images<'_, '_>,
+    images: Images<'t, 'a>,
+    /// The change's WAL position.
     position: u64,
+    /// Its number within the transaction.
     sequence: u32,
-) -> ChangeRow {
-    let mut notes = Notes::default();
-    let before = images.before.map_or_else(
-        || "{}".to_owned(),
-        |tuple| {
-            // A key-only image holds NULL for every other column: those NULLs are not values.
-            let only = images.before_incomplete.then_some(&info.identity[..]);
-            image(info, tuple, None, only, "before", &mut notes)
-        },
-    );
-    if images.before_incomplete {
-        notes.incomplete.push("before");
-    }
-    // Unchanged TOAST values of the new row are copied from the old row.
-    let after = images.after.map_or_else(
-        || "{}".to_owned(),
-        |tuple| image(info, tuple, images.before, None, "after", &mut notes),
-    );
-    let key_source = match operation {
-        Operation::Delete => images.before,
-        _ => images.after,
-    };
-    let primary_key = key_source.and_then(|tuple| primary_key(info, tuple, images.before));
-    // An UPDATE that changed the key: time travel must know the old key is gone.
-    let previous_primary_key = match (operation, images.before) {
-        (Operation::Update, Some(old)) => {
-            primary_key_of(info, old).filter(|old_key| Some(old_key) != primary_key.as_ref())
+}
+
+impl Origin {
+    /// The change row of `change`, a change of `transaction`.
+    fn build_row(&self, transaction: &Transaction, change: RowChange<'_, '_, '_>) -> ChangeRow {
+        let RowChange {
+            info,
+            operation,
+            images,
+            position,
+            sequence,
+        } = change;
+        let (database, source_hash) = (&self.database, self.source_hash);
+        let mut notes = Notes::default();
+        let before = images.before.map_or_else(
+            || "{}".to_owned(),
+            |tuple| {
+                // A key-only image holds NULL for every other column: those NULLs are not values.
+                let only = images.before_incomplete.then_some(&info.identity[..]);
+                image(info, tuple, None, only, "before", &mut notes)
+            },
+        );
+        if images.before_incomplete {
+            notes.incomplete.push("before");
         }
-        _ => None,
-    };
-    let context = if notes.is_empty() && info.key_unavailable.is_empty() && info.partition.is_none()
-    {
-        Arc::clone(&transaction.context)
-    } else {
-        let mut marker = Map::new();
-        if !notes.replaced_nul.is_empty() {
-            tracing::warn!(table = %info.table, columns = ?notes.replaced_nul, "json value with \\u0000 replaced by U+FFFD");
-            marker.insert("replaced_nul".into(), Value::from(notes.replaced_nul));
+        // Unchanged TOAST values of the new row are copied from the old row.
+        let after = images.after.map_or_else(
+            || "{}".to_owned(),
+            |tuple| image(info, tuple, images.before, None, "after", &mut notes),
+        );
+        let key_source = match operation {
+            Operation::Delete => images.before,
+            _ => images.after,
+        };
+        let primary_key = key_source.and_then(|tuple| primary_key(info, tuple, images.before));
+        // An UPDATE that changed the key: time travel must know the old key is gone.
+        let previous_primary_key = match (operation, images.before) {
+            (Operation::Update, Some(old)) => {
+                primary_key_of(info, old).filter(|old_key| Some(old_key) != primary_key.as_ref())
+            }
+            _ => None,
+        };
+        let context = if notes.is_empty()
+            && info.key_unavailable.is_empty()
+            && info.partition.is_none()
+        {
+            Arc::clone(&transaction.context)
+        } else {
+            let mut marker = Map::new();
+            if !notes.replaced_nul.is_empty() {
+                tracing::warn!(table = %info.table, columns = ?notes.replaced_nul, "json value with \\u0000 replaced by U+FFFD");
+                marker.insert("replaced_nul".into(), Value::from(notes.replaced_nul));
+            }
+            if !notes.unavailable.is_empty() {
+                tracing::warn!(table = %info.table, columns = ?notes.unavailable, "unchanged TOAST value without an old row image: left out");
+                marker.insert("unavailable".into(), Value::from(notes.unavailable));
+            }
+            if let Some(partition) = &info.partition {
+                marker.insert("partition".into(), Value::from(&**partition));
+            }
+            if !info.key_unavailable.is_empty() {
+                marker.insert(
+                    "key_unavailable".into(),
+                    Value::from(info.key_unavailable.clone()),
+                );
+            }
+            if !notes.incomplete.is_empty() {
+                // Not logged per change: `status` warns about the table's replica identity.
+                marker.insert("incomplete".into(), Value::from(notes.incomplete));
+            }
+            context::with_notes(&transaction.context, marker)
+        };
+        ChangeRow {
+            id: change_id(source_hash, transaction.commit_lsn, sequence),
+            primary_key,
+            before,
+            after,
+            context,
+            database: Arc::clone(database),
+            schema: Arc::clone(&info.schema),
+            table: Arc::clone(&info.table),
+            operation,
+            committed_at: transaction.committed_at,
+            queued_at: transaction.queued_at,
+            transaction_id: transaction.xid,
+            position: i64::try_from(position).unwrap_or(i64::MAX),
+            commit_lsn: i64::try_from(transaction.commit_lsn).unwrap_or(i64::MAX),
+            sequence: i32::try_from(sequence).unwrap_or(i32::MAX),
+            previous_primary_key,
+            rejected: None,
         }
-        if !notes.unavailable.is_empty() {
-            tracing::warn!(table = %info.table, columns = ?notes.unavailable, "unchanged TOAST value without an old row image: left out");
-            marker.insert("unavailable".into(), Value::from(notes.unavailable));
-        }
-        if let Some(partition) = &info.partition {
-            marker.insert("partition".into(), Value::from(&**partition));
-        }
-        if !info.key_unavailable.is_empty() {
-            marker.insert(
-                "key_unavailable".into(),
-                Value::from(info.key_unavailable.clone()),
-            );
-        }
-        if !notes.incomplete.is_empty() {
-            // Not logged per change: `status` warns about the table's replica identity.
-            marker.insert("incomplete".into(), Value::from(notes.incomplete));
-        }
-        context::with_notes(&transaction.context, marker)
-    };
-    ChangeRow {
-        id: change_id(source_hash, transaction.commit_lsn, sequence),
-        primary_key,
-        before,
-        after,
-        context,
-        database: Arc::clone(database),
-        schema: Arc::clone(&info.schema),
-        table: Arc::clone(&info.table),
-        operation,
-        committed_at: transaction.committed_at,
-        queued_at: transaction.queued_at,
-        transaction_id: transaction.xid,
-        position: i64::try_from(position).unwrap_or(i64::MAX),
-        commit_lsn: i64::try_from(transaction.commit_lsn).unwrap_or(i64::MAX),
-        sequence: i32::try_from(sequence).unwrap_or(i32::MAX),
-        previous_primary_key,
-        rejected: None,
     }
 }
 

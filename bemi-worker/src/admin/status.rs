@@ -85,7 +85,7 @@ pub async fn status(
         });
     let destination_client = destination.connect("bemi-worker status").await?;
     // The progress of the slot's current incarnation (see `bemi_core::setup::create_slot_sql`).
-    let incarnation = crate::pipeline::slot_incarnation(&client, slot).await?;
+    let incarnation = crate::source::preflight::slot_incarnation(&client, slot).await?;
     let suffix = match &incarnation {
         Some(incarnation) => format!("/{}/{slot}/{incarnation}", source.database()),
         None => format!("/{}/{slot}", source.database()),

@@ -3,6 +3,7 @@
 //! after, are the same for both: only the transport differs.
 
 pub mod jetstream;
+pub(crate) mod preflight;
 pub(crate) mod store;
 
 use crate::Result;

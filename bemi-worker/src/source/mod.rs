@@ -2,5 +2,6 @@
 
 pub(crate) mod catalog;
 pub mod pgoutput;
+pub(crate) mod preflight;
 pub(crate) mod recorded_shape;
 pub(crate) mod xid;

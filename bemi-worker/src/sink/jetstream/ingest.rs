@@ -15,9 +15,10 @@ use async_nats::jetstream::{self, AckKind};
 use bemi_core::QualifiedName;
 use futures_util::StreamExt;
 
+use crate::pipeline::Metrics;
 use crate::pipeline::backoff::Backoff;
-use crate::pipeline::{Metrics, check_destination_privileges};
 use crate::sink::jetstream::{NatsOptions, nats_error};
+use crate::sink::preflight::check_destination_privileges;
 use crate::sink::store::Store;
 use crate::{ConnectionOptions, Error, Result};
 

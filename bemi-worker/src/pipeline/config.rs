@@ -1,0 +1,94 @@
+//! [`WorkerConfig`] and [`Output`]: what a worker reads, how, and where its changes go.
+
+use std::time::Duration;
+
+use bemi_core::QualifiedName;
+
+use crate::ConnectionOptions;
+use crate::sink::jetstream::NatsOptions;
+use crate::stitch::context::DEFAULT_MAX_CONTEXT_BYTES;
+
+/// Where the worker's changes go.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Output {
+    /// Stored into a `changes` table (`bemi-worker run`).
+    Store {
+        /// The database holding the `changes` table (usually the source).
+        destination: ConnectionOptions,
+        /// The `changes` table (default `bemi.changes`).
+        changes_table: QualifiedName,
+    },
+    /// Published to NATS JetStream (`bemi-worker capture`; `bemi-worker ingest` stores them).
+    JetStream(NatsOptions),
+}
+
+/// What the worker connects to and how it batches.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// The database whose changes are captured.
+    pub source: ConnectionOptions,
+    /// Where the changes go (default: `bemi.changes` in the source database).
+    pub output: Output,
+    /// The replication slot (default `bemi`).
+    pub slot: String,
+    /// The publication (default `bemi`).
+    pub publication: String,
+    /// Rows per stored batch (default 5,000). Bounds memory, whatever the transactions' size.
+    pub batch_size: usize,
+    /// Bytes per stored batch (default 4 MiB): a batch is stored when it reaches `batch_size`
+    /// rows or this size, whichever comes first, so wide rows cannot pile up in memory.
+    pub batch_bytes: usize,
+    /// Longest time a change waits before its batch is stored (default 100 ms).
+    pub flush_interval: Duration,
+    /// Largest context stored; larger ones become a marker (default 1 MiB).
+    pub max_context_bytes: usize,
+    /// How often the confirmed position is reported to the server (default 1 s).
+    pub status_interval: Duration,
+    /// How often progress is logged at info level (default 10 s).
+    pub log_interval: Duration,
+    /// The longest wait between reconnection attempts (default 30 s).
+    pub max_backoff: Duration,
+    /// How long a worker starting on a slot held by another walsender waits for it to be
+    /// released before giving up (default 60 s): a crashed worker's walsender lingers until
+    /// PostgreSQL notices the lost connection.
+    pub slot_release_wait: Duration,
+    /// Columns to redact, drop or treat as noise (added to those stored in the source's
+    /// `bemi.column_policies`); see `bemi_core::policy`.
+    pub column_policies: bemi_core::policy::ColumnPolicies,
+}
+
+impl WorkerConfig {
+    /// Defaults for `source`, storing into the same database.
+    pub fn new(source: ConnectionOptions) -> Self {
+        Self {
+            output: Output::Store {
+                destination: source.clone(),
+                changes_table: bemi_core::setup::SetupOptions::default()
+                    .changes_table_name()
+                    .clone(),
+            },
+            source,
+            slot: bemi_core::setup::DEFAULT_SLOT.to_owned(),
+            publication: bemi_core::setup::DEFAULT_PUBLICATION.to_owned(),
+            batch_size: 5_000,
+            batch_bytes: 4 << 20,
+            flush_interval: Duration::from_millis(100),
+            max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
+            status_interval: Duration::from_secs(1),
+            log_interval: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(30),
+            slot_release_wait: Duration::from_secs(60),
+            column_policies: bemi_core::policy::ColumnPolicies::default(),
+        }
+    }
+
+    /// Stores into the `changes` table `changes_table` of `destination`.
+    pub fn store_into(&mut self, destination: ConnectionOptions, changes_table: QualifiedName) {
+        self.output = Output::Store {
+            destination,
+            changes_table,
+        };
+    }
+}

@@ -449,6 +449,28 @@ pub fn create_slot_sql(slot: &str) -> String {
     )
 }
 
+/// The rule choosing a table's key, shared by setup's recorded shapes and the worker's catalog:
+/// the primary key, else the replica identity index, else the smallest unique index on plain
+/// NOT NULL columns; key columns only (INCLUDE columns are not part of a key). One row
+/// (`columns` int2[], `key_count`) for the relation `relation`, an SQL expression of type `oid`.
+#[doc(hidden)]
+pub fn key_index_sql(relation: &str) -> String {
+    format!(
+        "SELECT i.indkey::int2[] AS columns, i.indnkeyatts AS key_count \
+         FROM pg_catalog.pg_index i \
+         WHERE i.indrelid = {relation} AND i.indisvalid \
+           AND (i.indisprimary OR i.indisreplident \
+                OR (i.indisunique AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute x \
+                        WHERE x.attrelid = i.indrelid \
+                          AND x.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]) \
+                          AND NOT x.attnotnull))) \
+         ORDER BY CASE WHEN i.indisprimary THEN 0 WHEN i.indisreplident THEN 1 ELSE 2 END, \
+                  i.indnkeyatts, i.indexrelid \
+         LIMIT 1"
+    )
+}
+
 /// The statements giving the worker's role its least privileges (see
 /// [`Setup::worker_grants_sql`]).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -206,19 +206,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $bemi$
     SELECT c.oid, n.nspname, c.relname,
         COALESCE((
             SELECT pg_catalog.jsonb_agg(a.attname ORDER BY pg_catalog.array_position(k.columns, a.attnum))
-            FROM (
-                SELECT i.indkey::int2[] AS columns, i.indnkeyatts AS key_count
-                FROM pg_catalog.pg_index i
-                WHERE i.indrelid = c.oid AND i.indisvalid
-                  AND (i.indisprimary OR i.indisreplident
-                       OR (i.indisunique AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL
-                           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute x
-                               WHERE x.attrelid = i.indrelid
-                                 AND x.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
-                                 AND NOT x.attnotnull)))
-                ORDER BY CASE WHEN i.indisprimary THEN 0 WHEN i.indisreplident THEN 1 ELSE 2 END,
-                         i.indnkeyatts, i.indexrelid
-                LIMIT 1) k
+            FROM (@KEY_INDEX@) k
             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (k.columns[0:k.key_count - 1])
         ), '[]'),
         COALESCE((
@@ -633,6 +621,7 @@ pub(super) fn install(options: &SetupOptions) -> String {
                     "false"
                 },
             )
+            .replace("@KEY_INDEX@", &super::key_index_sql("c.oid"))
             .replace("@CONTEXT_DECLARATIONS@", STATEMENT_CONTEXT_DECLARATIONS)
             .replace("@CONTEXT_STATEMENTS@", STATEMENT_CONTEXT_STATEMENTS)
     };

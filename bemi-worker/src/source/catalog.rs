@@ -115,25 +115,17 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-/// The key columns of relation $1, in key order: those of its primary key, else of its replica
-/// identity index, else of its smallest unique index on plain NOT NULL columns (immediate, not
-/// partial). Only key columns: an index's INCLUDE columns are not part of the key.
-const KEY: &str = "WITH chosen AS ( \
-        SELECT i.indkey::int2[] AS columns, i.indnkeyatts AS key_count \
-        FROM pg_catalog.pg_index i \
-        WHERE i.indrelid = $1 AND i.indisvalid \
-          AND (i.indisprimary OR i.indisreplident \
-               OR (i.indisunique AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL \
-                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute n \
-                       WHERE n.attrelid = i.indrelid \
-                         AND n.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]) \
-                         AND NOT n.attnotnull))) \
-        ORDER BY CASE WHEN i.indisprimary THEN 0 WHEN i.indisreplident THEN 1 ELSE 2 END, \
-                 i.indnkeyatts, i.indexrelid \
-        LIMIT 1) \
-    SELECT a.attname::text FROM chosen c \
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = $1 AND a.attnum = ANY (c.columns[0:c.key_count - 1]) \
-    ORDER BY pg_catalog.array_position(c.columns, a.attnum)";
+/// The key columns of relation `$1`, in key order, by the rule setup also records shapes with
+/// (`bemi_core::setup::key_index_sql`).
+fn key_query() -> String {
+    format!(
+        "WITH chosen AS ({}) \
+         SELECT a.attname::text FROM chosen c \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = $1 AND a.attnum = ANY (c.columns[0:c.key_count - 1]) \
+         ORDER BY pg_catalog.array_position(c.columns, a.attnum)",
+        bemi_core::setup::key_index_sql("$1")
+    )
+}
 
 /// Whether the 32-bit `xid` $1 is visible to a new snapshot; the epoch is taken from the
 /// snapshot's xmax (an xid above xmax's low bits belongs to the previous epoch).
@@ -301,7 +293,7 @@ impl Catalog {
 
         let key_names: Vec<String> = self
             .client
-            .query(KEY, &[&relation.id])
+            .query(&key_query(), &[&relation.id])
             .await
             .map_err(Error::postgres(format!(
                 "read the primary key of {}.{}",

@@ -466,3 +466,61 @@ fn check_identifier(name: &str, span: Span, what: &str) -> syn::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compares the expansion of a model using every attribute with the stored snapshot; run
+    /// with `BEMI_UPDATE_SNAPSHOTS=1` to rewrite it after an intended change (and review it).
+    #[test]
+    fn the_expansion_matches_its_snapshot() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[diesel(table_name = crate::schema::order_lines, primary_key(order_id, line))]
+            #[bemi(schema = "sales", changes_table = "audit.changes")]
+            struct OrderLine {
+                order_id: i64,
+                #[diesel(column_name = line_no)]
+                line: i32,
+                #[bemi(renamed_from = "product_name")]
+                product: String,
+                #[bemi(redact)]
+                secret: Option<String>,
+                #[bemi(ignore)]
+                cache: Vec<u8>,
+                #[bemi(noise)]
+                updated_at: String,
+            }
+        };
+        // One item or statement per line, so a change reads as a diff.
+        let expanded = expand(&input)
+            .unwrap()
+            .to_string()
+            .replace("; ", ";\n")
+            .replace("{ ", "{\n")
+            .replace(" }", "\n}");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/snapshots/order_line.expanded"
+        );
+        if std::env::var_os("BEMI_UPDATE_SNAPSHOTS").is_some() {
+            std::fs::write(path, format!("{expanded}\n")).unwrap();
+        }
+        let snapshot = std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            expanded,
+            snapshot.trim_end(),
+            "the expansion changed: review it, then run with BEMI_UPDATE_SNAPSHOTS=1"
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_attribute() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[bemi(table = "")]
+            struct Empty { id: i32 }
+        };
+        let error = expand(&input).unwrap_err().to_string();
+        assert!(error.contains("invalid table name"), "{error}");
+    }
+}

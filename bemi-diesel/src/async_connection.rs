@@ -1,7 +1,6 @@
 //! [`AsyncPgConnection`]: diesel-async's `AsyncPgConnection` with the request's context on
 //! every write (feature `async`).
 
-use bemi_core::{CommentEncoder, Context};
 use diesel::QueryResult;
 use diesel::connection::{CacheSize, Instrumentation};
 use diesel::pg::Pg;
@@ -13,8 +12,8 @@ use diesel_async::{
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
+use crate::tagged_connection::TaggedConnection;
 use crate::tagged_query::Tagged;
-use crate::tagging::Tagging;
 
 type Inner = diesel_async::AsyncPgConnection;
 
@@ -23,7 +22,7 @@ type Inner = diesel_async::AsyncPgConnection;
 ///
 /// The context is read when a query's future is created, from the task's scope
 /// (`bemi::with_context`, which follows the task across `.await`s and threads) with the
-/// connection's own context ([`AsyncPgConnection::set_context`]) merged over it. Works with
+/// connection's own context ([`TaggedConnection::set_context`]) merged over it. Works with
 /// diesel-async's deadpool and bb8 pools:
 ///
 /// ```no_run
@@ -36,70 +35,7 @@ type Inner = diesel_async::AsyncPgConnection;
 /// # Ok(())
 /// # }
 /// ```
-pub struct AsyncPgConnection {
-    inner: Inner,
-    tagging: Tagging,
-}
-
-impl std::fmt::Debug for AsyncPgConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncPgConnection")
-            .field("context", &self.tagging.context)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AsyncPgConnection {
-    /// Wraps an established connection.
-    pub fn new(inner: Inner) -> Self {
-        Self {
-            inner,
-            tagging: Tagging::default(),
-        }
-    }
-
-    /// Sets a context of this connection, merged over the task's for every write until it is
-    /// cleared.
-    pub fn set_context(&mut self, context: impl Into<Context>) {
-        self.tagging.context = Some(context.into());
-    }
-
-    /// Removes the connection's own context.
-    pub fn clear_context(&mut self) {
-        self.tagging.context = None;
-    }
-
-    /// The connection's own context, if set.
-    pub fn context(&self) -> Option<&Context> {
-        self.tagging.context.as_ref()
-    }
-
-    /// Uses `encoder` (e.g. with another size cap) for the comments.
-    pub fn set_encoder(&mut self, encoder: CommentEncoder) {
-        self.tagging.encoder = encoder;
-    }
-
-    /// The wrapped connection (writes made through it directly are not tagged).
-    pub fn inner_mut(&mut self) -> &mut Inner {
-        &mut self.inner
-    }
-
-    /// Unwraps the diesel-async connection.
-    pub fn into_inner(self) -> Inner {
-        self.inner
-    }
-
-    /// The context a write made now carries (the task's with the connection's own over it).
-    pub fn effective_context(&self) -> Context {
-        self.tagging.effective_context().unwrap_or_default()
-    }
-}
-
-impl From<Inner> for AsyncPgConnection {
-    fn from(inner: Inner) -> Self {
-        Self::new(inner)
-    }
-}
+pub type AsyncPgConnection = TaggedConnection<Inner>;
 
 impl SimpleAsyncConnection for AsyncPgConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {

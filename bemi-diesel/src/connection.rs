@@ -1,6 +1,5 @@
 //! [`PgConnection`]: Diesel's `PgConnection` with the request's context on every write.
 
-use bemi_core::{CommentEncoder, Context};
 use diesel::connection::{
     AnsiTransactionManager, CacheSize, Connection, ConnectionSealed, Instrumentation,
     LoadConnection, SimpleConnection, TransactionManager,
@@ -11,15 +10,15 @@ use diesel::pg::{GetPgMetadataCache, Pg, PgMetadataCache};
 use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::result::{ConnectionResult, QueryResult};
 
+use crate::tagged_connection::TaggedConnection;
 use crate::tagged_query::Tagged;
-use crate::tagging::Tagging;
 
 /// A drop-in replacement for [`diesel::PgConnection`]: every INSERT, UPDATE, DELETE, MERGE,
 /// TRUNCATE (also `RETURNING` queries, upserts and `sql_query` writes) carries the active
 /// context as a `/*Bemi ... Bemi*/` comment; reads are sent unchanged.
 ///
 /// The context is the active scope's (`bemi::with_context`, `bemi::enter_context`) with the
-/// connection's own context ([`PgConnection::set_context`]) merged over it. Without any
+/// connection's own context ([`TaggedConnection::set_context`]) merged over it. Without any
 /// context, statements go out untouched and stay in Diesel's prepared-statement cache; tagged
 /// statements are never cached (their text changes with the context).
 ///
@@ -40,70 +39,7 @@ use crate::tagging::Tagging;
 /// # Ok(())
 /// # }
 /// ```
-pub struct PgConnection {
-    inner: diesel::PgConnection,
-    tagging: Tagging,
-}
-
-impl std::fmt::Debug for PgConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgConnection")
-            .field("context", &self.tagging.context)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PgConnection {
-    /// Wraps an established connection.
-    pub fn new(inner: diesel::PgConnection) -> Self {
-        Self {
-            inner,
-            tagging: Tagging::default(),
-        }
-    }
-
-    /// Sets a context of this connection, merged over the active scope's for every write until
-    /// it is cleared (for a unit of work, e.g. a job holding the connection).
-    pub fn set_context(&mut self, context: impl Into<Context>) {
-        self.tagging.context = Some(context.into());
-    }
-
-    /// Removes the connection's own context.
-    pub fn clear_context(&mut self) {
-        self.tagging.context = None;
-    }
-
-    /// The connection's own context, if set.
-    pub fn context(&self) -> Option<&Context> {
-        self.tagging.context.as_ref()
-    }
-
-    /// Uses `encoder` (e.g. with another size cap) for the comments.
-    pub fn set_encoder(&mut self, encoder: CommentEncoder) {
-        self.tagging.encoder = encoder;
-    }
-
-    /// The wrapped Diesel connection (writes made through it directly are not tagged).
-    pub fn inner_mut(&mut self) -> &mut diesel::PgConnection {
-        &mut self.inner
-    }
-
-    /// Unwraps the Diesel connection.
-    pub fn into_inner(self) -> diesel::PgConnection {
-        self.inner
-    }
-
-    /// The context a write made now carries (the scope's with the connection's own over it).
-    pub fn effective_context(&self) -> Context {
-        self.tagging.effective_context().unwrap_or_default()
-    }
-}
-
-impl From<diesel::PgConnection> for PgConnection {
-    fn from(inner: diesel::PgConnection) -> Self {
-        Self::new(inner)
-    }
-}
+pub type PgConnection = TaggedConnection<diesel::PgConnection>;
 
 impl SimpleConnection for PgConnection {
     fn batch_execute(&mut self, query: &str) -> QueryResult<()> {

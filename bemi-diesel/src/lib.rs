@@ -4,7 +4,8 @@
 //! `diesel_async::AsyncPgConnection` with `AsyncPgConnection`): one line. Every INSERT, UPDATE,
 //! DELETE, upsert, `RETURNING` query and `sql_query` write then carries the active
 //! `bemi_core::Context` as a `/*Bemi ... Bemi*/` comment, which bemi's trigger copies into the
-//! WAL for the worker. Reads are untouched.
+//! WAL for the worker. Reads are untouched. Both are instances of one generic wrapper,
+//! [`TaggedConnection`], whose own context, encoder and inner connection work the same way.
 //!
 //! ```no_run
 //! use bemi_core::{Context, with_context};
@@ -46,6 +47,7 @@ mod audit;
 mod audit_async;
 mod connection;
 mod runner;
+mod tagged_connection;
 mod tagged_query;
 mod tagging;
 
@@ -56,3 +58,4 @@ pub use audit::{AuditConnection, AuditedQueries, apply_revert, plan_revert};
 pub use audit_async::{AuditFuture, DieselAsyncRunner};
 pub use connection::PgConnection;
 pub use runner::DieselRunner;
+pub use tagged_connection::TaggedConnection;

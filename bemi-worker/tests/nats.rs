@@ -89,28 +89,39 @@ fn ingest_with(destination: &str, nats: &NatsServer, name: &str, extra: &[&str])
     Process { child, log }
 }
 
+/// What `wait_for_count` waits for; shown on timeout with the processes' logs.
+struct StoredCount<'a> {
+    expected: i64,
+    processes: &'a [&'a Process],
+}
+
+impl std::fmt::Display for StoredCount<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let logs: Vec<String> = self.processes.iter().map(|process| process.log()).collect();
+        write!(
+            f,
+            "{} stored changes; logs:\n{}",
+            self.expected,
+            logs.join("\n---\n")
+        )
+    }
+}
+
 /// Waits until `expected` changes are stored in the database of `client`.
 async fn wait_for_count(
     client: &tokio_postgres::Client,
     setup: &Setup,
     expected: i64,
-    logs: &[&Process],
+    processes: &[&Process],
 ) {
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let stored = count(client, setup).await;
-        if stored >= expected {
-            return;
-        }
-        if std::time::Instant::now() > deadline {
-            let logs: Vec<String> = logs.iter().map(|process| process.log()).collect();
-            panic!(
-                "{stored} of {expected} changes stored in time; logs:\n{}",
-                logs.join("\n---\n")
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let what = StoredCount {
+        expected,
+        processes,
+    };
+    wait_until_async(what, TIMEOUT, || async {
+        (count(client, setup).await >= expected).then_some(())
+    })
+    .await;
 }
 
 /// Waits until the ingest consumer has nothing pending or unacknowledged.

@@ -10,8 +10,13 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 ///
 /// # Panics
 ///
-/// When `timeout` passes first; the message names `what` was awaited.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+/// When `timeout` passes first; the message names `what` was awaited (formatted only then, so
+/// it may gather diagnostics such as process logs).
+pub fn wait_until<T>(
+    what: impl std::fmt::Display,
+    timeout: Duration,
+    mut condition: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = condition() {
@@ -29,8 +34,12 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut condition: impl FnMut() 
 ///
 /// # Panics
 ///
-/// When `timeout` passes first; the message names `what` was awaited.
-pub async fn wait_until_async<T, F, Fut>(what: &str, timeout: Duration, mut condition: F) -> T
+/// When `timeout` passes first; the message names `what` was awaited (formatted only then).
+pub async fn wait_until_async<T, F, Fut>(
+    what: impl std::fmt::Display,
+    timeout: Duration,
+    mut condition: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

@@ -4,7 +4,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bemi_core::setup::{Setup, SetupOptions};
 use bemi_test_harness::TestDatabase;
@@ -156,24 +156,15 @@ impl AuditedDatabase {
     ///
     /// When they do not arrive within [`TIMEOUT`].
     pub fn wait_for(&self, count: usize) -> Vec<Stored> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let all = self.changes();
-            if all.len() >= count {
-                let client = std::sync::Arc::clone(&self.client);
-                let slot = self.database.slot_name().to_owned();
-                blocking(self.runtime(), async move {
-                    bemi_test_harness::wait_for_slot_to_catch_up(&client, &slot, TIMEOUT).await
-                });
-                return self.changes();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {count} changes, have {}",
-                all.len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        bemi_test_harness::wait_until(format_args!("{count} changes"), TIMEOUT, || {
+            (self.changes().len() >= count).then_some(())
+        });
+        let client = std::sync::Arc::clone(&self.client);
+        let slot = self.database.slot_name().to_owned();
+        blocking(self.runtime(), async move {
+            bemi_test_harness::wait_for_slot_to_catch_up(&client, &slot, TIMEOUT).await
+        });
+        self.changes()
     }
 
     /// [`AuditedDatabase::wait_for`] for async tests (does not block the caller's runtime).
@@ -182,20 +173,14 @@ impl AuditedDatabase {
         let slot = self.database.slot_name().to_owned();
         self.runtime()
             .spawn(async move {
-                let deadline = Instant::now() + TIMEOUT;
-                loop {
-                    let all = changes_of(&client, false).await;
-                    if all.len() >= count {
-                        bemi_test_harness::wait_for_slot_to_catch_up(&client, &slot, TIMEOUT).await;
-                        return changes_of(&client, false).await;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "timed out waiting for {count} changes, have {}",
-                        all.len()
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                bemi_test_harness::wait_until_async(
+                    format!("{count} changes"),
+                    TIMEOUT,
+                    || async { (changes_of(&client, false).await.len() >= count).then_some(()) },
+                )
+                .await;
+                bemi_test_harness::wait_for_slot_to_catch_up(&client, &slot, TIMEOUT).await;
+                changes_of(&client, false).await
             })
             .await
             .unwrap()

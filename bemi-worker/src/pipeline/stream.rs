@@ -12,6 +12,7 @@ use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::snapshot::{SnapshotHeader, parse_row};
+use crate::change_row::ChangeRow;
 use crate::pipeline::batch::{Batch, BatchBuilder};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::{Metrics, Stored, WorkerConfig};
@@ -229,15 +230,9 @@ impl Stream<'_> {
                                 }));
                             }
                         }
-                        self.builder.push(rows);
+                        self.push_rows(rows).await?;
                         if policies_changed {
                             self.reload_policies().await?;
-                        }
-                        if self
-                            .builder
-                            .is_full(self.config.batch_size, self.config.batch_bytes)
-                        {
-                            self.flush().await?;
                         }
                     }
                     Message::Type { .. } | Message::Origin { .. } | Message::Other { .. } => {}
@@ -315,13 +310,19 @@ impl Stream<'_> {
             !progress.is_some_and(|progress| progress.covers(here))
         })?;
         if let Some(row) = row {
-            self.builder.push(vec![row]);
-            if self
-                .builder
-                .is_full(self.config.batch_size, self.config.batch_bytes)
-            {
-                self.flush().await?;
-            }
+            self.push_rows(vec![row]).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds rows to the batch, storing it when full.
+    async fn push_rows(&mut self, rows: Vec<ChangeRow>) -> Result<()> {
+        self.builder.push(rows);
+        if self
+            .builder
+            .is_full(self.config.batch_size, self.config.batch_bytes)
+        {
+            self.flush().await?;
         }
         Ok(())
     }
@@ -350,10 +351,7 @@ impl Stream<'_> {
     /// `bemi.schema_versions`, which only bemi's setup and its superuser-owned event triggers
     /// write): the keys they name hold from here on.
     /// Returns the DDL changes of the versions DDL recorded (see `stitch::ddl`).
-    fn record_schema_versions(
-        &mut self,
-        rows: &[crate::change_row::ChangeRow],
-    ) -> Vec<crate::change_row::ChangeRow> {
+    fn record_schema_versions(&mut self, rows: &[ChangeRow]) -> Vec<ChangeRow> {
         let mut events = Vec::new();
         for row in rows {
             let Ok(after) = serde_json::from_str::<serde_json::Value>(&row.after) else {
@@ -457,13 +455,7 @@ impl Stream<'_> {
                 }
             };
         if let Some(row) = row {
-            self.builder.push(vec![row]);
-            if self
-                .builder
-                .is_full(self.config.batch_size, self.config.batch_bytes)
-            {
-                self.flush().await?;
-            }
+            self.push_rows(vec![row]).await?;
         }
         Ok(())
     }

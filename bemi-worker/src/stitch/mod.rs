@@ -45,6 +45,18 @@ struct Transaction {
     context: Arc<str>,
 }
 
+impl Transaction {
+    /// Numbers the transaction's next change, built or not: every delivery numbers the same.
+    fn number_next(&mut self) -> Position {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        Position {
+            commit_lsn: self.commit_lsn,
+            sequence,
+        }
+    }
+}
+
 /// Where a change sits: the commit it belongs to and its order within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Position {
@@ -163,12 +175,8 @@ impl Stitcher {
                 info.columns.len()
             )));
         }
-        let sequence = transaction.next_sequence;
-        transaction.next_sequence += 1;
-        let here = Position {
-            commit_lsn: transaction.commit_lsn,
-            sequence,
-        };
+        let here = transaction.number_next();
+        let sequence = here.sequence;
         if !keep(here) {
             return Ok(None);
         }
@@ -216,12 +224,8 @@ impl Stitcher {
                 "unreadable message outside a transaction: {reason}"
             ))
         })?;
-        let sequence = transaction.next_sequence;
-        transaction.next_sequence += 1;
-        let here = Position {
-            commit_lsn: transaction.commit_lsn,
-            sequence,
-        };
+        let here = transaction.number_next();
+        let sequence = here.sequence;
         if !keep(here) {
             return Ok(None);
         }
@@ -260,12 +264,8 @@ impl Stitcher {
         keep: impl Fn(Position) -> bool,
     ) -> Option<(uuid::Uuid, i32)> {
         let transaction = self.transaction.as_mut()?;
-        let sequence = transaction.next_sequence;
-        transaction.next_sequence += 1;
-        let here = Position {
-            commit_lsn: transaction.commit_lsn,
-            sequence,
-        };
+        let here = transaction.number_next();
+        let sequence = here.sequence;
         keep(here).then(|| {
             (
                 change_id(self.origin.source_hash, transaction.commit_lsn, sequence),
@@ -352,12 +352,8 @@ impl Stitcher {
                         info: &RelationInfo,
                         operation,
                         images: Images<'_, '_>| {
-            let sequence = transaction.next_sequence;
-            transaction.next_sequence += 1;
-            let here = Position {
-                commit_lsn: transaction.commit_lsn,
-                sequence,
-            };
+            let here = transaction.number_next();
+            let sequence = here.sequence;
             if keep(here) {
                 rows.push(self.origin.build_row(
                     transaction,
@@ -394,7 +390,7 @@ impl Stitcher {
                 let info = relation(relation_id)?;
                 if only_noise_changed(info, old.as_ref(), new) {
                     // Not stored, but numbered: ids stay the same whatever the policies.
-                    transaction.next_sequence += 1;
+                    transaction.number_next();
                     return Ok(rows);
                 }
                 push(

@@ -17,6 +17,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const SCHEMA: &str = "
     CREATE TYPE mood AS ENUM ('happy', 'sad');
     CREATE DOMAIN price AS numeric(10, 2);
+    CREATE TYPE tone AS ENUM ('a', 'b');
+    CREATE TABLE t_dtype (id int PRIMARY KEY, t tone);
     CREATE TABLE t_add (id int PRIMARY KEY, v int);
     CREATE TABLE t_drop (id int PRIMARY KEY, v int, gone text);
     CREATE TABLE t_key (id int PRIMARY KEY, v int);
@@ -176,6 +178,17 @@ fn cases() -> Vec<Case> {
                 None,
             )],
             recorded: "t_enum",
+        },
+        Case {
+            name: "drop a column's type",
+            before: &["INSERT INTO t_dtype VALUES (1, 'a')"],
+            ddl: "DROP TYPE tone CASCADE",
+            after: &["INSERT INTO t_dtype VALUES (2)"],
+            expected: vec![
+                ("t_dtype", "CREATE", "1", json!({"id": 1, "t": "a"}), None),
+                ("t_dtype", "CREATE", "2", json!({"id": 2}), None),
+            ],
+            recorded: "t_dtype",
         },
         Case {
             name: "set logged",
@@ -364,6 +377,15 @@ async fn torture(fixture: Fixture, timing: Timing) {
         );
         assert!(event.after.contains("command"), "{event:?}");
     }
+    // One statement, one DDL change: a column dropped by ALTER TABLE is not recorded again by
+    // the drop trigger.
+    assert_eq!(
+        ddl.iter()
+            .filter(|change| change.context.get("case") == Some(&json!("drop column")))
+            .count(),
+        1,
+        "{timing:?}"
+    );
     let renamed = ddl
         .iter()
         .find(|change| change.table == "t_key" && change.context.get("case").is_some())

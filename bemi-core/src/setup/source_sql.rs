@@ -326,6 +326,25 @@ BEGIN
                 TG_TAG, true, bemi.ddl_statement());
         DELETE FROM bemi.tracked_tables t WHERE t.relid = dropped.objid;
     END LOOP;
+    -- Columns dropped by another statement than ALTER TABLE (which record_ddl records), e.g.
+    -- DROP TYPE ... CASCADE: the table's shape changed, so it is recorded again.
+    IF TG_TAG <> 'ALTER TABLE' THEN
+        FOR dropped IN
+            SELECT DISTINCT o.objid
+            FROM pg_catalog.pg_event_trigger_dropped_objects() o
+            WHERE o.object_type = 'table column'
+              AND o.objid IN (SELECT t.relid FROM bemi.tracked_tables t)
+              AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = o.objid)
+        LOOP
+            IF first THEN
+                PERFORM bemi.emit_statement_context();
+                first := false;
+            END IF;
+            PERFORM pg_catalog.set_config('bemi.recording_ddl', 'on', true);
+            PERFORM bemi.record_schema(dropped.objid, TG_TAG);
+            PERFORM pg_catalog.set_config('bemi.recording_ddl', 'off', true);
+        END LOOP;
+    END IF;
 END
 $bemi$;
 "#;

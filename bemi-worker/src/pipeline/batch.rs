@@ -1,7 +1,8 @@
 //! Collecting change rows into batches, with the progress and acknowledgement each batch
 //! carries once stored.
 
-use std::time::Instant;
+// The runtime's clock: a paused test clock moves the flush deadline too.
+use tokio::time::Instant;
 
 use crate::change_row::ChangeRow;
 use crate::pipeline::progress::Progress;

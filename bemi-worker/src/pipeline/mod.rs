@@ -12,6 +12,7 @@ pub(crate) mod backoff;
 pub(crate) mod batch;
 mod config;
 mod metrics;
+pub(crate) mod ports;
 pub(crate) mod progress;
 mod stream;
 mod supervisor;
@@ -28,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::Result;
 use crate::pipeline::batch::Batch;
-use crate::sink::Sink;
+use crate::pipeline::ports::BatchSink;
 use crate::sink::store::is_schema_version;
 use supervisor::Supervisor;
 
@@ -82,8 +83,8 @@ impl Worker {
 }
 
 /// The store task: writes batches in order and reports what is stored.
-pub(crate) async fn store_batches(
-    mut sink: Sink,
+pub(crate) async fn store_batches<S: BatchSink>(
+    mut sink: S,
     mut batches: mpsc::Receiver<Batch>,
     stored_tx: watch::Sender<Stored>,
     metrics: Arc<Metrics>,

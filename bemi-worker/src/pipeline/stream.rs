@@ -6,29 +6,31 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use tokio::time::Instant;
 
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use pgwire_replication::{Lsn, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::snapshot::{SnapshotHeader, parse_row};
-use crate::change_row::ChangeRow;
+use crate::change_row::{ChangeRow, source_hash};
 use crate::pipeline::batch::{Batch, BatchBuilder};
+use crate::pipeline::ports::{BatchSink, Describe, EventSource};
 use crate::pipeline::progress::Progress;
-use crate::pipeline::{Metrics, Stored, WorkerConfig};
-use crate::source::catalog::{Catalog, RelationInfo};
+use crate::pipeline::{Metrics, Stored, WorkerConfig, store_batches};
+use crate::source::catalog::RelationInfo;
 use crate::source::pgoutput::{self, Message};
 use crate::source::recorded_shape::{RecordedShape, relid_of};
 use crate::source::xid::XidWidener;
 use crate::stitch::{Stitcher, postgres_time};
 use crate::{Error, Result};
 
-/// The reading side of a session.
-pub(crate) struct Stream<'a> {
+/// The reading side of a session, over its event source `S` (the replication connection) and
+/// its describer `C` (the source's catalog).
+pub(crate) struct Stream<'a, S, C> {
     pub(super) config: &'a WorkerConfig,
     pub(super) metrics: &'a Metrics,
-    pub(super) replication: ReplicationClient,
-    pub(super) catalog: Catalog,
+    pub(super) replication: S,
+    pub(super) catalog: C,
     pub(super) relations: HashMap<u32, Arc<RelationInfo>>,
     /// The Relation messages received, to describe the relations again when the policies
     /// change.
@@ -60,7 +62,68 @@ pub(crate) struct Stream<'a> {
     pub(super) sent_batches: u64,
 }
 
-impl Stream<'_> {
+/// What a stream starts from: read by the session before streaming.
+#[derive(Debug)]
+pub(crate) struct StreamStart {
+    /// The last stored position: changes at or before it are skipped.
+    pub(crate) progress: Option<Progress>,
+    /// The table shapes recorded before the start position (see `Stream::recorded_shapes`).
+    pub(crate) recorded_shapes: HashMap<u32, RecordedShape>,
+    /// The newest full transaction id, to epoch-extend the stream's.
+    pub(crate) newest_xid: u64,
+    /// The source database's name.
+    pub(crate) database: String,
+    /// The source's identity in change ids (cluster, and the slot's incarnation).
+    pub(crate) source_id: String,
+}
+
+impl<'a, S: EventSource, C: Describe> Stream<'a, S, C> {
+    /// Starts a stream reading `replication` and its store task writing into `sink`; the
+    /// task ends with what it stored once the stream (its batch sender) is dropped.
+    pub(crate) fn start<K: BatchSink>(
+        config: &'a WorkerConfig,
+        metrics: &'a Arc<Metrics>,
+        replication: S,
+        catalog: C,
+        sink: K,
+        start: StreamStart,
+    ) -> (Self, tokio::task::JoinHandle<Result<Stored>>) {
+        let (batches, batches_rx) = mpsc::channel::<Batch>(1);
+        let (stored_tx, stored_rx) = watch::channel(Stored::default());
+        let store_task = tokio::spawn(store_batches(
+            sink,
+            batches_rx,
+            stored_tx,
+            Arc::clone(metrics),
+        ));
+        let stream = Stream {
+            config,
+            metrics,
+            replication,
+            catalog,
+            relations: HashMap::new(),
+            relation_messages: HashMap::new(),
+            recorded_shapes: start.recorded_shapes,
+            schema_relation: None,
+            xids: XidWidener::new(start.newest_xid),
+            proof_relation: None,
+            policy_relation: None,
+            proven: false,
+            ignored: 0,
+            snapshot: None,
+            stitcher: Stitcher::new(
+                &start.database,
+                source_hash(&start.source_id, &start.database),
+                config.max_context_bytes,
+            ),
+            builder: BatchBuilder::new(),
+            progress: start.progress,
+            batches,
+            stored: stored_rx,
+            sent_batches: 0,
+        };
+        (stream, store_task)
+    }
     pub(crate) async fn run<F: Future<Output = ()>>(
         &mut self,
         mut shutdown: Pin<&mut F>,
@@ -85,7 +148,7 @@ impl Stream<'_> {
                     }
                     let stored = *self.stored.borrow_and_update();
                     if stored.lsn > 0 {
-                        self.replication.update_applied_lsn(Lsn::from_u64(stored.lsn));
+                        self.replication.confirm(Lsn::from_u64(stored.lsn));
                         self.metrics.confirmed_lsn.fetch_max(stored.lsn, Ordering::Relaxed);
                     }
                 }
@@ -100,7 +163,7 @@ impl Stream<'_> {
                     logged = (Instant::now(), stored);
                 }
                 event = self.replication.recv() => {
-                    match event.map_err(Error::Replication)? {
+                    match event? {
                         Some(event) => self.handle(event).await?,
                         None => return Err(Error::Replication(pgwire_replication::PgWireError::Task(
                             "the replication stream ended".into(),
@@ -267,7 +330,7 @@ impl Stream<'_> {
                     && self.builder.is_empty()
                     && self.stored.borrow().batches == self.sent_batches;
                 if idle && wal_end.as_u64() > 0 {
-                    self.replication.update_applied_lsn(wal_end);
+                    self.replication.confirm(wal_end);
                     self.metrics
                         .confirmed_lsn
                         .fetch_max(wal_end.as_u64(), Ordering::Relaxed);
@@ -506,7 +569,7 @@ fn event_summary(event: &ReplicationEvent) -> String {
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

@@ -4,7 +4,6 @@
 //! started), [`Supervisor::stream`] (the store task and the stream state machine) and
 //! [`Supervisor::finish`] (let the store task drain, confirm what is stored).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,15 +11,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn, ReplicationClient};
-use tokio::sync::{mpsc, watch};
 
 use crate::admin::install::{SlotState, server_facts, slot_state};
-use crate::change_row::source_hash;
 use crate::pipeline::backoff::Backoff;
-use crate::pipeline::batch::{Batch, BatchBuilder};
-use crate::pipeline::progress::Progress;
-use crate::pipeline::stream::Stream;
-use crate::pipeline::{Metrics, Output, Stored, WorkerConfig, store_batches};
+use crate::pipeline::stream::{Stream, StreamStart};
+use crate::pipeline::{Metrics, Output, Stored, WorkerConfig};
 use crate::sink::Sink;
 use crate::sink::jetstream::Publisher;
 use crate::sink::preflight::check_destination_privileges;
@@ -30,8 +25,6 @@ use crate::source::preflight::{
     check_source_privileges, ensure_publication, load_source_shapes, slot_incarnation,
 };
 use crate::source::recorded_shape::RecordedShape;
-use crate::source::xid::XidWidener;
-use crate::stitch::Stitcher;
 use crate::{Error, Result};
 
 /// Runs sessions until shutdown or an error retrying cannot fix.
@@ -52,18 +45,12 @@ struct Prepared {
     catalog_client: tokio_postgres::Client,
     replication: ReplicationClient,
     sink: Sink,
-    progress: Option<Progress>,
-    recorded_shapes: HashMap<u32, RecordedShape>,
-    /// The newest full transaction id, to epoch-extend the stream's.
-    newest_xid: u64,
-    database: String,
-    /// The source's identity in change ids (cluster, and the slot's incarnation).
-    source_id: String,
+    start: StreamStart,
 }
 
 /// How a session's stream ended.
 struct Streamed<'a> {
-    stream: Stream<'a>,
+    stream: Stream<'a, ReplicationClient, Catalog>,
     result: Result<()>,
     store_task: tokio::task::JoinHandle<Result<Stored>>,
 }
@@ -262,11 +249,13 @@ impl<'w> Supervisor<'w> {
             catalog_client,
             replication,
             sink,
-            progress,
-            recorded_shapes: recorded_shapes.into_iter().collect(),
-            newest_xid,
-            database,
-            source_id,
+            start: StreamStart {
+                progress,
+                recorded_shapes: recorded_shapes.into_iter().collect(),
+                newest_xid,
+                database,
+                source_id,
+            },
         })
     }
 
@@ -281,40 +270,14 @@ impl<'w> Supervisor<'w> {
         if let SlotState::Active(pid) = slot_state(&prepared.catalog_client, &config.slot).await? {
             self.own_walsender = Some(pid);
         }
-        let (batches, batches_rx) = mpsc::channel::<Batch>(1);
-        let (stored_tx, stored_rx) = watch::channel(Stored::default());
-        let store_task = tokio::spawn(store_batches(
-            prepared.sink,
-            batches_rx,
-            stored_tx,
-            Arc::clone(self.metrics),
-        ));
-        let mut stream = Stream {
+        let (mut stream, store_task) = Stream::start(
             config,
-            metrics: self.metrics,
-            replication: prepared.replication,
-            catalog: Catalog::new(prepared.catalog_client, config.column_policies.clone()),
-            relations: HashMap::new(),
-            relation_messages: HashMap::new(),
-            recorded_shapes: prepared.recorded_shapes,
-            schema_relation: None,
-            xids: XidWidener::new(prepared.newest_xid),
-            proof_relation: None,
-            policy_relation: None,
-            proven: false,
-            ignored: 0,
-            snapshot: None,
-            stitcher: Stitcher::new(
-                &prepared.database,
-                source_hash(&prepared.source_id, &prepared.database),
-                config.max_context_bytes,
-            ),
-            builder: BatchBuilder::new(),
-            progress: prepared.progress,
-            batches,
-            stored: stored_rx,
-            sent_batches: 0,
-        };
+            self.metrics,
+            prepared.replication,
+            Catalog::new(prepared.catalog_client, config.column_policies.clone()),
+            prepared.sink,
+            prepared.start,
+        );
         let result = stream.run(shutdown).await;
         self.finish(Streamed {
             stream,

@@ -1,0 +1,79 @@
+//! The stream's three ports: where replication events come from ([`EventSource`]), how a
+//! relation is described ([`Describe`]) and where batches go ([`BatchSink`]).
+//!
+//! In production they are the replication connection, the source's catalog and the `changes`
+//! table or JetStream; the pipeline's own tests plug in a scripted source and a sink with
+//! failpoints (`pipeline::tests`), so confirmation, batching, keepalives and restarts are
+//! tested in milliseconds beside the real-process tests.
+
+use std::future::Future;
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+
+use crate::change_row::ChangeRow;
+use crate::pipeline::progress::Progress;
+use crate::sink::Sink;
+use crate::source::catalog::{Catalog, RelationInfo};
+use crate::source::pgoutput::Relation;
+use crate::{Error, Result};
+
+/// Where a stream's replication events come from, and where it confirms what is stored.
+pub(crate) trait EventSource: Send {
+    /// The next event; `None` when the stream ended.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<ReplicationEvent>>> + Send;
+
+    /// Confirms that everything up to `lsn` is stored: the server may recycle that WAL.
+    fn confirm(&mut self, lsn: Lsn);
+}
+
+impl EventSource for ReplicationClient {
+    async fn recv(&mut self) -> Result<Option<ReplicationEvent>> {
+        ReplicationClient::recv(self)
+            .await
+            .map_err(Error::Replication)
+    }
+
+    fn confirm(&mut self, lsn: Lsn) {
+        self.update_applied_lsn(lsn);
+    }
+}
+
+/// Describes relations from their Relation messages.
+pub(crate) trait Describe: Send {
+    /// Describes `relation` as transaction `xid` (the one being streamed) left it.
+    fn describe(
+        &mut self,
+        relation: &Relation,
+        xid: Option<u32>,
+    ) -> impl Future<Output = Result<RelationInfo>> + Send;
+
+    /// Forgets the stored column policies: the next description reads them again.
+    fn forget_policies(&mut self);
+}
+
+impl Describe for Catalog {
+    async fn describe(&mut self, relation: &Relation, xid: Option<u32>) -> Result<RelationInfo> {
+        Catalog::describe(self, relation, xid).await
+    }
+
+    fn forget_policies(&mut self) {
+        Catalog::forget_policies(self);
+    }
+}
+
+/// Where the store task writes batches.
+pub(crate) trait BatchSink: Send + 'static {
+    /// Writes one batch (with the progress it completes, where the sink keeps progress);
+    /// returns once it is durable.
+    fn write(
+        &mut self,
+        rows: &[ChangeRow],
+        progress: Option<Progress>,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl BatchSink for Sink {
+    async fn write(&mut self, rows: &[ChangeRow], progress: Option<Progress>) -> Result<()> {
+        Sink::write(self, rows, progress).await
+    }
+}

@@ -16,6 +16,8 @@ pub(crate) mod ports;
 pub(crate) mod progress;
 mod stream;
 mod supervisor;
+#[cfg(test)]
+mod tests;
 
 pub use config::{Output, WorkerConfig};
 pub use metrics::Metrics;

@@ -31,6 +31,10 @@ pub enum Error {
     #[error("invalid column policy: {0}")]
     InvalidColumnPattern(String),
 
+    /// A partitioning name is not `month`, `week`, `day` or `none`.
+    #[error("invalid partitioning {0:?}: expected month, week, day or none")]
+    InvalidPartitioning(String),
+
     /// A page cursor's text is not one that [`crate::ChangeCursor`] wrote.
     #[error("invalid change cursor {0:?}")]
     InvalidCursor(String),

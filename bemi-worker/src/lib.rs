@@ -43,9 +43,10 @@ mod source;
 mod stitch;
 
 pub use admin::install::{setup, teardown};
+pub use admin::partition::{Conversion, partition_changes};
 pub use admin::revert::revert;
 pub use admin::snapshot::snapshot;
-pub use admin::status::{SlotInfo, Status, status};
+pub use admin::status::{PartitionInfo, SlotInfo, Status, status};
 pub use change_row::ChangeRow;
 pub use error::{Error, ErrorKind, Result, error_chain};
 pub use pipeline::{Metrics, Output, Worker, WorkerConfig};

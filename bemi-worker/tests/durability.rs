@@ -74,17 +74,8 @@ async fn killing_the_worker_mid_stream_loses_and_doubles_nothing() {
     let fixture = fixture(test_database!(), TODO).await;
     let url = fixture.database.url();
     let slot = fixture.database.slot_name().to_owned();
-    let args = [
-        "run",
-        "--database-url",
-        &url,
-        "--slot",
-        &slot,
-        "--batch-size",
-        "50",
-        "--flush-interval-ms",
-        "5",
-    ];
+    let args = crate::support::quick_run_args(&url, &slot);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let writer_client = fixture.database.connect().await;
     let writer = tokio::spawn(async move {
         for batch in 1..=60 {

@@ -16,6 +16,7 @@ mod durability;
 mod history;
 mod nats;
 mod operations;
+mod partitions;
 mod schema;
 mod security;
 mod startup;

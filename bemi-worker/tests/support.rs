@@ -230,6 +230,24 @@ pub async fn count(client: &tokio_postgres::Client, setup: &Setup) -> i64 {
         .get(0)
 }
 
+/// Arguments of `bemi-worker run` on `url` and `slot` with small, quick batches (for tests
+/// that kill the binary mid-stream).
+pub fn quick_run_args(url: &str, slot: &str) -> Vec<String> {
+    [
+        "run",
+        "--database-url",
+        url,
+        "--slot",
+        slot,
+        "--batch-size",
+        "50",
+        "--flush-interval-ms",
+        "5",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// Starts the real `bemi-worker` binary with `args`, logging to a file under the test's temp
 /// directory; returns the child and the log's path.
 pub fn spawn_binary(args: &[&str], log_name: &str) -> (Child, std::path::PathBuf) {

@@ -2,6 +2,7 @@
 
 use crate::QualifiedName;
 use crate::ident::quote_ident;
+use crate::setup::partitions::{self, Partitioning};
 
 /// Columns of the `changes` table. Bemi's columns come first, in Bemi's order and meaning, then
 /// bemi-rs's own: `commit_lsn` and `sequence` order changes exactly (commit order, then order
@@ -9,7 +10,7 @@ use crate::ident::quote_ident;
 /// is the old key of an UPDATE that changed the key (time travel needs to know the old key is
 /// gone).
 const CHANGES_COLUMNS: &str = r#"(
-    id uuid PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    @ID@ DEFAULT pg_catalog.gen_random_uuid(),
     primary_key text,
     "before" jsonb NOT NULL DEFAULT '{}',
     "after" jsonb NOT NULL DEFAULT '{}',
@@ -25,7 +26,7 @@ const CHANGES_COLUMNS: &str = r#"(
     commit_lsn bigint NOT NULL,
     sequence integer NOT NULL,
     previous_primary_key text,
-    created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()@KEY@
 )"#;
 
 /// The operations the `changes` table accepts.
@@ -75,26 +76,53 @@ const SCHEMA_HISTORY_TABLE: &str = "CREATE TABLE IF NOT EXISTS bemi.schema_histo
 ";
 
 /// The install script for the destination database.
-pub(super) fn install(changes: &QualifiedName, owner_role: Option<&str>) -> String {
-    let table = changes.to_string();
-    // Both parts were validated when the name was built.
-    let schema = quote_ident(changes.schema()).unwrap_or_default();
-    let index =
-        |suffix: &str| quote_ident(&format!("{}_{suffix}", changes.name())).unwrap_or_default();
+pub(super) fn install(
+    changes: &QualifiedName,
+    owner_role: Option<&str>,
+    partitioning: Partitioning,
+) -> String {
     let mut sql = String::new();
     sql.push_str("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);\n");
     sql.push_str("CREATE SCHEMA IF NOT EXISTS bemi;\n");
     if changes.schema() != crate::setup::BEMI_SCHEMA {
+        let schema = quote_ident(changes.schema()).unwrap_or_default();
         sql.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {schema};\n"));
     }
+    sql.push_str(&changes_table(changes, partitioning));
+    sql.push_str(&changes_indexes(changes));
+    sql.push_str(&companion_tables(changes, owner_role));
+    sql.push_str(&partitions::register(changes, partitioning));
+    sql
+}
+
+/// Creates the `changes` table unless it exists (partitioned by `committed_at` unless
+/// `partitioning` is `None`), and widens the operations an older table accepts.
+pub(super) fn changes_table(changes: &QualifiedName, partitioning: Partitioning) -> String {
+    let table = changes.to_string();
     let operation_check =
         quote_ident(&format!("{}_operation_check", changes.name())).unwrap_or_default();
-    sql.push_str(&format!(
-        "CREATE TABLE IF NOT EXISTS {table} {};\n",
+    let (id, key) = match partitioning {
+        Partitioning::None => ("id uuid PRIMARY KEY", String::new()),
+        _ => (
+            "id uuid NOT NULL",
+            format!(
+                ",\n    CONSTRAINT {} PRIMARY KEY (id, committed_at)",
+                quote_ident(&format!("{}_pkey", changes.name())).unwrap_or_default()
+            ),
+        ),
+    };
+    let partition_by = match partitioning {
+        Partitioning::None => "",
+        _ => " PARTITION BY RANGE (committed_at)",
+    };
+    let mut sql = format!(
+        "CREATE TABLE IF NOT EXISTS {table} {}{partition_by};\n",
         CHANGES_COLUMNS
+            .replace("@ID@", id)
+            .replace("@KEY@", &key)
             .replace("@OPERATION_CHECK@", &operation_check)
             .replace("@OPERATIONS@", OPERATIONS)
-    ));
+    );
     // Tables made by earlier versions accept the operations added since (`DDL`).
     sql.push_str(&format!(
         "DO $bemi$\n\
@@ -109,6 +137,16 @@ pub(super) fn install(changes: &QualifiedName, owner_role: Option<&str>) -> Stri
          $bemi$;\n",
         literal = changes.regclass_literal(),
     ));
+    sql
+}
+
+/// The indexes of the `changes` table (on a partitioned table, every partition gets them; an
+/// equivalent index a partition already has is adopted, not built again).
+pub(super) fn changes_indexes(changes: &QualifiedName) -> String {
+    let table = changes.to_string();
+    let index =
+        |suffix: &str| quote_ident(&format!("{}_{suffix}", changes.name())).unwrap_or_default();
+    let mut sql = String::new();
     sql.push_str(&format!(
         "CREATE INDEX IF NOT EXISTS {} ON {table} (\"table\", primary_key, committed_at);\n",
         index("key_idx")
@@ -130,11 +168,21 @@ pub(super) fn install(changes: &QualifiedName, owner_role: Option<&str>) -> Stri
         "CREATE INDEX IF NOT EXISTS {} ON {table} USING gin (context jsonb_path_ops);\n",
         index("context_idx")
     ));
+    sql
+}
+
+/// The worker's progress, the parked changes, the schema history, the partition registry,
+/// and the ownership of the audit tables.
+fn companion_tables(changes: &QualifiedName, owner_role: Option<&str>) -> String {
+    let table = changes.to_string();
+    let mut sql = String::new();
     sql.push_str(PROGRESS_TABLE);
     sql.push_str(REJECTED_TABLE);
     sql.push_str(SCHEMA_HISTORY_TABLE);
+    sql.push_str(partitions::INSTALL);
     sql.push_str(&format!(
-        "REVOKE ALL ON {table}, bemi.worker_progress, bemi.rejected, bemi.schema_history FROM PUBLIC;\n"
+        "REVOKE ALL ON {table}, bemi.worker_progress, bemi.rejected, bemi.schema_history, \
+         bemi.partitioned_changes FROM PUBLIC;\n"
     ));
     // The name was validated by `Setup::new`.
     if let Some(role) = owner_role.and_then(|role| quote_ident(role).ok()) {
@@ -142,7 +190,8 @@ pub(super) fn install(changes: &QualifiedName, owner_role: Option<&str>) -> Stri
             "ALTER TABLE {table} OWNER TO {role};\n\
              ALTER TABLE bemi.worker_progress OWNER TO {role};\n\
              ALTER TABLE bemi.rejected OWNER TO {role};\n\
-             ALTER TABLE bemi.schema_history OWNER TO {role};\n"
+             ALTER TABLE bemi.schema_history OWNER TO {role};\n\
+             ALTER TABLE bemi.partitioned_changes OWNER TO {role};\n"
         ));
     }
     sql
@@ -156,6 +205,8 @@ pub(super) fn teardown(changes: &QualifiedName) -> String {
          DROP TABLE IF EXISTS bemi.worker_progress;\n\
          DROP TABLE IF EXISTS bemi.rejected;\n\
          DROP TABLE IF EXISTS bemi.schema_history;\n\
+         DROP FUNCTION IF EXISTS bemi.create_change_partitions(text, timestamptz);\n\
+         DROP TABLE IF EXISTS bemi.partitioned_changes;\n\
          DO $bemi$\n\
          BEGIN\n    \
              DROP SCHEMA IF EXISTS bemi;\n\
@@ -175,6 +226,7 @@ mod tests {
         let sql = install(
             &QualifiedName::new("audit log", "My Changes").unwrap(),
             None,
+            Partitioning::Monthly,
         );
         assert!(sql.contains(r#"CREATE SCHEMA IF NOT EXISTS "audit log";"#));
         assert!(sql.contains(r#"CREATE TABLE IF NOT EXISTS "audit log"."My Changes" ("#));

@@ -73,6 +73,7 @@
 //! snapshot replayed after a crash is absorbed like any change.
 
 mod destination_sql;
+mod partitions;
 mod requirements;
 mod source_sql;
 
@@ -80,6 +81,10 @@ use crate::ident::quote_literal;
 use crate::policy::ColumnAction;
 use crate::{QualifiedName, Result};
 
+pub use partitions::{
+    ConversionStep, MAX_PARTITIONED_NAME_BYTES, PARTITIONS_AHEAD, Partitioning, conversion,
+    conversion_index_name, legacy_partition_name,
+};
 pub use requirements::{Problem, RequirementError, ServerFacts};
 
 /// The schema holding bemi's own objects.
@@ -128,6 +133,8 @@ pub struct SetupOptions {
     owner_role: Option<String>,
     /// Whether DDL events keep their statement's text.
     ddl_statements: bool,
+    /// How a new `changes` table is partitioned.
+    partitioning: Partitioning,
 }
 
 impl Default for SetupOptions {
@@ -141,6 +148,7 @@ impl Default for SetupOptions {
             model_policies: Vec::new(),
             owner_role: None,
             ddl_statements: true,
+            partitioning: Partitioning::default(),
         }
     }
 }
@@ -252,6 +260,20 @@ impl SetupOptions {
         self
     }
 
+    /// How a new `changes` table is partitioned by `committed_at` (default: one partition per
+    /// month, created ahead by the worker; see [`Partitioning`]). An existing table keeps its
+    /// layout: `bemi-worker partition-changes` converts one while the worker runs.
+    #[must_use]
+    pub fn partitioning(mut self, partitioning: Partitioning) -> Self {
+        self.partitioning = partitioning;
+        self
+    }
+
+    /// How a new `changes` table is partitioned (see [`SetupOptions::partitioning`]).
+    pub fn partitioning_of_changes(&self) -> Partitioning {
+        self.partitioning
+    }
+
     /// Whether DDL events keep their statement's text (see [`SetupOptions::ddl_statements`]).
     pub fn records_ddl_statements(&self) -> bool {
         self.ddl_statements
@@ -344,6 +366,7 @@ impl Setup {
         destination_sql::install(
             &self.options.changes_table,
             self.options.owner_role.as_deref(),
+            self.options.partitioning,
         )
     }
 
@@ -401,7 +424,9 @@ impl Setup {
             "GRANT SELECT, INSERT ON {changes} TO {role};\n\
              GRANT SELECT, INSERT, UPDATE ON bemi.worker_progress TO {role};\n\
              GRANT SELECT, INSERT ON bemi.rejected TO {role};\n\
-             GRANT SELECT, INSERT ON bemi.schema_history TO {role};\n"
+             GRANT SELECT, INSERT ON bemi.schema_history TO {role};\n\
+             GRANT SELECT ON bemi.partitioned_changes TO {role};\n\
+             GRANT EXECUTE ON FUNCTION bemi.create_change_partitions(text, timestamptz) TO {role};\n"
         ));
         Ok(WorkerGrants {
             role_sql: format!("CREATE ROLE {role} LOGIN REPLICATION PASSWORD '...';\n"),

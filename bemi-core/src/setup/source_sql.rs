@@ -106,7 +106,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $bemi$
             OR n.nspname LIKE 'pg\_temp\_%'
             OR n.nspname LIKE 'pg\_toast\_temp\_%'
             OR c.relpersistence <> 'p'
-            OR c.oid IS NOT DISTINCT FROM pg_catalog.to_regclass(@CHANGES_TABLE@)
+            -- The changes table and its partitions (created later, by the worker).
+            OR EXISTS (SELECT 1 FROM pg_catalog.pg_partition_ancestors(c.oid) a
+                       WHERE a.relid = pg_catalog.to_regclass(@CHANGES_TABLE@))
         FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE c.oid = rel

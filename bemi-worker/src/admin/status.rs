@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use bemi_core::QualifiedName;
 use bemi_core::setup::SetupOptions;
 use chrono::{DateTime, Utc};
 
@@ -24,10 +25,27 @@ pub struct Status {
     /// Changes parked in `bemi.rejected` because the `changes` table refused them even with their
     /// values kept as text (`None`: no such table, the destination predates it).
     pub rejected_changes: Option<i64>,
+    /// The time partitions of the `changes` table (`None`: one heap).
+    pub partitions: Option<PartitionInfo>,
     /// What makes the trail incomplete or unreliable right now, one sentence each: tracked
     /// tables whose context trigger is missing or disabled, or whose replica identity is not
     /// `FULL` (old row images would hold only the key).
     pub warnings: Vec<String>,
+}
+
+/// The time partitions of a partitioned `changes` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionInfo {
+    /// The period of one partition (`day`, `week`, `month`).
+    pub period: String,
+    /// How many partitions there are, the default one included.
+    pub count: i64,
+    /// The newest partition (the one furthest ahead).
+    pub newest: Option<String>,
+    /// Changes in the default partition: committed where no partition existed (the worker
+    /// could not create one in time). Moved out when their partition is created.
+    pub default_rows: i64,
 }
 
 /// The replication slot's position and retention.
@@ -122,15 +140,115 @@ pub async fn status(
         }
         Err(error) => return Err(Error::postgres("count the rejected changes")(error)),
     };
+    let partitions = partition_info(&destination_client, options).await?;
+    let mut warnings = tracking_warnings(&client, options).await?;
+    if let Some(boundary) = interrupted_conversion(&destination_client, options).await? {
+        warnings.push(format!(
+            "an interrupted `bemi-worker partition-changes` left the check {boundary} on {}: it \
+             refuses changes committed after that time; run partition-changes again to finish",
+            options.changes_table_name()
+        ));
+    }
+    if let Some(partitions) = partitions.as_ref().filter(|info| info.default_rows > 0) {
+        warnings.push(format!(
+            "{} changes are in the default partition of {} (no partition existed for their \
+             time: is the worker's role missing EXECUTE on bemi.create_change_partitions, or \
+             were partitions dropped?); the worker moves them when it creates their partition",
+            partitions.default_rows,
+            options.changes_table_name()
+        ));
+    }
     Ok(Status {
+        partitions,
         source: source.to_string(),
         slot: slot.to_owned(),
         slot_info,
         last_stored_commit,
         last_stored_at,
         rejected_changes,
-        warnings: tracking_warnings(&client, options).await?,
+        warnings,
     })
+}
+
+/// The range check an interrupted conversion left on the unpartitioned `changes` table, as
+/// PostgreSQL prints it.
+async fn interrupted_conversion(
+    client: &tokio_postgres::Client,
+    options: &SetupOptions,
+) -> Result<Option<String>> {
+    let changes = options.changes_table_name();
+    let row = client
+        .query_opt(
+            "SELECT pg_catalog.pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c \
+             JOIN pg_catalog.pg_class t ON t.oid = c.conrelid \
+             WHERE c.conrelid = pg_catalog.to_regclass($1) AND c.conname = $2 AND t.relkind = 'r'",
+            &[
+                &changes.to_string(),
+                &bemi_core::setup::conversion::check_name(changes),
+            ],
+        )
+        .await
+        .map_err(Error::postgres("look for an interrupted conversion"))?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// The partitions of the `changes` table, if it is registered as partitioned.
+async fn partition_info(
+    client: &tokio_postgres::Client,
+    options: &SetupOptions,
+) -> Result<Option<PartitionInfo>> {
+    let changes = options.changes_table_name();
+    let registered = client
+        .query_opt(
+            "SELECT p.period, \
+                    (SELECT pg_catalog.count(*) FROM pg_catalog.pg_inherits i \
+                     WHERE i.inhparent = pg_catalog.to_regclass(p.changes_table)), \
+                    (SELECT max(c.relname::text) FROM pg_catalog.pg_inherits i \
+                     JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+                     WHERE i.inhparent = pg_catalog.to_regclass(p.changes_table) \
+                       AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT' \
+                       AND c.relname::text LIKE '%\\_p________') \
+             FROM bemi.partitioned_changes p WHERE p.changes_table = $1 \
+               AND pg_catalog.to_regclass(p.changes_table) IS NOT NULL",
+            &[&changes.to_string()],
+        )
+        .await;
+    let row = match registered {
+        Ok(Some(row)) => row,
+        Ok(None) => return Ok(None),
+        // No registry: a setup from before partitions.
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok(None);
+        }
+        Err(error) => {
+            return Err(Error::postgres("read the partitions of the changes table")(
+                error,
+            ));
+        }
+    };
+    let default_partition =
+        QualifiedName::new(changes.schema(), format!("{}_default", changes.name()))?;
+    let default_rows = match client
+        .query_one(
+            &format!("SELECT pg_catalog.count(*) FROM {default_partition}"),
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+        Err(error) => {
+            return Err(Error::postgres("count the default partition's changes")(
+                error,
+            ));
+        }
+    };
+    Ok(Some(PartitionInfo {
+        period: row.get(0),
+        count: row.get(1),
+        newest: row.get(2),
+        default_rows,
+    }))
 }
 
 /// Tracked tables (those of the publication) whose trail is incomplete: no context trigger, a
@@ -225,6 +343,19 @@ impl fmt::Display for Status {
                 )?
             }
             None => writeln!(f, "last stored commit:  none yet")?,
+        }
+        if let Some(partitions) = &self.partitions {
+            writeln!(
+                f,
+                "partitions:          {} per {} (newest {}), default partition: {}",
+                partitions.count,
+                partitions.period,
+                partitions.newest.as_deref().unwrap_or("-"),
+                match partitions.default_rows {
+                    0 => "empty".to_owned(),
+                    rows => format!("{rows} changes"),
+                }
+            )?;
         }
         if let Some(rejected) = self.rejected_changes.filter(|count| *count > 0) {
             writeln!(

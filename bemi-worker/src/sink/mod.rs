@@ -3,6 +3,7 @@
 //! after, are the same for both: only the transport differs.
 
 pub mod jetstream;
+pub(crate) mod partitions;
 pub(crate) mod preflight;
 pub(crate) mod store;
 

@@ -2,7 +2,7 @@
 //!
 //! A batch is one destination transaction: `COPY` of its rows, then the progress row. When
 //! the `COPY` hits a row that is already stored (a replay the progress did not cover), the
-//! batch is written again through a staging table with `ON CONFLICT (id) DO NOTHING`.
+//! batch is written again through a staging table with `ON CONFLICT DO NOTHING`.
 //!
 //! When PostgreSQL rejects a value for a reason tied to the value ([`ErrorKind::BadData`]: a
 //! data exception such as a number beyond `numeric`'s range inside a `json` column, a `json`
@@ -24,6 +24,7 @@ use tokio_postgres::error::SqlState;
 use crate::change_row::ChangeRow;
 use crate::error::{ErrorKind, sqlstate_kind};
 use crate::pipeline::progress::Progress;
+use crate::sink::partitions::PartitionUpkeep;
 use crate::source::recorded_shape::RecordedShape;
 use crate::stitch::postgres_time;
 use crate::{Error, Result};
@@ -39,6 +40,7 @@ pub(crate) struct Store {
     changes: String,
     source: String,
     staging_ready: bool,
+    partitions: PartitionUpkeep,
 }
 
 impl std::fmt::Debug for Store {
@@ -58,6 +60,7 @@ impl Store {
             changes: changes.to_string(),
             source,
             staging_ready: false,
+            partitions: PartitionUpkeep::Unknown,
         }
     }
 
@@ -115,6 +118,9 @@ impl Store {
         rows: &[ChangeRow],
         progress: Option<Progress>,
     ) -> Result<()> {
+        self.partitions
+            .prepare(&self.client, &self.changes, rows)
+            .await?;
         // Parked changes and recorded table shapes go to their own tables, in the same
         // transaction.
         let parked: Vec<&ChangeRow> = rows
@@ -202,7 +208,7 @@ impl Store {
                 transaction
                     .batch_execute(&format!(
                         "INSERT INTO {changes} ({COLUMNS}) SELECT {COLUMNS} FROM bemi_staging \
-                         ON CONFLICT (id) DO NOTHING",
+                         ON CONFLICT DO NOTHING",
                         changes = self.changes
                     ))
                     .await
@@ -231,7 +237,7 @@ impl Store {
         let insert = format!(
             "INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb, \
              $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT DO NOTHING",
             self.changes
         );
         let mut transaction = self

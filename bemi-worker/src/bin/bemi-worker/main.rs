@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use bemi_core::QualifiedName;
 use bemi_core::policy::{ColumnAction, ColumnPolicies};
 use bemi_core::revert::Revert;
-use bemi_core::setup::{Setup, SetupOptions};
+use bemi_core::setup::{Partitioning, Setup, SetupOptions};
 use bemi_worker::{ConnectionOptions, Ingest, IngestConfig, NatsOptions, Worker, WorkerConfig};
 use clap::{Args, Parser, Subcommand};
 
@@ -46,6 +46,19 @@ enum Command {
     /// Undo changes (one change, a source transaction, or everything done under a context),
     /// newest first, refusing rows changed since unless --force.
     Revert(RevertArgs),
+    /// Convert a changes table made before time partitions into a partitioned one, while the
+    /// worker runs: no row is copied, writers wait milliseconds. Run it as the table's owner;
+    /// run it again to resume an interrupted conversion.
+    PartitionChanges(PartitionChangesArgs),
+}
+
+#[derive(Debug, Args)]
+struct PartitionChangesArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// One partition per month, week or day (UTC).
+    #[arg(long, default_value = "month", value_parser = parse_partitioning)]
+    partitioning: Partitioning,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +177,11 @@ struct SetupArgs {
     /// for migrations that may hold secrets.
     #[arg(long)]
     no_ddl_statements: bool,
+    /// How a new changes table is partitioned by commit time: month, week, day, or none for
+    /// one table. The worker creates partitions ahead; an existing table keeps its layout
+    /// (convert it with `partition-changes`).
+    #[arg(long, default_value = "month", value_parser = parse_partitioning)]
+    partitioning: Partitioning,
 }
 
 #[derive(Debug, Args)]
@@ -418,6 +436,11 @@ impl CommonArgs {
     }
 }
 
+fn parse_partitioning(text: &str) -> std::result::Result<Partitioning, String> {
+    text.parse()
+        .map_err(|error: bemi_core::Error| error.to_string())
+}
+
 fn main() -> ExitCode {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -471,7 +494,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(role) = &args.owner_role {
                 options = options.owner_role(role);
             }
-            options = options.ddl_statements(!args.no_ddl_statements);
+            options = options
+                .ddl_statements(!args.no_ddl_statements)
+                .partitioning(args.partitioning);
             let setup = Setup::new(options)?;
             if args.print_sql {
                 print!("{}", print_sql(&setup, &args.worker_role)?);
@@ -534,6 +559,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("teardown failed")?;
             println!("bemi is removed from {source}");
+        }
+        Command::PartitionChanges(args) => {
+            let (_, destination) = args.common.connections()?;
+            let setup = Setup::new(args.common.setup_options().partitioning(args.partitioning))?;
+            bemi_worker::partition_changes(&destination, &setup, |line| println!("{line}")).await?;
         }
         Command::Snapshot(args) => {
             let (source, _) = args.common.connections()?;

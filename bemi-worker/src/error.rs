@@ -90,6 +90,20 @@ pub enum Error {
         source: tokio::task::JoinError,
     },
 
+    /// Reading or writing a file failed (an archive, its manifest).
+    #[error("{action}")]
+    Io {
+        /// What the worker was doing, with the file's path.
+        action: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An archive does not match its manifest (checksum, row count) or cannot be read.
+    #[error("archive: {0}")]
+    Archive(String),
+
     /// NATS JetStream refused something that retrying cannot fix (credentials, TLS, a change
     /// larger than the server accepts).
     #[error("{action}")]

@@ -42,8 +42,13 @@ mod sink;
 mod source;
 mod stitch;
 
+pub use admin::archive::{ARCHIVE_FORMAT, ArchiveManifest, Restored, restore_archive};
+pub use admin::holds::{LegalHold, legal_holds, place_hold, release_hold};
 pub use admin::install::{setup, teardown};
 pub use admin::partition::{Conversion, partition_changes};
+pub use admin::retention::{
+    MIN_KEEP, RetainedPartition, RetentionOptions, RetentionReport, retention,
+};
 pub use admin::revert::revert;
 pub use admin::snapshot::snapshot;
 pub use admin::status::{PartitionInfo, SlotInfo, Status, status};

@@ -27,7 +27,18 @@ fn help_explains_every_command() {
     let help = text(&output);
     assert!(output.status.success(), "{help}");
     for command in [
-        "setup", "run", "status", "teardown", "snapshot", "revert", "capture", "ingest",
+        "setup",
+        "run",
+        "status",
+        "teardown",
+        "snapshot",
+        "revert",
+        "capture",
+        "ingest",
+        "partition-changes",
+        "retention",
+        "restore-archive",
+        "hold",
     ] {
         assert!(help.contains(command), "{help}");
         let command_help = bemi_worker(&[command, "--help"], "");
@@ -49,6 +60,24 @@ fn help_explains_every_command() {
         "BEMI_DESTINATION_URL",
     ] {
         assert!(run_help.contains(flag), "{flag}: {run_help}");
+    }
+}
+
+#[test]
+fn retention_refuses_to_run_without_an_explicit_window_of_a_day_or_more() {
+    let database = test_database!();
+    let url = database.url();
+    let missing = bemi_worker(&["retention", "--dry-run"], &url);
+    assert!(!missing.status.success());
+    assert!(text(&missing).contains("--keep"), "{}", text(&missing));
+    for window in ["3h", "0d", "400", "400y"] {
+        let refused = bemi_worker(&["retention", "--keep", window, "--dry-run"], &url);
+        assert!(!refused.status.success(), "{window}");
+        assert!(
+            text(&refused).contains(window),
+            "{window}: {}",
+            text(&refused)
+        );
     }
 }
 

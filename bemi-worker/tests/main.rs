@@ -17,6 +17,7 @@ mod history;
 mod nats;
 mod operations;
 mod partitions;
+mod retention;
 mod schema;
 mod security;
 mod startup;

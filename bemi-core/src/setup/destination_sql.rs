@@ -180,9 +180,10 @@ fn companion_tables(changes: &QualifiedName, owner_role: Option<&str>) -> String
     sql.push_str(REJECTED_TABLE);
     sql.push_str(SCHEMA_HISTORY_TABLE);
     sql.push_str(partitions::INSTALL);
+    sql.push_str(crate::setup::retention::INSTALL);
     sql.push_str(&format!(
         "REVOKE ALL ON {table}, bemi.worker_progress, bemi.rejected, bemi.schema_history, \
-         bemi.partitioned_changes FROM PUBLIC;\n"
+         bemi.partitioned_changes, bemi.legal_holds, bemi.retention_runs FROM PUBLIC;\n"
     ));
     // The name was validated by `Setup::new`.
     if let Some(role) = owner_role.and_then(|role| quote_ident(role).ok()) {
@@ -191,7 +192,9 @@ fn companion_tables(changes: &QualifiedName, owner_role: Option<&str>) -> String
              ALTER TABLE bemi.worker_progress OWNER TO {role};\n\
              ALTER TABLE bemi.rejected OWNER TO {role};\n\
              ALTER TABLE bemi.schema_history OWNER TO {role};\n\
-             ALTER TABLE bemi.partitioned_changes OWNER TO {role};\n"
+             ALTER TABLE bemi.partitioned_changes OWNER TO {role};\n\
+             ALTER TABLE bemi.legal_holds OWNER TO {role};\n\
+             ALTER TABLE bemi.retention_runs OWNER TO {role};\n"
         ));
     }
     sql
@@ -207,6 +210,8 @@ pub(super) fn teardown(changes: &QualifiedName) -> String {
          DROP TABLE IF EXISTS bemi.schema_history;\n\
          DROP FUNCTION IF EXISTS bemi.create_change_partitions(text, timestamptz);\n\
          DROP TABLE IF EXISTS bemi.partitioned_changes;\n\
+         DROP TABLE IF EXISTS bemi.legal_holds;\n\
+         DROP TABLE IF EXISTS bemi.retention_runs;\n\
          DO $bemi$\n\
          BEGIN\n    \
              DROP SCHEMA IF EXISTS bemi;\n\

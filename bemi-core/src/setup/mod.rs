@@ -75,6 +75,7 @@
 mod destination_sql;
 mod partitions;
 mod requirements;
+mod retention;
 mod source_sql;
 
 use crate::ident::quote_literal;
@@ -86,6 +87,7 @@ pub use partitions::{
     conversion_index_name, legacy_partition_name,
 };
 pub use requirements::{Problem, RequirementError, ServerFacts};
+pub use retention::{ACTIVE_HOLDS_QUERY, PARTITIONS_QUERY};
 
 /// The schema holding bemi's own objects.
 pub const BEMI_SCHEMA: &str = "bemi";

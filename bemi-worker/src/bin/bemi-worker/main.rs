@@ -50,6 +50,98 @@ enum Command {
     /// worker runs: no row is copied, writers wait milliseconds. Run it as the table's owner;
     /// run it again to resume an interrupted conversion.
     PartitionChanges(PartitionChangesArgs),
+    /// Drop the partitions of the changes table older than --keep (whole partitions, never
+    /// DELETE), archiving each first with --archive, keeping those a legal hold covers. Each run
+    /// is recorded in bemi.retention_runs.
+    Retention(RetentionArgs),
+    /// Bring the changes of an archive written by `retention --archive` back, after checking
+    /// it against its manifest.
+    RestoreArchive(RestoreArchiveArgs),
+    /// Place, release or list legal holds: while one is in force, retention keeps the changes
+    /// it covers.
+    Hold(HoldArgs),
+}
+
+#[derive(Debug, Args)]
+struct RetentionArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Keep the changes committed within this window: days, weeks or hours (`400d`, `60w`,
+    /// `72h`); at least a day. Required: retention never guesses a window.
+    #[arg(long, value_parser = parse_window)]
+    keep: Duration,
+    /// Say what would be dropped, drop nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Archive each partition into this folder before dropping it (gzip NDJSON, with a
+    /// manifest and its SHA-256, read back before the drop).
+    #[arg(long)]
+    archive: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArchiveArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The archive's manifest (`<partition>.manifest.json`).
+    manifest: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct HoldArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Place a hold until this date (`2027-06-30` or an RFC 3339 time).
+    #[arg(long, value_parser = parse_until, requires = "reason", conflicts_with_all = ["release", "list"])]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only the changes of this table (`table` or `schema.table`) [default: every change].
+    #[arg(long, requires = "until")]
+    table: Option<QualifiedName>,
+    /// Why (a case or request number): stored with the hold.
+    #[arg(long)]
+    reason: Option<String>,
+    /// End the hold with this id now.
+    #[arg(long, conflicts_with = "list")]
+    release: Option<i64>,
+    /// List the holds.
+    #[arg(long)]
+    list: bool,
+}
+
+/// `400d`, `60w`, `72h`.
+fn parse_window(text: &str) -> std::result::Result<Duration, String> {
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let count: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and d, w or h (e.g. 400d)"))?;
+    let seconds = match unit {
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "h" => 3_600,
+        _ => {
+            return Err(format!(
+                "{text:?}: expected a number and d, w or h (e.g. 400d)"
+            ));
+        }
+    };
+    let window = Duration::from_secs(count.saturating_mul(seconds));
+    if window < bemi_worker::MIN_KEEP {
+        return Err(format!("{text:?}: a retention window is at least a day"));
+    }
+    Ok(window)
+}
+
+/// `2027-06-30` (the end of that day, UTC) or an RFC 3339 time.
+fn parse_until(text: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return date
+            .and_hms_opt(23, 59, 59)
+            .map(|time| time.and_utc())
+            .ok_or_else(|| format!("{text:?}: not a date"));
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&chrono::Utc))
+        .map_err(|error| format!("{text:?}: expected 2027-06-30 or an RFC 3339 time ({error})"))
 }
 
 #[derive(Debug, Args)]
@@ -564,6 +656,69 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (_, destination) = args.common.connections()?;
             let setup = Setup::new(args.common.setup_options().partitioning(args.partitioning))?;
             bemi_worker::partition_changes(&destination, &setup, |line| println!("{line}")).await?;
+        }
+        Command::Retention(args) => {
+            let (_, destination) = args.common.connections()?;
+            let setup = Setup::new(args.common.setup_options())?;
+            let mut options = bemi_worker::RetentionOptions::new(args.keep);
+            options.dry_run = args.dry_run;
+            options.archive = args.archive.clone();
+            let report =
+                bemi_worker::retention(&destination, &setup, &options, |line| println!("{line}"))
+                    .await?;
+            let rows: i64 = report.dropped.iter().map(|entry| entry.rows).sum();
+            println!(
+                "{} {} partition(s), {rows} changes; {} kept by legal holds (run {} in bemi.retention_runs)",
+                if report.dry_run {
+                    "would drop"
+                } else {
+                    "dropped"
+                },
+                report.dropped.len(),
+                report.held.len(),
+                report.run_id
+            );
+        }
+        Command::RestoreArchive(args) => {
+            let (_, destination) = args.common.connections()?;
+            let restored = bemi_worker::restore_archive(&destination, &args.manifest, |line| {
+                println!("{line}")
+            })
+            .await?;
+            println!(
+                "restored {} changes of {} ({} were stored already); retention drops them again \
+                 unless a legal hold covers them",
+                restored.inserted, restored.manifest.partition, restored.already_stored
+            );
+        }
+        Command::Hold(args) => {
+            let (_, destination) = args.common.connections()?;
+            if let Some(until) = args.until {
+                let reason = args.reason.as_deref().unwrap_or_default();
+                let id = bemi_worker::place_hold(&destination, args.table.as_ref(), until, reason)
+                    .await?;
+                println!("legal hold {id} placed until {}", until.to_rfc3339());
+            } else if let Some(id) = args.release {
+                if bemi_worker::release_hold(&destination, id).await? {
+                    println!("legal hold {id} released");
+                } else {
+                    println!("legal hold {id} was not in force");
+                }
+            } else {
+                for hold in bemi_worker::legal_holds(&destination).await? {
+                    println!(
+                        "{}\t{}\tuntil {}\t{}\t(by {} at {})",
+                        hold.id,
+                        hold.table
+                            .as_ref()
+                            .map_or_else(|| "every change".to_owned(), ToString::to_string),
+                        hold.held_until.to_rfc3339(),
+                        hold.reason,
+                        hold.created_by,
+                        hold.created_at.to_rfc3339()
+                    );
+                }
+            }
         }
         Command::Snapshot(args) => {
             let (source, _) = args.common.connections()?;

@@ -40,6 +40,13 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
     let per_row = changes / (TABLES * ROWS_PER_TABLE);
     let keys = TABLES * ROWS_PER_TABLE;
+    // The partitions of the year the changes span (the worker creates them ahead of what it
+    // stores; these changes are written directly).
+    env.client
+        .batch_execute(
+            "SELECT bemi.create_change_partitions('\"bemi\".\"changes\"', timestamptz '2025-01-01')",
+        )
+        .await?;
     env.client
         .batch_execute(&format!(
             "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\", \
@@ -74,7 +81,9 @@ pub(crate) async fn run(changes: u64, probes: usize, repetitions: usize) -> anyh
     let size: String = env
         .client
         .query_one(
-            "SELECT pg_size_pretty(pg_total_relation_size('bemi.changes'))",
+            // Summed over the partitions (a partitioned table has no storage of its own).
+            "SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) \
+             FROM pg_partition_tree('bemi.changes') WHERE isleaf",
             &[],
         )
         .await?

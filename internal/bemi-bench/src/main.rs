@@ -11,8 +11,10 @@
 //! cargo run --release -p bemi-bench -- lag
 //! cargo run --release -p bemi-bench -- nats-scale
 //! cargo run --release -p bemi-bench -- forged-messages
+//! cargo run --release -p bemi-bench -- changes-bytes
 //! ```
 
+mod changes_bytes;
 mod environment;
 mod forged;
 mod history_latency;
@@ -123,6 +125,16 @@ enum Scenario {
         /// Repetitions (the median is reported).
         #[arg(long, default_value_t = 3)]
         repetitions: usize,
+    },
+    /// Bytes per stored change (table and indexes) of bemi-rs's `changes` table against Bemi's
+    /// layout of the same changes.
+    ChangesBytes {
+        /// Rows inserted (one CREATE change each).
+        #[arg(long, default_value_t = 20_000)]
+        rows: u64,
+        /// UPDATE statements, each changing 5 rows.
+        #[arg(long, default_value_t = 20_000)]
+        updates: u64,
     },
     /// Commit-to-stored latency (p50/p99) under a steady load at a fraction of the maximum rate.
     Lag {
@@ -235,6 +247,9 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             probes,
             repetitions,
         } => history_latency::run(changes.max(100_000), probes.max(1), repetitions.max(1)).await,
+        Scenario::ChangesBytes { rows, updates } => {
+            changes_bytes::run(rows.max(100), updates).await
+        }
         Scenario::Lag {
             seconds,
             fraction,

@@ -313,6 +313,8 @@ async fn an_unpartitioned_table_is_converted_under_load_and_the_run_resumes() {
             .any(|warning| warning.contains("partition-changes")),
         "{status}"
     );
+    assert!(status.partitions.is_none());
+    assert!(status.to_string().contains("none (one table"), "{status}");
 
     // Writers go on during the conversion.
     let writer_client = fixture.database.connect().await;
@@ -422,4 +424,118 @@ async fn an_unpartitioned_table_is_converted_under_load_and_the_run_resumes() {
         .await
         .unwrap();
     assert!(again.already_partitioned);
+}
+
+/// The relations an `EXPLAIN (FORMAT JSON)` of `sql` reads, and the indexes it uses.
+async fn plan_reads(
+    client: &tokio_postgres::Client,
+    (sql, params): (String, Vec<bemi_core::SqlParam>),
+) -> (Vec<String>, Vec<String>) {
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|param| param as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let rows = client
+        .query(&format!("EXPLAIN (FORMAT JSON) {sql}"), &params)
+        .await
+        .unwrap();
+    let plan: serde_json::Value = rows[0].get(0);
+    fn walk(node: &serde_json::Value, relations: &mut Vec<String>, indexes: &mut Vec<String>) {
+        if let Some(relation) = node
+            .get("Relation Name")
+            .and_then(serde_json::Value::as_str)
+        {
+            relations.push(relation.to_owned());
+        }
+        if let Some(index) = node.get("Index Name").and_then(serde_json::Value::as_str) {
+            indexes.push(index.to_owned());
+        }
+        for child in node
+            .get("Plans")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            walk(child, relations, indexes);
+        }
+    }
+    let (mut relations, mut indexes) = (Vec::new(), Vec::new());
+    walk(&plan[0]["Plan"], &mut relations, &mut indexes);
+    (relations, indexes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_bounded_reads_touch_only_their_partitions() {
+    let fixture = fixture(test_database!(), "").await;
+    // Six months of changes, a user's among them.
+    fixture
+        .sql(
+            "SELECT bemi.create_change_partitions('\"bemi\".\"changes\"', now() - interval '6 months');\n\
+             INSERT INTO bemi.changes (primary_key, \"after\", context, database, schema, \"table\", \
+               operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence) \
+             SELECT (i % 1000)::text, jsonb_build_object('id', i % 1000, 'n', i), \
+                    jsonb_build_object('user_id', i % 97, 'request_id', 'r' || i), 'db', 'public', \
+                    't' || (i % 5), 'UPDATE', now() - make_interval(secs => i * 300), now(), i, i, i, 0 \
+             FROM generate_series(1, 50000) i;\n\
+             ANALYZE bemi.changes;",
+        )
+        .await;
+    let now = Utc::now();
+    let window_start = now - chrono::Duration::days(30);
+    let older: Vec<String> = partitions(&fixture.client)
+        .await
+        .into_iter()
+        .filter(|name| {
+            name.strip_prefix("changes_p")
+                .and_then(|day| chrono::NaiveDate::parse_from_str(day, "%Y%m%d").ok())
+                .is_some_and(|day| {
+                    day.checked_add_months(Months::new(1)).is_some_and(|end| {
+                        end.and_hms_opt(0, 0, 0).unwrap().and_utc() <= window_start
+                    })
+                })
+        })
+        .collect();
+    assert!(older.len() >= 4, "{older:?}");
+
+    // A user's changes of the last 30 days: in the partitions of the window only.
+    let (relations, indexes) = plan_reads(
+        &fixture.client,
+        ChangeQuery::new()
+            .context_contains(bemi_core::Context::new().with("user_id", 42))
+            .from(window_start)
+            .order(bemi_core::Order::NewestFirst)
+            .limit(50)
+            .to_sql(),
+    )
+    .await;
+    assert!(
+        relations.iter().all(|relation| !older.contains(relation)),
+        "{relations:?} reads partitions older than the window {older:?}"
+    );
+    // Through an index (the GIN on context, or, as here where one change in 97 is the
+    // user's, `committed_at` backward until 50 are found).
+    assert!(
+        indexes
+            .iter()
+            .any(|index| index.ends_with("context_idx") || index.ends_with("committed_at_idx")),
+        "{indexes:?}"
+    );
+
+    // A table as of three months ago: nothing after that month.
+    let at = now - chrono::Duration::days(90);
+    let (relations, _) = plan_reads(
+        &fixture.client,
+        bemi_core::time_travel::table_as_of_sql(
+            &bemi_core::AuditLog::default(),
+            &QualifiedName::new("public", "t1").unwrap(),
+            &at,
+        ),
+    )
+    .await;
+    let later = partition_of(at.checked_add_months(Months::new(1)).unwrap());
+    assert!(
+        !relations.contains(&later) && !relations.contains(&partition_of(now)),
+        "{relations:?} reads partitions after {at}"
+    );
+    assert!(relations.contains(&partition_of(at)), "{relations:?}");
 }

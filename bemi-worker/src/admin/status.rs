@@ -344,6 +344,13 @@ impl fmt::Display for Status {
             }
             None => writeln!(f, "last stored commit:  none yet")?,
         }
+        if self.partitions.is_none() {
+            writeln!(
+                f,
+                "partitions:          none (one table: `bemi-worker partition-changes` converts it, \
+                 retention needs partitions)"
+            )?;
+        }
         if let Some(partitions) = &self.partitions {
             writeln!(
                 f,

@@ -13,29 +13,10 @@ use bemi_core::{AuditLog, ChangeQuery, Context, QualifiedName};
 use chrono::{Duration, Utc};
 
 use crate::environment::Environment;
-use crate::stats::summary;
+use crate::stats::{Probe, percentile, summary};
 
 const TABLES: u64 = 10;
 const ROWS_PER_TABLE: u64 = 10_000;
-
-/// A small deterministic generator (xorshift), so every run probes the same keys.
-struct Probe(u64);
-
-impl Probe {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
-
-/// The `p`th percentile of `values` (sorted in place), in milliseconds.
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let index = ((values.len() as f64 - 1.0) * p).round() as usize;
-    values.get(index).copied().unwrap_or(f64::NAN)
-}
 
 async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
     let per_row = changes / (TABLES * ROWS_PER_TABLE);

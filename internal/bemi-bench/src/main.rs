@@ -12,6 +12,7 @@
 //! cargo run --release -p bemi-bench -- nats-scale
 //! cargo run --release -p bemi-bench -- forged-messages
 //! cargo run --release -p bemi-bench -- changes-bytes
+//! cargo run --release -p bemi-bench -- read-targets
 //! ```
 
 mod changes_bytes;
@@ -21,6 +22,7 @@ mod history_latency;
 mod lag;
 mod memory;
 mod nats_scale;
+mod read_targets;
 mod seaorm_insert;
 mod stats;
 mod throughput;
@@ -136,6 +138,19 @@ enum Scenario {
         #[arg(long, default_value_t = 20_000)]
         updates: u64,
     },
+    /// The reads of auditors and support desks on 10,000,000 changes in monthly partitions,
+    /// against their targets.
+    ReadTargets {
+        /// Changes in the table (at least 1,000,000).
+        #[arg(long, default_value_t = 10_000_000)]
+        changes: u64,
+        /// Random probes per repetition (the filters run a tenth).
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
+        /// Repetitions.
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+    },
     /// Commit-to-stored latency (p50/p99) under a steady load at a fraction of the maximum rate.
     Lag {
         /// Seconds of steady load per run.
@@ -247,6 +262,11 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             probes,
             repetitions,
         } => history_latency::run(changes.max(100_000), probes.max(1), repetitions.max(1)).await,
+        Scenario::ReadTargets {
+            changes,
+            probes,
+            repetitions,
+        } => read_targets::run(changes.max(1_000_000), probes.max(10), repetitions.max(1)).await,
         Scenario::ChangesBytes { rows, updates } => {
             changes_bytes::run(rows.max(100), updates).await
         }

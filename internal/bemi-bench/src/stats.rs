@@ -24,6 +24,26 @@ pub(crate) fn summary(values: &[f64], decimals: usize) -> String {
     }
 }
 
+/// A small deterministic generator (xorshift), so every run probes the same keys.
+pub(crate) struct Probe(pub(crate) u64);
+
+impl Probe {
+    /// The next number below `below`.
+    pub(crate) fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below.max(1)
+    }
+}
+
+/// The `p`th percentile of `values` (sorted in place), in the values' unit.
+pub(crate) fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let index = ((values.len() as f64 - 1.0) * p).round() as usize;
+    values.get(index).copied().unwrap_or(f64::NAN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -383,6 +383,12 @@ fn a_changes_table_inside_a_tracked_schema_is_never_captured() {
         &mut client,
         SetupOptions::default().changes_table(QualifiedName::new("public", "changes").unwrap()),
     );
+    // Partitions the worker creates later, with the event triggers in place.
+    client
+        .batch_execute(
+            "SELECT bemi.create_change_partitions('\"public\".\"changes\"', now() - interval '5 months')",
+        )
+        .unwrap();
     let catalog = catalog(&mut client);
     assert_eq!(
         lines_starting(&catalog, "published "),

@@ -75,7 +75,9 @@ pub const MAX_PARTITIONED_NAME_BYTES: usize = 53;
 /// `bemi.partitioned_changes`, the default partition if missing and one partition per period
 /// from the one holding `from_at` (no further back than 36 periods, nor before the range of a
 /// converted table's old heap) to `ahead` periods past now, moving any rows of a new range out
-/// of the default partition. It runs as the table's owner (so the worker's role needs no more
+/// of the default partition. Partitions are created in schema `bemi` (named after the table,
+/// prefixed with its schema when that is not `bemi`): a table created in a tracked schema is
+/// tracked before it can be attached, and the trail would capture itself. It runs as the table's owner (so the worker's role needs no more
 /// than EXECUTE), never creates more than the configured horizon whatever it is asked, waits
 /// at most 2 s for locks (the worker retries later), and returns when it should be called
 /// again: once changes reach the last period it created.
@@ -107,6 +109,9 @@ DECLARE
     lower_bound timestamptz;
     upper_bound timestamptz;
     partition_name text;
+    -- Partitions live in schema bemi, which is never tracked: a table created in a tracked
+    -- schema would be tracked, and published, before it is attached (captured into itself).
+    prefix text;
     default_name text;
     moved bigint;
 BEGIN
@@ -122,18 +127,19 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'bemi: % is not a partitioned table', config.changes_table;
     END IF;
-    IF pg_catalog.octet_length(parent_name) > 53 THEN
+    prefix := CASE WHEN parent_schema = 'bemi' THEN parent_name ELSE parent_schema || '_' || parent_name END;
+    IF pg_catalog.octet_length(prefix) > 53 THEN
         RAISE EXCEPTION 'bemi: the name of % is too long for partition names (53 bytes at most)', config.changes_table;
     END IF;
     step := pg_catalog.concat('1 ', config.period)::interval;
-    default_name := parent_name || '_default';
+    default_name := prefix || '_default';
     IF NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                    WHERE i.inhparent = parent AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT') THEN
-        EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %I.%I DEFAULT',
-            parent_schema, default_name, parent_schema, parent_name);
+        EXECUTE pg_catalog.format('CREATE TABLE bemi.%I PARTITION OF %I.%I DEFAULT',
+            default_name, parent_schema, parent_name);
         -- Partitions belong to the table's owner (who runs retention), not to this function's.
         IF parent_owner <> current_user THEN
-            EXECUTE pg_catalog.format('ALTER TABLE %I.%I OWNER TO %I', parent_schema, default_name, parent_owner);
+            EXECUTE pg_catalog.format('ALTER TABLE bemi.%I OWNER TO %I', default_name, parent_owner);
         END IF;
     END IF;
     -- Never more than `ahead` periods past now, nor further back than 36 periods.
@@ -143,21 +149,21 @@ BEGIN
     lower_bound := pg_catalog.date_trunc(config.period, from_at);
     WHILE lower_bound <= horizon LOOP
         upper_bound := lower_bound + step;
-        partition_name := parent_name || '_p' || pg_catalog.to_char(lower_bound, 'YYYYMMDD');
-        IF pg_catalog.to_regclass(pg_catalog.format('%I.%I', parent_schema, partition_name)) IS NULL THEN
+        partition_name := prefix || '_p' || pg_catalog.to_char(lower_bound, 'YYYYMMDD');
+        IF pg_catalog.to_regclass(pg_catalog.format('bemi.%I', partition_name)) IS NULL THEN
             BEGIN
-                EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
-                    parent_schema, partition_name, parent_schema, parent_name);
+                EXECUTE pg_catalog.format('CREATE TABLE bemi.%I (LIKE %I.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                    partition_name, parent_schema, parent_name);
                 IF parent_owner <> current_user THEN
-                    EXECUTE pg_catalog.format('ALTER TABLE %I.%I OWNER TO %I', parent_schema, partition_name, parent_owner);
+                    EXECUTE pg_catalog.format('ALTER TABLE bemi.%I OWNER TO %I', partition_name, parent_owner);
                 END IF;
                 -- Rows of this range in the default partition would fail the attach: move them.
-                EXECUTE pg_catalog.format('WITH moved AS (DELETE FROM %I.%I WHERE committed_at >= %L AND committed_at < %L RETURNING *) '
-                    'INSERT INTO %I.%I SELECT * FROM moved',
-                    parent_schema, default_name, lower_bound, upper_bound, parent_schema, partition_name);
+                EXECUTE pg_catalog.format('WITH moved AS (DELETE FROM bemi.%I WHERE committed_at >= %L AND committed_at < %L RETURNING *) '
+                    'INSERT INTO bemi.%I SELECT * FROM moved',
+                    default_name, lower_bound, upper_bound, partition_name);
                 GET DIAGNOSTICS moved = ROW_COUNT;
-                EXECUTE pg_catalog.format('ALTER TABLE %I.%I ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
-                    parent_schema, parent_name, parent_schema, partition_name, lower_bound, upper_bound);
+                EXECUTE pg_catalog.format('ALTER TABLE %I.%I ATTACH PARTITION bemi.%I FOR VALUES FROM (%L) TO (%L)',
+                    parent_schema, parent_name, partition_name, lower_bound, upper_bound);
                 IF moved > 0 THEN
                     RAISE WARNING 'bemi: moved % changes from the default partition of % into its new partition %',
                         moved, config.changes_table, partition_name;

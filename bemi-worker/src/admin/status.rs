@@ -3,7 +3,6 @@
 
 use std::fmt;
 
-use bemi_core::QualifiedName;
 use bemi_core::setup::SetupOptions;
 use chrono::{DateTime, Utc};
 
@@ -207,7 +206,12 @@ async fn partition_info(
                      JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
                      WHERE i.inhparent = pg_catalog.to_regclass(p.changes_table) \
                        AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT' \
-                       AND c.relname::text LIKE '%\\_p________') \
+                       AND c.relname::text LIKE '%\\_p________'), \
+                    (SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
+                     FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE i.inhparent = pg_catalog.to_regclass(p.changes_table) \
+                       AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT') \
              FROM bemi.partitioned_changes p WHERE p.changes_table = $1 \
                AND pg_catalog.to_regclass(p.changes_table) IS NOT NULL",
             &[&changes.to_string()],
@@ -226,22 +230,17 @@ async fn partition_info(
             ));
         }
     };
-    let default_partition =
-        QualifiedName::new(changes.schema(), format!("{}_default", changes.name()))?;
-    let default_rows = match client
-        .query_one(
-            &format!("SELECT pg_catalog.count(*) FROM {default_partition}"),
-            &[],
-        )
-        .await
-    {
-        Ok(row) => row.get(0),
-        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
-        Err(error) => {
-            return Err(Error::postgres("count the default partition's changes")(
-                error,
-            ));
-        }
+    // Its name was quoted by `format('%I.%I')`.
+    let default_rows = match row.get::<_, Option<String>>(3) {
+        Some(default_partition) => client
+            .query_one(
+                &format!("SELECT pg_catalog.count(*) FROM {default_partition}"),
+                &[],
+            )
+            .await
+            .map_err(Error::postgres("count the default partition's changes"))?
+            .get(0),
+        None => 0,
     };
     Ok(Some(PartitionInfo {
         period: row.get(0),

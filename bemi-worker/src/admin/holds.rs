@@ -99,15 +99,9 @@ pub async fn legal_holds(destination: &ConnectionOptions) -> Result<Vec<LegalHol
         .map_err(Error::postgres("read the legal holds"))?;
     let mut holds = Vec::with_capacity(rows.len());
     for row in rows {
-        let schema: Option<String> = row.get(1);
-        let table: Option<String> = row.get(2);
-        let table = match (schema, table) {
-            (Some(schema), Some(table)) => Some(QualifiedName::new(&schema, &table)?),
-            _ => None,
-        };
         holds.push(LegalHold {
             id: row.get(0),
-            table,
+            table: held_table(row.get(1), row.get(2))?,
             held_until: row.get(3),
             reason: row.get(4),
             created_by: row.get(5),
@@ -115,4 +109,15 @@ pub async fn legal_holds(destination: &ConnectionOptions) -> Result<Vec<LegalHol
         });
     }
     Ok(holds)
+}
+
+/// The table a hold covers, from its `schema_name` and `table_name` (both NULL: every change).
+pub(crate) fn held_table(
+    schema: Option<String>,
+    table: Option<String>,
+) -> Result<Option<QualifiedName>> {
+    Ok(match (schema, table) {
+        (Some(schema), Some(table)) => Some(QualifiedName::new(&schema, &table)?),
+        _ => None,
+    })
 }

@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use crate::admin::archive::{ArchiveManifest, archive_partition};
+use crate::admin::holds::held_table;
 use crate::{ConnectionOptions, Error, Result};
 
 /// The shortest window accepted: retention is for months of history, not for emptying the
@@ -290,15 +291,9 @@ async fn active_holds(client: &Client) -> Result<Vec<Hold>> {
         .map_err(Error::postgres("read the legal holds"))?;
     let mut holds = Vec::with_capacity(rows.len());
     for row in rows {
-        let schema: Option<String> = row.get(1);
-        let table: Option<String> = row.get(2);
-        let table = match (schema, table) {
-            (Some(schema), Some(table)) => Some(QualifiedName::new(&schema, &table)?),
-            _ => None,
-        };
         holds.push(Hold {
             id: row.get(0),
-            table,
+            table: held_table(row.get(1), row.get(2))?,
         });
     }
     Ok(holds)

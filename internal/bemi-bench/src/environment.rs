@@ -99,6 +99,20 @@ impl Environment {
         Ok(())
     }
 
+    /// The size of `bemi.changes` with its indexes and TOAST, summed over its partitions (a
+    /// partitioned table has no storage of its own), for reports.
+    pub(crate) async fn changes_size(&self) -> anyhow::Result<String> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) \
+                 FROM pg_partition_tree('bemi.changes') WHERE isleaf",
+                &[],
+            )
+            .await?
+            .get(0))
+    }
+
     /// The server's current WAL position.
     pub(crate) async fn current_lsn(&self) -> anyhow::Result<String> {
         Ok(self

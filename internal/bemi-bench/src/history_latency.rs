@@ -59,16 +59,7 @@ pub(crate) async fn run(changes: u64, probes: usize, repetitions: usize) -> anyh
         .query_one("SELECT count(*) FROM bemi.changes", &[])
         .await?
         .get(0);
-    let size: String = env
-        .client
-        .query_one(
-            // Summed over the partitions (a partitioned table has no storage of its own).
-            "SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) \
-             FROM pg_partition_tree('bemi.changes') WHERE isleaf",
-            &[],
-        )
-        .await?
-        .get(0);
+    let size = env.changes_size().await?;
     eprintln!(
         "generated {stored} changes ({size} with indexes) in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -84,15 +84,7 @@ fn p50_p95(samples: &mut [f64]) -> (f64, f64) {
 pub(crate) async fn run(changes: u64, probes: usize, repetitions: usize) -> anyhow::Result<()> {
     let env = Environment::start("read-targets", "").await?;
     generate(&env, changes).await?;
-    let size: String = env
-        .client
-        .query_one(
-            "SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) \
-             FROM pg_partition_tree('bemi.changes') WHERE isleaf",
-            &[],
-        )
-        .await?
-        .get(0);
+    let size = env.changes_size().await?;
     let log = AuditLog::default();
     let filters: Vec<(&str, Filter)> = vec![
         (

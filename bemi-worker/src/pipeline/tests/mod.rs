@@ -75,6 +75,23 @@ where
     Ended { streamed, stored }
 }
 
+/// Runs one session over `script` with a sink that never fails, until the last transaction is
+/// confirmed; checks that it ended cleanly.
+async fn run_to_the_end(config: &WorkerConfig, ledger: &Ledger, script: &[Transaction]) {
+    let end = script.last().map_or(0, |transaction| transaction.end_lsn);
+    let ended = session(config, ledger, FaultySink::new(ledger), None, |feed, _| {
+        let ledger = ledger.clone();
+        async move {
+            feed_all(&feed, script);
+            ledger
+                .wait_for(|state| state.confirmed.contains(&end))
+                .await;
+        }
+    })
+    .await;
+    assert!(ended.streamed.is_ok() && ended.stored.is_ok());
+}
+
 /// Feeds every event of `script`.
 fn feed_all(feed: &mpsc::UnboundedSender<ReplicationEvent>, script: &[Transaction]) -> usize {
     let mut count = 0;
@@ -225,24 +242,7 @@ async fn batches_are_cut_at_the_row_limit() {
         let script = transactions(&[7], 10);
         let ledger = Ledger::new(script.clone());
         let config = config(3, 1 << 20, Duration::from_millis(1));
-        let end = script[0].end_lsn;
-        let ended = session(
-            &config,
-            &ledger,
-            FaultySink::new(&ledger),
-            None,
-            |feed, _| {
-                let ledger = ledger.clone();
-                async move {
-                    feed_all(&feed, &script);
-                    ledger
-                        .wait_for(|state| state.confirmed.contains(&end))
-                        .await;
-                }
-            },
-        )
-        .await;
-        assert!(ended.streamed.is_ok() && ended.stored.is_ok());
+        run_to_the_end(&config, &ledger, &script).await;
         // The last batch carries the seventh row and the commit.
         assert_eq!(ledger.state().batches, vec![3, 3, 1]);
         assert_kept_promises(&ledger);
@@ -257,24 +257,7 @@ async fn batches_are_cut_when_they_reach_the_byte_limit() {
         let ledger = Ledger::new(script.clone());
         let limit = 1_500;
         let config = config(5_000, limit, Duration::from_millis(1));
-        let end = script[0].end_lsn;
-        let ended = session(
-            &config,
-            &ledger,
-            FaultySink::new(&ledger),
-            None,
-            |feed, _| {
-                let ledger = ledger.clone();
-                async move {
-                    feed_all(&feed, &script);
-                    ledger
-                        .wait_for(|state| state.confirmed.contains(&end))
-                        .await;
-                }
-            },
-        )
-        .await;
-        assert!(ended.streamed.is_ok() && ended.stored.is_ok());
+        run_to_the_end(&config, &ledger, &script).await;
         let state = ledger.state();
         assert!(state.batches.len() > 1, "{:?}", state.batches);
         // Every batch is stored as soon as it reaches the limit: without its last row it

@@ -51,7 +51,7 @@ pub use admin::retention::{
 };
 pub use admin::revert::revert;
 pub use admin::snapshot::snapshot;
-pub use admin::status::{PartitionInfo, SlotInfo, Status, status};
+pub use admin::status::{PartitionInfo, RetentionRun, SlotInfo, Status, status};
 pub use change_row::ChangeRow;
 pub use error::{Error, ErrorKind, Result, error_chain};
 pub use pipeline::{Metrics, Output, Worker, WorkerConfig};

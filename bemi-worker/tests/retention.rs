@@ -129,6 +129,19 @@ async fn retention_drops_whole_partitions_past_the_window_after_a_dry_run() {
     assert_eq!(total(&fixture.client, "orders").await, 50);
     assert_eq!(total(&fixture.client, "invoices").await, 0);
 
+    // status shows the last run.
+    let status = bemi_worker::status(&fixture.source, &fixture.source, fixture.setup.options())
+        .await
+        .unwrap();
+    let last = status
+        .partitions
+        .as_ref()
+        .and_then(|info| info.last_retention.clone())
+        .expect("the last run");
+    assert!(!last.dry_run);
+    assert_eq!(last.dropped, i32::try_from(dropped.len()).unwrap());
+    assert!(status.to_string().contains("last retention:"), "{status}");
+
     // Both runs are in the trail: who, when, the window, what went.
     let runs = fixture
         .client

@@ -45,6 +45,24 @@ pub struct PartitionInfo {
     /// Changes in the default partition: committed where no partition existed (the worker
     /// could not create one in time). Moved out when their partition is created.
     pub default_rows: i64,
+    /// The last `retention` run, if any.
+    pub last_retention: Option<RetentionRun>,
+}
+
+/// A `retention` run, as `bemi.retention_runs` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetentionRun {
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// The role that ran it.
+    pub run_by: String,
+    /// Whether it dropped nothing on purpose.
+    pub dry_run: bool,
+    /// How many partitions it dropped (or would have).
+    pub dropped: i32,
+    /// How many partitions legal holds kept.
+    pub held: i32,
 }
 
 /// The replication slot's position and retention.
@@ -242,11 +260,33 @@ async fn partition_info(
             .get(0),
         None => 0,
     };
+    let last_retention = client
+        .query_opt(
+            "SELECT finished_at, run_by, dry_run, pg_catalog.jsonb_array_length(dropped), \
+                    pg_catalog.jsonb_array_length(held) \
+             FROM bemi.retention_runs WHERE changes_table = $1 ORDER BY id DESC LIMIT 1",
+            &[&changes.to_string()],
+        )
+        .await;
+    let last_retention = match last_retention {
+        Ok(row) => row.map(|row| RetentionRun {
+            finished_at: row.get(0),
+            run_by: row.get(1),
+            dry_run: row.get(2),
+            dropped: row.get(3),
+            held: row.get(4),
+        }),
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            None
+        }
+        Err(error) => return Err(Error::postgres("read the last retention run")(error)),
+    };
     Ok(Some(PartitionInfo {
         period: row.get(0),
         count: row.get(1),
         newest: row.get(2),
         default_rows,
+        last_retention,
     }))
 }
 
@@ -362,6 +402,21 @@ impl fmt::Display for Status {
                     rows => format!("{rows} changes"),
                 }
             )?;
+            match &partitions.last_retention {
+                Some(run) => writeln!(
+                    f,
+                    "last retention:      {} by {}{}: {} partition(s) dropped, {} held",
+                    run.finished_at.to_rfc3339(),
+                    run.run_by,
+                    if run.dry_run { " (dry run)" } else { "" },
+                    run.dropped,
+                    run.held
+                )?,
+                None => writeln!(
+                    f,
+                    "last retention:      never (`bemi-worker retention --keep ...` drops old partitions)"
+                )?,
+            }
         }
         if let Some(rejected) = self.rejected_changes.filter(|count| *count > 0) {
             writeln!(

@@ -77,10 +77,11 @@ pub const MAX_PARTITIONED_NAME_BYTES: usize = 53;
 /// converted table's old heap) to `ahead` periods past now, moving any rows of a new range out
 /// of the default partition. Partitions are created in schema `bemi` (named after the table,
 /// prefixed with its schema when that is not `bemi`): a table created in a tracked schema is
-/// tracked before it can be attached, and the trail would capture itself. It runs as the table's owner (so the worker's role needs no more
-/// than EXECUTE), never creates more than the configured horizon whatever it is asked, waits
-/// at most 2 s for locks (the worker retries later), and returns when it should be called
-/// again: once changes reach the last period it created.
+/// tracked before it can be attached, and the trail would capture itself. It runs as the
+/// table's owner (so the worker's role needs no more than EXECUTE), never creates more than the
+/// configured horizon whatever it is asked, waits at most 2 s for locks (the worker retries
+/// later), and returns when it should be called again: once changes reach the last period it
+/// created.
 pub(super) const INSTALL: &str = r#"
 CREATE TABLE IF NOT EXISTS bemi.partitioned_changes (
     changes_table text PRIMARY KEY,
@@ -113,6 +114,8 @@ DECLARE
     -- schema would be tracked, and published, before it is attached (captured into itself).
     prefix text;
     default_name text;
+    -- The default partition, quoted, whatever its name.
+    default_partition text;
     moved bigint;
 BEGIN
     SELECT * INTO config FROM bemi.partitioned_changes p
@@ -133,13 +136,17 @@ BEGIN
     END IF;
     step := pg_catalog.concat('1 ', config.period)::interval;
     default_name := prefix || '_default';
-    IF NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                   WHERE i.inhparent = parent AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT') THEN
-        EXECUTE pg_catalog.format('CREATE TABLE bemi.%I PARTITION OF %I.%I DEFAULT',
-            default_name, parent_schema, parent_name);
+    SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) INTO default_partition
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE i.inhparent = parent AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT';
+    IF default_partition IS NULL THEN
+        default_partition := pg_catalog.format('bemi.%I', default_name);
+        EXECUTE pg_catalog.format('CREATE TABLE %s PARTITION OF %I.%I DEFAULT',
+            default_partition, parent_schema, parent_name);
         -- Partitions belong to the table's owner (who runs retention), not to this function's.
         IF parent_owner <> current_user THEN
-            EXECUTE pg_catalog.format('ALTER TABLE bemi.%I OWNER TO %I', default_name, parent_owner);
+            EXECUTE pg_catalog.format('ALTER TABLE %s OWNER TO %I', default_partition, parent_owner);
         END IF;
     END IF;
     -- Never more than `ahead` periods past now, nor further back than 36 periods.
@@ -158,9 +165,9 @@ BEGIN
                     EXECUTE pg_catalog.format('ALTER TABLE bemi.%I OWNER TO %I', partition_name, parent_owner);
                 END IF;
                 -- Rows of this range in the default partition would fail the attach: move them.
-                EXECUTE pg_catalog.format('WITH moved AS (DELETE FROM bemi.%I WHERE committed_at >= %L AND committed_at < %L RETURNING *) '
+                EXECUTE pg_catalog.format('WITH moved AS (DELETE FROM %s WHERE committed_at >= %L AND committed_at < %L RETURNING *) '
                     'INSERT INTO bemi.%I SELECT * FROM moved',
-                    default_name, lower_bound, upper_bound, partition_name);
+                    default_partition, lower_bound, upper_bound, partition_name);
                 GET DIAGNOSTICS moved = ROW_COUNT;
                 EXECUTE pg_catalog.format('ALTER TABLE %I.%I ATTACH PARTITION bemi.%I FOR VALUES FROM (%L) TO (%L)',
                     parent_schema, parent_name, partition_name, lower_bound, upper_bound);

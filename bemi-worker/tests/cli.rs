@@ -82,6 +82,57 @@ fn retention_refuses_to_run_without_an_explicit_window_of_a_day_or_more() {
 }
 
 #[test]
+fn holds_retention_and_status_through_the_binary() {
+    let database = test_database!();
+    let url = database.url();
+    let slot = database.slot_name();
+    let setup = bemi_worker(&["setup", "--slot", slot, "--partitioning", "week"], &url);
+    assert!(setup.status.success(), "{}", text(&setup));
+
+    let placed = bemi_worker(
+        &[
+            "hold",
+            "--until",
+            "2099-12-31",
+            "--table",
+            "public.orders",
+            "--reason",
+            "case 7",
+        ],
+        &url,
+    );
+    assert!(placed.status.success(), "{}", text(&placed));
+    assert!(
+        text(&placed).contains("legal hold 1 placed until 2099-12-31T23:59:59"),
+        "{}",
+        text(&placed)
+    );
+    let without_reason = bemi_worker(&["hold", "--until", "2099-12-31"], &url);
+    assert!(!without_reason.status.success());
+    let listed = text(&bemi_worker(&["hold", "--list"], &url));
+    assert!(
+        listed.contains("\"public\".\"orders\"") && listed.contains("case 7"),
+        "{listed}"
+    );
+
+    let dry = bemi_worker(&["retention", "--keep", "400d", "--dry-run"], &url);
+    let dry_text = text(&dry);
+    assert!(dry.status.success(), "{dry_text}");
+    assert!(dry_text.contains("would drop 0 partition(s)"), "{dry_text}");
+
+    let released = text(&bemi_worker(&["hold", "--release", "1"], &url));
+    assert!(released.contains("legal hold 1 released"), "{released}");
+    let status = bemi_worker(&["status", "--slot", slot], &url);
+    let status_text = text(&status);
+    assert!(status.status.success(), "{status_text}");
+    assert!(status_text.contains("per week"), "{status_text}");
+    assert!(
+        status_text.contains("(dry run): 0 partition(s) dropped"),
+        "{status_text}"
+    );
+}
+
+#[test]
 fn setup_status_and_teardown_through_the_binary() {
     let database = test_database!();
     let mut client = database.connect_sync();

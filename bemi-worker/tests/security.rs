@@ -183,6 +183,19 @@ async fn model_attributes_given_to_setup_protect_columns_with_least_privilege() 
     );
     assert!(!stored_text(&fixture.client).await.contains("secret"));
 
+    // A role granted before partitions existed (no SELECT on the registry, no EXECUTE on the
+    // function) still stores: the table routes the changes; only the partitions ahead wait.
+    fixture
+        .sql(&format!(
+            "REVOKE SELECT ON bemi.partitioned_changes FROM {role}; \
+             REVOKE EXECUTE ON FUNCTION bemi.create_change_partitions(text, timestamptz) FROM {role};"
+        ))
+        .await;
+    let worker = RunningWorker::start(config.clone());
+    fixture.sql("UPDATE users SET name = 'Annie'").await;
+    fixture.wait_for(3).await;
+    worker.stop().await.unwrap();
+
     // Without the right to read the policies, the worker refuses to run (it would store what
     // they redact) and names the GRANT.
     fixture

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 use crate::change_row::ChangeRow;
 use crate::{Error, Result};
@@ -124,14 +125,27 @@ impl PartitionUpkeep {
         if !registered {
             return Ok(unpartitioned);
         }
-        let kept = client
+        let kept = match client
             .query_opt(
                 "SELECT 1 FROM bemi.partitioned_changes WHERE changes_table = $1",
                 &[&changes],
             )
             .await
-            .map_err(Error::postgres("read bemi.partitioned_changes"))?
-            .is_some();
+        {
+            Ok(row) => row.is_some(),
+            // A worker role granted before partitions existed: changes are still stored (the
+            // table routes them), only not ahead of time; said, and looked at again later.
+            Err(error) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                tracing::warn!(
+                    "the worker's role cannot read bemi.partitioned_changes, so it cannot create \
+                     partitions ahead: run the destination grants of `bemi-worker setup \
+                     --print-sql --worker-role ROLE` (SELECT on bemi.partitioned_changes, EXECUTE \
+                     on bemi.create_change_partitions)"
+                );
+                false
+            }
+            Err(error) => return Err(Error::postgres("read bemi.partitioned_changes")(error)),
+        };
         Ok(if kept {
             PartitionUpkeep::Kept {
                 refresh_after: None,

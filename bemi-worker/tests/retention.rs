@@ -71,6 +71,14 @@ async fn old_orders_image(client: &tokio_postgres::Client) -> BTreeSet<String> {
         .collect()
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 async fn total(client: &tokio_postgres::Client, table: &str) -> i64 {
     client
         .query_one(
@@ -230,6 +238,53 @@ async fn holds_keep_partitions_and_archives_restore_the_dropped_ones() {
         assert_eq!((again.inserted, again.already_stored), (0, manifest.rows));
     }
     assert_eq!(old_orders_image(&fixture.client).await, old_orders);
+
+    // A manifest pointing outside its folder is refused.
+    let path = folder
+        .path()
+        .join(format!("{}.manifest.json", with_rows[0].partition));
+    let original = std::fs::read_to_string(&path).unwrap();
+    let mut escaping: serde_json::Value = serde_json::from_str(&original).unwrap();
+    escaping["file"] = serde_json::json!("../elsewhere.ndjson.gz");
+    let escaping_path = folder.path().join("escaping.manifest.json");
+    std::fs::write(&escaping_path, escaping.to_string()).unwrap();
+    let refused = bemi_worker::restore_archive(&fixture.source, &escaping_path, |_| {}).await;
+    assert!(matches!(refused, Err(Error::Archive(_))), "{refused:?}");
+
+    // An archive edited to hold a change of today (with a matching checksum) is refused: the
+    // change would not fit the partition's range.
+    let forged_file = folder.path().join("forged.ndjson.gz");
+    {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(
+            std::fs::File::create(&forged_file).unwrap(),
+            flate2::Compression::default(),
+        );
+        let today: String = fixture
+            .client
+            .query_one(
+                "SELECT row_to_json(c)::text FROM bemi.changes c \
+                 WHERE committed_at > now() - interval '1 day' LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        writeln!(encoder, "{today}").unwrap();
+        encoder.finish().unwrap();
+    }
+    let bytes = std::fs::read(&forged_file).unwrap();
+    let mut forged: serde_json::Value = serde_json::from_str(&original).unwrap();
+    forged["file"] = serde_json::json!("forged.ndjson.gz");
+    forged["rows"] = serde_json::json!(1);
+    forged["sha256"] = serde_json::json!(sha256_hex(&bytes));
+    let forged_path = folder.path().join("forged.manifest.json");
+    std::fs::write(&forged_path, forged.to_string()).unwrap();
+    let refused = bemi_worker::restore_archive(&fixture.source, &forged_path, |_| {}).await;
+    assert!(
+        matches!(&refused, Err(Error::Postgres { .. })),
+        "a change outside the partition's range: {refused:?}"
+    );
 
     // A tampered archive is refused.
     let manifest = with_rows[0];

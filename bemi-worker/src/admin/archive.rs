@@ -208,8 +208,10 @@ pub struct Restored {
 }
 
 /// Brings the changes of an archive back: checks the file against `manifest` (SHA-256, row
-/// count), creates the partition of its range if it is missing, and inserts the changes
-/// (those already stored are skipped, so a restore can be repeated).
+/// count), creates the partition of its range if it is missing, and inserts the changes into
+/// it (those already stored are skipped, so a restore can be repeated; one outside the range
+/// fails the restore). The checksum shows the file is the one written, not who wrote it: keep
+/// archives where only operators can write.
 ///
 /// A restored partition is dropped again by the next `retention` run unless a legal hold
 /// covers it.
@@ -235,6 +237,16 @@ pub async fn restore_archive(
         return Err(Error::Archive(format!(
             "unknown archive format {:?} (this worker reads {ARCHIVE_FORMAT})",
             manifest.format
+        )));
+    }
+    // The data file sits beside its manifest: a manifest naming another path is refused.
+    if manifest.file.is_empty()
+        || manifest.file.contains(['/', '\\'])
+        || manifest.file.starts_with('.')
+    {
+        return Err(Error::Archive(format!(
+            "the manifest names {:?}: an archive's file is a name in the manifest's folder",
+            manifest.file
         )));
     }
     let folder = manifest_path.parent().unwrap_or_else(|| Path::new("."));
@@ -279,8 +291,10 @@ pub async fn restore_archive(
             .map_err(Error::postgres(format!("create the partition {partition}")))?;
     }
     let file = File::open(&data).map_err(io(format!("open {}", data.display())))?;
+    // Into the partition itself: a change outside the manifest's range (an edited file) is
+    // refused by the partition's bound instead of landing elsewhere in the trail.
     let insert = format!(
-        "INSERT INTO {changes} SELECT * FROM pg_catalog.jsonb_populate_recordset(NULL::{changes}, $1::text::jsonb) \
+        "INSERT INTO {partition} SELECT * FROM pg_catalog.jsonb_populate_recordset(NULL::{changes}, $1::text::jsonb) \
          ON CONFLICT DO NOTHING"
     );
     let mut batch: Vec<String> = Vec::with_capacity(RESTORE_BATCH);

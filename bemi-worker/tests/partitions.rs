@@ -10,7 +10,8 @@ use bemi_test_harness::{test_database, wait_until_async};
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
 
 use crate::support::{
-    RunningWorker, TIMEOUT, assert_exactly_once, count, fixture, insert_batch, spawn_binary,
+    RunningWorker, TIMEOUT, assert_exactly_once, count, first_column, fixture, insert_batch,
+    spawn_binary,
 };
 
 const ITEM: &str = "CREATE TABLE item (id int PRIMARY KEY, name text NOT NULL);";
@@ -28,18 +29,10 @@ fn partition_of(at: DateTime<Utc>) -> String {
 }
 
 async fn partitions(client: &tokio_postgres::Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT c.relname::text FROM pg_catalog.pg_inherits i \
-             JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = 'bemi.changes'::regclass ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+    let sql = "SELECT c.relname::text FROM pg_catalog.pg_inherits i \
+               JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid \
+               WHERE i.inhparent = 'bemi.changes'::regclass ORDER BY 1";
+    first_column(client, sql, &[]).await
 }
 
 async fn relkind(client: &tokio_postgres::Client) -> u8 {
@@ -56,16 +49,9 @@ async fn relkind(client: &tokio_postgres::Client) -> u8 {
 
 /// Where each stored change of `table` lives: its partition's name, per change.
 async fn homes(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
-    client
-        .query(
-            "SELECT tableoid::regclass::text FROM bemi.changes WHERE \"table\" = $1 ORDER BY committed_at",
-            &[&table],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+    let sql = "SELECT tableoid::regclass::text FROM bemi.changes WHERE \"table\" = $1 \
+               ORDER BY committed_at";
+    first_column(client, sql, &[&table]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,21 +93,16 @@ async fn setup_partitions_by_month_ahead_and_changes_land_in_their_month() {
 
     // A read of one day prunes to that day's month: no other partition, not the default.
     let day = now.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
-    let plan: Vec<String> = fixture
-        .client
-        .query(
-            &format!(
-                "EXPLAIN SELECT * FROM bemi.changes WHERE committed_at >= '{}' AND committed_at < '{}'",
-                day.to_rfc3339(),
-                (day + chrono::Duration::hours(12)).to_rfc3339()
-            ),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let plan: Vec<String> = first_column(
+        &fixture.client,
+        &format!(
+            "EXPLAIN SELECT * FROM bemi.changes WHERE committed_at >= '{}' AND committed_at < '{}'",
+            day.to_rfc3339(),
+            (day + chrono::Duration::hours(12)).to_rfc3339()
+        ),
+        &[],
+    )
+    .await;
     let plan = plan.join("\n");
     let scanned: Vec<&String> = existing
         .iter()

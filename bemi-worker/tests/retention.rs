@@ -58,16 +58,11 @@ async fn partition_rows(client: &tokio_postgres::Client) -> Vec<(String, DateTim
 
 /// The `orders` changes past a 400-day window, as `row_to_json` renders them.
 async fn old_orders_image(client: &tokio_postgres::Client) -> BTreeSet<String> {
-    client
-        .query(
-            "SELECT row_to_json(c)::text FROM bemi.changes c WHERE \"table\" = 'orders' \
-             AND committed_at < now() - interval '400 days'",
-            &[],
-        )
+    let sql = "SELECT row_to_json(c)::text FROM bemi.changes c WHERE \"table\" = 'orders' \
+               AND committed_at < now() - interval '400 days'";
+    crate::support::first_column(client, sql, &[])
         .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get::<_, String>(0))
+        .into_iter()
         .collect()
 }
 

@@ -215,6 +215,24 @@ pub async fn wait_for_changes(
     .await
 }
 
+/// The first column of every row `sql` returns.
+pub async fn first_column<T>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query(sql, params)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
 /// The number of stored row changes (DDL changes left out, as in [`changes`]).
 pub async fn count(client: &tokio_postgres::Client, setup: &Setup) -> i64 {
     client

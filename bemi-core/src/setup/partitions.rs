@@ -65,8 +65,9 @@ impl FromStr for Partitioning {
 /// How many periods ahead partitions exist (the worker keeps at least this many).
 pub const PARTITIONS_AHEAD: u32 = 3;
 
-/// The longest table name that still leaves room for a partition's suffix (`_p20261201`)
-/// within PostgreSQL's 63 bytes.
+/// The longest partition prefix (the table's name, preceded by `schema_` when its schema is
+/// not `bemi`) that still leaves room for a partition's suffix (`_p20261201`) within
+/// PostgreSQL's 63 bytes.
 pub const MAX_PARTITIONED_NAME_BYTES: usize = 53;
 
 /// The partitioned tables and their period, and the function that creates their partitions.

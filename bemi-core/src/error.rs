@@ -35,6 +35,16 @@ pub enum Error {
     #[error("invalid partitioning {0:?}: expected month, week, day or none")]
     InvalidPartitioning(String),
 
+    /// The `changes` table's name leaves no room for the names of its stored table's
+    /// partitions within PostgreSQL's 63 bytes.
+    #[error("the changes table's name {name:?} is too long: at most {max} bytes")]
+    ChangesNameTooLong {
+        /// The name.
+        name: String,
+        /// The longest name allowed, in bytes.
+        max: usize,
+    },
+
     /// A page cursor's text is not one that [`crate::ChangeCursor`] wrote.
     #[error("invalid change cursor {0:?}")]
     InvalidCursor(String),

@@ -120,7 +120,7 @@ fn installs_every_object_and_tracks_the_schema_tables() {
     // Untracked: unlogged tables, other schemas, and bemi's own tables.
     assert!(catalog.contains(&"identity scratch d".to_owned()));
     assert!(catalog.contains(&"identity other.elsewhere d".to_owned()));
-    assert!(catalog.contains(&"identity bemi.changes d".to_owned()));
+    assert!(catalog.contains(&"identity bemi.changes_stored d".to_owned()));
     assert_eq!(
         lines_starting(&catalog, "event trigger "),
         strings(&[
@@ -386,7 +386,7 @@ fn a_changes_table_inside_a_tracked_schema_is_never_captured() {
     // Partitions the worker creates later, with the event triggers in place.
     client
         .batch_execute(
-            "SELECT bemi.create_change_partitions('\"public\".\"changes\"', now() - interval '5 months')",
+            "SELECT bemi.create_change_partitions('\"public\".\"changes_stored\"', now() - interval '5 months')",
         )
         .unwrap();
     let catalog = catalog(&mut client);
@@ -398,7 +398,7 @@ fn a_changes_table_inside_a_tracked_schema_is_never_captured() {
         lines_starting(&catalog, "trigger "),
         strings(&["trigger todo _bemi_context"])
     );
-    assert!(catalog.contains(&"identity changes d".to_owned()));
+    assert!(catalog.contains(&"identity changes_stored d".to_owned()));
 }
 
 #[test]

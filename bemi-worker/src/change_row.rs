@@ -18,6 +18,9 @@ pub struct ChangeRow {
     pub before: String,
     /// The row after, as a JSON object.
     pub after: String,
+    /// For an UPDATE whose old row is complete: only the columns whose value changed, as a
+    /// JSON object (`before` merged with it is `after`). Stored instead of `after`.
+    pub after_changed: Option<String>,
     /// The context, as a JSON object.
     pub context: Arc<str>,
     /// The source database.
@@ -54,6 +57,7 @@ impl ChangeRow {
     pub(crate) fn size(&self) -> usize {
         self.before.len()
             + self.after.len()
+            + self.after_changed.as_ref().map_or(0, String::len)
             + self.context.len()
             + self.primary_key.as_ref().map_or(0, String::len)
             + self.previous_primary_key.as_ref().map_or(0, String::len)

@@ -498,16 +498,16 @@ async fn relations(
         .collect()
 }
 
-/// An index of `bemi.changes` and its partitions' copies of it.
+/// An index of `bemi.changes_stored` and its partitions' copies of it.
 async fn index_family(client: &tokio_postgres::Client, index: &str) -> Vec<String> {
     let sql = "SELECT relid::regclass::text \
                FROM pg_catalog.pg_partition_tree(('bemi.' || $1)::regclass)";
     relations(client, sql, &[&index]).await
 }
 
-/// The partitions of `bemi.changes` holding rows.
+/// The partitions of `bemi.changes_stored` holding rows.
 async fn filled_partitions(client: &tokio_postgres::Client) -> Vec<String> {
-    let sql = "SELECT DISTINCT tableoid::regclass::text FROM bemi.changes";
+    let sql = "SELECT DISTINCT tableoid::regclass::text FROM bemi.changes_stored";
     relations(client, sql, &[]).await
 }
 
@@ -516,13 +516,13 @@ async fn queries_use_the_indexes_on_100_000_changes() {
     let fixture = fixture(test_database!(), "").await;
     fixture
         .sql(
-            "INSERT INTO bemi.changes (primary_key, \"after\", context, database, schema, \"table\", \
+            "INSERT INTO bemi.changes_stored (primary_key, \"after\", context, database, schema, \"table\", \
                operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence) \
              SELECT (i % 10000)::text, jsonb_build_object('id', i % 10000, 'n', i), \
                     jsonb_build_object('request_id', 'r' || (i % 20000)), 'db', 'public', 't' || (i % 10), \
                     'UPDATE', now() - make_interval(secs => 100000 - i), now(), i / 3, i, i, i % 3 \
              FROM generate_series(1, 100000) i; \
-             ANALYZE bemi.changes;",
+             ANALYZE bemi.changes_stored;",
         )
         .await;
     let filled = filled_partitions(&fixture.client).await;
@@ -537,24 +537,24 @@ async fn queries_use_the_indexes_on_100_000_changes() {
                 .table(key_table.clone())
                 .primary_key("77")
                 .to_sql(),
-            "changes_key_idx",
+            "changes_stored_key_idx",
         ),
         (
             "as_of",
             bemi_core::time_travel::row_as_of_sql(&log, &key_table, "77", &at),
-            "changes_key_idx",
+            "changes_stored_key_idx",
         ),
         (
             "context",
             ChangeQuery::new()
                 .context_contains(Context::new().with("request_id", "r42"))
                 .to_sql(),
-            "changes_context_idx",
+            "changes_stored_context_idx",
         ),
         (
             "transaction",
             ChangeQuery::new().transaction_id(4242).to_sql(),
-            "changes_transaction_id_idx",
+            "changes_stored_transaction_id_idx",
         ),
         (
             "time range",
@@ -562,7 +562,7 @@ async fn queries_use_the_indexes_on_100_000_changes() {
                 .from(at)
                 .until(at + Span::seconds(60))
                 .to_sql(),
-            "changes_committed_at_idx",
+            "changes_stored_committed_at_idx",
         ),
         (
             "newest page",
@@ -570,7 +570,7 @@ async fn queries_use_the_indexes_on_100_000_changes() {
                 .order(Order::NewestFirst)
                 .limit(50)
                 .to_sql(),
-            "changes_committed_at_idx",
+            "changes_stored_committed_at_idx",
         ),
     ];
     for (name, (sql, params), index) in queries {

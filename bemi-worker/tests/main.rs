@@ -14,6 +14,7 @@ mod ddl_torture;
 mod decoder_fuzz;
 mod durability;
 mod history;
+mod layout;
 mod nats;
 mod operations;
 mod partitions;

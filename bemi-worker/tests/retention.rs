@@ -20,8 +20,8 @@ async fn seeded(database: bemi_test_harness::TestDatabase) -> Fixture {
     let fixture = fixture(database, "").await;
     fixture
         .sql(
-            "SELECT bemi.create_change_partitions('\"bemi\".\"changes\"', now() - interval '23 months');\n\
-             INSERT INTO bemi.changes (primary_key, \"after\", context, database, schema, \"table\", \
+            "SELECT bemi.create_change_partitions('\"bemi\".\"changes_stored\"', now() - interval '23 months');\n\
+             INSERT INTO bemi.changes_stored (primary_key, \"after\", context, database, schema, \"table\", \
                operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence) \
              SELECT i::text, jsonb_build_object('id', i, 'amount', 1.10 * i), \
                     jsonb_build_object('user', 'u' || i), 'db', 'public', t.name, 'CREATE', \
@@ -33,12 +33,12 @@ async fn seeded(database: bemi_test_harness::TestDatabase) -> Fixture {
     fixture
 }
 
-/// Partition name, upper bound and rows of every partition of `bemi.changes`.
+/// Partition name, upper bound and rows of every partition of `bemi.changes_stored`.
 async fn partition_rows(client: &tokio_postgres::Client) -> Vec<(String, DateTime<Utc>, i64)> {
     let rows = client
         .query(
             bemi_core::setup::PARTITIONS_QUERY,
-            &[&"\"bemi\".\"changes\""],
+            &[&"\"bemi\".\"changes_stored\""],
         )
         .await
         .unwrap();

@@ -118,7 +118,7 @@ async fn a_role_that_cannot_write_the_changes_table_is_told_what_to_grant() {
         .await;
     let message = error.to_string();
     for grant in [
-        format!("GRANT SELECT, INSERT ON \"bemi\".\"changes\" TO \"{role}\";"),
+        format!("GRANT SELECT, INSERT ON \"bemi\".\"changes_stored\" TO \"{role}\";"),
         format!("GRANT SELECT, INSERT, UPDATE ON bemi.worker_progress TO \"{role}\";"),
     ] {
         assert!(message.contains(&grant), "{grant} in {message}");

@@ -374,7 +374,7 @@ async fn revert_never_writes_where_a_forged_changes_row_points() {
                  before: Value,
                  after: Value| {
         format!(
-            "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \
+            "INSERT INTO bemi.changes_stored (primary_key, \"before\", \"after\", context, database, schema, \
                \"table\", operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence) \
              VALUES ('{key}', '{before}', '{after}', '{{\"request_id\":\"req-42\"}}', current_database(), \
                '{schema}', '{table}', '{operation}', now(), now(), 1, 1, 1, 0)"
@@ -598,7 +598,8 @@ async fn objects_left_by_a_setup_as_the_application_role_must_be_handed_over_fir
         "{refused}"
     );
     assert!(
-        refused.contains(&format!("table bemi.changes (owned by {app})")),
+        refused.contains(&format!("table bemi.changes_stored (owned by {app})"))
+            && refused.contains(&format!("view bemi.changes (owned by {app})")),
         "{refused}"
     );
     // The fix it prints, run as a superuser, makes the second setup pass.
@@ -612,7 +613,7 @@ async fn objects_left_by_a_setup_as_the_application_role_must_be_handed_over_fir
             "SELECT (SELECT r.rolsuper FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner \
                      WHERE p.oid = 'bemi.track_new_tables()'::regprocedure), \
                     (SELECT r.rolname::text FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner \
-                     WHERE c.oid = 'bemi.changes'::regclass), \
+                     WHERE c.oid = 'bemi.changes_stored'::regclass), \
                     (SELECT r.rolname::text FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner \
                      WHERE c.oid = 'bemi.column_policies'::regclass), \
                     (SELECT count(*) FROM pg_event_trigger WHERE evtname = '_bemi_track_new_tables')",
@@ -628,6 +629,7 @@ async fn objects_left_by_a_setup_as_the_application_role_must_be_handed_over_fir
     let app_client = connect_as(&database, &app).await;
     for attack in [
         "DELETE FROM bemi.changes",
+        "DELETE FROM bemi.changes_stored",
         "DELETE FROM bemi.column_policies",
         "CREATE OR REPLACE FUNCTION bemi.is_excluded(rel oid) RETURNS boolean LANGUAGE sql AS 'SELECT false'",
         "DROP FUNCTION bemi.is_excluded(oid)",
@@ -860,7 +862,7 @@ async fn refuse_key_in_destination(fixture: &crate::support::Fixture, key: &str)
                IF NEW.primary_key = '{key}' THEN \
                  RAISE EXCEPTION 'key {key} is refused' USING ERRCODE = '22023'; \
                END IF; RETURN NEW; END $$; \
-             CREATE TRIGGER refuse_poison BEFORE INSERT ON bemi.changes \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON bemi.changes_stored \
                FOR EACH ROW EXECUTE FUNCTION refuse_poison();"
         ))
         .await;

@@ -139,40 +139,85 @@ async fn nul_escapes_in_json_columns_are_replaced_and_marked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn values_postgresql_rejects_are_kept_as_text() {
+async fn json_values_jsonb_rejects_are_kept_as_text_in_place() {
     let fixture = fixture(
         test_database!(),
         "CREATE TABLE event (id int PRIMARY KEY, payload json);",
     )
     .await;
     let worker = RunningWorker::start(fixture.config());
-    // Valid `json`, but its number is beyond `numeric`, so `jsonb` rejects it.
+    // Valid `json`, but `jsonb` refuses them: a number beyond `numeric`, half a surrogate pair.
     fixture
         .tagged(
-            r#"INSERT INTO event VALUES (1, '{"n": 1e1000000}')"#,
+            r#"INSERT INTO event VALUES (1, '{"n": 1e1000000}'), (2, '["\ud800"]')"#,
             json!({"user": 1}),
         )
         .await;
     fixture
-        .sql(r#"INSERT INTO event VALUES (2, '{"n": 1}')"#)
+        .sql(r#"UPDATE event SET payload = '{"n": 1}' WHERE id = 1"#)
         .await;
+    let changes = fixture.wait_for(3).await;
+    assert_eq!(
+        changes[0].after,
+        json!({"id": 1, "payload": r#"{"n": 1e1000000}"#})
+    );
+    assert_eq!(
+        changes[1].after,
+        json!({"id": 2, "payload": r#"["\ud800"]"#})
+    );
+    for change in &changes[..2] {
+        assert_eq!(
+            change.context,
+            json!({"user": 1, "_bemi": {"kept_as_text": ["after.payload"]}})
+        );
+    }
+    // The next change reads back whole: `before` keeps the value as text too.
+    assert_eq!(
+        changes[2].before,
+        json!({"id": 1, "payload": r#"{"n": 1e1000000}"#})
+    );
+    assert_eq!(changes[2].after, json!({"id": 1, "payload": {"n": 1}}));
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_postgresql_rejects_are_stored_with_their_images_as_text() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE event (id int PRIMARY KEY, payload text);",
+    )
+    .await;
+    // The destination refuses images holding "poison" (a data exception, as a value the
+    // stored table cannot take would raise), but takes the change with its images as text.
+    fixture
+        .sql(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.\"after\"::text LIKE '%poison%' THEN \
+                 RAISE EXCEPTION 'poison is refused' USING ERRCODE = '22023'; \
+               END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON bemi.changes_stored \
+               FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture
+        .tagged("INSERT INTO event VALUES (1, 'poison')", json!({"user": 1}))
+        .await;
+    fixture.sql("INSERT INTO event VALUES (2, 'fine')").await;
     let changes = fixture.wait_for(2).await;
     assert_eq!(changes[0].after, json!({}));
     assert_eq!(changes[0].context["user"], json!(1));
     let unstorable = &changes[0].context["_bemi"]["unstorable"];
-    assert_eq!(
-        unstorable["after"],
-        json!(r#"{"id":1,"payload":{"n": 1e1000000}}"#)
-    );
+    assert_eq!(unstorable["after"], json!(r#"{"id":1,"payload":"poison"}"#));
     assert!(
         unstorable["error"]
             .as_str()
             .unwrap()
-            .contains("overflows numeric format"),
+            .contains("poison is refused"),
         "{unstorable}"
     );
     // The next change is stored normally.
-    assert_eq!(changes[1].after, json!({"id": 2, "payload": {"n": 1}}));
+    assert_eq!(changes[1].after, json!({"id": 2, "payload": "fine"}));
     worker.stop().await.unwrap();
 }
 

@@ -4,7 +4,7 @@
 //! `sequence` within the transaction), then by id: a total order, so keyset pagination
 //! ([`ChangeQuery::after_cursor`]) never skips or repeats a change. Every filter is a bound
 //! parameter; the plans use the `changes` indexes (`(table, primary_key, committed_at)`,
-//! `committed_at`, `transaction_id`, and the GIN index on `context` for containment).
+//! `committed_at`, `transaction_id`, and the GIN index on stored contexts for containment).
 
 pub(crate) mod runner;
 pub mod time_travel;
@@ -315,8 +315,32 @@ impl ChangeQuery {
                 params.text(&transaction_id.to_string())
             ));
         }
+        if let Some(context) = &self.context_contains {
+            // Most changes do not store their context (the change before them in the
+            // transaction holds it): the transactions holding a matching context are found
+            // through the stored table's GIN index, then each change's context is checked.
+            let context = params.text(&context.to_string());
+            let stored = crate::setup::stored_changes_table(self.log.changes_table());
+            let mut holders = format!(
+                "SELECT h.transaction_id FROM {stored} h WHERE h.context @> {context}::jsonb"
+            );
+            if let Some(from) = &self.from {
+                holders.push_str(&format!(
+                    " AND h.committed_at >= {}::timestamptz",
+                    params.text(&timestamp(from))
+                ));
+            }
+            if let Some(until) = &self.until {
+                holders.push_str(&format!(
+                    " AND h.committed_at < {}::timestamptz",
+                    params.text(&timestamp(until))
+                ));
+            }
+            conditions.push(format!(
+                "c.transaction_id IN ({holders}) AND c.context @> {context}::jsonb"
+            ));
+        }
         for (column, image) in [
-            ("context", &self.context_contains),
             ("\"before\"", &self.before_contains),
             ("\"after\"", &self.after_contains),
         ] {

@@ -142,12 +142,14 @@ pub fn table_as_of_sql(
     let schema = params.text(table.schema());
     let name = params.text(table.name());
     let at = params.text(&timestamp(at));
-    let changes = log.changes_table();
+    // The stored table, not the view: an UPDATE's full image (`before || after_changed`) is
+    // built for the latest change of each row only, not for every change read.
+    let changes = crate::setup::stored_changes_table(log.changes_table());
     let order = newest_first("c");
     let sql = format!(
         "WITH latest AS ( \
            SELECT DISTINCT ON (k.key) k.key, k.moved_away, c.operation, c.\"after\", \
-                  c.committed_at, c.commit_lsn, c.sequence \
+                  c.\"before\", c.after_changed, c.committed_at, c.commit_lsn, c.sequence \
            FROM {changes} c \
            CROSS JOIN LATERAL (VALUES (c.primary_key, false), (c.previous_primary_key, true)) k(key, moved_away) \
            WHERE c.schema = {schema} AND c.\"table\" = {name} AND c.committed_at <= {at}::timestamptz \
@@ -158,7 +160,8 @@ pub fn table_as_of_sql(
            WHERE c.schema = {schema} AND c.\"table\" = {name} AND c.primary_key IS NULL \
              AND c.operation = 'TRUNCATE' AND c.committed_at <= {at}::timestamptz \
            ORDER BY {order} LIMIT 1) \
-         SELECT l.\"after\"::text AS {ROW_COLUMN} FROM latest l \
+         SELECT COALESCE(l.\"after\"::jsonb, l.\"before\"::jsonb || l.after_changed)::text AS {ROW_COLUMN} \
+         FROM latest l \
          WHERE NOT l.moved_away AND l.operation NOT IN ('DELETE', 'TRUNCATE') \
            AND NOT EXISTS (SELECT 1 FROM truncated t \
              WHERE (t.committed_at, t.commit_lsn, t.sequence) > (l.committed_at, l.commit_lsn, l.sequence)) \

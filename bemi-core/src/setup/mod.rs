@@ -301,6 +301,12 @@ impl SetupOptions {
         &self.changes_table
     }
 
+    /// The table that stores the changes the `changes` view shows (see
+    /// [`stored_changes_table`]).
+    pub fn stored_changes_table(&self) -> QualifiedName {
+        stored_changes_table(&self.changes_table)
+    }
+
     /// The publication name.
     pub fn publication_name(&self) -> &str {
         &self.publication
@@ -321,7 +327,8 @@ impl SetupOptions {
 ///
 /// let setup = Setup::new(SetupOptions::default().schemas(["public", "sales"]))?;
 /// assert!(setup.source_sql().contains("CREATE OR REPLACE FUNCTION bemi.emit_context()"));
-/// assert!(setup.destination_sql().contains("CREATE TABLE IF NOT EXISTS \"bemi\".\"changes\""));
+/// assert!(setup.destination_sql().contains("CREATE TABLE IF NOT EXISTS \"bemi\".\"changes_stored\""));
+/// assert!(setup.destination_sql().contains("CREATE OR REPLACE VIEW \"bemi\".\"changes\""));
 /// # Ok::<(), bemi_core::Error>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -339,6 +346,21 @@ impl Setup {
     pub fn new(options: SetupOptions) -> Result<Self> {
         crate::ident::quote_ident(&options.publication)?;
         crate::ident::quote_ident(&options.slot)?;
+        // The stored table's partitions are named `<name>_stored_p20261201` (prefixed with
+        // `<schema>_` outside schema bemi).
+        let changes = &options.changes_table;
+        let prefix = if changes.schema() == BEMI_SCHEMA {
+            0
+        } else {
+            changes.schema().len() + 1
+        };
+        let max = partitions::MAX_PARTITIONED_NAME_BYTES - STORED_SUFFIX.len();
+        if prefix + changes.name().len() > max {
+            return Err(crate::Error::ChangesNameTooLong {
+                name: changes.to_string(),
+                max,
+            });
+        }
         if let Some(role) = &options.owner_role {
             crate::ident::quote_ident(role)?;
         }
@@ -410,6 +432,7 @@ impl Setup {
     pub fn worker_grants_sql(&self, role: &str) -> Result<WorkerGrants> {
         let role = crate::quote_ident(role)?;
         let changes = &self.options.changes_table;
+        let stored = stored_changes_table(changes);
         let changes_schema = crate::quote_ident(changes.schema())?;
         let source = format!(
             "GRANT USAGE ON SCHEMA bemi TO {role};\n\
@@ -423,7 +446,8 @@ impl Setup {
             ));
         }
         destination.push_str(&format!(
-            "GRANT SELECT, INSERT ON {changes} TO {role};\n\
+            "GRANT SELECT ON {changes} TO {role};\n\
+             GRANT SELECT, INSERT ON {stored} TO {role};\n\
              GRANT SELECT, INSERT, UPDATE ON bemi.worker_progress TO {role};\n\
              GRANT SELECT, INSERT ON bemi.rejected TO {role};\n\
              GRANT SELECT, INSERT ON bemi.schema_history TO {role};\n\
@@ -436,6 +460,21 @@ impl Setup {
             destination,
         })
     }
+}
+
+/// The suffix of the table that stores the changes shown by the `changes` view.
+pub const STORED_SUFFIX: &str = "_stored";
+
+/// The table that stores the changes the `changes` view shows (`changes` with
+/// [`STORED_SUFFIX`], in the same schema): compact images and contexts, see
+/// [`Setup::destination_sql`]. The worker writes it; retention, partitions and archives work on
+/// it; reads go through the view.
+pub fn stored_changes_table(changes: &QualifiedName) -> QualifiedName {
+    QualifiedName::new(
+        changes.schema(),
+        format!("{}{STORED_SUFFIX}", changes.name()),
+    )
+    .unwrap_or_else(|_| changes.clone())
 }
 
 /// Creates the replication slot `slot` (pgoutput) unless it exists, and records the new slot in

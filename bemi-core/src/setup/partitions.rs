@@ -240,8 +240,8 @@ pub fn conversion_index_name(changes: &QualifiedName) -> String {
     format!("{}_idc", legacy_partition_name(changes))
 }
 
-/// The steps converting an unpartitioned `changes` table into a partitioned one while the worker
-/// writes to it: none copies a row, each is idempotent, and only the last takes a lock that
+/// The steps converting an unpartitioned table of stored changes into a partitioned one while
+/// the worker writes to it: none copies a row, each is idempotent, and only the last takes a lock that
 /// blocks writers, for milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -322,7 +322,14 @@ pub mod conversion {
 
     /// The swap, one transaction: see [`ConversionStep::Swap`]. `boundary` is the validated
     /// check's (a period start, in UTC); waits at most 5 s for the lock on the old table.
-    pub fn swap(changes: &QualifiedName, partitioning: Partitioning, boundary: &str) -> String {
+    /// The `changes` view (`view`) is created again over the new table, in the same
+    /// transaction.
+    pub fn swap(
+        changes: &QualifiedName,
+        view: &QualifiedName,
+        partitioning: Partitioning,
+        boundary: &str,
+    ) -> String {
         let table = changes.to_string();
         let legacy_name = legacy_partition_name(changes);
         let legacy = sibling(changes, &legacy_name);
@@ -372,6 +379,8 @@ pub mod conversion {
             quote_ident(&check_name(changes)).unwrap_or_default()
         ));
         sql.push_str(&super::super::destination_sql::changes_indexes(changes));
+        // A view refers to its table by identity: it would go on showing the old heap alone.
+        sql.push_str(&super::super::destination_sql::changes_view(view, changes));
         // The owner and the grants of the old table.
         sql.push_str(&format!(
             "DO $bemi$\n\

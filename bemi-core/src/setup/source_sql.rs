@@ -1,6 +1,6 @@
 //! SQL installed in the source database: context emission, tracking, publication.
 
-use super::{SetupOptions, Tracked};
+use super::{SetupOptions, Tracked, stored_changes_table};
 use crate::ident::{quote_ident, quote_literal};
 
 /// Declarations and statements that set `payload` to the running statement's context: the
@@ -106,7 +106,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $bemi$
             OR n.nspname LIKE 'pg\_temp\_%'
             OR n.nspname LIKE 'pg\_toast\_temp\_%'
             OR c.relpersistence <> 'p'
-            -- The changes table and its partitions (created later, by the worker).
+            -- The table of stored changes and its partitions (created later, by the worker).
             OR EXISTS (SELECT 1 FROM pg_catalog.pg_partition_ancestors(c.oid) a
                        WHERE a.relid = pg_catalog.to_regclass(@CHANGES_TABLE@))
         FROM pg_catalog.pg_class c
@@ -633,7 +633,10 @@ pub(super) fn install(options: &SetupOptions) -> String {
     let substitute = |template: &str| {
         template
             .replace("@PUBLICATION@", &publication)
-            .replace("@CHANGES_TABLE@", &options.changes_table.regclass_literal())
+            .replace(
+                "@CHANGES_TABLE@",
+                &stored_changes_table(&options.changes_table).regclass_literal(),
+            )
             .replace(
                 "@RECORD_DDL_STATEMENTS@",
                 if options.records_ddl_statements() {

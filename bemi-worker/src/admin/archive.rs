@@ -21,7 +21,7 @@ use tokio_postgres::Client;
 use crate::{ConnectionOptions, Error, Result};
 
 /// The format written into manifests.
-pub const ARCHIVE_FORMAT: &str = "bemi-changes/ndjson+gzip/1";
+pub const ARCHIVE_FORMAT: &str = "bemi-changes/ndjson+gzip/2";
 
 /// Changes inserted per statement when restoring.
 const RESTORE_BATCH: usize = 1_000;

@@ -49,7 +49,8 @@ pub async fn partition_changes(
             "partition-changes needs a partitioning (month, week or day), not none".into(),
         ));
     };
-    let changes = options.changes_table_name();
+    let view = options.changes_table_name();
+    let changes = &bemi_core::setup::stored_changes_table(view);
     let client = destination.connect("bemi-worker partition-changes").await?;
     let relkind: Option<i8> = client
         .query_opt(
@@ -90,7 +91,7 @@ pub async fn partition_changes(
     let boundary = check_range(&client, setup, period, &progress).await?;
 
     announce(&progress, ConversionStep::Swap);
-    let swap = conversion::swap(changes, partitioning, &boundary);
+    let swap = conversion::swap(changes, view, partitioning, &boundary);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -142,7 +143,7 @@ async fn build_index(
     setup: &Setup,
     progress: &impl Fn(&str),
 ) -> Result<()> {
-    let changes = setup.options().changes_table_name();
+    let changes = &bemi_core::setup::stored_changes_table(setup.options().changes_table_name());
     let invalid: Option<bool> = client
         .query_opt(&conversion::invalid_index_query(changes), &[])
         .await
@@ -210,7 +211,7 @@ async fn check_range(
     period: &str,
     progress: &impl Fn(&str),
 ) -> Result<String> {
-    let changes = setup.options().changes_table_name();
+    let changes = &bemi_core::setup::stored_changes_table(setup.options().changes_table_name());
     client
         .batch_execute("SET timezone = 'UTC'")
         .await

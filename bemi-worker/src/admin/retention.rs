@@ -102,7 +102,7 @@ pub async fn retention(
             options.keep.as_secs()
         )));
     }
-    let changes = setup.options().changes_table_name();
+    let changes = &setup.options().stored_changes_table();
     let client = destination.connect("bemi-worker retention").await?;
     let registered = client
         .query_opt(

@@ -163,7 +163,7 @@ pub async fn status(
         warnings.push(format!(
             "an interrupted `bemi-worker partition-changes` left the check {boundary} on {}: it \
              refuses changes committed after that time; run partition-changes again to finish",
-            options.changes_table_name()
+            options.stored_changes_table()
         ));
     }
     if let Some(partitions) = partitions.as_ref().filter(|info| info.default_rows > 0) {
@@ -172,7 +172,7 @@ pub async fn status(
              time: is the worker's role missing EXECUTE on bemi.create_change_partitions, or \
              were partitions dropped?); the worker moves them when it creates their partition",
             partitions.default_rows,
-            options.changes_table_name()
+            options.stored_changes_table()
         ));
     }
     Ok(Status {
@@ -193,7 +193,7 @@ async fn interrupted_conversion(
     client: &tokio_postgres::Client,
     options: &SetupOptions,
 ) -> Result<Option<String>> {
-    let changes = options.changes_table_name();
+    let changes = &options.stored_changes_table();
     let row = client
         .query_opt(
             "SELECT pg_catalog.pg_get_constraintdef(c.oid) FROM pg_catalog.pg_constraint c \
@@ -214,7 +214,7 @@ async fn partition_info(
     client: &tokio_postgres::Client,
     options: &SetupOptions,
 ) -> Result<Option<PartitionInfo>> {
-    let changes = options.changes_table_name();
+    let changes = &options.stored_changes_table();
     let registered = client
         .query_opt(
             "SELECT p.period, \
@@ -449,7 +449,7 @@ async fn newest_stored_commit(
 ) -> Result<Option<DateTime<Utc>>> {
     let sql = format!(
         "SELECT max(committed_at) FROM {} WHERE database = $1",
-        options.changes_table_name()
+        options.stored_changes_table()
     );
     match client.query_one(&sql, &[&database]).await {
         Ok(row) => Ok(row.get(0)),

@@ -129,6 +129,7 @@ mod tests {
             primary_key: None,
             before: "{}".into(),
             after: "{}".into(),
+            after_changed: None,
             context: Arc::from("{}"),
             database: Arc::from("db"),
             schema: Arc::from("s"),

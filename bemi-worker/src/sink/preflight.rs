@@ -12,7 +12,7 @@ pub(crate) async fn check_destination_privileges(
     destination: &ConnectionOptions,
     changes_table: &QualifiedName,
 ) -> Result<()> {
-    let changes = changes_table.to_string();
+    let changes = bemi_core::setup::stored_changes_table(changes_table).to_string();
     let schema_usage = |schema: &str| {
         format!(
             "(SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n \

@@ -14,6 +14,8 @@
 //!
 //! [`ErrorKind::BadData`]: crate::ErrorKind::BadData
 
+use std::sync::Arc;
+
 use bemi_core::QualifiedName;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
@@ -32,15 +34,50 @@ use crate::{Error, Result};
 /// The columns written, in COPY order.
 const COLUMNS: &str = "id, primary_key, \"before\", \"after\", context, database, schema, \"table\", \
     operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence, \
-    previous_primary_key";
+    previous_primary_key, after_changed";
+
+/// The context of the last change stored: the next change of the same transaction with an
+/// equal context stores none (NULL: the `changes` view takes it from the change before).
+#[derive(Clone, Debug)]
+pub(crate) struct LastContext {
+    database: Arc<str>,
+    commit_lsn: i64,
+    transaction_id: i64,
+    sequence: i32,
+    context: Arc<str>,
+}
+
+impl LastContext {
+    fn of(row: &ChangeRow) -> Self {
+        Self {
+            database: Arc::clone(&row.database),
+            commit_lsn: row.commit_lsn,
+            transaction_id: row.transaction_id,
+            sequence: row.sequence,
+            context: Arc::clone(&row.context),
+        }
+    }
+
+    /// Whether `row` comes after this change in the same transaction, with the same context.
+    fn shared_by(&self, row: &ChangeRow) -> bool {
+        self.commit_lsn == row.commit_lsn
+            && self.transaction_id == row.transaction_id
+            && self.sequence < row.sequence
+            && (Arc::ptr_eq(&self.context, &row.context) || self.context == row.context)
+            && (Arc::ptr_eq(&self.database, &row.database) || self.database == row.database)
+    }
+}
 
 /// Writes batches to the destination.
 pub(crate) struct Store {
     client: Client,
+    /// The table that stores changes (behind the `changes` view).
     changes: String,
     source: String,
     staging_ready: bool,
     partitions: PartitionUpkeep,
+    /// The last change this store wrote, when the write committed.
+    last_context: Option<LastContext>,
 }
 
 impl std::fmt::Debug for Store {
@@ -53,14 +90,16 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// A store writing to `changes` for `source` (the progress key: system id, database, slot).
+    /// A store writing the changes of the `changes` view (into its stored table) for `source`
+    /// (the progress key: system id, database, slot).
     pub(crate) fn new(client: Client, changes: &QualifiedName, source: String) -> Self {
         Self {
             client,
-            changes: changes.to_string(),
+            changes: bemi_core::setup::stored_changes_table(changes).to_string(),
             source,
             staging_ready: false,
             partitions: PartitionUpkeep::Unknown,
+            last_context: None,
         }
     }
 
@@ -127,20 +166,37 @@ impl Store {
             .iter()
             .filter(|row| row.rejected.is_some() || is_schema_version(row))
             .collect();
+        let mut last_context = self.last_context.take();
         let data = if parked.is_empty() {
-            encode_copy(rows)
+            encode_copy(rows, &mut last_context)
         } else {
             let storable: Vec<ChangeRow> = rows
                 .iter()
                 .filter(|row| row.rejected.is_none() && !is_schema_version(row))
                 .cloned()
                 .collect();
-            encode_copy(&storable)
+            encode_copy(&storable, &mut last_context)
         };
-        match self
-            .write_with(&data, &parked, progress, Method::Copy)
-            .await
-        {
+        let stored_by = self.write_copied(rows, &data, &parked, progress).await?;
+        // Rows stored one by one hold their own context.
+        self.last_context = match stored_by {
+            Method::RowByRow => None,
+            Method::Copy | Method::Staged => last_context,
+        };
+        Ok(())
+    }
+
+    /// Writes `data` (the batch `rows` in COPY format) and `parked`, idempotently when some
+    /// changes were stored already, row by row when PostgreSQL refuses a value; says how.
+    async fn write_copied(
+        &mut self,
+        rows: &[ChangeRow],
+        data: &Bytes,
+        parked: &[&ChangeRow],
+        progress: Option<Progress>,
+    ) -> Result<Method> {
+        match self.write_with(data, parked, progress, Method::Copy).await {
+            Ok(()) => Ok(Method::Copy),
             Err(Error::Postgres { source, .. })
                 if source.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
             {
@@ -148,8 +204,9 @@ impl Store {
                     rows = rows.len(),
                     "some changes were already stored: storing the batch idempotently"
                 );
-                self.write_with(&data, &parked, progress, Method::Staged)
+                self.write_with(data, parked, progress, Method::Staged)
                     .await
+                    .map(|()| Method::Staged)
             }
             Err(Error::Postgres { source, .. }) if is_bad_data(&source) => {
                 tracing::warn!(
@@ -157,9 +214,11 @@ impl Store {
                     sqlstate = sqlstate(&source),
                     "a change was rejected: storing the batch row by row"
                 );
-                self.write_row_by_row(rows, progress).await
+                self.write_row_by_row(rows, progress)
+                    .await
+                    .map(|()| Method::RowByRow)
             }
-            other => other,
+            Err(other) => Err(other),
         }
     }
 
@@ -177,7 +236,7 @@ impl Store {
             .map_err(Error::postgres("begin a destination transaction"))?;
         if !data.is_empty() {
             let target = match method {
-                Method::Copy => self.changes.clone(),
+                Method::Copy | Method::RowByRow => self.changes.clone(),
                 Method::Staged => {
                     if !self.staging_ready {
                         transaction
@@ -235,9 +294,9 @@ impl Store {
         progress: Option<Progress>,
     ) -> Result<()> {
         let insert = format!(
-            "INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb, \
-             $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3::text::json, $4::text::json, \
+             $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17::text::jsonb) ON CONFLICT DO NOTHING",
             self.changes
         );
         let mut transaction = self
@@ -356,6 +415,7 @@ async fn save_progress(
 enum Method {
     Copy,
     Staged,
+    RowByRow,
 }
 
 /// The server's message and SQLSTATE for a database error, the driver's text otherwise.
@@ -464,7 +524,7 @@ async fn insert_row(
                 &row.id,
                 &row.primary_key,
                 &row.before,
-                &row.after,
+                &row.after_changed.is_none().then_some(&row.after),
                 &&*row.context,
                 &&*row.database,
                 &&*row.schema,
@@ -477,6 +537,7 @@ async fn insert_row(
                 &row.commit_lsn,
                 &row.sequence,
                 &row.previous_primary_key,
+                &row.after_changed,
             ],
         )
         .await
@@ -500,13 +561,16 @@ fn unstorable(row: &ChangeRow, error: &str) -> ChangeRow {
     ChangeRow {
         before: "{}".to_owned(),
         after: "{}".to_owned(),
+        after_changed: None,
         context: crate::stitch::context::with_notes(&row.context, notes),
         ..row.clone()
     }
 }
 
-/// The rows in `COPY ... FROM STDIN` text format.
-pub(crate) fn encode_copy(rows: &[ChangeRow]) -> Bytes {
+/// The rows in `COPY ... FROM STDIN` text format. `last_context` is the change stored last
+/// (`None` when unknown): a change with the context of the change before it in its transaction
+/// stores none. It ends as the last of `rows`.
+pub(crate) fn encode_copy(rows: &[ChangeRow], last_context: &mut Option<LastContext>) -> Bytes {
     let size: usize = rows
         .iter()
         .map(|row| row.before.len() + row.after.len() + row.context.len() + 256)
@@ -523,17 +587,29 @@ pub(crate) fn encode_copy(rows: &[ChangeRow]) -> Bytes {
             Some(key) => field(&mut out, key),
             None => out.put_slice(b"\\N"),
         }
+        let shared = last_context
+            .as_ref()
+            .is_some_and(|last| last.shared_by(row));
+        let after = row.after_changed.is_none().then_some(&row.after[..]);
+        let context = (!shared).then_some(&row.context[..]);
         for text in [
-            &row.before[..],
-            &row.after[..],
-            &row.context[..],
-            &row.database[..],
-            &row.schema[..],
-            &row.table[..],
-            row.operation.as_str(),
+            Some(&row.before[..]),
+            after,
+            context,
+            Some(&row.database[..]),
+            Some(&row.schema[..]),
+            Some(&row.table[..]),
+            Some(row.operation.as_str()),
         ] {
             tab(&mut out);
-            field(&mut out, text);
+            match text {
+                Some(text) => field(&mut out, text),
+                None => out.put_slice(b"\\N"),
+            }
+        }
+        match last_context {
+            Some(last) if shared => last.sequence = row.sequence,
+            _ => *last_context = Some(LastContext::of(row)),
         }
         for (slot, time) in times.iter_mut().zip([row.committed_at, row.queued_at]) {
             tab(&mut out);
@@ -555,10 +631,12 @@ pub(crate) fn encode_copy(rows: &[ChangeRow]) -> Bytes {
             tab(&mut out);
             out.put_slice(numbers.format(number).as_bytes());
         }
-        tab(&mut out);
-        match &row.previous_primary_key {
-            Some(key) => field(&mut out, key),
-            None => out.put_slice(b"\\N"),
+        for text in [&row.previous_primary_key, &row.after_changed] {
+            tab(&mut out);
+            match text {
+                Some(text) => field(&mut out, text),
+                None => out.put_slice(b"\\N"),
+            }
         }
         out.put_u8(b'\n');
     }
@@ -606,6 +684,7 @@ mod tests {
             primary_key: None,
             before: "{}".into(),
             after: r#"{"t":"a\tb\\c\nd"}"#.into(),
+            after_changed: None,
             context: Arc::from("{}"),
             database: Arc::from("db"),
             schema: Arc::from("public"),
@@ -654,7 +733,7 @@ mod tests {
 
     #[test]
     fn copy_text_escapes_fields() {
-        let encoded = encode_copy(&[row()]);
+        let encoded = encode_copy(&[row()], &mut None);
         let expected = [
             "00000000-0000-0000-0000-000000000000",
             r"\N",
@@ -672,10 +751,74 @@ mod tests {
             "3",
             "4",
             "7",
+            r"\N",
         ]
         .join("\t")
             + "\n";
         assert_eq!(std::str::from_utf8(&encoded).unwrap(), expected);
+    }
+
+    /// The `after` and `context` fields of each encoded row (`None` for `\N`).
+    fn compact_fields(encoded: &[u8]) -> Vec<(Option<String>, Option<String>)> {
+        let text = std::str::from_utf8(encoded).unwrap();
+        let value = |field: &str| (field != r"\N").then(|| field.to_owned());
+        text.lines()
+            .map(|line| {
+                let fields: Vec<&str> = line.split('\t').collect();
+                (value(fields[3]), value(fields[4]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_change_stores_its_context_only_when_the_change_before_it_has_another() {
+        let request = Arc::from(r#"{"user":1}"#);
+        let at = |sequence: i32, context: &Arc<str>, commit_lsn: i64| ChangeRow {
+            sequence,
+            commit_lsn,
+            context: Arc::clone(context),
+            ..row()
+        };
+        let other: Arc<str> = Arc::from(r#"{"user":2}"#);
+        // Equal text in another allocation counts as the same context.
+        let same_text: Arc<str> = Arc::from(r#"{"user":1}"#);
+        let rows = [
+            at(0, &request, 10),
+            at(1, &request, 10),
+            at(2, &same_text, 10),
+            at(3, &other, 10),
+            at(4, &request, 10),
+            // Another transaction always starts with its context.
+            at(0, &request, 11),
+        ];
+        let mut last = None;
+        let contexts: Vec<Option<String>> = compact_fields(&encode_copy(&rows, &mut last))
+            .into_iter()
+            .map(|(_, context)| context)
+            .collect();
+        let user = |n: u8| Some(format!(r#"{{"user":{n}}}"#));
+        assert_eq!(contexts, [user(1), None, None, user(2), user(1), user(1)]);
+        // The next batch of the same transaction goes on from the last change stored.
+        let next = compact_fields(&encode_copy(&[at(1, &request, 11)], &mut last));
+        assert_eq!(next[0].1, None);
+        // Without knowing what was stored before (a restart), the context is stored.
+        let fresh = compact_fields(&encode_copy(&[at(1, &request, 11)], &mut None));
+        assert_eq!(fresh[0].1, user(1));
+    }
+
+    #[test]
+    fn an_update_with_its_changed_columns_stores_no_after_image() {
+        let update = ChangeRow {
+            operation: Operation::Update,
+            before: r#"{"a":1,"b":2}"#.into(),
+            after: r#"{"a":1,"b":3}"#.into(),
+            after_changed: Some(r#"{"b":3}"#.into()),
+            ..row()
+        };
+        let line = String::from_utf8(encode_copy(&[update], &mut None).to_vec()).unwrap();
+        let fields: Vec<&str> = line.trim_end().split('\t').collect();
+        assert_eq!(fields[3], r"\N");
+        assert_eq!(fields[16], r#"{"b":3}"#);
     }
 
     #[test]

@@ -66,6 +66,7 @@ mod tests {
             primary_key: Some("1".into()),
             before: "{}".into(),
             after: after.to_string(),
+            after_changed: None,
             context: Arc::from(r#"{"job":"migrate"}"#),
             database: Arc::from("app"),
             schema: Arc::from("bemi"),

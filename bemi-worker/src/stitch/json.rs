@@ -130,6 +130,108 @@ pub(crate) fn nesting_exceeds(text: &str, limit: usize) -> bool {
     false
 }
 
+/// Whether valid JSON `text` holds a `\uXXXX` escape of half a surrogate pair without its
+/// other half, which `json` accepts and `jsonb` refuses.
+pub(crate) fn has_lone_surrogate(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let escape = |at: usize| -> Option<u16> {
+        if bytes.get(at) != Some(&b'\\') || bytes.get(at + 1) != Some(&b'u') {
+            return None;
+        }
+        let hex = std::str::from_utf8(bytes.get(at + 2..at + 6)?).ok()?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let mut at = 0;
+    while let Some(found) = next_special(bytes, at, b"\\") {
+        if bytes[found] != b'\\' {
+            at = found + 1;
+            continue;
+        }
+        match escape(found) {
+            Some(0xD800..=0xDBFF) => match escape(found + 6) {
+                Some(0xDC00..=0xDFFF) => at = found + 12,
+                _ => return true,
+            },
+            Some(0xDC00..=0xDFFF) => return true,
+            // Any other escape is two characters (`\uXXXX` carries on as plain text).
+            _ => at = found + 2,
+        }
+    }
+    false
+}
+
+/// Whether valid JSON `text` holds a number `jsonb` cannot take (its `numeric` keeps at most
+/// 131,072 digits before the decimal point and 16,383 after): a `json` column accepts any.
+/// Strings are skipped; the bounds are kept a little inside PostgreSQL's.
+pub(crate) fn has_number_beyond_numeric(text: &str) -> bool {
+    const MAX_WEIGHT: i64 = 131_000;
+    const MAX_SCALE: i64 = 16_000;
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    while let Some(&byte) = bytes.get(at) {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            at += 1;
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'-' | b'0'..=b'9' => {
+                at += usize::from(byte == b'-');
+                let count = |at: &mut usize| {
+                    let start = *at;
+                    while bytes.get(*at).is_some_and(u8::is_ascii_digit) {
+                        *at += 1;
+                    }
+                    &bytes[start..*at]
+                };
+                let integer = count(&mut at);
+                let fraction = if bytes.get(at) == Some(&b'.') {
+                    at += 1;
+                    count(&mut at)
+                } else {
+                    &[]
+                };
+                let mut exponent: i64 = 0;
+                if matches!(bytes.get(at), Some(b'e' | b'E')) {
+                    at += 1;
+                    let negative = bytes.get(at) == Some(&b'-');
+                    at += usize::from(matches!(bytes.get(at), Some(b'+' | b'-')));
+                    let digits = count(&mut at);
+                    exponent = digits.iter().fold(0_i64, |value, digit| {
+                        value
+                            .saturating_mul(10)
+                            .saturating_add(i64::from(digit - b'0'))
+                    });
+                    if negative {
+                        exponent = -exponent;
+                    }
+                }
+                let significant = integer.iter().skip_while(|digit| **digit == b'0').count();
+                let zero = significant == 0 && fraction.iter().all(|digit| *digit == b'0');
+                let length = |digits: &[u8]| i64::try_from(digits.len()).unwrap_or(i64::MAX);
+                let scale = length(fraction).saturating_sub(exponent);
+                let weight =
+                    length(&integer[integer.len() - significant..]).saturating_add(exponent);
+                if scale > MAX_SCALE || (!zero && weight > MAX_WEIGHT) {
+                    return true;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    false
+}
+
 /// Whether `text` is a JSON number (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`).
 pub(crate) fn is_number(text: &str) -> bool {
     let bytes = text.as_bytes();

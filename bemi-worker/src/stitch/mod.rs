@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use crate::change_row::{ChangeRow, change_id};
 use crate::source::catalog::RelationInfo;
 use crate::source::pgoutput::{Message, Tuple, Value as Datum};
-use crate::stitch::values::{Notes, push_value};
+use crate::stitch::values::{Notes, Rendered, push_value};
 use crate::{Error, Result};
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
@@ -239,6 +239,7 @@ impl Stitcher {
             primary_key: None,
             before: "{}".to_owned(),
             after,
+            after_changed: None,
             context: Arc::clone(&transaction.context),
             database: Arc::clone(&self.origin.database),
             schema: Arc::from(""),
@@ -516,7 +517,7 @@ impl Origin {
             |tuple| {
                 // A key-only image holds NULL for every other column: those NULLs are not values.
                 let only = images.before_incomplete.then_some(&info.identity[..]);
-                image(info, tuple, None, only, "before", &mut notes)
+                image(info, tuple, None, only, None, "before", &mut notes)
             },
         );
         if images.before_incomplete {
@@ -525,8 +526,27 @@ impl Origin {
         // Unchanged TOAST values of the new row are copied from the old row.
         let after = images.after.map_or_else(
             || "{}".to_owned(),
-            |tuple| image(info, tuple, images.before, None, "after", &mut notes),
+            |tuple| image(info, tuple, images.before, None, None, "after", &mut notes),
         );
+        // An UPDATE with a complete old row: the columns that changed suffice to store it
+        // (`before || after_changed` is `after`), unless a value of the new row is missing.
+        let after_changed = match (operation, images.before, images.after) {
+            (Operation::Update, Some(old), Some(new))
+                if !images.before_incomplete && notes.unavailable.is_empty() =>
+            {
+                let mut scratch = Notes::default();
+                Some(image(
+                    info,
+                    new,
+                    Some(old),
+                    None,
+                    Some(old),
+                    "after",
+                    &mut scratch,
+                ))
+            }
+            _ => None,
+        };
         let key_source = match operation {
             Operation::Delete => images.before,
             _ => images.after,
@@ -549,6 +569,10 @@ impl Origin {
             if !notes.replaced_nul.is_empty() {
                 tracing::warn!(table = %info.table, columns = ?notes.replaced_nul, "json value with \\u0000 replaced by U+FFFD");
                 marker.insert("replaced_nul".into(), Value::from(notes.replaced_nul));
+            }
+            if !notes.kept_as_text.is_empty() {
+                tracing::warn!(table = %info.table, columns = ?notes.kept_as_text, "json value with a number beyond numeric's range kept as a string of its text");
+                marker.insert("kept_as_text".into(), Value::from(notes.kept_as_text));
             }
             if !notes.unavailable.is_empty() {
                 tracing::warn!(table = %info.table, columns = ?notes.unavailable, "unchanged TOAST value without an old row image: left out");
@@ -574,6 +598,7 @@ impl Origin {
             primary_key,
             before,
             after,
+            after_changed,
             context,
             database: Arc::clone(database),
             schema: Arc::clone(&info.schema),
@@ -631,11 +656,15 @@ fn datum<'a>(tuple: &Tuple<'a>, fallback: Option<&Tuple<'a>>, index: usize) -> O
 }
 
 /// A row image as a JSON object.
+///
+/// `unchanged_from`: leave out the columns whose value equals the one in this row (the old row
+/// of an UPDATE: the image of what changed).
 fn image(
     info: &RelationInfo,
     tuple: &Tuple<'_>,
     fallback: Option<&Tuple<'_>>,
     only: Option<&[bool]>,
+    unchanged_from: Option<&Tuple<'_>>,
     name: &str,
     notes: &mut Notes,
 ) -> String {
@@ -650,6 +679,9 @@ fn image(
         let Some(value) = datum(tuple, fallback, index) else {
             continue;
         };
+        if unchanged_from.is_some_and(|old| old.values.get(index).copied() == Some(value)) {
+            continue;
+        }
         if flags.redact {
             if !first {
                 out.push(',');
@@ -681,8 +713,10 @@ fn image(
                     .kinds
                     .get(index)
                     .unwrap_or(&crate::stitch::values::ValueKind::Text);
-                if !push_value(&mut out, kind, &text) {
-                    notes.replaced_nul.push(format!("{name}.{column}"));
+                match push_value(&mut out, kind, &text) {
+                    Rendered::Exact => {}
+                    Rendered::ReplacedNul => notes.replaced_nul.push(format!("{name}.{column}")),
+                    Rendered::KeptAsText => notes.kept_as_text.push(format!("{name}.{column}")),
                 }
             }
             Datum::Binary(bytes) => {
@@ -856,6 +890,11 @@ mod tests {
             serde_json::from_str::<Value>(&row.after).unwrap(),
             json!({"id": 5, "task": "new", "doc": {"big": "doc"}})
         );
+        // Stored instead of `after`: what changed.
+        assert_eq!(
+            serde_json::from_str::<Value>(row.after_changed.as_deref().unwrap()).unwrap(),
+            json!({"task": "new"})
+        );
         assert_eq!(
             (
                 row.commit_lsn,
@@ -902,10 +941,71 @@ mod tests {
             serde_json::from_str::<Value>(&rows[0].after).unwrap(),
             json!({"id": 5, "task": "x"})
         );
+        // Without the old row, the full image is stored.
+        assert_eq!(rows[0].after_changed, None);
         assert_eq!(
             serde_json::from_str::<Value>(&rows[0].context).unwrap(),
             json!({"user": 1, "_bemi": {"unavailable": ["after.doc"], "incomplete": ["before"]}})
         );
+    }
+
+    /// A datum for the property test: NULL, a value, or (new rows only) an unchanged TOAST
+    /// value.
+    /// Valid values of the relation's columns (`id` integer, `task` text, `doc` json).
+    fn arbitrary_datum(column: usize, index: u8, toast: bool) -> Datum<'static> {
+        const VALUES: [[&[u8]; 4]; 3] = [
+            [b"1", b"2", b"-3", b"40"],
+            [b"a", b"b", b"x\ty", b""],
+            [br#"{"k":[1,2]}"#, b"null", br#""s""#, b"[]"],
+        ];
+        match index {
+            0 => Datum::Null,
+            5 if toast => Datum::UnchangedToast,
+            other => Datum::Text(VALUES[column][usize::from(other) % 4]),
+        }
+    }
+
+    fn arbitrary_tuple(values: &[u8], toast: bool) -> Tuple<'static> {
+        let datums: Vec<Datum<'static>> = values
+            .iter()
+            .enumerate()
+            .map(|(column, &value)| arbitrary_datum(column, value, toast))
+            .collect();
+        tuple(&datums)
+    }
+
+    proptest::proptest! {
+        /// Whatever the old and new values, `before` merged with `after_changed` is `after`;
+        /// without a complete old row (a key only, a value missing) nothing is left out.
+        #[test]
+        fn before_merged_with_what_changed_is_after(
+            old in proptest::collection::vec(0_u8..5, 3),
+            new in proptest::collection::vec(0_u8..6, 3),
+            old_is_key in proptest::bool::ANY,
+        ) {
+            let mut stitcher = stitcher();
+            let update = Message::Update {
+                relation_id: 1,
+                old: Some(arbitrary_tuple(&old, false)),
+                old_is_key,
+                new: arbitrary_tuple(&new, true),
+            };
+            let rows = stitcher.change(&update, 1, &relation(), |_| true).unwrap();
+            let row = &rows[0];
+            let after: Value = serde_json::from_str(&row.after).unwrap();
+            match &row.after_changed {
+                Some(changed) => {
+                    proptest::prop_assert!(!old_is_key);
+                    let mut merged: Value = serde_json::from_str(&row.before).unwrap();
+                    let changed: Value = serde_json::from_str(changed).unwrap();
+                    for (column, value) in changed.as_object().unwrap() {
+                        merged[column] = value.clone();
+                    }
+                    proptest::prop_assert_eq!(merged, after);
+                }
+                None => proptest::prop_assert!(old_is_key),
+            }
+        }
     }
 
     #[test]

@@ -78,6 +78,9 @@ impl ValueKind {
 pub(crate) struct Notes {
     /// `image.column` paths whose `\u0000` escapes were replaced by `\ufffd`.
     pub(crate) replaced_nul: Vec<String>,
+    /// `image.column` paths of `json` values kept as a string of their text: they hold a number
+    /// beyond what `jsonb` (PostgreSQL's `numeric`) can take.
+    pub(crate) kept_as_text: Vec<String>,
     /// `image.column` paths whose value was an unchanged TOAST datum with no old value to
     /// copy it from.
     pub(crate) unavailable: Vec<String>,
@@ -88,13 +91,27 @@ pub(crate) struct Notes {
 
 impl Notes {
     pub(crate) fn is_empty(&self) -> bool {
-        self.replaced_nul.is_empty() && self.unavailable.is_empty() && self.incomplete.is_empty()
+        self.replaced_nul.is_empty()
+            && self.kept_as_text.is_empty()
+            && self.unavailable.is_empty()
+            && self.incomplete.is_empty()
     }
 }
 
-/// Appends the JSON for `text`, a value of `kind`. Returns `false` when `\u0000` escapes had
-/// to be replaced.
-pub(crate) fn push_value(out: &mut String, kind: &ValueKind, text: &str) -> bool {
+/// How a value was rendered as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Rendered {
+    /// As it is.
+    Exact,
+    /// With `\u0000` escapes replaced by `\ufffd`.
+    ReplacedNul,
+    /// As a string of its text (a `json` value with a number `jsonb` cannot take).
+    KeptAsText,
+}
+
+/// Appends the JSON for `text`, a value of `kind`, and says whether it had to be altered (for
+/// an array, the most altered of its elements).
+pub(crate) fn push_value(out: &mut String, kind: &ValueKind, text: &str) -> Rendered {
     match kind {
         ValueKind::Bool => match text {
             "t" => out.push_str("true"),
@@ -127,20 +144,28 @@ pub(crate) fn push_value(out: &mut String, kind: &ValueKind, text: &str) -> bool
             }
         }
     }
-    true
+    Rendered::Exact
 }
 
 /// Appends JSON text as it is, with `\u0000` escapes (which `jsonb` rejects) replaced: never
-/// parsed, so no number loses a digit. Returns `false` when it replaced any.
-fn push_json(out: &mut String, text: &str) -> bool {
+/// parsed, so no number loses a digit. A value `jsonb` cannot take (a number beyond `numeric`,
+/// half a surrogate pair) is kept as a string of its text: images are stored as `json`, and
+/// such a value would make every read of its change fail.
+fn push_json(out: &mut String, text: &str) -> Rendered {
+    if crate::stitch::json::has_number_beyond_numeric(text)
+        || crate::stitch::json::has_lone_surrogate(text)
+    {
+        push_string(out, text);
+        return Rendered::KeptAsText;
+    }
     match crate::stitch::json::replace_nul_escapes(text) {
         Some(replaced) => {
             out.push_str(&replaced);
-            false
+            Rendered::ReplacedNul
         }
         None => {
             out.push_str(text);
-            true
+            Rendered::Exact
         }
     }
 }
@@ -181,9 +206,14 @@ fn date_time_with_t(text: &str) -> Option<String> {
 }
 
 /// Appends a PostgreSQL array literal (`{1,NULL,"a b"}`, nested, with optional `[l:u]=`
-/// bounds) as a JSON array. Returns `None` when `text` is not a well-formed literal, else
-/// whether no `\u0000` had to be replaced.
-fn push_array(out: &mut String, text: &str, element: &ValueKind, delimiter: u8) -> Option<bool> {
+/// bounds) as a JSON array. Returns `None` when `text` is not a well-formed literal, else how
+/// its most altered element was rendered.
+fn push_array(
+    out: &mut String,
+    text: &str,
+    element: &ValueKind,
+    delimiter: u8,
+) -> Option<Rendered> {
     let mut parser = ArrayParser {
         text,
         at: 0,
@@ -208,25 +238,25 @@ impl ArrayParser<'_> {
         self.text.as_bytes().get(self.at).copied()
     }
 
-    fn array(&mut self, out: &mut String, element: &ValueKind, depth: usize) -> Option<bool> {
+    fn array(&mut self, out: &mut String, element: &ValueKind, depth: usize) -> Option<Rendered> {
         // PostgreSQL allows at most 6 dimensions.
         if depth > 6 || self.peek()? != b'{' {
             return None;
         }
         self.at += 1;
         out.push('[');
-        let mut clean = true;
+        let mut clean = Rendered::Exact;
         if self.peek()? == b'}' {
             self.at += 1;
             out.push(']');
-            return Some(true);
+            return Some(clean);
         }
         loop {
             match self.peek()? {
-                b'{' => clean &= self.array(out, element, depth + 1)?,
+                b'{' => clean = clean.max(self.array(out, element, depth + 1)?),
                 b'"' => {
                     let value = self.quoted()?;
-                    clean &= push_value(out, element, &value);
+                    clean = clean.max(push_value(out, element, &value));
                 }
                 _ => {
                     let value = self.unquoted();
@@ -235,7 +265,7 @@ impl ArrayParser<'_> {
                     } else if value.is_empty() {
                         return None;
                     } else {
-                        clean &= push_value(out, element, value);
+                        clean = clean.max(push_value(out, element, value));
                     }
                 }
             }
@@ -287,7 +317,7 @@ mod tests {
 
     use super::*;
 
-    fn convert(kind: &ValueKind, text: &str) -> (Value, bool) {
+    fn convert(kind: &ValueKind, text: &str) -> (Value, Rendered) {
         let mut out = String::new();
         let clean = push_value(&mut out, kind, text);
         (
@@ -427,14 +457,53 @@ mod tests {
     #[test]
     fn nul_escapes_in_json_are_replaced_and_reported() {
         let (value, clean) = convert(&ValueKind::Json, r#"{"k\u0000": "a\u0000b", "n": [1]}"#);
-        assert!(!clean);
+        assert_eq!(clean, Rendered::ReplacedNul);
         assert_eq!(value, json!({"k\u{fffd}": "a\u{fffd}b", "n": [1]}));
         let (value, clean) = convert(&ValueKind::Json, r#"{"escaped": "\\u0000 is text"}"#);
-        assert!(clean);
+        assert_eq!(clean, Rendered::Exact);
         assert_eq!(value, json!({"escaped": "\\u0000 is text"}));
         let (value, clean) = convert(&ValueKind::builtin(199).unwrap(), r#"{"\"\\u0000\""}"#);
-        assert!(!clean);
+        assert_eq!(clean, Rendered::ReplacedNul);
         assert_eq!(value, json!(["\u{fffd}"]));
+    }
+
+    #[test]
+    fn json_values_jsonb_refuses_are_kept_as_text() {
+        // PostgreSQL's limits: 131,072 digits before the point, 16,383 after; surrogates in
+        // pairs only.
+        for (text, kept) in [
+            (r#"{"x": 1e130000}"#, false),
+            (r#"{"x": 1e200000}"#, true),
+            (r#"{"x": -1.5e-15000}"#, false),
+            (r#"{"x": 0.00001e-16379}"#, true),
+            (r#"[0e999999999999999999999]"#, false),
+            (r#"[0e-20000]"#, true),
+            (r#"{"1e999999": "1e999999", "n": [1, 2.5, -0]}"#, false),
+            (r#"["\ud800"]"#, true),
+            (r#"{"\udc00": 1}"#, true),
+            (r#"["\ud83d\ude00", "\\ud800"]"#, false),
+            (r#"["\ud83dx"]"#, true),
+        ] {
+            // The text as written (serde's `f64` cannot hold these numbers).
+            let mut out = String::new();
+            let rendered = push_value(&mut out, &ValueKind::Json, text);
+            if kept {
+                assert_eq!(rendered, Rendered::KeptAsText, "{text}");
+                assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!(text));
+            } else {
+                assert_eq!((rendered, out.as_str()), (Rendered::Exact, text));
+            }
+        }
+        let big = format!("[{}]", "9".repeat(140_000));
+        let mut out = String::new();
+        assert_eq!(
+            push_value(&mut out, &ValueKind::Json, &big),
+            Rendered::KeptAsText
+        );
+        let (value, rendered) =
+            convert(&ValueKind::builtin(199).unwrap(), r#"{"[1e200000]","[1]"}"#);
+        assert_eq!(rendered, Rendered::KeptAsText);
+        assert_eq!(value, json!(["[1e200000]", [1]]));
     }
 
     proptest! {

@@ -156,16 +156,16 @@ pub(crate) async fn run(rows: u64, update_statements: u64) -> anyhow::Result<()>
              context, database, schema, \"table\", operation, committed_at, queued_at, \
              transaction_id, position FROM bemi.changes WHERE operation <> 'DDL' \
              ORDER BY commit_lsn, sequence;\n\
-             DELETE FROM bemi.changes WHERE operation = 'DDL';",
+             DELETE FROM bemi.changes_stored WHERE operation = 'DDL';",
         )
         .await?;
     // Each its own statement: VACUUM runs outside a transaction.
-    for table in ["bemi.changes", "bemi_layout.changes"] {
+    for table in ["bemi.changes_stored", "bemi_layout.changes"] {
         env.client
             .batch_execute(&format!("VACUUM ANALYZE {table}"))
             .await?;
     }
-    let ours = sizes(&env, "bemi.changes").await?;
+    let ours = sizes(&env, "bemi.changes_stored").await?;
     let bemi = sizes(&env, "bemi_layout.changes").await?;
     anyhow::ensure!(
         ours.changes == bemi.changes,

@@ -99,14 +99,14 @@ impl Environment {
         Ok(())
     }
 
-    /// The size of `bemi.changes` with its indexes and TOAST, summed over its partitions (a
+    /// The size of `bemi.changes_stored` with its indexes and TOAST, summed over its partitions (a
     /// partitioned table has no storage of its own), for reports.
     pub(crate) async fn changes_size(&self) -> anyhow::Result<String> {
         Ok(self
             .client
             .query_one(
                 "SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) \
-                 FROM pg_partition_tree('bemi.changes') WHERE isleaf",
+                 FROM pg_partition_tree('bemi.changes_stored') WHERE isleaf",
                 &[],
             )
             .await?

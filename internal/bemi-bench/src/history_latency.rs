@@ -25,17 +25,19 @@ async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
     // stores; these changes are written directly).
     env.client
         .batch_execute(
-            "SELECT bemi.create_change_partitions('\"bemi\".\"changes\"', timestamptz '2025-01-01')",
+            "SELECT bemi.create_change_partitions('\"bemi\".\"changes_stored\"', timestamptz '2025-01-01')",
         )
         .await?;
     env.client
         .batch_execute(&format!(
-            "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\", \
-               operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence) \
+            "INSERT INTO bemi.changes_stored (primary_key, \"before\", \"after\", after_changed, context, \
+               database, schema, \"table\", operation, committed_at, queued_at, transaction_id, position, \
+               commit_lsn, sequence) \
              SELECT (k % {ROWS_PER_TABLE})::text, \
                     CASE WHEN v = 0 THEN '{{}}'::jsonb ELSE jsonb_build_object('id', k % {ROWS_PER_TABLE}, 'version', v - 1, 'title', 'item ' || k) END, \
-                    jsonb_build_object('id', k % {ROWS_PER_TABLE}, 'version', v, 'title', 'item ' || k), \
-                    jsonb_build_object('request_id', 'req-' || (i / 3), 'user_id', i % 977, 'endpoint', '/items'), \
+                    CASE WHEN v = 0 THEN jsonb_build_object('id', k % {ROWS_PER_TABLE}, 'version', v, 'title', 'item ' || k) END, \
+                    CASE WHEN v > 0 THEN jsonb_build_object('version', v) END, \
+                    CASE WHEN i % 3 = 0 THEN jsonb_build_object('request_id', 'req-' || (i / 3), 'user_id', i % 977, 'endpoint', '/items') END, \
                     'app', 'public', 'table_' || (k / {ROWS_PER_TABLE}), \
                     CASE WHEN v = 0 THEN 'CREATE' ELSE 'UPDATE' END, \
                     timestamptz '2025-01-01' + make_interval(secs => i * 31.0), now(), i / 3, i * 100, i * 100, i % 3 \
@@ -45,7 +47,7 @@ async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
         ))
         .await?;
     env.client
-        .batch_execute("VACUUM ANALYZE bemi.changes")
+        .batch_execute("VACUUM ANALYZE bemi.changes_stored")
         .await?;
     Ok(())
 }

@@ -68,7 +68,7 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
         for method in order {
             env.client
                 .batch_execute(
-                    "TRUNCATE bemi.changes; DELETE FROM bemi.worker_progress; CHECKPOINT;",
+                    "TRUNCATE bemi.changes_stored; DELETE FROM bemi.worker_progress; CHECKPOINT;",
                 )
                 .await?;
             let slot = slot(method, repetition);

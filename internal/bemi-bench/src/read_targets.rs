@@ -29,7 +29,7 @@ const TABLES: u64 = 19;
 async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
     env.client
         .batch_execute(
-            "SELECT bemi.create_change_partitions('\"bemi\".\"changes\"', now() - interval '13 months')",
+            "SELECT bemi.create_change_partitions('\"bemi\".\"changes_stored\"', now() - interval '13 months')",
         )
         .await?;
     let started = Instant::now();
@@ -38,15 +38,18 @@ async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
         let last = (first + CHUNK).min(changes) - 1;
         env.client
             .batch_execute(&format!(
-                "INSERT INTO bemi.changes (primary_key, \"before\", \"after\", context, database, schema, \"table\", \
-                   operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence) \
+                "INSERT INTO bemi.changes_stored (primary_key, \"before\", \"after\", after_changed, context, \
+                   database, schema, \"table\", operation, committed_at, queued_at, transaction_id, position, \
+                   commit_lsn, sequence) \
                  SELECT x.k::text, \
                         CASE WHEN x.v = 0 THEN '{{}}'::jsonb ELSE jsonb_build_object('id', x.k, 'version', x.v - 1, \
                              'status', CASE WHEN x.v % 2 = 1 THEN 'open' ELSE 'closed' END, 'title', 'item ' || x.k) END, \
-                        jsonb_build_object('id', x.k, 'version', x.v, \
-                             'status', CASE WHEN x.v % 2 = 0 THEN 'open' ELSE 'closed' END, 'title', 'item ' || x.k), \
-                        jsonb_build_object('request_id', 'req-' || (i / 3), 'user_id', (i * 7919) % 1000, \
-                             'endpoint', '/items'), \
+                        CASE WHEN x.v = 0 THEN jsonb_build_object('id', x.k, 'version', x.v, \
+                             'status', 'open', 'title', 'item ' || x.k) END, \
+                        CASE WHEN x.v > 0 THEN jsonb_build_object('version', x.v, \
+                             'status', CASE WHEN x.v % 2 = 0 THEN 'open' ELSE 'closed' END) END, \
+                        CASE WHEN i % 3 = 0 THEN jsonb_build_object('request_id', 'req-' || (i / 3), \
+                             'user_id', (i * 7919) % 1000, 'endpoint', '/items') END, \
                         'app', 'public', 'table_' || x.t, \
                         CASE WHEN x.v = 0 THEN 'CREATE' ELSE 'UPDATE' END, \
                         now() - interval '365 days' + make_interval(secs => i * (365.0 * 86400 / {changes})), \
@@ -64,7 +67,7 @@ async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
         );
     }
     env.client
-        .batch_execute("VACUUM ANALYZE bemi.changes")
+        .batch_execute("VACUUM ANALYZE bemi.changes_stored")
         .await?;
     eprintln!(
         "vacuumed and analyzed ({:.0} s)",

@@ -12,7 +12,7 @@ use crate::worker_process::measure;
 use crate::workload::{SCHEMA, mixed};
 
 const COLUMNS: &str = "id, primary_key, \"before\", \"after\", context, database, schema, \"table\", \
-    operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence";
+    operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence, after_changed";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Method {
@@ -57,7 +57,7 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
     let target = env.current_lsn().await?;
     let generation = generated.elapsed();
     env.client
-        .batch_execute("CREATE TABLE bemi.changes_copy (LIKE bemi.changes INCLUDING ALL)")
+        .batch_execute("CREATE TABLE bemi.changes_copy (LIKE bemi.changes_stored INCLUDING ALL)")
         .await?;
 
     let mut copy_data: Option<Vec<Bytes>> = None;
@@ -82,7 +82,9 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
             let elapsed = match method {
                 Method::Worker => {
                     env.client
-                        .batch_execute("TRUNCATE bemi.changes; DELETE FROM bemi.worker_progress;")
+                        .batch_execute(
+                            "TRUNCATE bemi.changes_stored; DELETE FROM bemi.worker_progress;",
+                        )
                         .await?;
                     env.client.batch_execute("CHECKPOINT").await?;
                     let run =
@@ -95,7 +97,9 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
                 }
                 Method::WorkerSeparate => {
                     audit_client
-                        .batch_execute("TRUNCATE bemi.changes; DELETE FROM bemi.worker_progress;")
+                        .batch_execute(
+                            "TRUNCATE bemi.changes_stored; DELETE FROM bemi.worker_progress;",
+                        )
                         .await?;
                     env.client.batch_execute("CHECKPOINT").await?;
                     let run = measure(
@@ -216,7 +220,7 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
 async fn copy_out(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Bytes>> {
     let stream = client
         .copy_out(&format!(
-            "COPY (SELECT {COLUMNS} FROM bemi.changes) TO STDOUT"
+            "COPY (SELECT {COLUMNS} FROM bemi.changes_stored) TO STDOUT"
         ))
         .await?;
     let mut stream = std::pin::pin!(stream);

@@ -55,6 +55,9 @@ struct Message<'a> {
     sequence: i32,
     #[serde(borrow)]
     previous_primary_key: Option<Cow<'a, str>>,
+    /// Present only for an UPDATE stored compactly (see [`ChangeRow::after_changed`]).
+    #[serde(default, borrow)]
+    after_changed: Option<&'a RawValue>,
     /// Present only for a change to park in `bemi.rejected` (see [`ChangeRow::rejected`]).
     #[serde(default, borrow)]
     rejected: Option<Cow<'a, str>>,
@@ -120,6 +123,10 @@ pub(crate) fn encode(row: &ChangeRow) -> Vec<u8> {
     }
     out.push_str(",\"previous_primary_key\":");
     push_optional_string(&mut out, row.previous_primary_key.as_deref());
+    if let Some(changed) = &row.after_changed {
+        out.push_str(",\"after_changed\":");
+        out.push_str(changed);
+    }
     if let Some(reason) = &row.rejected {
         out.push_str(",\"rejected\":");
         crate::stitch::json::push_string(&mut out, reason);
@@ -150,6 +157,9 @@ pub(crate) fn decode(payload: &[u8]) -> Result<ChangeRow, WireError> {
         primary_key: message.primary_key.map(Cow::into_owned),
         before: message.before.get().to_owned(),
         after: message.after.get().to_owned(),
+        after_changed: message
+            .after_changed
+            .map(|changed| changed.get().to_owned()),
         context: Arc::from(message.context.get()),
         database: Arc::from(message.database.as_ref()),
         schema: Arc::from(message.schema.as_ref()),
@@ -179,6 +189,7 @@ mod tests {
             primary_key: key.clone(),
             before: "{}".to_owned(),
             after: json.clone(),
+            after_changed: key.as_ref().map(|_| json.clone()),
             context: Arc::from(json.as_str()),
             database: Arc::from(text),
             schema: Arc::from("public"),

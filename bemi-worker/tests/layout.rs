@@ -1,0 +1,179 @@
+//! The compact layout of stored changes: an UPDATE keeps only the columns it changed, a change
+//! keeps its context only when the change before it in its transaction has another one, and the
+//! `changes` view shows every change whole (Bemi's columns, full images, every context).
+
+use bemi_test_harness::test_database;
+use serde_json::{Value, json};
+
+use crate::support::{RunningWorker, fixture, stored};
+
+const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL, \
+                     note text, doc jsonb);";
+
+/// Per stored change, in order: whether `after` is stored whole, `after_changed`, and the
+/// stored context (NULL when the change before it holds it).
+async fn stored_forms(
+    client: &tokio_postgres::Client,
+) -> Vec<(bool, Option<Value>, Option<Value>)> {
+    client
+        .query(
+            "SELECT \"after\" IS NOT NULL, after_changed, context FROM bemi.changes_stored \
+             WHERE \"table\" = 'items' ORDER BY commit_lsn, sequence",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_keep_what_changed_and_statements_keep_one_context() {
+    let fixture = fixture(test_database!(), ITEMS).await;
+    let mut config = fixture.config();
+    // Small batches: one transaction's changes span several writes.
+    config.batch_size = 2;
+    let worker = RunningWorker::start(config);
+    fixture
+        .tagged(
+            "INSERT INTO items SELECT i, 'item ' || i, i, NULL, '{\"tags\":[\"a\"]}' \
+             FROM generate_series(1, 5) i",
+            json!({"request": "create"}),
+        )
+        .await;
+    // One transaction: a statement of five rows, another context, then the first again.
+    let request = json!({"request": "r1", "user": 7});
+    let other = json!({"request": "r2"});
+    let encoder = bemi_core::CommentEncoder::default();
+    let tag = |sql: &str, context: &Value| {
+        encoder
+            .tag(sql, &bemi_core::Context::try_from(context.clone()).unwrap())
+            .into_owned()
+    };
+    // Each statement its own query: a query string of several tagged statements is
+    // ambiguous, and gets no context.
+    fixture.sql("BEGIN").await;
+    fixture
+        .sql(&tag("UPDATE items SET qty = qty + 10", &request))
+        .await;
+    fixture
+        .sql(&tag(
+            "UPDATE items SET note = 'checked', doc = NULL WHERE id = 2",
+            &other,
+        ))
+        .await;
+    fixture
+        .sql(&tag("DELETE FROM items WHERE id = 5", &request))
+        .await;
+    fixture.sql("COMMIT").await;
+    // Raw SQL: no context at all, and an UPDATE that changes nothing.
+    fixture
+        .sql("UPDATE items SET name = name WHERE id = 1")
+        .await;
+    let all = fixture.wait_for(13).await;
+    worker.stop().await.unwrap();
+
+    // The view shows every change whole.
+    let item = |id: i64, qty: i64, note: Value, doc: Value| json!({"id": id, "name": format!("item {id}"), "qty": qty, "note": note, "doc": doc});
+    let tags = json!({"tags": ["a"]});
+    let mut expected = Vec::new();
+    for id in 1..=5 {
+        expected.push(stored(
+            "items",
+            "CREATE",
+            Some(&id.to_string()),
+            json!({}),
+            item(id, id, Value::Null, tags.clone()),
+            json!({"request": "create"}),
+        ));
+    }
+    for id in 1..=5 {
+        expected.push(stored(
+            "items",
+            "UPDATE",
+            Some(&id.to_string()),
+            item(id, id, Value::Null, tags.clone()),
+            item(id, id + 10, Value::Null, tags.clone()),
+            request.clone(),
+        ));
+    }
+    expected.push(stored(
+        "items",
+        "UPDATE",
+        Some("2"),
+        item(2, 12, Value::Null, tags.clone()),
+        item(2, 12, json!("checked"), Value::Null),
+        other.clone(),
+    ));
+    expected.push(stored(
+        "items",
+        "DELETE",
+        Some("5"),
+        item(5, 15, Value::Null, tags.clone()),
+        json!({}),
+        request.clone(),
+    ));
+    expected.push(stored(
+        "items",
+        "UPDATE",
+        Some("1"),
+        item(1, 11, Value::Null, tags.clone()),
+        item(1, 11, Value::Null, tags.clone()),
+        json!({}),
+    ));
+    assert_eq!(all, expected);
+
+    // What is stored: the changed columns only, one context per run of equal contexts.
+    let forms = stored_forms(&fixture.client).await;
+    let creates = &forms[..5];
+    assert!(
+        creates
+            .iter()
+            .all(|(whole, changed, _)| *whole && changed.is_none())
+    );
+    assert_eq!(creates[0].2, Some(json!({"request": "create"})));
+    assert!(creates[1..].iter().all(|(_, _, context)| context.is_none()));
+    for (id, (whole, changed, context)) in (1..).zip(&forms[5..10]) {
+        assert!(!whole);
+        assert_eq!(changed, &Some(json!({"qty": id + 10})));
+        assert_eq!(
+            context.is_some(),
+            id == 1,
+            "only the statement's first change"
+        );
+    }
+    assert_eq!(
+        forms[10],
+        (
+            false,
+            Some(json!({"note": "checked", "doc": null})),
+            Some(other.clone())
+        )
+    );
+    // The DELETE's context differs from the change before it: stored again.
+    assert_eq!(forms[11], (true, None, Some(request.clone())));
+    // Nothing changed: an empty change, the raw transaction's empty context stored.
+    assert_eq!(forms[12], (false, Some(json!({})), Some(json!({}))));
+
+    // Context searches find every change of the request, not only the one that stores it.
+    let found = bemi_core::ChangeQuery::new()
+        .context_contains(bemi_core::Context::new().with("request", "r1"))
+        .fetch(&mut bemi_core::TokioPostgresRunner(&fixture.client))
+        .await
+        .unwrap();
+    let keys: Vec<(String, Option<String>)> = found
+        .iter()
+        .map(|change| {
+            (
+                change.operation.as_str().to_owned(),
+                change.primary_key.clone(),
+            )
+        })
+        .collect();
+    let mut wanted: Vec<(String, Option<String>)> = (1..=5)
+        .map(|id| ("UPDATE".to_owned(), Some(id.to_string())))
+        .collect();
+    wanted.push(("DELETE".to_owned(), Some("5".to_owned())));
+    assert_eq!(keys, wanted);
+}

@@ -520,7 +520,8 @@ async fn queries_use_the_indexes_on_100_000_changes() {
                operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence) \
              SELECT (i % 10000)::text, jsonb_build_object('id', i % 10000, 'n', i), \
                     jsonb_build_object('request_id', 'r' || (i % 20000)), 'db', 'public', 't' || (i % 10), \
-                    'UPDATE', now() - make_interval(secs => 100000 - i), now(), i / 3, i, i, i % 3 \
+                    CASE WHEN i % 50 = 0 THEN 'DELETE' ELSE 'UPDATE' END, \
+                    now() - make_interval(secs => 100000 - i), now(), i / 3, i, i, i % 3 \
              FROM generate_series(1, 100000) i; \
              ANALYZE bemi.changes_stored;",
         )
@@ -563,6 +564,16 @@ async fn queries_use_the_indexes_on_100_000_changes() {
                 .until(at + Span::seconds(60))
                 .to_sql(),
             "changes_stored_committed_at_idx",
+        ),
+        (
+            "a table's deletions, newest first",
+            ChangeQuery::new()
+                .table(key_table.clone())
+                .operations([Operation::Delete])
+                .order(Order::NewestFirst)
+                .limit(50)
+                .to_sql(),
+            "changes_stored_lifecycle_idx",
         ),
         (
             "newest page",

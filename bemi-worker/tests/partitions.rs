@@ -397,8 +397,8 @@ async fn an_unpartitioned_table_is_converted_under_load_and_the_run_resumes() {
         .unwrap()
         .get(0);
     assert_eq!(
-        indexes, 8,
-        "the old key, six indexes and (id, committed_at)"
+        indexes, 9,
+        "the old key, seven indexes and (id, committed_at)"
     );
     // Reads work as before.
     let history = ChangeQuery::new()

@@ -296,6 +296,15 @@ impl ChangeQuery {
             ));
         }
         if !self.operations.is_empty() {
+            // Said as a constant, so that any plan (generic ones too) may use the index of a
+            // table's changes other than updates and snapshots.
+            if !self
+                .operations
+                .iter()
+                .any(|op| matches!(op, Operation::Update | Operation::Snapshot))
+            {
+                conditions.push("c.operation NOT IN ('UPDATE', 'SNAPSHOT')".to_owned());
+            }
             let names: Vec<&str> = self.operations.iter().map(|op| op.as_str()).collect();
             conditions.push(format!(
                 "c.operation = ANY ({}::text[])",

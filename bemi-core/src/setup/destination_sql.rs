@@ -206,6 +206,14 @@ pub(super) fn changes_indexes(stored: &QualifiedName) -> String {
         "CREATE INDEX IF NOT EXISTS {} ON {table} (transaction_id);\n",
         index("transaction_id_idx")
     ));
+    // A table's creations, deletions, truncations and changes of shape, newest first: rare
+    // among its updates, so a page of them would otherwise walk back through every update.
+    // Snapshots are left out (a snapshot is one change per row of the table).
+    sql.push_str(&format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {table} (\"table\", committed_at) \
+         WHERE operation NOT IN ('UPDATE', 'SNAPSHOT');\n",
+        index("lifecycle_idx")
+    ));
     // The changes that hold a context (the first of each statement, usually): the view finds
     // the context of the others here.
     sql.push_str(&format!(

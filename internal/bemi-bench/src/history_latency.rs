@@ -40,7 +40,7 @@ async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
                     CASE WHEN i % 3 = 0 THEN jsonb_build_object('request_id', 'req-' || (i / 3), 'user_id', i % 977, 'endpoint', '/items') END, \
                     'app', 'public', 'table_' || (k / {ROWS_PER_TABLE}), \
                     CASE WHEN v = 0 THEN 'CREATE' ELSE 'UPDATE' END, \
-                    timestamptz '2025-01-01' + make_interval(secs => i * 31.0), now(), i / 3, i * 100, i * 100, i % 3 \
+                    timestamptz '2025-01-01' + make_interval(secs => (i / 3) * 93.0), now(), i / 3, i * 100, (i / 3) * 300 + 99, i % 3 \
              FROM generate_series(0, {changes} - 1) AS i, \
                   LATERAL (SELECT i % {keys} AS k, i / {keys} AS v) AS x \
              WHERE i / {keys} < {per_row}"

@@ -51,7 +51,10 @@ pub use admin::retention::{
 };
 pub use admin::revert::revert;
 pub use admin::snapshot::snapshot;
-pub use admin::status::{PartitionInfo, RetentionRun, SlotInfo, Status, status};
+pub use admin::status::{
+    Health, LagLimits, PartitionInfo, RetentionRun, STATUS_FORMAT, SlotInfo, Status, StatusReport,
+    status,
+};
 pub use change_row::ChangeRow;
 pub use error::{Error, ErrorKind, Result, error_chain};
 pub use pipeline::{Metrics, Output, Worker, WorkerConfig};

@@ -124,7 +124,8 @@ fn holds_retention_and_status_through_the_binary() {
     assert!(released.contains("legal hold 1 released"), "{released}");
     let status = bemi_worker(&["status", "--slot", slot], &url);
     let status_text = text(&status);
-    assert!(status.status.success(), "{status_text}");
+    // No worker streams in this test: a warning, said by the exit code.
+    assert_eq!(status.status.code(), Some(1), "{status_text}");
     assert!(status_text.contains("per week"), "{status_text}");
     assert!(
         status_text.contains("(dry run): 0 partition(s) dropped"),
@@ -150,10 +151,16 @@ fn setup_status_and_teardown_through_the_binary() {
 
     let status = bemi_worker(&["status", "--slot", slot], &url);
     let status_text = text(&status);
-    assert!(status.status.success(), "{status_text}");
+    assert_eq!(status.status.code(), Some(1), "{status_text}");
     assert!(
         status_text.contains(&format!(
             "slot:                {slot} (no worker connected)"
+        )),
+        "{status_text}"
+    );
+    assert!(
+        status_text.contains(&format!(
+            "health:              warning: no worker is streaming from the slot {slot}"
         )),
         "{status_text}"
     );
@@ -184,7 +191,8 @@ fn setup_status_and_teardown_through_the_binary() {
 
     let bad = bemi_worker(&["status"], &url.replace("@127.0.0.1", "@127.0.0.1:1"));
     let bad_text = text(&bad);
-    assert!(!bad.status.success());
+    // A status that cannot be read is critical for a monitoring check.
+    assert_eq!(bad.status.code(), Some(2), "{bad_text}");
     for output in [
         &setup_text,
         &status_text,
@@ -290,4 +298,130 @@ async fn revert_a_request_through_the_binary() {
     assert!(again_text.contains("nothing was reverted"), "{again_text}");
     assert_eq!(rows(&fixture.client).await, before);
     worker.stop().await.unwrap();
+}
+
+/// `status --json`: the documented shape, and the exit code of a monitoring check.
+fn status_json(url: &str, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut all = vec!["status", "--json"];
+    all.extend_from_slice(args);
+    let output = bemi_worker(&all, url);
+    let json = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("{error}: {}", text(&output)));
+    (output.status.code(), json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_and_exit_codes_say_the_health() {
+    let fixture =
+        crate::support::fixture(test_database!(), "CREATE TABLE item (id int PRIMARY KEY);").await;
+    let url = fixture.database.url();
+    let slot = fixture.setup.options().slot_name().to_owned();
+
+    // Set up, no worker: a warning.
+    let (code, json) = status_json(&url, &["--slot", &slot]);
+    assert_eq!(code, Some(1), "{json:#}");
+    assert_eq!(json["format"], "bemi-status/1");
+    assert_eq!(json["health"], "warning");
+    assert_eq!(json["slot"], slot.as_str());
+    assert_eq!(json["slot_info"]["active_pid"], serde_json::Value::Null);
+    assert!(json["slot_info"]["lag_bytes"].is_i64(), "{json:#}");
+    assert!(json["partitions"]["count"].is_i64(), "{json:#}");
+    assert_eq!(json["rejected_changes"], 0);
+    assert_eq!(
+        json["reasons"],
+        serde_json::json!([format!("no worker is streaming from the slot {slot}")])
+    );
+
+    // A worker streaming and caught up: healthy.
+    let worker = crate::support::RunningWorker::start(fixture.config());
+    fixture.sql("INSERT INTO item VALUES (1)").await;
+    fixture.wait_for(1).await;
+    let healthy = bemi_test_harness::wait_until_async(
+        "a healthy status",
+        crate::support::TIMEOUT,
+        || async {
+            let (code, json) = status_json(&url, &["--slot", &slot]);
+            (code == Some(0)).then_some(json)
+        },
+    )
+    .await;
+    assert_eq!(healthy["health"], "healthy");
+    assert_eq!(healthy["reasons"], serde_json::json!([]));
+    assert!(healthy["slot_info"]["active_pid"].is_i64(), "{healthy:#}");
+    assert!(healthy["last_stored_commit"].is_string(), "{healthy:#}");
+
+    // Lag limits: any lag at all is past a limit of 0 bytes.
+    let (code, json) = status_json(&url, &["--slot", &slot, "--warn-lag", "0"]);
+    assert_eq!(
+        (code, &json["health"]),
+        (Some(1), &"warning".into()),
+        "{json:#}"
+    );
+    let (code, json) = status_json(&url, &["--slot", &slot, "--critical-lag", "0B"]);
+    assert_eq!(
+        (code, &json["health"]),
+        (Some(2), &"critical".into()),
+        "{json:#}"
+    );
+    let refused = bemi_worker(&["status", "--warn-lag", "64 parsecs"], &url);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    worker.stop().await.unwrap();
+
+    // No slot: critical.
+    let (code, json) = status_json(&url, &["--slot", "bemi_no_such_slot"]);
+    assert_eq!(code, Some(2), "{json:#}");
+    assert_eq!(json["health"], "critical");
+    assert_eq!(json["slot_info"], serde_json::Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_slot_and_the_stage_on_every_line() {
+    let fixture =
+        crate::support::fixture(test_database!(), "CREATE TABLE item (id int PRIMARY KEY);").await;
+    let url = fixture.database.url();
+    let slot = fixture.setup.options().slot_name().to_owned();
+    let (mut child, log) = crate::support::spawn_binary(
+        &[
+            "run",
+            "--database-url",
+            &url,
+            "--slot",
+            &slot,
+            "--log-format",
+            "json",
+        ],
+        &format!("json-logs-{slot}"),
+    );
+    fixture.sql("INSERT INTO item VALUES (1)").await;
+    fixture.wait_for(1).await;
+    let stopped = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(exit.success(), "{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}")))
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    let mut stages = std::collections::BTreeSet::new();
+    for line in &lines {
+        let spans = line["spans"].as_array().unwrap_or_else(|| panic!("{line}"));
+        assert_eq!(spans[0]["command"], "run", "{line}");
+        assert_eq!(spans[0]["slot"], slot.as_str(), "{line}");
+        if let Some(stage) = spans.iter().rev().find_map(|span| span["stage"].as_str()) {
+            stages.insert(stage.to_owned());
+        }
+        assert!(line["fields"]["message"].is_string(), "{line}");
+    }
+    // The session's lines say where they come from.
+    assert!(
+        stages.contains("prepare") && stages.contains("stream"),
+        "{stages:?}: {log}"
+    );
 }

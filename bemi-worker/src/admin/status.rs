@@ -5,11 +5,12 @@ use std::fmt;
 
 use bemi_core::setup::SetupOptions;
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 use crate::{ConnectionOptions, Error, Result};
 
 /// The state of a bemi source and its worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
     /// The source, password masked.
     pub source: String,
@@ -33,7 +34,7 @@ pub struct Status {
 }
 
 /// The time partitions of a partitioned `changes` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct PartitionInfo {
     /// The period of one partition (`day`, `week`, `month`).
@@ -50,7 +51,7 @@ pub struct PartitionInfo {
 }
 
 /// A `retention` run, as `bemi.retention_runs` records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct RetentionRun {
     /// When it finished.
@@ -66,7 +67,7 @@ pub struct RetentionRun {
 }
 
 /// The replication slot's position and retention.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SlotInfo {
     /// The walsender streaming from the slot, if one is.
     pub active_pid: Option<i32>,
@@ -82,6 +83,156 @@ pub struct SlotInfo {
     pub wal_status: Option<String>,
     /// The time between a commit and the worker confirming it, as the server measured it last.
     pub replay_lag: Option<String>,
+}
+
+/// How healthy a trail is, for monitoring checks: `bemi-worker status` exits with
+/// [`Health::exit_code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Streaming, within the lag limits, nothing to look at.
+    Healthy,
+    /// Needs a look: no worker streaming, lag above the warning limit, rejected changes,
+    /// changes in the default partition, an incomplete trail (see [`Status::warnings`]).
+    Warning,
+    /// Changes are lost or about to be: no slot, a slot the server invalidated or about to
+    /// (`wal_status` `lost` or `unreserved`), lag above the critical limit.
+    Critical,
+}
+
+impl Health {
+    /// 0 healthy, 1 warning, 2 critical (the convention of monitoring checks).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Health::Healthy => 0,
+            Health::Warning => 1,
+            Health::Critical => 2,
+        }
+    }
+}
+
+/// The lag limits of [`Status::health`], in bytes of WAL behind the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LagLimits {
+    /// A lag from here on is a warning.
+    pub warn_bytes: i64,
+    /// A lag from here on is critical.
+    pub critical_bytes: i64,
+}
+
+impl Default for LagLimits {
+    /// 64 MiB for a warning, 1 GiB critical.
+    fn default() -> Self {
+        Self {
+            warn_bytes: 64 << 20,
+            critical_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What `bemi-worker status --json` prints: [`Status`] with its health, in a documented,
+/// versioned shape (`format` changes when a field changes meaning or goes away; fields may be
+/// added).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport<'a> {
+    /// `bemi-status/1`.
+    pub format: &'static str,
+    /// The health, as the exit code says it.
+    pub health: Health,
+    /// Why the health is not `healthy`, one sentence each.
+    pub reasons: Vec<String>,
+    /// The status.
+    #[serde(flatten)]
+    pub status: &'a Status,
+}
+
+/// The version of [`StatusReport`]'s shape.
+pub const STATUS_FORMAT: &str = "bemi-status/1";
+
+impl Status {
+    /// The health of the trail under `limits`, with the reasons for it.
+    pub fn health(&self, limits: LagLimits) -> (Health, Vec<String>) {
+        let mut reasons = Vec::new();
+        let mut health = Health::Healthy;
+        let mut raise = |level: Health, reason: String| {
+            health = health.max(level);
+            reasons.push(reason);
+        };
+        match &self.slot_info {
+            None => raise(
+                Health::Critical,
+                format!(
+                    "the replication slot {} does not exist: nothing is captured",
+                    self.slot
+                ),
+            ),
+            Some(slot) => {
+                match slot.wal_status.as_deref() {
+                    Some("lost") => raise(
+                        Health::Critical,
+                        format!(
+                            "the server invalidated the slot {} (wal_status lost): WAL it needed \
+                             was removed, so changes are missing from the trail",
+                            self.slot
+                        ),
+                    ),
+                    Some("unreserved") => raise(
+                        Health::Critical,
+                        format!(
+                            "the slot {} keeps more WAL than max_slot_wal_keep_size allows \
+                             (wal_status unreserved): the next checkpoint may invalidate it",
+                            self.slot
+                        ),
+                    ),
+                    _ => {}
+                }
+                if slot.active_pid.is_none() {
+                    raise(
+                        Health::Warning,
+                        format!("no worker is streaming from the slot {}", self.slot),
+                    );
+                }
+                match slot.lag_bytes {
+                    Some(lag) if lag >= limits.critical_bytes => raise(
+                        Health::Critical,
+                        format!(
+                            "the worker is {lag} bytes of WAL behind (critical from {})",
+                            limits.critical_bytes
+                        ),
+                    ),
+                    Some(lag) if lag >= limits.warn_bytes => raise(
+                        Health::Warning,
+                        format!(
+                            "the worker is {lag} bytes of WAL behind (warning from {})",
+                            limits.warn_bytes
+                        ),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(rejected) = self.rejected_changes.filter(|count| *count > 0) {
+            raise(
+                Health::Warning,
+                format!("{rejected} changes are parked in bemi.rejected"),
+            );
+        }
+        for warning in &self.warnings {
+            raise(Health::Warning, warning.clone());
+        }
+        (health, reasons)
+    }
+
+    /// The report `status --json` prints.
+    pub fn report(&self, limits: LagLimits) -> StatusReport<'_> {
+        let (health, reasons) = self.health(limits);
+        StatusReport {
+            format: STATUS_FORMAT,
+            health,
+            reasons,
+            status: self,
+        }
+    }
 }
 
 /// Reads the status of the slot named in `options` and the worker's stored progress.

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use pgwire_replication::{Lsn, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument as _;
 
 use crate::admin::snapshot::{SnapshotHeader, parse_row};
 use crate::change_row::{ChangeRow, source_hash};
@@ -90,12 +91,10 @@ impl<'a, S: EventSource, C: Describe> Stream<'a, S, C> {
     ) -> (Self, tokio::task::JoinHandle<Result<Stored>>) {
         let (batches, batches_rx) = mpsc::channel::<Batch>(1);
         let (stored_tx, stored_rx) = watch::channel(Stored::default());
-        let store_task = tokio::spawn(store_batches(
-            sink,
-            batches_rx,
-            stored_tx,
-            Arc::clone(metrics),
-        ));
+        let store_task = tokio::spawn(
+            store_batches(sink, batches_rx, stored_tx, Arc::clone(metrics))
+                .instrument(tracing::info_span!("stage", stage = "store")),
+        );
         let stream = Stream {
             config,
             metrics,

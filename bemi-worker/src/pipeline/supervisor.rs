@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn, ReplicationClient};
+use tracing::Instrument as _;
 
 use crate::admin::install::{SlotState, server_facts, slot_state};
 use crate::pipeline::backoff::Backoff;
@@ -75,8 +76,18 @@ impl<'w> Supervisor<'w> {
     ) -> Result<()> {
         loop {
             self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
-            let (streamed, outcome) = match self.prepare().await {
-                Ok(prepared) => (true, self.stream(prepared, shutdown.as_mut()).await),
+            // Each line of a stage says so (`stage` in the log's spans).
+            let prepare = tracing::info_span!("stage", stage = "prepare");
+            let (streamed, outcome) = match self.prepare().instrument(prepare).await {
+                Ok(prepared) => {
+                    let stream = tracing::info_span!("stage", stage = "stream");
+                    (
+                        true,
+                        self.stream(prepared, shutdown.as_mut())
+                            .instrument(stream)
+                            .await,
+                    )
+                }
                 Err(error) => (false, Err(error)),
             };
             let error = match outcome {

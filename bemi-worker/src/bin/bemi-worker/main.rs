@@ -19,6 +19,45 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text, or as one JSON object per line for log pipelines (each with the
+    /// command, the slot and the stage it comes from, in `spans`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "BEMI_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// How log lines are written (on stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Command {
+    /// The command's name and the slot it works on (`None` for `ingest`, which has none).
+    fn describe(&self) -> (&'static str, Option<&str>) {
+        match self {
+            Command::Setup(args) => ("setup", Some(&args.common.slot)),
+            Command::Run(args) => ("run", Some(&args.common.slot)),
+            Command::Status(args) => ("status", Some(&args.common.slot)),
+            Command::Capture(args) => ("capture", Some(&args.run.common.slot)),
+            Command::Ingest(_) => ("ingest", None),
+            Command::Teardown(args) => ("teardown", Some(&args.common.slot)),
+            Command::Snapshot(args) => ("snapshot", Some(&args.common.slot)),
+            Command::Revert(args) => ("revert", Some(&args.common.slot)),
+            Command::PartitionChanges(args) => ("partition-changes", Some(&args.common.slot)),
+            Command::Retention(args) => ("retention", Some(&args.common.slot)),
+            Command::RestoreArchive(args) => ("restore-archive", Some(&args.common.slot)),
+            Command::Hold(args) => ("hold", Some(&args.common.slot)),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -330,6 +369,17 @@ impl RunArgs {
 struct StatusArgs {
     #[command(flatten)]
     common: CommonArgs,
+    /// Print the status as JSON (shape `bemi-status/1`, see the README), for monitoring. The
+    /// exit code is the health either way: 0 healthy, 1 warning, 2 critical.
+    #[arg(long)]
+    json: bool,
+    /// Lag (WAL behind the server) from which the status is a warning: bytes, or with a unit
+    /// (`64MiB`, `1GB`).
+    #[arg(long, default_value = "64MiB")]
+    warn_lag: ByteSize,
+    /// Lag from which the status is critical.
+    #[arg(long, default_value = "1GiB")]
+    critical_lag: ByteSize,
     /// Also show the JetStream stage (stream size, consumer backlog).
     #[arg(long, env = "BEMI_NATS_URL", hide_env_values = true)]
     nats_url: Option<String>,
@@ -534,6 +584,7 @@ fn parse_partitioning(text: &str) -> std::result::Result<Partitioning, String> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // tokio-postgres logs the parameters of every statement at debug level: row values, which
@@ -541,12 +592,23 @@ fn main() -> ExitCode {
     if let Ok(quiet) = "tokio_postgres=info".parse() {
         filter = filter.add_directive(quiet);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    // Every line carries the command and the slot; the worker's lines also their stage.
+    let (command, slot) = cli.command.describe();
+    let span = tracing::info_span!("bemi", command, slot = slot.unwrap_or_default());
     // One thread: the worker's CPU work is light next to PostgreSQL's, and allocating and freeing
     // change rows on the same thread keeps the allocator fast and memory low (measured: the
     // same throughput as a multi-threaded runtime with mimalloc, a third less peak memory).
@@ -560,8 +622,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match runtime.block_on(tracing::Instrument::instrument(run(cli), span)) {
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -569,7 +631,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; its exit code (`status` says the trail's health by it).
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Setup(args) => {
             let mut options = args.common.setup_options();
@@ -592,7 +655,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let setup = Setup::new(options)?;
             if args.print_sql {
                 print!("{}", print_sql(&setup, &args.worker_role)?);
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             }
             let (source, destination) = args.common.connections()?;
             bemi_worker::setup(&source, &destination, &setup).await?;
@@ -623,16 +686,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ingest::new(config).run(shutdown_signal()).await?;
         }
         Command::Status(args) => {
-            let (source, destination) = args.common.connections()?;
-            let status =
-                bemi_worker::status(&source, &destination, &args.common.setup_options()).await?;
-            print!("{status}");
-            if let Some(url) = &args.nats_url {
-                print!(
-                    "{}",
-                    bemi_worker::nats_status(&args.nats.options(url)).await?
-                );
-            }
+            // A monitoring check: a status that cannot be read is critical too.
+            return Ok(match print_status(&args).await {
+                Ok(health) => ExitCode::from(health.exit_code()),
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(bemi_worker::Health::Critical.exit_code())
+                }
+            });
         }
         Command::Teardown(args) => {
             if !args.yes {
@@ -776,7 +837,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the status (as text, or as JSON with `--json`) and returns its health.
+async fn print_status(args: &StatusArgs) -> anyhow::Result<bemi_worker::Health> {
+    let (source, destination) = args.common.connections()?;
+    let status = bemi_worker::status(&source, &destination, &args.common.setup_options()).await?;
+    let limits = bemi_worker::LagLimits {
+        warn_bytes: args.warn_lag.0,
+        critical_bytes: args.critical_lag.0,
+    };
+    let report = status.report(limits);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{status}");
+        println!("health:              {}", health_line(&report));
+        if let Some(url) = &args.nats_url {
+            print!(
+                "{}",
+                bemi_worker::nats_status(&args.nats.options(url)).await?
+            );
+        }
+    }
+    Ok(report.health)
+}
+
+/// `healthy`, or the level and its reasons.
+fn health_line(report: &bemi_worker::StatusReport<'_>) -> String {
+    let level = match report.health {
+        bemi_worker::Health::Healthy => return "healthy".to_owned(),
+        bemi_worker::Health::Warning => "warning",
+        bemi_worker::Health::Critical => "critical",
+    };
+    format!("{level}: {}", report.reasons.join("; "))
+}
+
+/// A size in bytes: a number with an optional unit (`B`, `kB`, `MB`, `GB`, `KiB`, `MiB`,
+/// `GiB`), as `64MiB`.
+#[derive(Debug, Clone, Copy)]
+struct ByteSize(i64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: i64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size such as 64MiB"))?;
+        let factor: i64 = match unit.trim() {
+            "" | "B" => 1,
+            "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?} (B, kB, MB, GB, KiB, MiB, GiB)"
+                ));
+            }
+        };
+        number
+            .checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
 }
 
 /// Everything setup does, as SQL for a DBA, with the worker role's least privileges.

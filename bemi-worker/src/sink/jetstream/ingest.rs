@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind};
 use bemi_core::QualifiedName;
 use futures_util::StreamExt;
+use tracing::Instrument as _;
 
 use crate::pipeline::Metrics;
 use crate::pipeline::backoff::Backoff;
@@ -97,7 +98,11 @@ impl Ingest {
         loop {
             self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
             let mut stored_any = false;
-            let error = match self.session(shutdown.as_mut(), &mut stored_any).await {
+            let error = match self
+                .session(shutdown.as_mut(), &mut stored_any)
+                .instrument(tracing::info_span!("stage", stage = "ingest"))
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_retryable() => error,
                 Err(error) => return Err(error),

@@ -324,14 +324,18 @@ impl ChangeQuery {
                 params.text(&transaction_id.to_string())
             ));
         }
+        // Most changes do not store their context (the change before them in the transaction
+        // holds it): the transactions holding a matching context are found first, through the
+        // stored table's GIN index, then their changes, each checked for the context. The
+        // lookup drives the plan (a lateral subquery the planner cannot flatten): walking the
+        // time index and probing each change would read the whole table for a rare context.
+        let mut source = format!("{} c", self.log.changes_table());
         if let Some(context) = &self.context_contains {
-            // Most changes do not store their context (the change before them in the
-            // transaction holds it): the transactions holding a matching context are found
-            // through the stored table's GIN index, then each change's context is checked.
             let context = params.text(&context.to_string());
             let stored = crate::setup::stored_changes_table(self.log.changes_table());
             let mut holders = format!(
-                "SELECT h.transaction_id FROM {stored} h WHERE h.context @> {context}::jsonb"
+                "SELECT DISTINCT h.transaction_id, h.committed_at FROM {stored} h \
+                 WHERE h.context @> {context}::jsonb"
             );
             if let Some(from) = &self.from {
                 holders.push_str(&format!(
@@ -345,9 +349,13 @@ impl ChangeQuery {
                     params.text(&timestamp(until))
                 ));
             }
-            conditions.push(format!(
-                "c.transaction_id IN ({holders}) AND c.context @> {context}::jsonb"
-            ));
+            source = format!(
+                "({holders}) m CROSS JOIN LATERAL (SELECT * FROM {} v \
+                 WHERE v.transaction_id = m.transaction_id AND v.committed_at = m.committed_at \
+                 OFFSET 0) c",
+                self.log.changes_table()
+            );
+            conditions.push(format!("c.context @> {context}::jsonb"));
         }
         for (column, image) in [
             ("\"before\"", &self.before_contains),
@@ -392,10 +400,8 @@ impl ChangeQuery {
                 params.text(&cursor.id.to_string()),
             ));
         }
-        let mut sql = format!(
-            "SELECT pg_catalog.row_to_json(c)::text AS {ROW_COLUMN} FROM {} c",
-            self.log.changes_table()
-        );
+        let mut sql =
+            format!("SELECT pg_catalog.row_to_json(c)::text AS {ROW_COLUMN} FROM {source}");
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.join(" AND "));

@@ -16,9 +16,10 @@ use crate::setup::partitions::{self, Partitioning};
 ///   as a string, so the view's casts never fail);
 /// - an UPDATE with a complete old row keeps in `after_changed` (`jsonb`) only the columns whose
 ///   value changed, and `after` is NULL (the full image is `before || after_changed`);
-/// - `context` is NULL when it equals the context of the change before it in the same
-///   transaction (rows of one statement share their request's context): the partial index
-///   `<changes>_stored_context_holders` finds the change that holds it.
+/// - `context` is NULL when it equals the context of the change right before it in the same
+///   transaction, which the same writer stored (rows of one statement share their request's
+///   context): the view takes it from the nearest change before it that holds one, found
+///   through the partial index `<changes>_stored_context_holders`.
 const CHANGES_COLUMNS: &str = r#"(
     @ID@ DEFAULT pg_catalog.gen_random_uuid(),
     primary_key text,

@@ -58,11 +58,14 @@ impl LastContext {
         }
     }
 
-    /// Whether `row` comes after this change in the same transaction, with the same context.
+    /// Whether `row` comes right after this change in the same transaction, with the same
+    /// context. Right after: the view takes a change's context from the nearest change before
+    /// it that holds one, and a change between them stored by someone else (another `ingest`
+    /// process) may hold another.
     fn shared_by(&self, row: &ChangeRow) -> bool {
         self.commit_lsn == row.commit_lsn
             && self.transaction_id == row.transaction_id
-            && self.sequence < row.sequence
+            && self.sequence.checked_add(1) == Some(row.sequence)
             && (Arc::ptr_eq(&self.context, &row.context) || self.context == row.context)
             && (Arc::ptr_eq(&self.database, &row.database) || self.database == row.database)
     }
@@ -568,8 +571,8 @@ fn unstorable(row: &ChangeRow, error: &str) -> ChangeRow {
 }
 
 /// The rows in `COPY ... FROM STDIN` text format. `last_context` is the change stored last
-/// (`None` when unknown): a change with the context of the change before it in its transaction
-/// stores none. It ends as the last of `rows`.
+/// (`None` when unknown): a change with the context of the change right before it in its
+/// transaction stores none. It ends as the last of `rows`.
 pub(crate) fn encode_copy(rows: &[ChangeRow], last_context: &mut Option<LastContext>) -> Bytes {
     let size: usize = rows
         .iter()
@@ -804,6 +807,14 @@ mod tests {
         // Without knowing what was stored before (a restart), the context is stored.
         let fresh = compact_fields(&encode_copy(&[at(1, &request, 11)], &mut None));
         assert_eq!(fresh[0].1, user(1));
+        // After a gap (a change stored elsewhere, by another `ingest` process, or not stored
+        // in `changes`), too: the change in the gap may hold another context.
+        let mut last = None;
+        let gap = compact_fields(&encode_copy(
+            &[at(0, &request, 12), at(2, &request, 12)],
+            &mut last,
+        ));
+        assert_eq!((gap[0].1.clone(), gap[1].1.clone()), (user(1), user(1)));
     }
 
     #[test]

@@ -165,8 +165,9 @@ async fn capture_and_two_ingest_processes_store_every_change_once() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
+    // Healthy while `capture` streams; a warning if it just reconnected. Never critical.
     assert!(
-        output.status.success(),
+        matches!(output.status.code(), Some(0 | 1)),
         "{text}{}",
         String::from_utf8_lossy(&output.stderr)
     );

@@ -183,8 +183,8 @@ impl Store {
         let stored_by = self.write_copied(rows, &data, &parked, progress).await?;
         // Rows stored one by one hold their own context.
         self.last_context = match stored_by {
-            Method::RowByRow => None,
-            Method::Copy | Method::Staged => last_context,
+            StoredBy::RowByRow => None,
+            StoredBy::Copy | StoredBy::Staged => last_context,
         };
         Ok(())
     }
@@ -197,9 +197,12 @@ impl Store {
         data: &Bytes,
         parked: &[&ChangeRow],
         progress: Option<Progress>,
-    ) -> Result<Method> {
-        match self.write_with(data, parked, progress, Method::Copy).await {
-            Ok(()) => Ok(Method::Copy),
+    ) -> Result<StoredBy> {
+        match self
+            .write_with(data, parked, progress, CopyTarget::Changes)
+            .await
+        {
+            Ok(()) => Ok(StoredBy::Copy),
             Err(Error::Postgres { source, .. })
                 if source.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
             {
@@ -207,9 +210,9 @@ impl Store {
                     rows = rows.len(),
                     "some changes were already stored: storing the batch idempotently"
                 );
-                self.write_with(data, parked, progress, Method::Staged)
+                self.write_with(data, parked, progress, CopyTarget::Staging)
                     .await
-                    .map(|()| Method::Staged)
+                    .map(|()| StoredBy::Staged)
             }
             Err(Error::Postgres { source, .. }) if is_bad_data(&source) => {
                 tracing::warn!(
@@ -219,7 +222,7 @@ impl Store {
                 );
                 self.write_row_by_row(rows, progress)
                     .await
-                    .map(|()| Method::RowByRow)
+                    .map(|()| StoredBy::RowByRow)
             }
             Err(other) => Err(other),
         }
@@ -230,7 +233,7 @@ impl Store {
         data: &Bytes,
         parked: &[&ChangeRow],
         progress: Option<Progress>,
-        method: Method,
+        target: CopyTarget,
     ) -> Result<()> {
         let transaction = self
             .client
@@ -238,9 +241,9 @@ impl Store {
             .await
             .map_err(Error::postgres("begin a destination transaction"))?;
         if !data.is_empty() {
-            let target = match method {
-                Method::Copy | Method::RowByRow => self.changes.clone(),
-                Method::Staged => {
+            let table = match target {
+                CopyTarget::Changes => self.changes.clone(),
+                CopyTarget::Staging => {
                     if !self.staging_ready {
                         transaction
                             .batch_execute(&format!(
@@ -255,7 +258,7 @@ impl Store {
                 }
             };
             let sink = transaction
-                .copy_in(&format!("COPY {target} ({COLUMNS}) FROM STDIN"))
+                .copy_in(&format!("COPY {table} ({COLUMNS}) FROM STDIN"))
                 .await
                 .map_err(Error::postgres("start COPY into the changes table"))?;
             let mut sink = std::pin::pin!(sink);
@@ -266,7 +269,7 @@ impl Store {
                 .finish()
                 .await
                 .map_err(Error::postgres("COPY into the changes table"))?;
-            if method == Method::Staged {
+            if target == CopyTarget::Staging {
                 transaction
                     .batch_execute(&format!(
                         "INSERT INTO {changes} ({COLUMNS}) SELECT {COLUMNS} FROM bemi_staging \
@@ -285,7 +288,7 @@ impl Store {
             .commit()
             .await
             .map_err(Error::postgres("commit a batch of changes"))?;
-        if method == Method::Staged {
+        if target == CopyTarget::Staging {
             self.staging_ready = true;
         }
         Ok(())
@@ -414,11 +417,24 @@ async fn save_progress(
     Ok(())
 }
 
+/// How a batch reached the changes table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Method {
+enum StoredBy {
+    /// One COPY into the table.
     Copy,
+    /// One COPY into a staging table, then an insert skipping changes stored already.
     Staged,
+    /// One insert per change, after PostgreSQL refused a value of the batch.
     RowByRow,
+}
+
+/// Where a batch's COPY goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyTarget {
+    /// The changes table.
+    Changes,
+    /// The session's staging table, for an idempotent insert.
+    Staging,
 }
 
 /// The server's message and SQLSTATE for a database error, the driver's text otherwise.

@@ -380,7 +380,7 @@ async fn json_logs_name_the_slot_and_the_stage_on_every_line() {
         crate::support::fixture(test_database!(), "CREATE TABLE item (id int PRIMARY KEY);").await;
     let url = fixture.database.url();
     let slot = fixture.setup.options().slot_name().to_owned();
-    let (mut child, log) = crate::support::spawn_binary(
+    let (child, log) = crate::support::spawn_binary(
         &[
             "run",
             "--database-url",
@@ -394,14 +394,7 @@ async fn json_logs_name_the_slot_and_the_stage_on_every_line() {
     );
     fixture.sql("INSERT INTO item VALUES (1)").await;
     fixture.wait_for(1).await;
-    let stopped = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let exit = crate::support::terminate(child).await;
     let log = std::fs::read_to_string(log).unwrap();
     assert!(exit.success(), "{log}");
     let lines: Vec<serde_json::Value> = log

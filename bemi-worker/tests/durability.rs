@@ -7,6 +7,7 @@ use bemi_worker::ConnectionOptions;
 
 use crate::support::{
     RunningWorker, TIMEOUT, assert_exactly_once, count, fixture, insert_batch, spawn_binary,
+    terminate,
 };
 
 const TODO: &str =
@@ -110,20 +111,13 @@ async fn sigterm_stores_confirms_and_exits_cleanly() {
     let fixture = fixture(test_database!(), TODO).await;
     let url = fixture.database.url();
     let slot = fixture.database.slot_name().to_owned();
-    let (mut child, log) = spawn_binary(
+    let (child, log) = spawn_binary(
         &["run", "--database-url", &url, "--slot", &slot],
         &format!("sigterm-{slot}"),
     );
     insert_batch(&fixture.client, 1, 10).await;
     fixture.wait_for(10).await;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let exit = terminate(child).await;
     let log = std::fs::read_to_string(log).unwrap_or_default();
     assert!(exit.success(), "exit {exit:?}: {log}");
     assert!(log.contains("shutting down"), "{log}");

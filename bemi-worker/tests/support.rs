@@ -266,6 +266,18 @@ pub fn quick_run_args(url: &str, slot: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// Sends SIGTERM to a spawned binary and waits for it to exit; returns its exit status.
+pub async fn terminate(mut child: Child) -> std::process::ExitStatus {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM {}", child.id());
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}
+
 /// Starts the real `bemi-worker` binary with `args`, logging to a file under the test's temp
 /// directory; returns the child and the log's path.
 pub fn spawn_binary(args: &[&str], log_name: &str) -> (Child, std::path::PathBuf) {

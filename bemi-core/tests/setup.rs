@@ -223,6 +223,7 @@ fn teardown_removes_every_object_and_restores_replica_identities() {
             "identity bemi.partitioned_changes",
             "relation bemi.partitioned_changes",
             "function bemi.create_change_partitions",
+            "function bemi.read_trail",
             "identity bemi.legal_holds",
             "relation bemi.legal_holds",
             "identity bemi.retention_runs",

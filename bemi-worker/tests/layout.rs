@@ -177,3 +177,93 @@ async fn updates_keep_what_changed_and_statements_keep_one_context() {
     wanted.push(("DELETE".to_owned(), Some("5".to_owned())));
     assert_eq!(keys, wanted);
 }
+
+/// Every read of the trail (a query, a record's history, a row and a table as of an instant)
+/// goes through `bemi.read_trail`, which plans it with JIT off whatever the session says, and
+/// leaves the session's setting as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_the_trail_run_without_jit() {
+    let fixture = fixture(test_database!(), ITEMS).await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture
+        .sql("INSERT INTO items VALUES (1, 'one', 1, NULL, NULL), (2, 'two', 2, NULL, NULL)")
+        .await;
+    fixture.sql("UPDATE items SET qty = 5 WHERE id = 1").await;
+    fixture.wait_for(3).await;
+    worker.stop().await.unwrap();
+
+    let client = &fixture.client;
+    // JIT for every plan, as a session could ask; calls of PL functions counted.
+    client
+        .batch_execute(
+            "BEGIN; SET LOCAL jit = on; SET LOCAL jit_above_cost = 0; \
+             SET LOCAL track_functions = 'pl'",
+        )
+        .await
+        .unwrap();
+    let log = bemi_core::AuditLog::default();
+    let items = bemi_core::QualifiedName::new("public", "items").unwrap();
+    let mut runner = bemi_core::TokioPostgresRunner(client);
+    let all = bemi_core::ChangeQuery::new()
+        .fetch(&mut runner)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    let history = bemi_core::time_travel::history(&mut runner, &log, &items, "1")
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 2);
+    let now = chrono::Utc::now();
+    let row = bemi_core::time_travel::row_as_of(&mut runner, &log, &items, "1", now)
+        .await
+        .unwrap();
+    assert_eq!(
+        row.unwrap().get("qty").map(|qty| qty.as_str().to_owned()),
+        Some("5".to_owned())
+    );
+    let table = bemi_core::time_travel::table_as_of(&mut runner, &log, &items, now)
+        .await
+        .unwrap();
+    assert_eq!(table.len(), 2);
+    let calls: i64 = client
+        .query_one(
+            "SELECT calls FROM pg_stat_xact_user_functions \
+             WHERE schemaname = 'bemi' AND funcname = 'read_trail'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(calls, 4, "one call per read");
+    // Inside, JIT is off; the session's setting is untouched after the call.
+    let inside: String = client
+        .query_one(
+            "SELECT r FROM bemi.read_trail('SELECT pg_catalog.current_setting(''jit'')', '[]') r",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(inside, "off");
+    let after: String = client
+        .query_one("SELECT pg_catalog.current_setting('jit')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, "on");
+    // The function only reads.
+    let write = client
+        .query(
+            "SELECT r FROM bemi.read_trail('INSERT INTO public.items VALUES (3, ''x'', 3, NULL, NULL) \
+             RETURNING name', '[]') r",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        write.code(),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+        "{write}"
+    );
+    client.batch_execute("ROLLBACK").await.unwrap();
+}

@@ -6,6 +6,7 @@
 //! parameter; the plans use the `changes` indexes (`(table, primary_key, committed_at)`,
 //! `committed_at`, `transaction_id`, and the GIN index on stored contexts for containment).
 
+pub(crate) mod read;
 pub(crate) mod runner;
 pub mod time_travel;
 #[cfg(feature = "tokio-postgres")]
@@ -18,6 +19,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
+pub(crate) use crate::query::read::{READ_FUNCTION, READ_PARAMETERS};
 use crate::query::runner::{ROW_COLUMN, SqlParam, SqlRunner};
 use crate::{AuditLog, Change, Context, Error, Operation, QualifiedName, Result};
 
@@ -427,7 +429,7 @@ impl ChangeQuery {
     /// (the table is not a bemi `changes` table).
     pub async fn fetch<R: SqlRunner>(&self, runner: &mut R) -> Result<Vec<Change>> {
         let (sql, params) = self.to_sql();
-        let rows = runner.query_rows(&sql, &params).await?;
+        let rows = read::read_trail(runner, &sql, &params).await?;
         rows.into_iter()
             .map(|row| parse_change(row.as_deref()))
             .collect()
@@ -499,6 +501,33 @@ mod tests {
         assert!(!sql.contains("DROP"), "{sql}");
         assert_eq!(params.len(), 4);
         assert!(params.iter().flatten().all(|param| param.contains("DROP")));
+    }
+
+    #[test]
+    fn a_query_with_every_filter_fits_the_read_function() {
+        let id = Uuid::from_u128(1);
+        let (_, params) = ChangeQuery::new()
+            .database("db")
+            .table(QualifiedName::new("public", "todo").unwrap())
+            .primary_key("1")
+            .operations([Operation::Create])
+            .ids([id])
+            .transaction_id(7)
+            .context_contains(Context::new().with("who", "x"))
+            .before_contains(serde_json::json!({"a": 1}))
+            .after_contains(serde_json::json!({"a": 2}))
+            .changed_field("a")
+            .from(Utc::now())
+            .until(Utc::now())
+            .after_cursor(ChangeCursor {
+                committed_at: Utc::now(),
+                commit_lsn: 1,
+                sequence: 0,
+                id,
+            })
+            .limit(10)
+            .to_sql();
+        assert!(params.len() <= READ_PARAMETERS, "{}", params.len());
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub async fn row_as_of<R: SqlRunner>(
 ) -> Result<Option<Image>> {
     let (sql, params) = row_as_of_sql(log, table, key, &at);
     let mut candidates = Vec::new();
-    for row in runner.query_rows(&sql, &params).await? {
+    for row in crate::query::read::read_trail(runner, &sql, &params).await? {
         let candidate: Candidate =
             serde_json::from_str(row.as_deref().unwrap_or("null")).map_err(|source| {
                 Error::InvalidRow {
@@ -182,8 +182,7 @@ pub async fn table_as_of<R: SqlRunner>(
     at: DateTime<Utc>,
 ) -> Result<Vec<Image>> {
     let (sql, params) = table_as_of_sql(log, table, &at);
-    runner
-        .query_rows(&sql, &params)
+    crate::query::read::read_trail(runner, &sql, &params)
         .await?
         .into_iter()
         .map(|row| {

@@ -12,7 +12,7 @@ use bemi_test_harness::{test_database, wait_until_async};
 use chrono::{DateTime, Duration as Span, Utc};
 use serde_json::{Value, json};
 
-use crate::support::{RunningWorker, TIMEOUT, fixture};
+use crate::support::{RunningWorker, TIMEOUT, fixture, fixture_with};
 
 fn table(name: &str) -> QualifiedName {
     QualifiedName::new("public", name).unwrap()
@@ -612,5 +612,79 @@ async fn queries_use_the_indexes_on_100_000_changes() {
                 .any(|(node, _, relation)| node == "Seq Scan" && filled.contains(relation)),
             "{name}: sequential scan of a partition with rows in {found:?}"
         );
+    }
+}
+
+/// With `image_indexes`, searches by image content use the GIN indexes of the images as the
+/// view shows them (an UPDATE's `after` rebuilt from its changed columns included), and find
+/// the same changes as without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_searches_use_the_image_indexes() {
+    let fixture = fixture_with(
+        test_database!(),
+        "",
+        bemi_core::setup::SetupOptions::default().image_indexes(true),
+    )
+    .await;
+    // 20,000 rows created, then each updated once (its status only).
+    fixture
+        .sql(
+            "INSERT INTO bemi.changes_stored (primary_key, \"before\", \"after\", after_changed, context, \
+               database, schema, \"table\", operation, committed_at, queued_at, transaction_id, position, \
+               commit_lsn, sequence) \
+             SELECT (i % 20000)::text, \
+                    CASE WHEN i < 20000 THEN '{}'::json \
+                         ELSE json_build_object('id', i % 20000, 'status', 'open') END, \
+                    CASE WHEN i < 20000 THEN json_build_object('id', i, 'status', 'open') END, \
+                    CASE WHEN i >= 20000 THEN jsonb_build_object('status', 'closed ' || (i % 20000)) END, \
+                    '{}'::jsonb, 'db', 'public', 'items', \
+                    CASE WHEN i < 20000 THEN 'CREATE' ELSE 'UPDATE' END, \
+                    now() - make_interval(secs => 40000 - i), now(), i, i, i, 0 \
+             FROM generate_series(0, 39999) i; \
+             ANALYZE bemi.changes_stored;",
+        )
+        .await;
+    let searches = [
+        (
+            ChangeQuery::new().after_contains(json!({"status": "closed 77"})),
+            "changes_stored_after_images_idx",
+            ("UPDATE", "77"),
+        ),
+        (
+            ChangeQuery::new().before_contains(json!({"id": 78, "status": "open"})),
+            "changes_stored_before_images_idx",
+            ("UPDATE", "78"),
+        ),
+    ];
+    for (query, index, (operation, key)) in searches {
+        let (sql, params) = query.to_sql();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|param| param as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let plan: Value = fixture
+            .client
+            .query_one(&format!("EXPLAIN (FORMAT JSON) {sql}"), &params)
+            .await
+            .unwrap()
+            .get(0);
+        let mut found = Vec::new();
+        scans(&plan[0]["Plan"], &mut found);
+        let family = index_family(&fixture.client, index).await;
+        assert!(
+            found
+                .iter()
+                .any(|(node, used, _)| node.contains("Index") && family.contains(used)),
+            "expected a scan of {index}, plan: {found:?}"
+        );
+        let changes = query
+            .fetch(&mut TokioPostgresRunner(&fixture.client))
+            .await
+            .unwrap();
+        let found: Vec<(&str, Option<&str>)> = changes
+            .iter()
+            .map(|change| (change.operation.as_str(), change.primary_key.as_deref()))
+            .collect();
+        assert_eq!(found, vec![(operation, Some(key))]);
     }
 }

@@ -273,7 +273,9 @@ async fn an_unpartitioned_table_is_converted_under_load_and_the_run_resumes() {
     let fixture = crate::support::fixture_with(
         test_database!(),
         TODO,
-        bemi_core::setup::SetupOptions::default().partitioning(Partitioning::None),
+        bemi_core::setup::SetupOptions::default()
+            .partitioning(Partitioning::None)
+            .image_indexes(true),
     )
     .await;
     assert_eq!(relkind(&fixture.client).await, b'r');
@@ -397,9 +399,35 @@ async fn an_unpartitioned_table_is_converted_under_load_and_the_run_resumes() {
         .unwrap()
         .get(0);
     assert_eq!(
-        indexes, 9,
-        "the old key, seven indexes and (id, committed_at)"
+        indexes, 11,
+        "the old key, seven indexes, two of images and (id, committed_at)"
     );
+    // The image indexes are the partitioned table's too: on the old heap and every partition.
+    let partitions: i64 = fixture
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_partition_tree('bemi.changes_stored') WHERE isleaf",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for index in [
+        "changes_stored_after_images_idx",
+        "changes_stored_before_images_idx",
+    ] {
+        let covered: i64 = fixture
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_partition_tree(('bemi.' || $1)::regclass) \
+                 WHERE isleaf",
+                &[&index],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(covered, partitions, "{index}");
+    }
     // Reads work as before.
     let history = ChangeQuery::new()
         .table(QualifiedName::new("public", "todo").unwrap())

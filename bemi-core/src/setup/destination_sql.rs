@@ -1,7 +1,7 @@
 //! SQL for the destination database: the `changes` table and the worker's progress.
 
 use crate::QualifiedName;
-use crate::ident::quote_ident;
+use crate::ident::{quote_ident, quote_literal};
 use crate::setup::partitions::{self, Partitioning};
 
 /// Columns of the table that stores changes (`<changes>_stored`; the `changes` view shows them
@@ -93,6 +93,7 @@ pub(super) fn install(
     changes: &QualifiedName,
     owner_role: Option<&str>,
     partitioning: Partitioning,
+    image_indexes: bool,
 ) -> String {
     let mut sql = String::new();
     sql.push_str("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);\n");
@@ -105,6 +106,28 @@ pub(super) fn install(
     sql.push_str(&refuse_old_layout(changes));
     sql.push_str(&changes_table(&stored, partitioning));
     sql.push_str(&changes_indexes(&stored));
+    if image_indexes {
+        // Analyzed once built: the planner estimates a containment by the expression's
+        // statistics, and without them walks the time index instead (10 s against 30 ms on
+        // 10 million changes).
+        let index = quote_literal(&format!(
+            "{}.{}",
+            quote_ident(stored.schema()).unwrap_or_default(),
+            quote_ident(&after_images_index(&stored)).unwrap_or_default()
+        ));
+        sql.push_str(&format!(
+            "DO $bemi$\n\
+             BEGIN\n    \
+                 IF pg_catalog.to_regclass({index}) IS NULL THEN\n        \
+                     EXECUTE {create};\n        \
+                     EXECUTE {analyze};\n    \
+                 END IF;\n\
+             END\n\
+             $bemi$;\n",
+            create = quote_literal(&image_indexes_sql(&stored)),
+            analyze = quote_literal(&format!("ANALYZE {stored}")),
+        ));
+    }
     sql.push_str(&changes_view(changes, &stored));
     sql.push_str(&companion_tables(changes, &stored, owner_role));
     sql.push_str(&partitions::register(&stored, partitioning));
@@ -230,6 +253,26 @@ pub(super) fn changes_indexes(stored: &QualifiedName) -> String {
     sql
 }
 
+/// The name of the GIN index of `after` images on `stored`; the one of `before` images ends in
+/// `before_images_idx`.
+pub(super) fn after_images_index(stored: &QualifiedName) -> String {
+    format!("{}_after_images_idx", stored.name())
+}
+
+/// GIN indexes of the images as the view shows them (the expressions are the view's, so a
+/// containment filter on `changes` uses them; see [`crate::setup::SetupOptions::image_indexes`]).
+pub(super) fn image_indexes_sql(stored: &QualifiedName) -> String {
+    let table = stored.to_string();
+    let before = quote_ident(&format!("{}_before_images_idx", stored.name())).unwrap_or_default();
+    let after = quote_ident(&after_images_index(stored)).unwrap_or_default();
+    format!(
+        "CREATE INDEX IF NOT EXISTS {before} ON {table} \
+         USING gin ((\"before\"::jsonb) jsonb_path_ops);\n\
+         CREATE INDEX IF NOT EXISTS {after} ON {table} \
+         USING gin ((COALESCE(\"after\"::jsonb, \"before\"::jsonb || after_changed)) jsonb_path_ops);\n"
+    )
+}
+
 /// The worker's progress, the parked changes, the schema history, the partition registry,
 /// and the ownership of the audit tables.
 fn companion_tables(
@@ -322,6 +365,7 @@ mod tests {
             &QualifiedName::new("audit log", "My Changes").unwrap(),
             None,
             Partitioning::Monthly,
+            false,
         );
         assert!(sql.contains(r#"CREATE SCHEMA IF NOT EXISTS "audit log";"#));
         assert!(sql.contains(r#"CREATE TABLE IF NOT EXISTS "audit log"."My Changes_stored" ("#));

@@ -137,6 +137,8 @@ pub struct SetupOptions {
     ddl_statements: bool,
     /// How a new `changes` table is partitioned.
     partitioning: Partitioning,
+    /// Whether the images have GIN indexes for `before_contains` and `after_contains`.
+    image_indexes: bool,
 }
 
 impl Default for SetupOptions {
@@ -151,6 +153,7 @@ impl Default for SetupOptions {
             owner_role: None,
             ddl_statements: true,
             partitioning: Partitioning::default(),
+            image_indexes: false,
         }
     }
 }
@@ -269,6 +272,23 @@ impl SetupOptions {
     pub fn partitioning(mut self, partitioning: Partitioning) -> Self {
         self.partitioning = partitioning;
         self
+    }
+
+    /// Whether `before` and `after` images get GIN indexes (`jsonb_path_ops`), so that
+    /// [`crate::ChangeQuery::before_contains`] and [`crate::ChangeQuery::after_contains`] find
+    /// a rare value without reading every change in their range (default: no). They cost bytes
+    /// on every change and time on every write (BENCHMARKS.md has both); without them, bound an
+    /// image search by table, key or time. Set on an existing table, setup builds them in one
+    /// statement that holds the worker's writes until it is done.
+    #[must_use]
+    pub fn image_indexes(mut self, index: bool) -> Self {
+        self.image_indexes = index;
+        self
+    }
+
+    /// Whether the images get GIN indexes (see [`SetupOptions::image_indexes`]).
+    pub fn indexes_images(&self) -> bool {
+        self.image_indexes
     }
 
     /// How a new `changes` table is partitioned (see [`SetupOptions::partitioning`]).
@@ -391,6 +411,7 @@ impl Setup {
             &self.options.changes_table,
             self.options.owner_role.as_deref(),
             self.options.partitioning,
+            self.options.image_indexes,
         )
     }
 

@@ -379,6 +379,23 @@ pub mod conversion {
             quote_ident(&check_name(changes)).unwrap_or_default()
         ));
         sql.push_str(&super::super::destination_sql::changes_indexes(changes));
+        // Image indexes (the only expression GIN indexes bemi makes) stay where they were: on
+        // every partition, the old heap's adopted.
+        sql.push_str(&format!(
+            "DO $bemi$\n\
+             BEGIN\n    \
+                 IF EXISTS (SELECT 1 FROM pg_catalog.pg_index i\n        \
+                     JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid\n        \
+                     JOIN pg_catalog.pg_am a ON a.oid = c.relam\n        \
+                     WHERE i.indrelid = {legacy_literal}::regclass AND a.amname = 'gin'\n          \
+                       AND i.indexprs IS NOT NULL) THEN\n        \
+                     EXECUTE {images};\n    \
+                 END IF;\n\
+             END\n\
+             $bemi$;\n",
+            legacy_literal = quote_literal(&legacy),
+            images = quote_literal(&super::super::destination_sql::image_indexes_sql(changes)),
+        ));
         // A view refers to its table by identity: it would go on showing the old heap alone.
         sql.push_str(&super::super::destination_sql::changes_view(view, changes));
         // The owner and the grants of the old table.

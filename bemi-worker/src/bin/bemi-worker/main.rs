@@ -308,6 +308,11 @@ struct SetupArgs {
     /// for migrations that may hold secrets.
     #[arg(long)]
     no_ddl_statements: bool,
+    /// GIN indexes of the `before` and `after` images, for searches by image content
+    /// (`before_contains`, `after_contains`): bytes on every change, time on every write. On a
+    /// table with changes, building them holds the worker's writes until done.
+    #[arg(long)]
+    image_indexes: bool,
     /// How a new changes table is partitioned by commit time: month, week, day, or none for
     /// one table. The worker creates partitions ahead; an existing table keeps its layout
     /// (convert it with `partition-changes`).
@@ -651,7 +656,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             options = options
                 .ddl_statements(!args.no_ddl_statements)
-                .partitioning(args.partitioning);
+                .partitioning(args.partitioning)
+                .image_indexes(args.image_indexes);
             let setup = Setup::new(options)?;
             if args.print_sql {
                 print!("{}", print_sql(&setup, &args.worker_role)?);

@@ -36,6 +36,7 @@
 mod admin;
 mod change_row;
 mod error;
+pub mod ops;
 mod pipeline;
 mod postgres;
 mod sink;

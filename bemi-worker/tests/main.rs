@@ -15,6 +15,7 @@ mod decoder_fuzz;
 mod durability;
 mod history;
 mod layout;
+mod monitoring;
 mod nats;
 mod operations;
 mod partitions;

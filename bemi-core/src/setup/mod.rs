@@ -97,6 +97,10 @@ pub const TRIGGER_NAME: &str = "_bemi_context";
 pub const EVENT_TRIGGER_NAME: &str = "_bemi_track_new_tables";
 /// The prefix of bemi's logical messages.
 pub const MESSAGE_PREFIX: &str = "_bemi";
+/// The prefix of the worker's heartbeats: empty non-transactional logical messages it writes
+/// in the source database while nothing there changes, so that the slot advances (confirmed
+/// like a keepalive, only when nothing is in flight; anyone may write one, to no effect).
+pub const HEARTBEAT_PREFIX: &str = "_bemi_heartbeat";
 /// The prefix of the message that starts a table's snapshot (content: the table's OID, schema,
 /// name and columns as JSON).
 pub const SNAPSHOT_PREFIX: &str = "_bemi_snapshot";

@@ -9,6 +9,40 @@ use serde::Serialize;
 
 use crate::{ConnectionOptions, Error, Result};
 
+/// The replication slot `slot` as the source sees it now, `None` when it does not exist.
+///
+/// # Errors
+///
+/// Query failures.
+pub(crate) async fn slot_info(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Option<SlotInfo>> {
+    Ok(client
+        .query_opt(
+            "SELECT s.active_pid, s.confirmed_flush_lsn::text, pg_catalog.pg_current_wal_lsn()::text, \
+             pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
+             pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn)::bigint, \
+             s.wal_status, r.replay_lag::text, s.safe_wal_size \
+             FROM pg_catalog.pg_replication_slots s \
+             LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(Error::postgres("read the replication slot"))?
+        .map(|row| SlotInfo {
+            active_pid: row.get(0),
+            confirmed_flush_lsn: row.get(1),
+            current_lsn: row.get(2),
+            lag_bytes: row.get(3),
+            retained_bytes: row.get(4),
+            wal_status: row.get(5),
+            replay_lag: row.get(6),
+            wal_remaining_bytes: row.get(7),
+        }))
+}
+
 /// The state of a bemi source and its worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
@@ -81,6 +115,10 @@ pub struct SlotInfo {
     pub retained_bytes: Option<i64>,
     /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL's `wal_status`).
     pub wal_status: Option<String>,
+    /// WAL that can still be written before the server invalidates the slot
+    /// (`max_slot_wal_keep_size` less what it retains; PostgreSQL's `safe_wal_size`), `None`
+    /// without a limit.
+    pub wal_remaining_bytes: Option<i64>,
     /// The time between a commit and the worker confirming it, as the server measured it last.
     pub replay_lag: Option<String>,
 }
@@ -247,28 +285,7 @@ pub async fn status(
 ) -> Result<Status> {
     let client = source.connect("bemi-worker status").await?;
     let slot = options.slot_name();
-    let slot_info = client
-        .query_opt(
-            "SELECT s.active_pid, s.confirmed_flush_lsn::text, pg_catalog.pg_current_wal_lsn()::text, \
-             pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
-             pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn)::bigint, \
-             s.wal_status, r.replay_lag::text \
-             FROM pg_catalog.pg_replication_slots s \
-             LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid \
-             WHERE s.slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(Error::postgres("read the replication slot"))?
-        .map(|row| SlotInfo {
-            active_pid: row.get(0),
-            confirmed_flush_lsn: row.get(1),
-            current_lsn: row.get(2),
-            lag_bytes: row.get(3),
-            retained_bytes: row.get(4),
-            wal_status: row.get(5),
-            replay_lag: row.get(6),
-        });
+    let slot_info = slot_info(&client, slot).await?;
     let destination_client = destination.connect("bemi-worker status").await?;
     // The progress of the slot's current incarnation (see `bemi_core::setup::create_slot_sql`).
     let incarnation = crate::source::preflight::slot_incarnation(&client, slot).await?;
@@ -517,9 +534,16 @@ impl fmt::Display for Status {
         if let Some(replay_lag) = &slot.replay_lag {
             writeln!(f, "replay lag:          {replay_lag}")?;
         }
+        let limit = match slot.wal_remaining_bytes {
+            Some(remaining) => format!(
+                ", {} more before max_slot_wal_keep_size invalidates the slot",
+                bytes(Some(remaining))
+            ),
+            None => String::new(),
+        };
         writeln!(
             f,
-            "WAL retained:        {} ({})",
+            "WAL retained:        {} ({}{limit})",
             bytes(slot.retained_bytes),
             slot.wal_status.as_deref().unwrap_or("-")
         )?;

@@ -48,6 +48,10 @@ pub struct WorkerConfig {
     pub status_interval: Duration,
     /// How often progress is logged at info level (default 10 s).
     pub log_interval: Duration,
+    /// After this long without a transaction from the source database, the worker writes a
+    /// heartbeat through its WAL and confirms it, so that the slot advances while the tracked
+    /// tables are idle and other databases of the cluster write (default 60 s; `None`: never).
+    pub heartbeat_interval: Option<Duration>,
     /// The longest wait between reconnection attempts (default 30 s).
     pub max_backoff: Duration,
     /// How long a worker starting on a slot held by another walsender waits for it to be
@@ -78,6 +82,7 @@ impl WorkerConfig {
             max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
             status_interval: Duration::from_secs(1),
             log_interval: Duration::from_secs(10),
+            heartbeat_interval: Some(Duration::from_secs(60)),
             max_backoff: Duration::from_secs(30),
             slot_release_wait: Duration::from_secs(60),
             column_policies: bemi_core::policy::ColumnPolicies::default(),

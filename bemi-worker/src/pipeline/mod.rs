@@ -24,7 +24,6 @@ pub use metrics::Metrics;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
@@ -99,14 +98,18 @@ pub(crate) async fn store_batches<S: BatchSink>(
             tracing::debug!(rows = batch.rows.len(), elapsed = ?started.elapsed(), "stored a batch");
         }
         // Changes stored in `changes`: not parked ones, not recorded table shapes.
-        let stored_changes = batch
+        let rejected = batch
             .rows
             .iter()
-            .filter(|row| row.rejected.is_none() && !is_schema_version(row))
+            .filter(|row| row.rejected.is_some())
             .count();
-        metrics
-            .stored_changes
-            .fetch_add(stored_changes as u64, Ordering::Relaxed);
+        metrics.batch_stored(
+            batch
+                .rows
+                .iter()
+                .filter(|row| row.rejected.is_none() && !is_schema_version(row)),
+            rejected,
+        );
         stored.batches += 1;
         if let Some(lsn) = batch.ack {
             stored.lsn = stored.lsn.max(lsn);

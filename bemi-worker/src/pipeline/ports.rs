@@ -61,6 +61,26 @@ impl Describe for Catalog {
     }
 }
 
+/// Writes heartbeats through the source's WAL (see [`crate::WorkerConfig::heartbeat_interval`]).
+pub(crate) trait Heartbeat: Send {
+    /// Writes one heartbeat (an empty non-transactional logical message under
+    /// [`bemi_core::setup::HEARTBEAT_PREFIX`]).
+    fn heartbeat(&mut self) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl Heartbeat for Catalog {
+    async fn heartbeat(&mut self) -> Result<()> {
+        self.client()
+            .execute(
+                "SELECT pg_catalog.pg_logical_emit_message(false, $1::text, ''::text)",
+                &[&bemi_core::setup::HEARTBEAT_PREFIX],
+            )
+            .await
+            .map(|_| ())
+            .map_err(Error::postgres("write a heartbeat"))
+    }
+}
+
 /// Where the store task writes batches.
 pub(crate) trait BatchSink: Send + 'static {
     /// Writes one batch (with the progress it completes, where the sink keeps progress);

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::time::Instant;
 
 use pgwire_replication::{Lsn, ReplicationEvent};
@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use crate::admin::snapshot::{SnapshotHeader, parse_row};
 use crate::change_row::{ChangeRow, source_hash};
 use crate::pipeline::batch::{Batch, BatchBuilder};
-use crate::pipeline::ports::{BatchSink, Describe, EventSource};
+use crate::pipeline::ports::{BatchSink, Describe, EventSource, Heartbeat};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::{Metrics, Stored, WorkerConfig, store_batches};
 use crate::source::catalog::RelationInfo;
@@ -61,6 +61,8 @@ pub(crate) struct Stream<'a, S, C> {
     pub(super) batches: mpsc::Sender<Batch>,
     pub(super) stored: watch::Receiver<Stored>,
     pub(super) sent_batches: u64,
+    /// Whether a transaction began since the last heartbeat tick.
+    pub(super) heard: bool,
 }
 
 /// What a stream starts from: read by the session before streaming.
@@ -78,7 +80,7 @@ pub(crate) struct StreamStart {
     pub(crate) source_id: String,
 }
 
-impl<'a, S: EventSource, C: Describe> Stream<'a, S, C> {
+impl<'a, S: EventSource, C: Describe + Heartbeat> Stream<'a, S, C> {
     /// Starts a stream reading `replication` and its store task writing into `sink`; the
     /// task ends with what it stored once the stream (its batch sender) is dropped.
     pub(crate) fn start<K: BatchSink>(
@@ -120,6 +122,7 @@ impl<'a, S: EventSource, C: Describe> Stream<'a, S, C> {
             batches,
             stored: stored_rx,
             sent_batches: 0,
+            heard: false,
         };
         (stream, store_task)
     }
@@ -129,6 +132,11 @@ impl<'a, S: EventSource, C: Describe> Stream<'a, S, C> {
     ) -> Result<()> {
         let mut log_tick = tokio::time::interval(self.config.log_interval);
         log_tick.tick().await;
+        let heartbeats = self.config.heartbeat_interval;
+        let mut heartbeat_tick =
+            tokio::time::interval(heartbeats.unwrap_or(Duration::from_secs(3600)));
+        heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat_tick.tick().await;
         let mut logged = (Instant::now(), self.metrics.stored_changes());
         loop {
             let flush_at = self
@@ -148,10 +156,11 @@ impl<'a, S: EventSource, C: Describe> Stream<'a, S, C> {
                     let stored = *self.stored.borrow_and_update();
                     if stored.lsn > 0 {
                         self.replication.confirm(Lsn::from_u64(stored.lsn));
-                        self.metrics.confirmed_lsn.fetch_max(stored.lsn, Ordering::Relaxed);
+                        self.metrics.confirmed(stored.lsn);
                     }
                 }
                 () = sleep_until(flush_at) => self.flush().await?,
+                _ = heartbeat_tick.tick(), if heartbeats.is_some() => self.heartbeat().await,
                 _ = log_tick.tick() => {
                     let stored = self.metrics.stored_changes();
                     let rate = (stored - logged.1) as f64 / logged.0.elapsed().as_secs_f64().max(0.001);
@@ -185,6 +194,7 @@ impl<'a, S: EventSource, C: Describe> Stream<'a, S, C> {
                 xid,
                 commit_time_micros,
             } => {
+                self.heard = true;
                 self.snapshot = None;
                 self.proven = false;
                 self.stitcher
@@ -203,6 +213,9 @@ impl<'a, S: EventSource, C: Describe> Stream<'a, S, C> {
                     self.stitcher.message(transactional, &prefix, &content);
                 } else if !prefix.starts_with(bemi_core::setup::MESSAGE_PREFIX) {
                     // Another application's messages.
+                } else if prefix == bemi_core::setup::HEARTBEAT_PREFIX && !transactional {
+                    // Ours, or anyone's: it only confirms an idle stream, as a keepalive does.
+                    self.confirm_if_idle(lsn);
                 } else if !transactional || !self.proven {
                     // Costs a comparison: a flood of forged messages cannot stall the trail.
                     self.ignore_message();
@@ -321,23 +334,37 @@ impl<'a, S: EventSource, C: Describe> Stream<'a, S, C> {
                     self.flush().await?;
                 }
             }
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
-                // Nothing received is unstored: everything up to the server's position is done
-                // (transactions touching no tracked table send nothing), so confirm it and let
-                // the server recycle that WAL.
-                let idle = !self.stitcher.in_transaction()
-                    && self.builder.is_empty()
-                    && self.stored.borrow().batches == self.sent_batches;
-                if idle && wal_end.as_u64() > 0 {
-                    self.replication.confirm(wal_end);
-                    self.metrics
-                        .confirmed_lsn
-                        .fetch_max(wal_end.as_u64(), Ordering::Relaxed);
-                }
-            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => self.confirm_if_idle(wal_end),
             ReplicationEvent::StoppedAt { .. } => {}
         }
         Ok(())
+    }
+
+    /// Confirms `lsn` when nothing received is unstored: everything up to the server's
+    /// position is done (transactions touching no tracked table send nothing), so the server
+    /// may recycle that WAL. Inside a transaction or with a batch in flight, nothing.
+    fn confirm_if_idle(&mut self, lsn: Lsn) {
+        let idle = !self.stitcher.in_transaction()
+            && self.builder.is_empty()
+            && self.stored.borrow().batches == self.sent_batches;
+        if idle && lsn.as_u64() > 0 {
+            self.replication.confirm(lsn);
+            self.metrics.confirmed(lsn.as_u64());
+        }
+    }
+
+    /// On a heartbeat tick: writes a heartbeat when no transaction came since the last tick.
+    /// A failure is logged, not fatal (a read-only source cannot write one).
+    async fn heartbeat(&mut self) {
+        if std::mem::take(&mut self.heard) || self.stitcher.in_transaction() {
+            return;
+        }
+        match self.catalog.heartbeat().await {
+            Ok(()) => self.metrics.heartbeat_written(),
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "cannot write a heartbeat: an idle slot may not advance");
+            }
+        }
     }
 
     /// Describes every known relation again with the stored column policies as they are now:
@@ -433,9 +460,7 @@ impl<'a, S: EventSource, C: Describe> Stream<'a, S, C> {
     /// commit).
     fn ignore_message(&mut self) {
         self.ignored += 1;
-        self.metrics
-            .ignored_messages
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.message_ignored();
     }
 
     /// Handles what concerns `bemi.message_proofs` (its Relation message, an insert proving the

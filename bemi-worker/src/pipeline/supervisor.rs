@@ -7,7 +7,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn, ReplicationClient};
@@ -75,7 +74,7 @@ impl<'w> Supervisor<'w> {
         mut shutdown: Pin<&mut F>,
     ) -> Result<()> {
         loop {
-            self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+            self.metrics.session_started();
             // Each line of a stage says so (`stage` in the log's spans).
             let prepare = tracing::info_span!("stage", stage = "prepare");
             let (streamed, outcome) = match self.prepare().instrument(prepare).await {
@@ -94,6 +93,7 @@ impl<'w> Supervisor<'w> {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
+            self.metrics.session_failed(error.kind());
             if !self.should_retry(&error, streamed) {
                 return Err(error);
             }
@@ -289,7 +289,9 @@ impl<'w> Supervisor<'w> {
             prepared.sink,
             prepared.start,
         );
+        self.metrics.set_streaming(true);
         let result = stream.run(shutdown).await;
+        self.metrics.set_streaming(false);
         self.finish(Streamed {
             stream,
             result,
@@ -327,9 +329,7 @@ impl<'w> Supervisor<'w> {
                 // Shutting down: confirm the last stored position before closing the stream.
                 if stored.lsn > 0 {
                     replication.update_applied_lsn(Lsn::from_u64(stored.lsn));
-                    self.metrics
-                        .confirmed_lsn
-                        .fetch_max(stored.lsn, Ordering::Relaxed);
+                    self.metrics.confirmed(stored.lsn);
                     wait_for_confirmation(
                         catalog.client(),
                         &self.config.slot,

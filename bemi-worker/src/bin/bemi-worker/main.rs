@@ -12,6 +12,10 @@ use bemi_core::setup::{Partitioning, Setup, SetupOptions};
 use bemi_worker::{ConnectionOptions, Ingest, IngestConfig, NatsOptions, Worker, WorkerConfig};
 use clap::{Args, Parser, Subcommand};
 
+mod metrics_args;
+
+use metrics_args::MetricsArgs;
+
 /// Captures every row change of PostgreSQL, with the application context that caused it, into
 /// a `changes` table.
 #[derive(Debug, Parser)]
@@ -352,6 +356,13 @@ struct RunArgs {
     /// `updated_at`) is skipped (same patterns as --redact).
     #[arg(long, env = "BEMI_NOISE_COLUMNS", value_name = "PATTERNS")]
     noise_columns: Option<String>,
+    /// After this many seconds without a transaction in the source database, write a
+    /// heartbeat through its WAL so that the slot advances while other databases of the
+    /// cluster write (0: never).
+    #[arg(long, env = "BEMI_HEARTBEAT_SECONDS", default_value_t = 60)]
+    heartbeat_seconds: u64,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 impl RunArgs {
@@ -425,6 +436,8 @@ struct IngestArgs {
     /// How often progress is logged, in seconds.
     #[arg(long, env = "BEMI_LOG_INTERVAL_SECONDS", default_value_t = 10)]
     log_interval_seconds: u64,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 /// The JetStream stream, consumer and connection settings shared by capture, ingest and status.
@@ -512,8 +525,9 @@ impl NatsArgs {
 }
 
 impl RunArgs {
-    /// The worker's configuration for `run` (and `capture`, which adds NATS).
-    fn config(self) -> anyhow::Result<WorkerConfig> {
+    /// The worker's configuration for `run` (and `capture`, which adds NATS), and the metrics
+    /// options.
+    fn config(self) -> anyhow::Result<(WorkerConfig, MetricsArgs)> {
         let (source, destination) = self.common.connections()?;
         let column_policies = self.column_policies()?;
         let mut config = WorkerConfig::new(source);
@@ -526,7 +540,9 @@ impl RunArgs {
         config.flush_interval = Duration::from_millis(self.flush_interval_ms);
         config.max_context_bytes = self.max_context_bytes;
         config.log_interval = Duration::from_secs(self.log_interval_seconds.max(1));
-        Ok(config)
+        config.heartbeat_interval =
+            (self.heartbeat_seconds > 0).then(|| Duration::from_secs(self.heartbeat_seconds));
+        Ok((config, self.metrics))
     }
 }
 
@@ -670,14 +686,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Run(args) => {
-            let worker = Worker::new(args.config()?);
+            let (config, metrics) = args.config()?;
+            let slot = (config.source.clone(), config.slot.clone());
+            let worker = Worker::new(config);
+            metrics.start(&worker.metrics(), Some(slot)).await?;
             worker.run(shutdown_signal()).await?;
         }
         Command::Capture(args) => {
             let nats = args.nats.options(&args.nats_url);
-            let mut config = args.run.config()?;
+            let (mut config, metrics) = args.run.config()?;
             config.output = bemi_worker::Output::JetStream(nats);
+            let slot = (config.source.clone(), config.slot.clone());
             let worker = Worker::new(config);
+            metrics.start(&worker.metrics(), Some(slot)).await?;
             worker.run(shutdown_signal()).await?;
         }
         Command::Ingest(args) => {
@@ -689,7 +710,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.batch_size = args.batch_size.max(1);
             config.flush_interval = Duration::from_millis(args.flush_interval_ms);
             config.log_interval = Duration::from_secs(args.log_interval_seconds.max(1));
-            Ingest::new(config).run(shutdown_signal()).await?;
+            let ingest = Ingest::new(config);
+            args.metrics.start(&ingest.metrics(), None).await?;
+            ingest.run(shutdown_signal()).await?;
         }
         Command::Status(args) => {
             // A monitoring check: a status that cannot be read is critical too.

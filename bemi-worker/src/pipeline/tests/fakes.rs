@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use uuid::Uuid;
 
 use crate::change_row::ChangeRow;
-use crate::pipeline::ports::{BatchSink, Describe, EventSource};
+use crate::pipeline::ports::{BatchSink, Describe, EventSource, Heartbeat};
 use crate::pipeline::progress::Progress;
 use crate::source::catalog::RelationInfo;
 use crate::source::pgoutput::Relation;
@@ -296,6 +296,12 @@ impl Describe for MessageOnlyCatalog {
     }
 
     fn forget_policies(&mut self) {}
+}
+
+impl Heartbeat for MessageOnlyCatalog {
+    async fn heartbeat(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// How a failpoint fails a write.

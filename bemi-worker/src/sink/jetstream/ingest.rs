@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
@@ -96,7 +95,7 @@ impl Ingest {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut backoff = Backoff::new(self.config.max_backoff);
         loop {
-            self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+            self.metrics.session_started();
             let mut stored_any = false;
             let error = match self
                 .session(shutdown.as_mut(), &mut stored_any)
@@ -104,8 +103,13 @@ impl Ingest {
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(error) if error.is_retryable() => error,
-                Err(error) => return Err(error),
+                Err(error) => {
+                    self.metrics.session_failed(error.kind());
+                    if !error.is_retryable() {
+                        return Err(error);
+                    }
+                    error
+                }
             };
             if stored_any {
                 backoff.reset();
@@ -148,6 +152,7 @@ impl Ingest {
             destination = %config.destination,
             "ingesting"
         );
+        self.metrics.set_streaming(true);
         let mut logged = (Instant::now(), self.metrics.stored_changes());
         let mut stopping = false;
         while !stopping {
@@ -234,13 +239,13 @@ impl Ingest {
                 source,
             })?;
         }
-        let stored = rows
-            .iter()
-            .filter(|row| row.rejected.is_none() && !crate::sink::store::is_schema_version(row))
-            .count();
-        self.metrics
-            .stored_changes
-            .fetch_add(stored as u64, Ordering::Relaxed);
+        let rejected = rows.iter().filter(|row| row.rejected.is_some()).count();
+        self.metrics.batch_stored(
+            rows.iter().filter(|row| {
+                row.rejected.is_none() && !crate::sink::store::is_schema_version(row)
+            }),
+            rejected,
+        );
         Ok(rows.len())
     }
 }

@@ -53,6 +53,23 @@ pub enum Error {
         pid: i32,
     },
 
+    /// The server invalidated the replication slot: WAL it needed was removed
+    /// (`max_slot_wal_keep_size`), so changes committed since are not in the trail.
+    #[error(
+        "the server invalidated the replication slot {slot:?} (wal_status lost: WAL it needed \
+         passed max_slot_wal_keep_size and was removed): changes committed after {} are not in \
+         the trail and cannot be read from the WAL any more. To go on capturing, run the worker \
+         once with --on-slot-lost recreate (it recreates the slot and records the gap in \
+         bemi.trail_gaps), then `bemi-worker snapshot` to record the rows as they are now",
+        lost_after.as_deref().unwrap_or("the slot's last confirmed position")
+    )]
+    SlotLost {
+        /// The slot's name.
+        slot: String,
+        /// The last position the worker confirmed before the loss, if known.
+        lost_after: Option<String>,
+    },
+
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(String),

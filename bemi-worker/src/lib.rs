@@ -54,11 +54,11 @@ pub use admin::revert::revert;
 pub use admin::snapshot::snapshot;
 pub use admin::status::{
     Health, LagLimits, PartitionInfo, RetentionRun, STATUS_FORMAT, SlotInfo, Status, StatusReport,
-    status,
+    TrailGap, status,
 };
 pub use change_row::ChangeRow;
 pub use error::{Error, ErrorKind, Result, error_chain};
-pub use pipeline::{Metrics, Output, Worker, WorkerConfig};
+pub use pipeline::{Metrics, OnSlotLost, Output, Worker, WorkerConfig};
 pub use postgres::connection::{ConnectionOptions, mask_password};
 pub use postgres::tls;
 pub use sink::jetstream;

@@ -243,3 +243,124 @@ async fn an_idle_database_does_not_pin_the_wal_of_a_busy_cluster() {
     worker.stop().await.unwrap();
     assert!(retained < written / 4, "{retained} of {written}");
 }
+
+/// The batches (`todo.batch`) whose rows are in the trail.
+async fn stored_batches(client: &tokio_postgres::Client) -> Vec<i32> {
+    client
+        .query(
+            "SELECT DISTINCT (\"after\"->>'batch')::int FROM bemi.changes ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// A slot the server invalidated (its WAL passed `max_slot_wal_keep_size` while the worker was
+/// stopped): `status` is critical, the worker stops saying what to run, and with
+/// `on_slot_lost = Recreate` it recreates the slot, records the gap and captures again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_is_loud_and_recreating_it_records_the_gap() {
+    let cluster = bemi_test_harness::TestCluster::dedicated(&["max_slot_wal_keep_size=1MB"]);
+    let database =
+        bemi_test_harness::TestDatabase::new_in(&cluster, &format!("{}::lost", module_path!()));
+    let fixture = fixture(
+        database,
+        &format!("{TODO} CREATE SCHEMA scratch; CREATE TABLE scratch.filler (id int, pad text);"),
+    )
+    .await;
+    let slot = fixture.database.slot_name().to_owned();
+    let worker = crate::support::RunningWorker::start(fixture.config());
+    insert_batch(&fixture.client, 1, 3).await;
+    fixture.wait_for(3).await;
+    worker.stop().await.unwrap();
+
+    // While the worker is stopped: changes it will never read, then WAL past the limit.
+    insert_batch(&fixture.client, 2, 2).await;
+    wait_until_async("the server to invalidate the slot", TIMEOUT, || async {
+        fixture
+            .client
+            .batch_execute(
+                "INSERT INTO scratch.filler SELECT g, repeat('x', 1000) FROM generate_series(1, 3000) g; \
+                 SELECT pg_catalog.pg_switch_wal(); CHECKPOINT;",
+            )
+            .await
+            .unwrap();
+        let status: Option<String> = fixture
+            .client
+            .query_one(
+                "SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (status.as_deref() == Some("lost")).then_some(())
+    })
+    .await;
+    let status = bemi_worker::status(&fixture.source, &fixture.source, fixture.setup.options())
+        .await
+        .unwrap();
+    let (health, reasons) = status.health(bemi_worker::LagLimits::default());
+    assert_eq!(health, bemi_worker::Health::Critical, "{reasons:?}");
+
+    // By default the worker stops, saying what happened and what to run.
+    let error = bemi_worker::Worker::new(fixture.config())
+        .run(std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, bemi_worker::Error::SlotLost { .. }),
+        "{error}"
+    );
+    assert_eq!(error.kind(), bemi_worker::ErrorKind::Fatal);
+    let message = error.to_string();
+    for said in [
+        "invalidated",
+        "not in the trail",
+        "--on-slot-lost recreate",
+        "snapshot",
+    ] {
+        assert!(message.contains(said), "{message}");
+    }
+
+    // Recreating: the gap is recorded, and capture goes on from the new slot.
+    let mut config = fixture.config();
+    config.on_slot_lost = bemi_worker::OnSlotLost::Recreate;
+    let worker = crate::support::RunningWorker::start(config);
+    let gap = wait_until_async("the gap to be recorded", TIMEOUT, || async {
+        fixture
+            .client
+            .query_opt(
+                "SELECT lost_after_lsn::text, lost_after IS NOT NULL, \
+                        resumed_at_lsn > lost_after_lsn, lost_incarnation <> resumed_incarnation \
+                 FROM bemi.trail_gaps WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .map(|row| {
+                (
+                    row.get::<_, Option<String>>(0),
+                    row.get::<_, bool>(1),
+                    row.get::<_, bool>(2),
+                    row.get::<_, bool>(3),
+                )
+            })
+    })
+    .await;
+    assert!(gap.0.is_some(), "{gap:?}");
+    assert!(gap.1 && gap.2 && gap.3, "{gap:?}");
+    insert_batch(&fixture.client, 3, 2).await;
+    fixture.wait_for(5).await;
+    worker.stop().await.unwrap();
+    // The changes made while the slot was lost are not in the trail: the gap says so.
+    assert_eq!(stored_batches(&fixture.client).await, vec![1, 3]);
+    let status = bemi_worker::status(&fixture.source, &fixture.source, fixture.setup.options())
+        .await
+        .unwrap();
+    assert_eq!(status.last_trail_gap.as_ref().map(|gap| gap.count), Some(1));
+    assert!(status.to_string().contains("trail gaps:"), "{status}");
+}

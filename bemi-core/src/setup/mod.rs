@@ -462,7 +462,9 @@ impl Setup {
         let source = format!(
             "GRANT USAGE ON SCHEMA bemi TO {role};\n\
              GRANT SELECT ON bemi.column_policies, bemi.schema_versions TO {role};\n\
-             GRANT SELECT, INSERT ON bemi.slot_incarnations TO {role};\n"
+             GRANT SELECT, INSERT ON bemi.slot_incarnations TO {role};\n\
+             GRANT SELECT, INSERT ON bemi.trail_gaps TO {role};\n\
+             GRANT USAGE ON SEQUENCE bemi.trail_gaps_id_seq TO {role};\n"
         );
         let mut destination = format!("GRANT USAGE ON SCHEMA bemi TO {role};\n");
         if changes.schema() != BEMI_SCHEMA {

@@ -612,6 +612,7 @@ DROP TABLE IF EXISTS bemi.tracked_schemas;
 DROP TABLE IF EXISTS bemi.column_policies;
 DROP TABLE IF EXISTS bemi.message_proofs;
 DROP TABLE IF EXISTS bemi.slot_incarnations;
+DROP TABLE IF EXISTS bemi.trail_gaps;
 DROP FUNCTION IF EXISTS bemi.record_ddl();
 DROP FUNCTION IF EXISTS bemi.record_drop();
 DROP FUNCTION IF EXISTS bemi.record_schema(oid, text);
@@ -692,6 +693,18 @@ pub(super) fn install(options: &SetupOptions) -> String {
              PRIMARY KEY (slot_name, incarnation)\n\
          );\n\
          REVOKE ALL ON bemi.slot_incarnations FROM PUBLIC;\n\
+         CREATE TABLE IF NOT EXISTS bemi.trail_gaps (\n    \
+             id bigserial PRIMARY KEY,\n    \
+             slot_name name NOT NULL,\n    \
+             lost_incarnation uuid,\n    \
+             lost_after_lsn pg_lsn,\n    \
+             lost_after timestamptz,\n    \
+             resumed_incarnation uuid,\n    \
+             resumed_at_lsn pg_lsn NOT NULL,\n    \
+             resumed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),\n    \
+             reason text NOT NULL\n\
+         );\n\
+         REVOKE ALL ON bemi.trail_gaps FROM PUBLIC;\n\
          CREATE TABLE IF NOT EXISTS bemi.schema_versions (\n    \
              id bigserial PRIMARY KEY,\n    \
              relid oid NOT NULL,\n    \

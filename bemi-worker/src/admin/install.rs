@@ -203,17 +203,22 @@ pub async fn teardown(
 }
 
 /// Whether a replication slot exists and who holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SlotState {
     Missing,
     Free,
     Active(i32),
+    /// Invalidated by the server (`wal_status` `lost`), with its last confirmed position.
+    Lost {
+        confirmed_flush_lsn: Option<String>,
+    },
 }
 
 pub(crate) async fn slot_state(client: &Client, slot: &str) -> Result<SlotState> {
     let row = client
         .query_opt(
-            "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            "SELECT active_pid, wal_status = 'lost', confirmed_flush_lsn::text \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -222,6 +227,9 @@ pub(crate) async fn slot_state(client: &Client, slot: &str) -> Result<SlotState>
         None => SlotState::Missing,
         Some(row) => match row.get::<_, Option<i32>>(0) {
             Some(pid) => SlotState::Active(pid),
+            None if row.get::<_, Option<bool>>(1) == Some(true) => SlotState::Lost {
+                confirmed_flush_lsn: row.get(2),
+            },
             None => SlotState::Free,
         },
     })

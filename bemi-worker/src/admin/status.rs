@@ -61,10 +61,30 @@ pub struct Status {
     pub rejected_changes: Option<i64>,
     /// The time partitions of the `changes` table (`None`: one heap).
     pub partitions: Option<PartitionInfo>,
+    /// The newest gap recorded in the source's `bemi.trail_gaps`: the slot was invalidated and
+    /// recreated (`--on-slot-lost recreate`), and changes between the two positions are not in
+    /// the trail. `None` when there is none (or no such table).
+    pub last_trail_gap: Option<TrailGap>,
     /// What makes the trail incomplete or unreliable right now, one sentence each: tracked
     /// tables whose context trigger is missing or disabled, or whose replica identity is not
     /// `FULL` (old row images would hold only the key).
     pub warnings: Vec<String>,
+}
+
+/// A gap in the trail, as `bemi.trail_gaps` records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TrailGap {
+    /// How many gaps are recorded for the slot, this one included.
+    pub count: i64,
+    /// The last position confirmed before the loss, if known.
+    pub lost_after_lsn: Option<String>,
+    /// The newest commit stored before the loss, if known.
+    pub lost_after: Option<DateTime<Utc>>,
+    /// Where the recreated slot started.
+    pub resumed_at_lsn: String,
+    /// When the slot was recreated.
+    pub resumed_at: DateTime<Utc>,
 }
 
 /// The time partitions of a partitioned `changes` table.
@@ -343,8 +363,10 @@ pub async fn status(
             options.stored_changes_table()
         ));
     }
+    let last_trail_gap = last_trail_gap(&client, slot).await?;
     Ok(Status {
         partitions,
+        last_trail_gap,
         source: source.to_string(),
         slot: slot.to_owned(),
         slot_info,
@@ -353,6 +375,44 @@ pub async fn status(
         rejected_changes,
         warnings,
     })
+}
+
+/// The newest gap recorded for `slot` in the source's `bemi.trail_gaps`, with how many there are.
+async fn last_trail_gap(client: &tokio_postgres::Client, slot: &str) -> Result<Option<TrailGap>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('bemi.trail_gaps') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(Error::postgres("look for bemi.trail_gaps"))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT count(*) OVER (), lost_after_lsn::text, lost_after, resumed_at_lsn::text, \
+             resumed_at FROM bemi.trail_gaps WHERE slot_name = $1 ORDER BY id DESC LIMIT 1",
+            &[&slot],
+        )
+        .await;
+    match row {
+        Ok(row) => Ok(row.map(|row| TrailGap {
+            count: row.get(0),
+            lost_after_lsn: row.get(1),
+            lost_after: row.get(2),
+            resumed_at_lsn: row.get(3),
+            resumed_at: row.get(4),
+        })),
+        // A role that may not read it (status needs no grant of its own for it).
+        Err(error)
+            if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(Error::postgres("read bemi.trail_gaps")(error)),
+    }
 }
 
 /// The range check an interrupted conversion left on the unpartitioned `changes` table, as
@@ -592,6 +652,19 @@ impl fmt::Display for Status {
                     "last retention:      never (`bemi-worker retention --keep ...` drops old partitions)"
                 )?,
             }
+        }
+        if let Some(gap) = &self.last_trail_gap {
+            writeln!(
+                f,
+                "trail gaps:          {} (the newest: changes committed after {} and before {} \
+                 are missing; the slot was recreated at {})",
+                gap.count,
+                gap.lost_after_lsn
+                    .as_deref()
+                    .unwrap_or("an unknown position"),
+                gap.resumed_at_lsn,
+                gap.resumed_at.to_rfc3339()
+            )?;
         }
         if let Some(rejected) = self.rejected_changes.filter(|count| *count > 0) {
             writeln!(

@@ -23,6 +23,18 @@ pub enum Output {
     JetStream(NatsOptions),
 }
 
+/// What the worker does when the server invalidated its slot (see [`crate::Error::SlotLost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnSlotLost {
+    /// Stop, saying what happened and what to run (the default: a gap in an audit trail is for
+    /// an operator to accept).
+    #[default]
+    Stop,
+    /// Drop and create the slot again, record the gap (from which position and time to which)
+    /// in the source's `bemi.trail_gaps`, say so loudly, and go on from the new slot.
+    Recreate,
+}
+
 /// What the worker connects to and how it batches.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -52,6 +64,8 @@ pub struct WorkerConfig {
     /// heartbeat through its WAL and confirms it, so that the slot advances while the tracked
     /// tables are idle and other databases of the cluster write (default 60 s; `None`: never).
     pub heartbeat_interval: Option<Duration>,
+    /// What to do when the server invalidated the slot (default: stop).
+    pub on_slot_lost: OnSlotLost,
     /// The longest wait between reconnection attempts (default 30 s).
     pub max_backoff: Duration,
     /// How long a worker starting on a slot held by another walsender waits for it to be
@@ -83,6 +97,7 @@ impl WorkerConfig {
             status_interval: Duration::from_secs(1),
             log_interval: Duration::from_secs(10),
             heartbeat_interval: Some(Duration::from_secs(60)),
+            on_slot_lost: OnSlotLost::Stop,
             max_backoff: Duration::from_secs(30),
             slot_release_wait: Duration::from_secs(60),
             column_policies: bemi_core::policy::ColumnPolicies::default(),

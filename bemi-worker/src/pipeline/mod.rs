@@ -19,7 +19,7 @@ mod supervisor;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Output, WorkerConfig};
+pub use config::{OnSlotLost, Output, WorkerConfig};
 pub use metrics::Metrics;
 
 use std::future::Future;

@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use crate::admin::install::{SlotState, server_facts, slot_state};
 use crate::pipeline::backoff::Backoff;
 use crate::pipeline::stream::{Stream, StreamStart};
-use crate::pipeline::{Metrics, Output, Stored, WorkerConfig};
+use crate::pipeline::{Metrics, OnSlotLost, Output, Stored, WorkerConfig};
 use crate::sink::Sink;
 use crate::sink::jetstream::Publisher;
 use crate::sink::preflight::check_destination_privileges;
@@ -176,6 +176,29 @@ impl<'w> Supervisor<'w> {
                     slot: config.slot.clone(),
                     pid,
                 });
+            }
+            SlotState::Lost {
+                confirmed_flush_lsn,
+            } => {
+                self.metrics.slot.lost.set(1);
+                match config.on_slot_lost {
+                    OnSlotLost::Stop => {
+                        return Err(Error::SlotLost {
+                            slot: config.slot.clone(),
+                            lost_after: confirmed_flush_lsn,
+                        });
+                    }
+                    OnSlotLost::Recreate => {
+                        ensure_publication(&catalog_client, config).await?;
+                        crate::source::lost_slot::recreate(
+                            &catalog_client,
+                            config,
+                            confirmed_flush_lsn.as_deref(),
+                        )
+                        .await?;
+                        self.metrics.slot.lost.set(0);
+                    }
+                }
             }
             SlotState::Free => {}
         }

@@ -361,6 +361,11 @@ struct RunArgs {
     /// cluster write (0: never).
     #[arg(long, env = "BEMI_HEARTBEAT_SECONDS", default_value_t = 60)]
     heartbeat_seconds: u64,
+    /// When the server invalidated the slot (its WAL passed max_slot_wal_keep_size): `stop`
+    /// and say what to run, or `recreate` it, recording the gap in the source's
+    /// bemi.trail_gaps (the changes in between are lost), then run `snapshot`.
+    #[arg(long, env = "BEMI_ON_SLOT_LOST", default_value = "stop", value_parser = parse_on_slot_lost)]
+    on_slot_lost: bemi_worker::OnSlotLost,
     #[command(flatten)]
     metrics: MetricsArgs,
 }
@@ -542,6 +547,7 @@ impl RunArgs {
         config.log_interval = Duration::from_secs(self.log_interval_seconds.max(1));
         config.heartbeat_interval =
             (self.heartbeat_seconds > 0).then(|| Duration::from_secs(self.heartbeat_seconds));
+        config.on_slot_lost = self.on_slot_lost;
         Ok((config, self.metrics))
     }
 }
@@ -596,6 +602,14 @@ impl CommonArgs {
             .slot(&self.slot)
             .publication(&self.publication)
             .changes_table(self.changes_table.clone())
+    }
+}
+
+fn parse_on_slot_lost(text: &str) -> std::result::Result<bemi_worker::OnSlotLost, String> {
+    match text {
+        "stop" => Ok(bemi_worker::OnSlotLost::Stop),
+        "recreate" => Ok(bemi_worker::OnSlotLost::Recreate),
+        other => Err(format!("{other:?}: expected stop or recreate")),
     }
 }
 

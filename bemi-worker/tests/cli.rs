@@ -188,6 +188,18 @@ fn setup_status_and_teardown_through_the_binary() {
         .unwrap()
         .get(0);
     assert_eq!(slots, 0);
+    // An error only an operator can fix (here a role that does not exist) stops the worker at
+    // once with exit code 78 (EX_CONFIG), so that a supervisor does not restart into it.
+    let refused_role = bemi_worker(
+        &["run", "--slot", slot],
+        &database.url_for_user("no_such_role", None),
+    );
+    assert_eq!(
+        refused_role.status.code(),
+        Some(78),
+        "{}",
+        text(&refused_role)
+    );
 
     let bad = bemi_worker(&["status"], &url.replace("@127.0.0.1", "@127.0.0.1:1"));
     let bad_text = text(&bad);

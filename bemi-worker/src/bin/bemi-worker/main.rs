@@ -661,8 +661,23 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            exit_code(&error)
         }
+    }
+}
+
+/// 78 (`EX_CONFIG`) for an error only an operator can fix (configuration, credentials,
+/// privileges, a lost slot): a supervisor should not restart into it. 1 for any other.
+fn exit_code(error: &anyhow::Error) -> ExitCode {
+    let fatal = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<bemi_worker::Error>()
+            .is_some_and(|error| error.kind() == bemi_worker::ErrorKind::Fatal)
+    });
+    if fatal {
+        ExitCode::from(78)
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -51,6 +51,9 @@ enum Scenario {
         /// Repetitions (the median is reported).
         #[arg(long, default_value_t = 3)]
         repetitions: usize,
+        /// With setup's image indexes (`--image-indexes`) on the changes tables.
+        #[arg(long)]
+        image_indexes: bool,
     },
     /// Worker peak RSS while storing one large transaction, and idle.
     WorkerMemory {
@@ -227,7 +230,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::WorkerThroughput {
             changes,
             repetitions,
-        } => throughput::run(changes, repetitions.max(1)).await,
+            image_indexes,
+        } => throughput::run(changes, repetitions.max(1), image_indexes).await,
         Scenario::WorkerMemory {
             rows,
             wide_rows,

@@ -10,6 +10,9 @@
 //! transactions of 3 (one commit time and position), each with a request context (`request_id`
 //! per transaction, `user_id` among 1,000 users), stored as the worker stores it: on the
 //! transaction's first change only, an UPDATE's `after` as its changed columns.
+//!
+//! After the repetitions, the image indexes are built as an operator would (setup run again with
+//! `image_indexes`, on the filled table), and the image filters measured with them.
 
 use std::time::Instant;
 
@@ -130,7 +133,7 @@ pub(crate) async fn run(changes: u64, probes: usize, repetitions: usize) -> anyh
             }),
         ),
         (
-            "after contains (no index)",
+            "after contains (no image index)",
             Box::new(|probe: &mut Probe| {
                 ChangeQuery::new()
                     .after_contains(json!({"title": format!("item {}", probe.next(KEYS))}))
@@ -195,6 +198,7 @@ pub(crate) async fn run(changes: u64, probes: usize, repetitions: usize) -> anyh
         );
         eprintln!("repetition {} done", repetition + 1);
     }
+    let images = image_searches(&env, probes, repetitions).await?;
     let p50s = |values: &[(f64, f64)]| values.iter().map(|value| value.0).collect::<Vec<_>>();
     let p95s = |values: &[(f64, f64)]| values.iter().map(|value| value.1).collect::<Vec<_>>();
     println!(
@@ -225,12 +229,97 @@ pub(crate) async fn run(changes: u64, probes: usize, repetitions: usize) -> anyh
             summary(&p95s(values), 1)
         );
     }
+    for (name, values) in &images.filter_ms {
+        println!(
+            "| first page of 50, newest first: {name} | {} | {} | ≤ 200 ms |",
+            summary(&p50s(values), 1),
+            summary(&p95s(values), 1)
+        );
+    }
     println!();
     println!(
-        "ranges are over repetitions; the filters run {} probes per repetition.",
-        (probes / 10).max(3)
+        "ranges are over repetitions; the filters run {} probes per repetition. The image \
+         indexes (setup `--image-indexes` run again on the filled table) took {:.0} s to build \
+         and analyze, {:.1} B per change.",
+        (probes / 10).max(3),
+        images.build_s,
+        images.bytes_per_change
     );
     Ok(())
+}
+
+/// What the image indexes cost and serve.
+struct ImageSearches {
+    build_s: f64,
+    bytes_per_change: f64,
+    filter_ms: Vec<(&'static str, Vec<(f64, f64)>)>,
+}
+
+/// Builds the image indexes as an operator would (setup again, with `image_indexes`), then
+/// measures the image filters with them.
+async fn image_searches(
+    env: &Environment,
+    probes: usize,
+    repetitions: usize,
+) -> anyhow::Result<ImageSearches> {
+    let setup = bemi_core::setup::Setup::new(
+        bemi_core::setup::SetupOptions::default().image_indexes(true),
+    )?;
+    let timer = Instant::now();
+    env.client.batch_execute(&setup.destination_sql()).await?;
+    let build_s = timer.elapsed().as_secs_f64();
+    let row = env
+        .client
+        .query_one(
+            "SELECT (SELECT sum(pg_catalog.pg_relation_size(relid)) FROM \
+               pg_catalog.pg_partition_tree('bemi.changes_stored_after_images_idx'))::float8 \
+             + (SELECT sum(pg_catalog.pg_relation_size(relid)) FROM \
+               pg_catalog.pg_partition_tree('bemi.changes_stored_before_images_idx'))::float8, \
+             (SELECT count(*) FROM bemi.changes_stored)::float8",
+            &[],
+        )
+        .await?;
+    let bytes_per_change = row.get::<_, f64>(0) / row.get::<_, f64>(1).max(1.0);
+    eprintln!("image indexes built and analyzed ({build_s:.0} s)");
+    let filters: Vec<(&'static str, Filter)> = vec![
+        (
+            "after contains (image index)",
+            Box::new(|probe: &mut Probe| {
+                ChangeQuery::new()
+                    .after_contains(json!({"title": format!("item {}", probe.next(KEYS))}))
+            }),
+        ),
+        (
+            "before contains (image index)",
+            Box::new(|probe: &mut Probe| {
+                ChangeQuery::new().before_contains(
+                    json!({"title": format!("item {}", probe.next(KEYS)), "status": "closed"}),
+                )
+            }),
+        ),
+    ];
+    let mut filter_ms = Vec::new();
+    for (name, filter) in filters {
+        let mut values = Vec::new();
+        for repetition in 0..repetitions {
+            let mut probe = Probe(0x51_7cc1_b727_220a ^ repetition as u64);
+            let mut runner = TokioPostgresRunner(&env.client);
+            let mut samples = Vec::new();
+            for _ in 0..(probes / 10).max(3) {
+                let query = filter(&mut probe).order(Order::NewestFirst).limit(50);
+                let timer = Instant::now();
+                query.fetch(&mut runner).await?;
+                samples.push(timer.elapsed().as_secs_f64() * 1e3);
+            }
+            values.push(p50_p95(&mut samples));
+        }
+        filter_ms.push((name, values));
+    }
+    Ok(ImageSearches {
+        build_s,
+        bytes_per_change,
+        filter_ms,
+    })
 }
 
 /// `public.table_<number>` (a valid name by construction).

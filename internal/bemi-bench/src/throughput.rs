@@ -23,9 +23,19 @@ enum Method {
     WorkerSeparate,
 }
 
-/// Measures, on identical slots, the raw drain, COPY of the stored rows, and the worker.
-pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()> {
+/// Measures, on identical slots, the raw drain, COPY of the stored rows, and the worker; with
+/// `image_indexes`, the changes tables have setup's image indexes.
+pub(crate) async fn run(
+    changes: usize,
+    repetitions: usize,
+    image_indexes: bool,
+) -> anyhow::Result<()> {
     let env = Environment::start("throughput", SCHEMA).await?;
+    let destination_sql = bemi_core::setup::Setup::new(
+        bemi_core::setup::SetupOptions::default().image_indexes(image_indexes),
+    )?
+    .destination_sql();
+    env.client.batch_execute(&destination_sql).await?;
     // The destination in another database of the cluster: the walsender then skips the
     // worker's own writes instead of decoding them.
     let audit = {
@@ -36,12 +46,7 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
         .await?
     };
     let audit_client = audit.connect().await;
-    audit_client
-        .batch_execute(
-            &bemi_core::setup::Setup::new(bemi_core::setup::SetupOptions::default())?
-                .destination_sql(),
-        )
-        .await?;
+    audit_client.batch_execute(&destination_sql).await?;
     let audit_url = audit.url();
     let slot = |kind: &str, repetition: usize| format!("bench_{kind}_{repetition}");
     for repetition in 0..repetitions {
@@ -162,8 +167,13 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
             .collect()
     };
     println!(
-        "## worker-throughput: {changes} row changes ({} transactions of 1,000; 3/4 inserts, 1/4 updates; every statement with a context)",
-        statements.len()
+        "## worker-throughput: {changes} row changes ({} transactions of 1,000; 3/4 inserts, 1/4 updates; every statement with a context){}",
+        statements.len(),
+        if image_indexes {
+            "; changes tables with the image indexes"
+        } else {
+            ""
+        }
     );
     println!();
     println!(

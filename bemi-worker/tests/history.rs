@@ -505,6 +505,27 @@ async fn index_family(client: &tokio_postgres::Client, index: &str) -> Vec<Strin
     relations(client, sql, &[&index]).await
 }
 
+/// Asserts that the `EXPLAIN (FORMAT JSON)` output `plan` scans `index` of
+/// `bemi.changes_stored` (on a partitioned table, a partition's copy of it); returns the plan's
+/// scans.
+async fn assert_scans_index(
+    client: &tokio_postgres::Client,
+    plan: &Value,
+    index: &str,
+    name: &str,
+) -> Vec<(String, String, String)> {
+    let mut found = Vec::new();
+    scans(&plan[0]["Plan"], &mut found);
+    let family = index_family(client, index).await;
+    assert!(
+        found
+            .iter()
+            .any(|(node, used, _)| node.contains("Index") && family.contains(used)),
+        "{name}: expected a scan of {index}, plan: {found:?}"
+    );
+    found
+}
+
 /// The partitions of `bemi.changes_stored` holding rows.
 async fn filled_partitions(client: &tokio_postgres::Client) -> Vec<String> {
     let sql = "SELECT DISTINCT tableoid::regclass::text FROM bemi.changes_stored";
@@ -595,17 +616,8 @@ async fn queries_use_the_indexes_on_100_000_changes() {
             .await
             .unwrap();
         let plan: Value = rows[0].get(0);
-        let mut found = Vec::new();
-        scans(&plan[0]["Plan"], &mut found);
-        // On a partitioned table: the partitions' copies of the index. Empty partitions (the
-        // months ahead) may be read sequentially: they have no rows to read.
-        let family = index_family(&fixture.client, index).await;
-        assert!(
-            found
-                .iter()
-                .any(|(node, used, _)| node.contains("Index") && family.contains(used)),
-            "{name}: expected a scan of {index}, plan: {found:?}"
-        );
+        // Empty partitions (the months ahead) may be read sequentially: they have no rows.
+        let found = assert_scans_index(&fixture.client, &plan, index, name).await;
         assert!(
             !found
                 .iter()
@@ -668,15 +680,7 @@ async fn image_searches_use_the_image_indexes() {
             .await
             .unwrap()
             .get(0);
-        let mut found = Vec::new();
-        scans(&plan[0]["Plan"], &mut found);
-        let family = index_family(&fixture.client, index).await;
-        assert!(
-            found
-                .iter()
-                .any(|(node, used, _)| node.contains("Index") && family.contains(used)),
-            "expected a scan of {index}, plan: {found:?}"
-        );
+        assert_scans_index(&fixture.client, &plan, index, "image search").await;
         let changes = query
             .fetch(&mut TokioPostgresRunner(&fixture.client))
             .await

@@ -246,16 +246,12 @@ async fn an_idle_database_does_not_pin_the_wal_of_a_busy_cluster() {
 
 /// The batches (`todo.batch`) whose rows are in the trail.
 async fn stored_batches(client: &tokio_postgres::Client) -> Vec<i32> {
-    client
-        .query(
-            "SELECT DISTINCT (\"after\"->>'batch')::int FROM bemi.changes ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+    crate::support::first_column(
+        client,
+        "SELECT DISTINCT (\"after\"->>'batch')::int FROM bemi.changes ORDER BY 1",
+        &[],
+    )
+    .await
 }
 
 /// A slot the server invalidated (its WAL passed `max_slot_wal_keep_size` while the worker was

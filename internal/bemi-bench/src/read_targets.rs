@@ -84,6 +84,24 @@ async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
 /// A `ChangeQuery` filter with its random argument.
 type Filter = Box<dyn Fn(&mut Probe) -> ChangeQuery>;
 
+/// Times the first page (50, newest first) of a tenth of `probes` (at least 3) random queries of
+/// `filter`; returns their p50 and p95 in milliseconds.
+async fn first_pages(
+    runner: &mut TokioPostgresRunner<'_, tokio_postgres::Client>,
+    filter: &Filter,
+    probe: &mut Probe,
+    probes: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let mut samples = Vec::new();
+    for _ in 0..(probes / 10).max(3) {
+        let query = filter(probe).order(Order::NewestFirst).limit(50);
+        let timer = Instant::now();
+        query.fetch(runner).await?;
+        samples.push(timer.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(p50_p95(&mut samples))
+}
+
 /// Milliseconds of `samples`' p50 and p95.
 fn p50_p95(samples: &mut [f64]) -> (f64, f64) {
     (percentile(samples, 0.5), percentile(samples, 0.95))
@@ -173,14 +191,7 @@ pub(crate) async fn run(changes: u64, probes: usize, repetitions: usize) -> anyh
         history_ms.push(p50_p95(&mut history_samples));
         user_ms.push(p50_p95(&mut user_samples));
         for (index, (_, filter)) in filters.iter().enumerate() {
-            let mut samples = Vec::new();
-            for _ in 0..(probes / 10).max(3) {
-                let query = filter(&mut probe).order(Order::NewestFirst).limit(50);
-                let timer = Instant::now();
-                query.fetch(&mut runner).await?;
-                samples.push(timer.elapsed().as_secs_f64() * 1e3);
-            }
-            filter_ms[index].push(p50_p95(&mut samples));
+            filter_ms[index].push(first_pages(&mut runner, filter, &mut probe, probes).await?);
         }
         let timer = Instant::now();
         let rows = table_as_of(
@@ -304,14 +315,7 @@ async fn image_searches(
         for repetition in 0..repetitions {
             let mut probe = Probe(0x51_7cc1_b727_220a ^ repetition as u64);
             let mut runner = TokioPostgresRunner(&env.client);
-            let mut samples = Vec::new();
-            for _ in 0..(probes / 10).max(3) {
-                let query = filter(&mut probe).order(Order::NewestFirst).limit(50);
-                let timer = Instant::now();
-                query.fetch(&mut runner).await?;
-                samples.push(timer.elapsed().as_secs_f64() * 1e3);
-            }
-            values.push(p50_p95(&mut samples));
+            values.push(first_pages(&mut runner, &filter, &mut probe, probes).await?);
         }
         filter_ms.push((name, values));
     }

@@ -322,6 +322,51 @@ async fn a_lost_slot_is_loud_and_recreating_it_records_the_gap() {
         assert!(message.contains(said), "{message}");
     }
 
+    // A worker role that may not record the gap refuses to recreate, and leaves the slot as
+    // it is: no gap goes unrecorded.
+    let role = format!("{}_gaps", fixture.database.name());
+    fixture
+        .sql(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'bemi-test';"
+        ))
+        .await;
+    let grants = fixture.setup.worker_grants_sql(&role).unwrap();
+    fixture.sql(&grants.source).await;
+    fixture.sql(&grants.destination).await;
+    fixture
+        .sql(&format!("REVOKE INSERT ON bemi.trail_gaps FROM {role}"))
+        .await;
+    let mut restricted = fixture.config();
+    restricted.on_slot_lost = bemi_worker::OnSlotLost::Recreate;
+    restricted.source = bemi_worker::ConnectionOptions::parse(
+        &fixture.database.url_for_user(&role, Some("bemi-test")),
+    )
+    .unwrap();
+    restricted.store_into(
+        restricted.source.clone(),
+        fixture.setup.options().changes_table_name().clone(),
+    );
+    let refused = bemi_worker::Worker::new(restricted)
+        .run(std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("GRANT SELECT, INSERT ON bemi.trail_gaps"),
+        "{refused}"
+    );
+    let still_lost: Option<String> = fixture
+        .client
+        .query_one(
+            "SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(still_lost.as_deref(), Some("lost"));
+
     // Recreating: the gap is recorded, and capture goes on from the new slot.
     let mut config = fixture.config();
     config.on_slot_lost = bemi_worker::OnSlotLost::Recreate;

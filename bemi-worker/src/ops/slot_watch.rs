@@ -7,7 +7,8 @@ use crate::{ConnectionOptions, Metrics};
 
 /// Every `interval`, reads the slot `slot` on `source` (as `bemi-worker status` does) and sets
 /// the slot's gauges of `metrics`: replication lag, retained WAL, WAL left before
-/// `max_slot_wal_keep_size` (-1 without a limit) and whether the server invalidated the slot.
+/// `max_slot_wal_keep_size` (-1 without a limit) and whether the server invalidated the slot
+/// (a slot that does not exist leaves the gauges as they were).
 /// Runs until dropped; a failed poll is logged (once per failure streak) and retried on the
 /// next tick over a new connection.
 pub async fn watch_slot(
@@ -43,22 +44,18 @@ pub async fn watch_slot(
         match crate::admin::status::slot_info(connected, &slot).await {
             Ok(info) => {
                 failing = false;
-                let gauges = &metrics.slot;
-                match info {
-                    Some(info) => {
-                        gauges.replication_lag.set(info.lag_bytes.unwrap_or(0));
-                        gauges.retained_wal.set(info.retained_bytes.unwrap_or(0));
-                        gauges
-                            .wal_remaining
-                            .set(info.wal_remaining_bytes.unwrap_or(-1));
-                        gauges
-                            .lost
-                            .set(i64::from(info.wal_status.as_deref() == Some("lost")));
-                    }
-                    // No slot: nothing is captured (the worker says why).
-                    None => {
-                        gauges.lost.set(1);
-                    }
+                // No slot yet leaves the gauges: the worker creates a missing one when it
+                // starts (and `status` says so); it is not a lost slot.
+                if let Some(info) = info {
+                    let gauges = &metrics.slot;
+                    gauges.replication_lag.set(info.lag_bytes.unwrap_or(0));
+                    gauges.retained_wal.set(info.retained_bytes.unwrap_or(0));
+                    gauges
+                        .wal_remaining
+                        .set(info.wal_remaining_bytes.unwrap_or(-1));
+                    gauges
+                        .lost
+                        .set(i64::from(info.wal_status.as_deref() == Some("lost")));
                 }
             }
             Err(error) => {

@@ -23,9 +23,10 @@ pub(crate) async fn recreate(
     let slot = &config.slot;
     let may_record: bool = client
         .query_one(
-            "SELECT pg_catalog.to_regclass('bemi.trail_gaps') IS NOT NULL \
-               AND pg_catalog.has_table_privilege('bemi.trail_gaps', 'INSERT') \
-               AND pg_catalog.has_sequence_privilege('bemi.trail_gaps_id_seq', 'USAGE')",
+            // CASE: the privilege functions raise an error for a table that does not exist.
+            "SELECT CASE WHEN pg_catalog.to_regclass('bemi.trail_gaps') IS NULL THEN false \
+               ELSE pg_catalog.has_table_privilege('bemi.trail_gaps', 'INSERT') \
+                 AND pg_catalog.has_sequence_privilege('bemi.trail_gaps_id_seq', 'USAGE') END",
             &[],
         )
         .await

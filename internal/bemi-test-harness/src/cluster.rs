@@ -620,9 +620,9 @@ fn find_bin_dir() -> Result<PathBuf, String> {
     }
     Err(format!(
         "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian/Ubuntu: \
-         `apt-get install postgresql`; macOS: `brew install postgresql`), point \
-         {BIN_DIR_VARIABLE} at their directory, or set {DATABASE_URL_VARIABLE} to a server \
-         running with wal_level=logical"
+         `{}`; macOS: `brew install postgresql`), point {BIN_DIR_VARIABLE} at their directory, \
+         or set {DATABASE_URL_VARIABLE} to a server running with wal_level=logical",
+        crate::INSTALL_LINE
     ))
 }
 

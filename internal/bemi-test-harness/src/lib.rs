@@ -37,6 +37,10 @@ mod nats;
 mod wait;
 
 pub use cluster::{BACKEND_VARIABLE, BIN_DIR_VARIABLE, DATABASE_URL_VARIABLE, TestCluster};
+
+/// The one command that installs, on Debian, every system package the tests and the
+/// quickstart need (the README shows it beside them); each missing piece fails with it.
+pub const INSTALL_LINE: &str = "sudo apt-get install -y postgresql postgresql-contrib libpq-dev pkg-config nats-server chromium chromium-driver";
 #[cfg(feature = "testcontainers")]
 pub use container::IMAGE_TAG_VARIABLE;
 pub use database::TestDatabase;

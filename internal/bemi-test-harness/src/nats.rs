@@ -199,7 +199,8 @@ fn find_binary() -> PathBuf {
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "nats-server not found: install it (Debian: apt-get install nats-server) or set {NATS_SERVER_VARIABLE}"
+                "nats-server not found: install it (Debian: `{}`) or set {NATS_SERVER_VARIABLE}",
+                crate::INSTALL_LINE
             )
         })
 }

@@ -35,6 +35,7 @@
 
 mod admin;
 mod change_row;
+pub mod console;
 mod error;
 pub mod ops;
 mod pipeline;

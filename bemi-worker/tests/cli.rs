@@ -39,6 +39,7 @@ fn help_explains_every_command() {
         "retention",
         "restore-archive",
         "hold",
+        "console",
     ] {
         assert!(help.contains(command), "{help}");
         let command_help = bemi_worker(&[command, "--help"], "");

@@ -10,6 +10,7 @@
 
 mod attribution;
 mod cli;
+mod console;
 mod ddl_torture;
 mod decoder_fuzz;
 mod durability;

@@ -12,8 +12,10 @@ use bemi_core::setup::{Partitioning, Setup, SetupOptions};
 use bemi_worker::{ConnectionOptions, Ingest, IngestConfig, NatsOptions, Worker, WorkerConfig};
 use clap::{Args, Parser, Subcommand};
 
+mod console_args;
 mod metrics_args;
 
+use console_args::ConsoleArgs;
 use metrics_args::MetricsArgs;
 
 /// Captures every row change of PostgreSQL, with the application context that caused it, into
@@ -53,6 +55,7 @@ impl Command {
             Command::Status(args) => ("status", Some(&args.common.slot)),
             Command::Capture(args) => ("capture", Some(&args.run.common.slot)),
             Command::Ingest(_) => ("ingest", None),
+            Command::Console(_) => ("console", None),
             Command::Teardown(args) => ("teardown", Some(&args.common.slot)),
             Command::Snapshot(args) => ("snapshot", Some(&args.common.slot)),
             Command::Revert(args) => ("revert", Some(&args.common.slot)),
@@ -79,6 +82,9 @@ enum Command {
     /// Store the changes `capture` published, sharing the work with any other `ingest`
     /// processes, until SIGINT or SIGTERM.
     Ingest(IngestArgs),
+    /// Serve the console: a web UI to search changes, read a change's diff and follow a
+    /// record's timeline (loopback by default; elsewhere with BEMI_CONSOLE_TOKEN).
+    Console(ConsoleArgs),
     /// Remove triggers, publication and slot (the changes table is kept unless
     /// --drop-changes).
     Teardown(TeardownArgs),
@@ -743,6 +749,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             args.metrics.start(&ingest.metrics(), None).await?;
             ingest.run(shutdown_signal()).await?;
         }
+        Command::Console(args) => args.serve(shutdown_signal()).await?,
         Command::Status(args) => {
             // A monitoring check: a status that cannot be read is critical too.
             return Ok(match print_status(&args).await {

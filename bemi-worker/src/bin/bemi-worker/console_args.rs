@@ -1,0 +1,69 @@
+//! `bemi-worker console`: its options and how it starts.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use bemi_core::QualifiedName;
+use bemi_worker::console::ConsoleConfig;
+use clap::Args;
+
+/// Serve the console, a web UI over the trail.
+#[derive(Debug, Args)]
+pub(crate) struct ConsoleArgs {
+    /// Where to listen. An address other than loopback needs BEMI_CONSOLE_TOKEN.
+    #[arg(long, env = "BEMI_CONSOLE_LISTEN", default_value = "127.0.0.1:7777")]
+    listen: SocketAddr,
+    /// The database holding the changes table (a read-only role is enough) [default:
+    /// DATABASE_URL].
+    #[arg(long, env = "BEMI_DESTINATION_URL", hide_env_values = true)]
+    destination_url: Option<String>,
+    /// A file holding the destination's URL.
+    #[arg(
+        long,
+        env = "BEMI_DESTINATION_URL_FILE",
+        conflicts_with = "destination_url"
+    )]
+    destination_url_file: Option<std::path::PathBuf>,
+    /// The source database, used when no destination is given.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// The changes table, `schema.table`.
+    #[arg(long, env = "BEMI_CHANGES_TABLE", default_value = "bemi.changes")]
+    changes_table: QualifiedName,
+}
+
+impl ConsoleArgs {
+    /// Serves until `shutdown` completes.
+    pub(crate) async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let destination = crate::connection_options(
+            self.destination_url
+                .as_deref()
+                .or(self.database_url.as_deref()),
+            self.destination_url_file.as_deref(),
+        )?
+        .context(
+            "the database holding the changes table is required: --destination-url, \
+             --destination-url-file or DATABASE_URL",
+        )?;
+        let token = std::env::var("BEMI_CONSOLE_TOKEN")
+            .ok()
+            .filter(|token| !token.is_empty());
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} for the console", self.listen))?;
+        let address = listener
+            .local_addr()
+            .with_context(|| format!("cannot listen on {} for the console", self.listen))?;
+        tracing::info!(%address, destination = %destination, "serving the console");
+        let config = ConsoleConfig {
+            destination,
+            changes_table: self.changes_table,
+            token,
+        };
+        bemi_worker::console::serve(listener, config, shutdown).await?;
+        Ok(())
+    }
+}

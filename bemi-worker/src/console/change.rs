@@ -1,0 +1,147 @@
+//! `/changes/{id}`: one change: where and when, who (its context), and the field diff with the
+//! unchanged fields collapsed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bemi_core::{Change, ChangeQuery};
+use maud::{Markup, html};
+use uuid::Uuid;
+
+use crate::console::Console;
+use crate::console::layout::{self, visible};
+
+/// Why a stored value reads as it does (redaction and the worker's markers).
+fn marker(value: &str) -> Option<&'static str> {
+    match value {
+        "\"[REDACTED]\"" => Some("redacted by a column policy"),
+        _ if value.contains("\"_bemi\"") => Some("a marker of the worker: see the README"),
+        _ => None,
+    }
+}
+
+/// One value cell.
+fn value(text: Option<&str>) -> Markup {
+    html! {
+        @match text {
+            None => span.muted { "absent" },
+            Some(text) => {
+                (visible(text))
+                @if let Some(why) = marker(text) { " " span.marker { (why) } }
+            }
+        }
+    }
+}
+
+/// The diff: changed fields first, then the unchanged ones folded.
+pub(crate) fn diff(change: &Change) -> Markup {
+    let columns: BTreeSet<&str> = change
+        .before
+        .columns()
+        .chain(change.after.columns())
+        .collect();
+    let text = |image: &bemi_core::Image, column: &str| {
+        image.get(column).map(|value| value.as_str().to_owned())
+    };
+    let (changed, unchanged): (Vec<&str>, Vec<&str>) = columns
+        .into_iter()
+        .partition(|column| text(&change.before, column) != text(&change.after, column));
+    html! {
+        table.diff {
+            thead { tr { th { "Field" } th { "Before" } th { "After" } } }
+            tbody {
+                @for column in &changed {
+                    tr.changed {
+                        td { (visible(column)) }
+                        td.value.before { (value(text(&change.before, column).as_deref())) }
+                        td.value.after { (value(text(&change.after, column).as_deref())) }
+                    }
+                }
+            }
+        }
+        @if !unchanged.is_empty() {
+            details {
+                summary { (unchanged.len()) " unchanged fields" }
+                table {
+                    tbody {
+                        @for column in &unchanged {
+                            tr {
+                                td { (visible(column)) }
+                                td.value colspan="2" { (value(text(&change.after, column).as_deref())) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The change page.
+pub(crate) async fn page(State(console): State<Arc<Console>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = Uuid::try_parse(&id) else {
+        return (StatusCode::NOT_FOUND, layout::error("No such change.")).into_response();
+    };
+    let found = match console.client().await {
+        Ok(client) => ChangeQuery::new()
+            .log(console.audit_log())
+            .ids([id])
+            .limit(1)
+            .fetch(&mut bemi_core::TokioPostgresRunner(&*client))
+            .await
+            .map_err(|error| error.to_string()),
+        Err(error) => Err(crate::error_chain(&error)),
+    };
+    let change = match found {
+        Ok(mut changes) if !changes.is_empty() => changes.remove(0),
+        Ok(_) => return (StatusCode::NOT_FOUND, layout::error("No such change.")).into_response(),
+        Err(message) => {
+            tracing::warn!(error = %message, "console change page failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                layout::error("The trail cannot be read right now; the console's log says why."),
+            )
+                .into_response();
+        }
+    };
+    let table = layout::table_name(&change);
+    let search = |pairs: &[(&str, String)]| {
+        format!(
+            "/?{}",
+            serde_urlencoded::to_string(pairs).unwrap_or_default()
+        )
+    };
+    let body = html! {
+        h1 { (layout::operation(change.operation)) " " (visible(&table)) }
+        dl.facts {
+            dt { "Committed" } dd { (layout::time(&change)) }
+            dt { "Key" } dd.value {
+                @if let Some(key) = &change.primary_key {
+                    a href=(format!("/record?{}", serde_urlencoded::to_string([("table", table.clone()), ("key", key.clone())]).unwrap_or_default())) { (visible(key)) }
+                    " (the record's timeline)"
+                } @else { span.muted { "none" } }
+            }
+            dt { "Transaction" } dd {
+                a href=(search(&[("transaction", change.transaction_id.to_string())])) { (change.transaction_id) }
+                " (everything it changed)"
+            }
+            dt { "Context" } dd {
+                @if change.context.is_empty() { span.muted { "none: raw SQL, or a writer that set no context" } }
+                @for (key, value) in change.context.iter() {
+                    div.value {
+                        (visible(key)) ": " (visible(&value.to_string())) " "
+                        a href=(search(&[("context_key", key.clone()), ("context_value", value.to_string())])) { "all changes with it" }
+                    }
+                }
+            }
+            dt { "Database" } dd { (visible(&change.database)) }
+            dt { "Change id" } dd.value { (change.id) }
+        }
+        h2 { "Fields" }
+        (diff(&change))
+    };
+    layout::page(&format!("{} {}", change.operation.as_str(), table), body).into_response()
+}

@@ -1,0 +1,71 @@
+//! The page shell and the small pieces every page shows.
+
+use bemi_core::{Change, Operation};
+use maud::{DOCTYPE, Markup, html};
+
+use crate::console::text::pieces;
+
+/// A whole page.
+pub(crate) fn page(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · bemi console" }
+                link rel="stylesheet" href="/assets/console.css";
+            }
+            body {
+                header {
+                    a.brand href="/" { "bemi console" }
+                    nav { a href="/" { "Search" } }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// Text with its invisible characters shown by name.
+pub(crate) fn visible(text: &str) -> Markup {
+    html! {
+        @for (invisible, piece) in pieces(text) {
+            @if invisible { span.invisible title="an invisible character" { "⟨" (piece) "⟩" } }
+            @else { (piece) }
+        }
+    }
+}
+
+/// The operation as a badge.
+pub(crate) fn operation(operation: Operation) -> Markup {
+    html! { span class={ "op op-" (operation.as_str()) } { (operation.as_str()) } }
+}
+
+/// The commit time, to the second, in UTC.
+pub(crate) fn time(change: &Change) -> String {
+    change
+        .committed_at
+        .format("%Y-%m-%d %H:%M:%S UTC")
+        .to_string()
+}
+
+/// `schema.table` of a change.
+pub(crate) fn table_name(change: &Change) -> String {
+    format!("{}.{}", change.schema, change.table)
+}
+
+/// The context of a change, `key: value` pairs.
+pub(crate) fn context(change: &Change) -> Markup {
+    html! {
+        @if change.context.is_empty() { span.muted { "no context" } }
+        @for (key, value) in change.context.iter() {
+            span.value { (visible(key)) ": " (visible(&value.to_string())) } " "
+        }
+    }
+}
+
+/// A page saying what went wrong, without internals.
+pub(crate) fn error(message: &str) -> Markup {
+    page("Error", html! { div.error { (message) } })
+}

@@ -1,0 +1,161 @@
+//! `bemi-worker console`: a web UI over the trail for the people it is for (support, security,
+//! auditors): search changes, read a change's diff, follow a record's timeline.
+//!
+//! Server-rendered HTML (maud escapes every value), one embedded stylesheet, no script: a strict
+//! Content-Security-Policy (`default-src 'none'`) keeps anything a user typed into an audited
+//! row inert. It reads through bemi-core's queries, so a read-only role is enough. Loopback by
+//! default; any other address needs a bearer token.
+
+mod change;
+mod layout;
+mod search;
+mod text;
+mod timeline;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::Mutex;
+
+use crate::{ConnectionOptions, Error, Result};
+
+/// What the console serves and from where.
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    /// The database holding the `changes` table.
+    pub destination: ConnectionOptions,
+    /// The `changes` table (default `bemi.changes`).
+    pub changes_table: bemi_core::QualifiedName,
+    /// The bearer token every request must carry (`Authorization: Bearer ...`); required to
+    /// listen on an address other than loopback.
+    pub token: Option<String>,
+}
+
+/// The state handlers share: the configuration and one connection, opened again when closed.
+pub(crate) struct Console {
+    config: ConsoleConfig,
+    client: Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+impl Console {
+    /// A connection to the destination (the shared one, or a new one if it was closed).
+    pub(crate) async fn client(&self) -> Result<Arc<tokio_postgres::Client>> {
+        let mut client = self.client.lock().await;
+        if let Some(open) = client.as_ref().filter(|open| !open.is_closed()) {
+            return Ok(Arc::clone(open));
+        }
+        let connected = Arc::new(
+            self.config
+                .destination
+                .connect("bemi-worker console")
+                .await?,
+        );
+        *client = Some(Arc::clone(&connected));
+        Ok(connected)
+    }
+
+    /// The trail read.
+    pub(crate) fn audit_log(&self) -> bemi_core::AuditLog {
+        bemi_core::AuditLog::new(self.config.changes_table.clone())
+    }
+}
+
+/// The console's router (for tests and embedding).
+fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/", get(search::page))
+        .route("/changes/{id}", get(change::page))
+        .route("/record", get(timeline::page))
+        .route("/assets/console.css", get(stylesheet))
+        .layer(middleware::from_fn_with_state(Arc::clone(&console), guard))
+        .with_state(console)
+}
+
+/// Serves the console on `listener` until `shutdown` completes.
+///
+/// # Errors
+///
+/// [`Error::Config`] when the address is not loopback and no token is set; [`Error::Io`] when
+/// serving fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: ConsoleConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let address: SocketAddr = listener.local_addr().map_err(|source| Error::Io {
+        action: "read the console's address".into(),
+        source,
+    })?;
+    if !address.ip().is_loopback() && config.token.as_deref().is_none_or(str::is_empty) {
+        return Err(Error::Config(format!(
+            "the console listens on {address}, which is not loopback: set BEMI_CONSOLE_TOKEN \
+             (requests then need `Authorization: Bearer <token>`), or listen on 127.0.0.1"
+        )));
+    }
+    let console = Arc::new(Console {
+        config,
+        client: Mutex::new(None),
+    });
+    axum::serve(listener, router(console))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| Error::Io {
+            action: "serve the console".into(),
+            source,
+        })
+}
+
+/// Every response: the token checked when one is set, and headers that keep pages inert
+/// (no script, no framing, no sniffing, nothing cached, no referrer).
+async fn guard(State(console): State<Arc<Console>>, request: Request, next: Next) -> Response {
+    if let Some(token) = console
+        .config
+        .token
+        .as_deref()
+        .filter(|token| !token.is_empty())
+    {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !text::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             base-uri 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("console.css"),
+    )
+}

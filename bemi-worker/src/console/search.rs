@@ -1,0 +1,211 @@
+//! `/`: the search form and a page of matching changes, newest first, with a link to the next
+//! page (keyset: the URL holds the last change's cursor, so pages never skip or repeat).
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bemi_core::{ChangeCursor, ChangeQuery, Context, Operation, Order, QualifiedName};
+use chrono::{DateTime, NaiveDate, Utc};
+use maud::{Markup, html};
+use serde::{Deserialize, Serialize};
+
+use crate::console::Console;
+use crate::console::layout::{self, visible};
+
+/// Changes per page.
+const PAGE: u64 = 50;
+
+/// The search, as the form sends it (every field optional; empty means no filter).
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+pub(crate) struct Search {
+    #[serde(default)]
+    table: String,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    context_key: String,
+    #[serde(default)]
+    context_value: String,
+    #[serde(default)]
+    transaction: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    until: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    after: String,
+}
+
+/// A time given as a date (`2026-12-01`, midnight UTC) or an RFC 3339 time.
+fn instant(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(date.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    }
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|_| format!("{text:?} is not a date (2026-12-01) or an RFC 3339 time"))
+}
+
+impl Search {
+    /// The query, or what is wrong with the form.
+    fn query(&self, log: bemi_core::AuditLog) -> Result<ChangeQuery, String> {
+        let mut query = ChangeQuery::new()
+            .log(log)
+            .order(Order::NewestFirst)
+            .limit(PAGE);
+        let table = self.table.trim();
+        if !table.is_empty() {
+            let (schema, name) = table.split_once('.').unwrap_or(("public", table));
+            let name = QualifiedName::new(schema, name)
+                .map_err(|_| format!("{table:?} is not a table name (schema.table)"))?;
+            query = query.table(name);
+        }
+        if !self.key.trim().is_empty() {
+            query = query.primary_key(self.key.trim());
+        }
+        if !self.operation.is_empty() {
+            let operation: Operation = self
+                .operation
+                .parse()
+                .map_err(|_| format!("{:?} is not an operation", self.operation))?;
+            query = query.operations([operation]);
+        }
+        let context_key = self.context_key.trim();
+        if !context_key.is_empty() {
+            // A JSON value as such (7, true, {"a":1}), anything else as a string.
+            let value = serde_json::from_str(&self.context_value)
+                .unwrap_or_else(|_| serde_json::Value::String(self.context_value.clone()));
+            query = query.context_contains(Context::new().with(context_key, value));
+        }
+        if !self.transaction.trim().is_empty() {
+            let id: i64 = self
+                .transaction
+                .trim()
+                .parse()
+                .map_err(|_| format!("{:?} is not a transaction id", self.transaction))?;
+            query = query.transaction_id(id);
+        }
+        if !self.from.trim().is_empty() {
+            query = query.from(instant(self.from.trim())?);
+        }
+        if !self.until.trim().is_empty() {
+            query = query.until(instant(self.until.trim())?);
+        }
+        if !self.after.is_empty() {
+            let cursor: ChangeCursor = self
+                .after
+                .parse()
+                .map_err(|_| "the page link is damaged: search again".to_owned())?;
+            query = query.after_cursor(cursor);
+        }
+        Ok(query)
+    }
+
+    fn form(&self) -> Markup {
+        let operations = ["CREATE", "UPDATE", "DELETE", "TRUNCATE", "SNAPSHOT", "DDL"];
+        html! {
+            form.search method="get" action="/" {
+                label { "Table" input name="table" placeholder="public.orders" value=(self.table); }
+                label { "Key" input name="key" placeholder="42" value=(self.key); }
+                label { "Operation"
+                    select name="operation" {
+                        option value="" { "any" }
+                        @for operation in operations {
+                            option value=(operation) selected[self.operation == operation] { (operation) }
+                        }
+                    }
+                }
+                label { "Transaction" input name="transaction" value=(self.transaction); }
+                label { "Context key" input name="context_key" placeholder="user_id" value=(self.context_key); }
+                label { "Context value" input name="context_value" placeholder="187234" value=(self.context_value); }
+                label { "From" input name="from" placeholder="2026-12-01" value=(self.from); }
+                label { "Until" input name="until" placeholder="2026-12-31" value=(self.until); }
+                div.actions {
+                    button type="submit" { "Search" }
+                    a.button.secondary href="/" { "Clear" }
+                }
+            }
+        }
+    }
+}
+
+/// The search page.
+pub(crate) async fn page(
+    State(console): State<Arc<Console>>,
+    Query(search): Query<Search>,
+) -> Response {
+    let query = match search.query(console.audit_log()) {
+        Ok(query) => query,
+        Err(message) => {
+            let body = html! { h1 { "Changes" } (search.form()) div.error { (message) } };
+            return (StatusCode::BAD_REQUEST, layout::page("Changes", body)).into_response();
+        }
+    };
+    let changes = match console.client().await {
+        Ok(client) => query
+            .fetch(&mut bemi_core::TokioPostgresRunner(&*client))
+            .await
+            .map_err(|error| error.to_string()),
+        Err(error) => Err(crate::error_chain(&error)),
+    };
+    let changes = match changes {
+        Ok(changes) => changes,
+        Err(message) => {
+            tracing::warn!(error = %message, "console search failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                layout::error("The trail cannot be read right now; the console's log says why."),
+            )
+                .into_response();
+        }
+    };
+    let next = (changes.len() as u64 == PAGE)
+        .then(|| changes.last().map(ChangeCursor::of))
+        .flatten()
+        .map(|cursor| {
+            let next = Search {
+                after: cursor.to_string(),
+                ..search.clone()
+            };
+            format!(
+                "/?{}",
+                serde_urlencoded::to_string(&next).unwrap_or_default()
+            )
+        });
+    let body = html! {
+        h1 { "Changes" }
+        (search.form())
+        h2 { "Newest first" }
+        @if changes.is_empty() {
+            div.empty { "No change matches." }
+        } @else {
+            table {
+                thead { tr { th { "Committed" } th { "" } th { "Table" } th { "Key" } th { "Context" } th { "" } } }
+                tbody {
+                    @for change in &changes {
+                        tr {
+                            td { (layout::time(change)) }
+                            td { (layout::operation(change.operation)) }
+                            td { (visible(&layout::table_name(change))) }
+                            td.value {
+                                @if let Some(key) = &change.primary_key {
+                                    a href=(format!("/record?{}", serde_urlencoded::to_string([("table", layout::table_name(change)), ("key", key.clone())]).unwrap_or_default())) { (visible(key)) }
+                                } @else { span.muted { "none" } }
+                            }
+                            td { (layout::context(change)) }
+                            td { a href=(format!("/changes/{}", change.id)) { "Open" } }
+                        }
+                    }
+                }
+            }
+            @if let Some(next) = next {
+                div.pager { a.button.secondary href=(next) { "Next page" } }
+            }
+        }
+    };
+    layout::page("Changes", body).into_response()
+}

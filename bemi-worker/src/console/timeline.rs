@@ -1,0 +1,82 @@
+//! `/record?table=schema.table&key=K`: every change of one row, oldest first, with who changed
+//! what at each step (a deletion and a re-creation included).
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bemi_core::QualifiedName;
+use maud::html;
+use serde::Deserialize;
+
+use crate::console::Console;
+use crate::console::change::diff;
+use crate::console::layout::{self, visible};
+
+/// The record asked for.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Record {
+    table: String,
+    key: String,
+}
+
+/// The timeline page.
+pub(crate) async fn page(
+    State(console): State<Arc<Console>>,
+    Query(record): Query<Record>,
+) -> Response {
+    let Some(table) = record
+        .table
+        .split_once('.')
+        .and_then(|(schema, name)| QualifiedName::new(schema, name).ok())
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            layout::error("The table must be given as schema.table."),
+        )
+            .into_response();
+    };
+    let history = match console.client().await {
+        Ok(client) => bemi_core::time_travel::history(
+            &mut bemi_core::TokioPostgresRunner(&*client),
+            &console.audit_log(),
+            &table,
+            &record.key,
+        )
+        .await
+        .map_err(|error| error.to_string()),
+        Err(error) => Err(crate::error_chain(&error)),
+    };
+    let changes = match history {
+        Ok(changes) => changes,
+        Err(message) => {
+            tracing::warn!(error = %message, "console timeline failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                layout::error("The trail cannot be read right now; the console's log says why."),
+            )
+                .into_response();
+        }
+    };
+    let body = html! {
+        h1 { "Record " span.value { (visible(&record.key)) } " of " (visible(&record.table)) }
+        @if changes.is_empty() {
+            div.empty { "No change of this record is in the trail." }
+        }
+        ol.timeline {
+            @for change in &changes {
+                li {
+                    div {
+                        (layout::operation(change.operation)) " "
+                        strong { (layout::time(change)) } " · "
+                        (layout::context(change)) " · "
+                        a href=(format!("/changes/{}", change.id)) { "Open" }
+                    }
+                    (diff(change))
+                }
+            }
+        }
+    };
+    layout::page(&format!("Record {}", record.key), body).into_response()
+}

@@ -1,0 +1,372 @@
+//! The console: pages served from the real trail, hostile values shown as text, the safety
+//! rules (headers, token off loopback), and the pages rendered by headless Chromium.
+
+use std::path::{Path, PathBuf};
+
+use bemi_test_harness::test_database;
+use bemi_worker::console::ConsoleConfig;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Fixture, RunningWorker, TIMEOUT, fixture};
+
+const ORDERS: &str =
+    "CREATE TABLE orders (id int PRIMARY KEY, customer text, note text, status text NOT NULL);";
+
+/// What a user typed into an order and a request's context: markup, an attribute break-out,
+/// a bidi override that would show `evil` + reversed `exe.txt`.
+const SCRIPT: &str = "<script>document.title='pwned'</script>";
+const BREAKOUT: &str = "\"><img src=x onerror=\"document.title='pwned'\">";
+const BIDI: &str = "invoice\u{202E}txt.exe";
+
+/// A response: status, headers (lowercase names) and body.
+struct Page {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Page {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// `GET path` over HTTP/1.0, with a bearer token when given.
+async fn get(port: u16, path: &str, token: Option<&str>) -> Page {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{authorization}\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(": "))
+        .map(|(key, value)| (key.to_ascii_lowercase(), value.to_owned()))
+        .collect();
+    Page {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// Starts the console over the fixture's trail on a free loopback port.
+async fn console(fixture: &Fixture, token: Option<&str>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = ConsoleConfig {
+        destination: fixture.source.clone(),
+        changes_table: fixture.setup.options().changes_table_name().clone(),
+        token: token.map(str::to_owned),
+    };
+    tokio::spawn(bemi_worker::console::serve(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+    port
+}
+
+/// Two changes of order 1 by two requests, with hostile values in the row and the context.
+async fn trail(database: bemi_test_harness::TestDatabase) -> Fixture {
+    let fixture = fixture(database, ORDERS).await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture
+        .tagged(
+            &format!(
+                "INSERT INTO orders VALUES (1, {}, {}, 'open')",
+                bemi_core::quote_literal(BREAKOUT),
+                bemi_core::quote_literal(SCRIPT)
+            ),
+            json!({"request_id": "req-1", "user_id": 7, "who": SCRIPT, "file": BIDI}),
+        )
+        .await;
+    fixture
+        .tagged(
+            "UPDATE orders SET status = 'shipped' WHERE id = 1",
+            json!({"request_id": "req-2", "user_id": 8}),
+        )
+        .await;
+    fixture.wait_for(2).await;
+    worker.stop().await.unwrap();
+    fixture
+}
+
+/// The id of the newest change (the UPDATE).
+async fn newest_change(fixture: &Fixture) -> String {
+    fixture
+        .client
+        .query_one(
+            "SELECT id::text FROM bemi.changes ORDER BY commit_lsn DESC, sequence DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_change_and_timeline_show_hostile_values_as_text() {
+    let fixture = trail(test_database!()).await;
+    let port = console(&fixture, None).await;
+
+    // Search by a context value (a JSON number as such): the request's change, escaped.
+    let search = get(port, "/?context_key=user_id&context_value=7", None).await;
+    assert_eq!(search.status, 200, "{}", search.body);
+    assert!(search.body.contains("req-1"), "{}", search.body);
+    assert!(!search.body.contains("req-2"), "{}", search.body);
+    assert!(!search.body.contains("<script>"), "{}", search.body);
+    assert!(search.body.contains("&lt;script&gt;"), "{}", search.body);
+    assert!(
+        search.body.contains("U+202E"),
+        "the bidi override is shown: {}",
+        search.body
+    );
+    assert!(!search.body.contains('\u{202E}'), "{}", search.body);
+    let policy = search.header("content-security-policy").unwrap();
+    assert!(policy.contains("default-src 'none'"), "{policy}");
+    assert!(!policy.contains("script-src"), "{policy}");
+    assert_eq!(search.header("x-frame-options"), Some("DENY"));
+
+    // The UPDATE: the changed field first, the others folded, values escaped.
+    let id = newest_change(&fixture).await;
+    let change = get(port, &format!("/changes/{id}"), None).await;
+    assert_eq!(change.status, 200, "{}", change.body);
+    let changed = change.body.find("shipped").unwrap();
+    let folded = change.body.find("unchanged fields").unwrap();
+    assert!(changed < folded, "{}", change.body);
+    assert!(
+        change.body.contains("3 unchanged fields"),
+        "{}",
+        change.body
+    );
+    assert!(!change.body.contains("<img"), "{}", change.body);
+    assert!(change.body.contains("&lt;img src=x"), "{}", change.body);
+
+    // The record's timeline: both changes, oldest first.
+    let timeline = get(port, "/record?table=public.orders&key=1", None).await;
+    assert_eq!(timeline.status, 200, "{}", timeline.body);
+    let created = timeline.body.find("req-1").unwrap();
+    let updated = timeline.body.find("req-2").unwrap();
+    assert!(created < updated, "{}", timeline.body);
+
+    // Bad input is a clear page, not a server error.
+    assert_eq!(get(port, "/?transaction=abc", None).await.status, 400);
+    assert_eq!(get(port, "/?after=not-a-cursor", None).await.status, 400);
+    assert_eq!(get(port, "/changes/not-an-id", None).await.status, 404);
+    assert_eq!(
+        get(port, "/changes/00000000-0000-0000-0000-000000000000", None)
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_console_needs_a_token() {
+    let fixture = trail(test_database!()).await;
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let refused = bemi_worker::console::serve(
+        listener,
+        ConsoleConfig {
+            destination: fixture.source.clone(),
+            changes_table: fixture.setup.options().changes_table_name().clone(),
+            token: None,
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("BEMI_CONSOLE_TOKEN"),
+        "{refused}"
+    );
+
+    let port = console(&fixture, Some("s3cret-token")).await;
+    assert_eq!(get(port, "/", None).await.status, 401);
+    assert_eq!(get(port, "/", Some("wrong-token!")).await.status, 401);
+    assert_eq!(get(port, "/", Some("s3cret-token")).await.status, 200);
+}
+
+/// Headless Chromium, or the line that installs it.
+fn chromium() -> PathBuf {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|path| path.is_file())
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "chromium is missing: install it (Debian: `{}`)",
+                bemi_test_harness::INSTALL_LINE
+            )
+        })
+}
+
+/// Runs headless Chromium on `url` with `args`; returns its standard output.
+async fn run_chromium(profile: &Path, url: &str, args: &[&str]) -> String {
+    let mut command = tokio::process::Command::new(chromium());
+    command
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(TIMEOUT, command.output())
+        .await
+        .expect("chromium did not finish")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Each page rendered by a real browser: no injected script ran (the title is the page's),
+/// the hostile values are text, not elements; a screenshot of each page is saved
+/// (`BEMI_SCREENSHOTS=dir`, default the test's temp directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_render_in_headless_chromium_and_no_injected_script_runs() {
+    let fixture = trail(test_database!()).await;
+    let port = console(&fixture, None).await;
+    let id = newest_change(&fixture).await;
+    let profile = tempfile::tempdir().unwrap();
+    let shots = std::env::var_os("BEMI_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| profile.path().join("screenshots"));
+    std::fs::create_dir_all(&shots).unwrap();
+    let pages = [
+        (
+            "search",
+            "/?context_key=user_id&context_value=7".to_owned(),
+            "Changes · bemi console",
+        ),
+        (
+            "change",
+            format!("/changes/{id}"),
+            "UPDATE public.orders · bemi console",
+        ),
+        (
+            "timeline",
+            "/record?table=public.orders&key=1".to_owned(),
+            "Record 1 · bemi console",
+        ),
+    ];
+    for (name, path, title) in pages {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let dom = run_chromium(profile.path(), &url, &["--dump-dom"]).await;
+        assert!(
+            dom.contains(&format!("<title>{title}</title>")),
+            "{name}: {dom}"
+        );
+        // An injected script would have set the title: it is the page's own.
+        assert!(
+            !dom.contains("<title>pwned"),
+            "{name}: an injected script ran: {dom}"
+        );
+        assert!(
+            dom.contains("&lt;script&gt;"),
+            "{name}: the value is shown as text: {dom}"
+        );
+        assert!(!dom.contains("<img"), "{name}: markup was injected: {dom}");
+        assert!(!dom.contains("<script"), "{name}: {dom}");
+        let shot = shots.join(format!("console-{name}.png"));
+        run_chromium(
+            profile.path(),
+            &url,
+            &[
+                "--window-size=1280,860",
+                &format!("--screenshot={}", shot.display()),
+            ],
+        )
+        .await;
+        let png = std::fs::read(&shot).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{name}");
+    }
+}
+
+/// The binary: `console` serves the pages; on an open address without a token it refuses to
+/// start, with the operator's exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_the_console() {
+    let fixture = trail(test_database!()).await;
+    let url = fixture.database.url();
+    let open = tokio::process::Command::new(env!("CARGO_BIN_EXE_bemi-worker"))
+        .args([
+            "console",
+            "--listen",
+            "0.0.0.0:0",
+            "--destination-url",
+            &url,
+        ])
+        .env_remove("BEMI_CONSOLE_TOKEN")
+        .output();
+    let open = tokio::time::timeout(TIMEOUT, open).await.unwrap().unwrap();
+    assert_eq!(open.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&open.stderr).contains("BEMI_CONSOLE_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&open.stderr)
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let (child, log) = crate::support::spawn_binary(
+        &["console", "--listen", &listen, "--destination-url", &url],
+        &format!("console-{}", fixture.database.slot_name()),
+    );
+    let page = bemi_test_harness::wait_until_async("the console to answer", TIMEOUT, || async {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(_) => Some(get(port, "/?key=1", None).await),
+            Err(_) => None,
+        }
+    })
+    .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("req-2"), "{}", page.body);
+    let exit = crate::support::terminate(child).await;
+    assert!(
+        exit.success(),
+        "{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}

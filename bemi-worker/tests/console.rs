@@ -370,3 +370,40 @@ async fn the_binary_serves_the_console() {
         std::fs::read_to_string(log).unwrap_or_default()
     );
 }
+
+/// A trail that cannot be read answers 503 with a page that names nothing of the server (its
+/// address and credentials go to the log only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_trail_is_a_503_that_names_nothing() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = ConsoleConfig {
+        destination: bemi_worker::ConnectionOptions::parse(
+            "postgres://auditor:Sup3rS3cret@127.0.0.1:1/trail",
+        )
+        .unwrap(),
+        changes_table: bemi_core::QualifiedName::new("bemi", "changes").unwrap(),
+        token: None,
+    };
+    tokio::spawn(bemi_worker::console::serve(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+    for path in [
+        "/",
+        "/changes/00000000-0000-0000-0000-000000000001",
+        "/record?table=public.t&key=1",
+    ] {
+        let page = get(port, path, None).await;
+        assert_eq!(page.status, 503, "{path}: {}", page.body);
+        assert!(
+            page.body.contains("cannot be read right now"),
+            "{}",
+            page.body
+        );
+        for secret in ["Sup3rS3cret", "auditor", "127.0.0.1:1"] {
+            assert!(!page.body.contains(secret), "{path}: {}", page.body);
+        }
+    }
+}

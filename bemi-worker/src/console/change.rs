@@ -98,14 +98,7 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, Path(id): Path<Str
     let change = match found {
         Ok(mut changes) if !changes.is_empty() => changes.remove(0),
         Ok(_) => return (StatusCode::NOT_FOUND, layout::error("No such change.")).into_response(),
-        Err(message) => {
-            tracing::warn!(error = %message, "console change page failed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                layout::error("The trail cannot be read right now; the console's log says why."),
-            )
-                .into_response();
-        }
+        Err(message) => return layout::unavailable("change", &message),
     };
     let table = layout::table_name(&change);
     let search = |pairs: &[(&str, String)]| {

@@ -1,5 +1,7 @@
 //! The page shell and the small pieces every page shows.
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use bemi_core::{Change, Operation};
 use maud::{DOCTYPE, Markup, html};
 
@@ -68,4 +70,15 @@ pub(crate) fn context(change: &Change) -> Markup {
 /// A page saying what went wrong, without internals.
 pub(crate) fn error(message: &str) -> Markup {
     page("Error", html! { div.error { (message) } })
+}
+
+/// The answer when the trail cannot be read: the reason goes to the console's log (it may name
+/// the server), the page says only that.
+pub(crate) fn unavailable(page: &str, reason: &str) -> Response {
+    tracing::warn!(page, error = %reason, "the console cannot read the trail");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        error("The trail cannot be read right now; the console's log says why."),
+    )
+        .into_response()
 }

@@ -154,14 +154,7 @@ pub(crate) async fn page(
     };
     let changes = match changes {
         Ok(changes) => changes,
-        Err(message) => {
-            tracing::warn!(error = %message, "console search failed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                layout::error("The trail cannot be read right now; the console's log says why."),
-            )
-                .into_response();
-        }
+        Err(message) => return layout::unavailable("search", &message),
     };
     let next = (changes.len() as u64 == PAGE)
         .then(|| changes.last().map(ChangeCursor::of))

@@ -50,14 +50,7 @@ pub(crate) async fn page(
     };
     let changes = match history {
         Ok(changes) => changes,
-        Err(message) => {
-            tracing::warn!(error = %message, "console timeline failed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                layout::error("The trail cannot be read right now; the console's log says why."),
-            )
-                .into_response();
-        }
+        Err(message) => return layout::unavailable("timeline", &message),
     };
     let body = html! {
         h1 { "Record " span.value { (visible(&record.key)) } " of " (visible(&record.table)) }

@@ -13,17 +13,10 @@ pub(crate) struct ConsoleArgs {
     /// Where to listen. An address other than loopback needs BEMI_CONSOLE_TOKEN.
     #[arg(long, env = "BEMI_CONSOLE_LISTEN", default_value = "127.0.0.1:7777")]
     listen: SocketAddr,
-    /// The database holding the changes table (a read-only role is enough) [default:
-    /// DATABASE_URL].
-    #[arg(long, env = "BEMI_DESTINATION_URL", hide_env_values = true)]
-    destination_url: Option<String>,
-    /// A file holding the destination's URL.
-    #[arg(
-        long,
-        env = "BEMI_DESTINATION_URL_FILE",
-        conflicts_with = "destination_url"
-    )]
-    destination_url_file: Option<std::path::PathBuf>,
+    /// The database holding the changes table (a read-only role is enough; without it,
+    /// DATABASE_URL).
+    #[command(flatten)]
+    destination: crate::DestinationArgs,
     /// The source database, used when no destination is given.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -39,10 +32,11 @@ impl ConsoleArgs {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let destination = crate::connection_options(
-            self.destination_url
+            self.destination
+                .destination_url
                 .as_deref()
                 .or(self.database_url.as_deref()),
-            self.destination_url_file.as_deref(),
+            self.destination.destination_url_file.as_deref(),
         )?
         .context(
             "the database holding the changes table is required: --destination-url, \

@@ -266,6 +266,22 @@ struct CommonArgs {
     /// shows it).
     #[arg(long, env = "BEMI_DATABASE_URL_FILE", conflicts_with = "database_url")]
     database_url_file: Option<PathBuf>,
+    #[command(flatten)]
+    destination: DestinationArgs,
+    /// The replication slot.
+    #[arg(long, env = "BEMI_SLOT", default_value = bemi_core::setup::DEFAULT_SLOT)]
+    slot: String,
+    /// The publication.
+    #[arg(long, env = "BEMI_PUBLICATION", default_value = bemi_core::setup::DEFAULT_PUBLICATION)]
+    publication: String,
+    /// The changes table, `schema.table`.
+    #[arg(long, env = "BEMI_CHANGES_TABLE", default_value = "bemi.changes")]
+    changes_table: QualifiedName,
+}
+
+/// Where the changes table is, shared by the commands that read or write it.
+#[derive(Debug, Args)]
+struct DestinationArgs {
     /// The database holding the changes table [default: the source database].
     #[arg(long, env = "BEMI_DESTINATION_URL", hide_env_values = true)]
     destination_url: Option<String>,
@@ -276,15 +292,6 @@ struct CommonArgs {
         conflicts_with = "destination_url"
     )]
     destination_url_file: Option<PathBuf>,
-    /// The replication slot.
-    #[arg(long, env = "BEMI_SLOT", default_value = bemi_core::setup::DEFAULT_SLOT)]
-    slot: String,
-    /// The publication.
-    #[arg(long, env = "BEMI_PUBLICATION", default_value = bemi_core::setup::DEFAULT_PUBLICATION)]
-    publication: String,
-    /// The changes table, `schema.table`.
-    #[arg(long, env = "BEMI_CHANGES_TABLE", default_value = "bemi.changes")]
-    changes_table: QualifiedName,
 }
 
 #[derive(Debug, Args)]
@@ -596,8 +603,8 @@ impl CommonArgs {
             "the source database is required: --database-url, --database-url-file or DATABASE_URL",
         )?;
         let destination = connection_options(
-            self.destination_url.as_deref(),
-            self.destination_url_file.as_deref(),
+            self.destination.destination_url.as_deref(),
+            self.destination.destination_url_file.as_deref(),
         )?
         .unwrap_or_else(|| source.clone());
         Ok((source, destination))

@@ -172,6 +172,81 @@ async fn search_change_and_timeline_show_hostile_values_as_text() {
     let updated = timeline.body.find("req-2").unwrap();
     assert!(created < updated, "{}", timeline.body);
 
+    // Everything one request did, grouped by table; and one transaction.
+    let request = get(
+        port,
+        "/group?context_key=request_id&context_value=req-1",
+        None,
+    )
+    .await;
+    assert_eq!(request.status, 200, "{}", request.body);
+    assert!(
+        request.body.contains("1 changes in 1 tables"),
+        "{}",
+        request.body
+    );
+    assert!(
+        request.body.contains("<h2>public.orders"),
+        "{}",
+        request.body
+    );
+    let transaction: i64 = fixture
+        .client
+        .query_one(
+            "SELECT transaction_id FROM bemi.changes WHERE operation = 'UPDATE'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let grouped = get(port, &format!("/group?transaction={transaction}"), None).await;
+    assert_eq!(grouped.status, 200, "{}", grouped.body);
+    assert!(
+        grouped.body.contains("req-2") && !grouped.body.contains("req-1"),
+        "{}",
+        grouped.body
+    );
+    assert!(
+        grouped.body.contains(">status<"),
+        "the changed field: {}",
+        grouped.body
+    );
+
+    // The record as of a time: before the UPDATE, after it, before it existed.
+    let between: String = fixture
+        .client
+        .query_one(
+            "SELECT to_char(committed_at AT TIME ZONE 'UTC' - interval '1 microsecond', \
+                 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM bemi.changes WHERE operation = 'UPDATE'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let as_of = |at: String| {
+        format!(
+            "/as-of?{}",
+            serde_urlencoded::to_string([("table", "public.orders"), ("key", "1"), ("at", &at)])
+                .unwrap()
+        )
+    };
+    let then = get(port, &as_of(between), None).await;
+    assert_eq!(then.status, 200, "{}", then.body);
+    assert!(
+        then.body.contains("&quot;open&quot;") && !then.body.contains("shipped"),
+        "{}",
+        then.body
+    );
+    let now = get(port, &as_of(chrono::Utc::now().to_rfc3339()), None).await;
+    assert!(now.body.contains("&quot;shipped&quot;"), "{}", now.body);
+    let before = get(port, &as_of("2000-01-01".to_owned()), None).await;
+    assert!(before.body.contains("did not exist"), "{}", before.body);
+    assert_eq!(
+        get(port, &as_of("yesterday".to_owned()), None).await.status,
+        400
+    );
+
     // Bad input is a clear page, not a server error.
     assert_eq!(get(port, "/?transaction=abc", None).await.status, 400);
     assert_eq!(get(port, "/?after=not-a-cursor", None).await.status, 400);
@@ -285,6 +360,11 @@ async fn pages_render_in_headless_chromium_and_no_injected_script_runs() {
             "timeline",
             "/record?table=public.orders&key=1".to_owned(),
             "Record 1 · bemi console",
+        ),
+        (
+            "request",
+            "/group?context_key=request_id&context_value=req-1".to_owned(),
+            "request_id: \"req-1\" · bemi console",
         ),
     ];
     for (name, path, title) in pages {

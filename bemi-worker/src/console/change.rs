@@ -101,9 +101,9 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, Path(id): Path<Str
         Err(message) => return layout::unavailable("change", &message),
     };
     let table = layout::table_name(&change);
-    let search = |pairs: &[(&str, String)]| {
+    let group = |pairs: &[(&str, String)]| {
         format!(
-            "/?{}",
+            "/group?{}",
             serde_urlencoded::to_string(pairs).unwrap_or_default()
         )
     };
@@ -118,7 +118,7 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, Path(id): Path<Str
                 } @else { span.muted { "none" } }
             }
             dt { "Transaction" } dd {
-                a href=(search(&[("transaction", change.transaction_id.to_string())])) { (change.transaction_id) }
+                a href=(group(&[("transaction", change.transaction_id.to_string())])) { (change.transaction_id) }
                 " (everything it changed)"
             }
             dt { "Context" } dd {
@@ -126,7 +126,7 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, Path(id): Path<Str
                 @for (key, value) in change.context.iter() {
                     div.value {
                         (visible(key)) ": " (visible(&value.to_string())) " "
-                        a href=(search(&[("context_key", key.clone()), ("context_value", value.to_string())])) { "all changes with it" }
+                        a href=(group(&[("context_key", key.clone()), ("context_value", value.to_string())])) { "everything done with it" }
                     }
                 }
             }

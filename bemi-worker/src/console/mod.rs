@@ -1,12 +1,15 @@
 //! `bemi-worker console`: a web UI over the trail for the people it is for (support, security,
-//! auditors): search changes, read a change's diff, follow a record's timeline.
+//! auditors): search changes, read a change's diff, follow a record's timeline and see it as of
+//! a time, see everything one request or transaction changed.
 //!
 //! Server-rendered HTML (maud escapes every value), one embedded stylesheet, no script: a strict
 //! Content-Security-Policy (`default-src 'none'`) keeps anything a user typed into an audited
 //! row inert. It reads through bemi-core's queries, so a read-only role is enough. Loopback by
 //! default; any other address needs a bearer token.
 
+mod as_of;
 mod change;
+mod group;
 mod layout;
 mod search;
 mod text;
@@ -72,6 +75,8 @@ fn router(console: Arc<Console>) -> Router {
         .route("/", get(search::page))
         .route("/changes/{id}", get(change::page))
         .route("/record", get(timeline::page))
+        .route("/as-of", get(as_of::page))
+        .route("/group", get(group::page))
         .route("/assets/console.css", get(stylesheet))
         .layer(middleware::from_fn_with_state(Arc::clone(&console), guard))
         .with_state(console)

@@ -41,7 +41,7 @@ pub(crate) struct Search {
 }
 
 /// A time given as a date (`2026-12-01`, midnight UTC) or an RFC 3339 time.
-fn instant(text: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn instant(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(date.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
     }

@@ -54,6 +54,12 @@ pub(crate) async fn page(
     };
     let body = html! {
         h1 { "Record " span.value { (visible(&record.key)) } " of " (visible(&record.table)) }
+        form.search method="get" action="/as-of" {
+            input type="hidden" name="table" value=(record.table);
+            input type="hidden" name="key" value=(record.key);
+            label { "As of (a date or an RFC 3339 time)" input name="at" placeholder="2026-12-01T09:30:00Z"; }
+            div.actions { button type="submit" { "Show the record then" } }
+        }
         @if changes.is_empty() {
             div.empty { "No change of this record is in the trail." }
         }

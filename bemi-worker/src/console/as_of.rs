@@ -1,0 +1,82 @@
+//! `/as-of?table=schema.table&key=K&at=TIME`: a record as it was at a chosen time.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bemi_core::QualifiedName;
+use maud::html;
+use serde::Deserialize;
+
+use crate::console::Console;
+use crate::console::layout::{self, visible};
+use crate::console::search::instant;
+
+/// The record and the time asked for.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AsOf {
+    table: String,
+    key: String,
+    at: String,
+}
+
+/// The page.
+pub(crate) async fn page(
+    State(console): State<Arc<Console>>,
+    Query(asked): Query<AsOf>,
+) -> Response {
+    let Some(table) = asked
+        .table
+        .split_once('.')
+        .and_then(|(schema, name)| QualifiedName::new(schema, name).ok())
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            layout::error("The table must be given as schema.table."),
+        )
+            .into_response();
+    };
+    let at = match instant(asked.at.trim()) {
+        Ok(at) => at,
+        Err(message) => return (StatusCode::BAD_REQUEST, layout::error(&message)).into_response(),
+    };
+    let found = match console.client().await {
+        Ok(client) => bemi_core::time_travel::row_as_of(
+            &mut bemi_core::TokioPostgresRunner(&*client),
+            &console.audit_log(),
+            &table,
+            &asked.key,
+            at,
+        )
+        .await
+        .map_err(|error| error.to_string()),
+        Err(error) => Err(crate::error_chain(&error)),
+    };
+    let row = match found {
+        Ok(row) => row,
+        Err(message) => return layout::unavailable("as-of", &message),
+    };
+    let timeline = format!(
+        "/record?{}",
+        serde_urlencoded::to_string([("table", asked.table.as_str()), ("key", asked.key.as_str())])
+            .unwrap_or_default()
+    );
+    let when = at.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let body = html! {
+        h1 { "Record " span.value { (visible(&asked.key)) } " of " (visible(&asked.table)) " as of " (when) }
+        p { a href=(timeline) { "The record's timeline" } }
+        @match &row {
+            None => div.empty { "The record did not exist at that time (or the trail holds nothing of it before then)." },
+            Some(image) => table {
+                thead { tr { th { "Field" } th { "Value" } } }
+                tbody {
+                    @for (column, value) in image.iter() {
+                        tr { td { (visible(column)) } td.value { (visible(value.as_str())) } }
+                    }
+                }
+            },
+        }
+    };
+    layout::page(&format!("Record {} as of {when}", asked.key), body).into_response()
+}

@@ -80,6 +80,8 @@ async fn console(fixture: &Fixture, token: Option<&str>) -> u16 {
         destination: fixture.source.clone(),
         changes_table: fixture.setup.options().changes_table_name().clone(),
         token: token.map(str::to_owned),
+        source: Some(fixture.source.clone()),
+        slot: fixture.setup.options().slot_name().to_owned(),
     };
     tokio::spawn(bemi_worker::console::serve(
         listener,
@@ -247,6 +249,13 @@ async fn search_change_and_timeline_show_hostile_values_as_text() {
         400
     );
 
+    // The trail's health: the worker stopped, the last stored commit known.
+    let health = get(port, "/health", None).await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert!(health.body.contains("Health: "), "{}", health.body);
+    assert!(health.body.contains("not streaming"), "{}", health.body);
+    assert!(health.body.contains(" s ago)"), "{}", health.body);
+
     // Bad input is a clear page, not a server error.
     assert_eq!(get(port, "/?transaction=abc", None).await.status, 400);
     assert_eq!(get(port, "/?after=not-a-cursor", None).await.status, 400);
@@ -269,6 +278,8 @@ async fn off_loopback_the_console_needs_a_token() {
             destination: fixture.source.clone(),
             changes_table: fixture.setup.options().changes_table_name().clone(),
             token: None,
+            source: None,
+            slot: "bemi".to_owned(),
         },
         std::future::pending(),
     )
@@ -361,6 +372,7 @@ async fn pages_render_in_headless_chromium_and_no_injected_script_runs() {
             "/record?table=public.orders&key=1".to_owned(),
             "Record 1 · bemi console",
         ),
+        ("health", "/health".to_owned(), "Health · bemi console"),
         (
             "request",
             "/group?context_key=request_id&context_value=req-1".to_owned(),
@@ -379,8 +391,9 @@ async fn pages_render_in_headless_chromium_and_no_injected_script_runs() {
             !dom.contains("<title>pwned"),
             "{name}: an injected script ran: {dom}"
         );
+        // Every page but health shows the hostile values.
         assert!(
-            dom.contains("&lt;script&gt;"),
+            name == "health" || dom.contains("&lt;script&gt;"),
             "{name}: the value is shown as text: {dom}"
         );
         assert!(!dom.contains("<img"), "{name}: markup was injected: {dom}");
@@ -464,6 +477,8 @@ async fn an_unreadable_trail_is_a_503_that_names_nothing() {
         .unwrap(),
         changes_table: bemi_core::QualifiedName::new("bemi", "changes").unwrap(),
         token: None,
+        source: None,
+        slot: "bemi".to_owned(),
     };
     tokio::spawn(bemi_worker::console::serve(
         listener,

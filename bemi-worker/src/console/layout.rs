@@ -21,7 +21,7 @@ pub(crate) fn page(title: &str, body: Markup) -> Markup {
             body {
                 header {
                     a.brand href="/" { "bemi console" }
-                    nav { a href="/" { "Search" } }
+                    nav { a href="/" { "Search" } a href="/health" { "Health" } }
                 }
                 main { (body) }
             }

@@ -1,6 +1,6 @@
 //! `bemi-worker console`: a web UI over the trail for the people it is for (support, security,
 //! auditors): search changes, read a change's diff, follow a record's timeline and see it as of
-//! a time, see everything one request or transaction changed.
+//! a time, see everything one request or transaction changed, and the trail's health.
 //!
 //! Server-rendered HTML (maud escapes every value), one embedded stylesheet, no script: a strict
 //! Content-Security-Policy (`default-src 'none'`) keeps anything a user typed into an audited
@@ -10,6 +10,7 @@
 mod as_of;
 mod change;
 mod group;
+mod health;
 mod layout;
 mod search;
 mod text;
@@ -38,6 +39,10 @@ pub struct ConsoleConfig {
     /// The bearer token every request must carry (`Authorization: Bearer ...`); required to
     /// listen on an address other than loopback.
     pub token: Option<String>,
+    /// The source database, for the health page (the slot lives there); `None`: no health.
+    pub source: Option<ConnectionOptions>,
+    /// The replication slot, for the health page.
+    pub slot: String,
 }
 
 /// The state handlers share: the configuration and one connection, opened again when closed.
@@ -77,6 +82,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/record", get(timeline::page))
         .route("/as-of", get(as_of::page))
         .route("/group", get(group::page))
+        .route("/health", get(health::page))
         .route("/assets/console.css", get(stylesheet))
         .layer(middleware::from_fn_with_state(Arc::clone(&console), guard))
         .with_state(console)

@@ -17,9 +17,13 @@ pub(crate) struct ConsoleArgs {
     /// DATABASE_URL).
     #[command(flatten)]
     destination: crate::DestinationArgs,
-    /// The source database, used when no destination is given.
+    /// The source database: the health page reads the slot there; also the destination when
+    /// none is given.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// The replication slot, for the health page.
+    #[arg(long, env = "BEMI_SLOT", default_value = bemi_core::setup::DEFAULT_SLOT)]
+    slot: String,
     /// The changes table, `schema.table`.
     #[arg(long, env = "BEMI_CHANGES_TABLE", default_value = "bemi.changes")]
     changes_table: QualifiedName,
@@ -52,10 +56,13 @@ impl ConsoleArgs {
             .local_addr()
             .with_context(|| format!("cannot listen on {} for the console", self.listen))?;
         tracing::info!(%address, destination = %destination, "serving the console");
+        let source = crate::connection_options(self.database_url.as_deref(), None)?;
         let config = ConsoleConfig {
             destination,
             changes_table: self.changes_table,
             token,
+            source,
+            slot: self.slot,
         };
         bemi_worker::console::serve(listener, config, shutdown).await?;
         Ok(())

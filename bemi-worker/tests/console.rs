@@ -249,6 +249,33 @@ async fn search_change_and_timeline_show_hostile_values_as_text() {
         400
     );
 
+    // Exports of the search, streamed: NDJSON changes, CSV with the values as JSON cells.
+    let ndjson = get(
+        port,
+        "/export.ndjson?context_key=user_id&context_value=7",
+        None,
+    )
+    .await;
+    assert_eq!(ndjson.status, 200, "{}", ndjson.body);
+    assert_eq!(ndjson.header("content-type"), Some("application/x-ndjson"));
+    let exported: Vec<bemi_core::Change> = ndjson
+        .body
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(exported.len(), 1);
+    assert_eq!(exported[0].context.get("who"), Some(&json!(SCRIPT)));
+    let csv_page = get(port, "/export.csv?table=public.orders", None).await;
+    assert_eq!(csv_page.status, 200, "{}", csv_page.body);
+    let mut reader = csv::Reader::from_reader(csv_page.body.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    assert_eq!(&headers[2], "operation");
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let operations: Vec<&str> = rows.iter().map(|row| &row[2]).collect();
+    assert_eq!(operations, ["UPDATE", "CREATE"], "newest first");
+    let after: serde_json::Value = serde_json::from_str(&rows[1][10]).unwrap();
+    assert_eq!(after["note"], json!(SCRIPT));
+
     // The trail's health: the worker stopped, the last stored commit known.
     let health = get(port, "/health", None).await;
     assert_eq!(health.status, 200, "{}", health.body);

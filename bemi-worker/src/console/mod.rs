@@ -9,6 +9,7 @@
 
 mod as_of;
 mod change;
+mod export;
 mod group;
 mod health;
 mod layout;
@@ -83,6 +84,8 @@ fn router(console: Arc<Console>) -> Router {
         .route("/as-of", get(as_of::page))
         .route("/group", get(group::page))
         .route("/health", get(health::page))
+        .route("/export.csv", get(export::csv))
+        .route("/export.ndjson", get(export::ndjson))
         .route("/assets/console.css", get(stylesheet))
         .layer(middleware::from_fn_with_state(Arc::clone(&console), guard))
         .with_state(console)

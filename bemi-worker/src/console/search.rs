@@ -51,12 +51,31 @@ pub(crate) fn instant(text: &str) -> Result<DateTime<Utc>, String> {
 }
 
 impl Search {
-    /// The query, or what is wrong with the form.
+    /// The page's query, or what is wrong with the form.
     fn query(&self, log: bemi_core::AuditLog) -> Result<ChangeQuery, String> {
-        let mut query = ChangeQuery::new()
-            .log(log)
-            .order(Order::NewestFirst)
-            .limit(PAGE);
+        let mut query = self.filters(log)?.limit(PAGE);
+        if !self.after.is_empty() {
+            let cursor: ChangeCursor = self
+                .after
+                .parse()
+                .map_err(|_| "the page link is damaged: search again".to_owned())?;
+            query = query.after_cursor(cursor);
+        }
+        Ok(query)
+    }
+
+    /// The query of an export: every match, `batch` at a time (the page cursor ignored).
+    pub(crate) fn export_query(
+        &self,
+        log: bemi_core::AuditLog,
+        batch: u64,
+    ) -> Result<ChangeQuery, String> {
+        Ok(self.filters(log)?.limit(batch))
+    }
+
+    /// The form's filters, newest first.
+    fn filters(&self, log: bemi_core::AuditLog) -> Result<ChangeQuery, String> {
+        let mut query = ChangeQuery::new().log(log).order(Order::NewestFirst);
         let table = self.table.trim();
         if !table.is_empty() {
             let (schema, name) = table.split_once('.').unwrap_or(("public", table));
@@ -94,13 +113,6 @@ impl Search {
         }
         if !self.until.trim().is_empty() {
             query = query.until(instant(self.until.trim())?);
-        }
-        if !self.after.is_empty() {
-            let cursor: ChangeCursor = self
-                .after
-                .parse()
-                .map_err(|_| "the page link is damaged: search again".to_owned())?;
-            query = query.after_cursor(cursor);
         }
         Ok(query)
     }
@@ -169,6 +181,11 @@ pub(crate) async fn page(
                 serde_urlencoded::to_string(&next).unwrap_or_default()
             )
         });
+    let exported = serde_urlencoded::to_string(Search {
+        after: String::new(),
+        ..search.clone()
+    })
+    .unwrap_or_default();
     let body = html! {
         h1 { "Changes" }
         (search.form())
@@ -195,8 +212,10 @@ pub(crate) async fn page(
                     }
                 }
             }
-            @if let Some(next) = next {
-                div.pager { a.button.secondary href=(next) { "Next page" } }
+            div.pager {
+                @if let Some(next) = next { a.button.secondary href=(next) { "Next page" } }
+                a.button.secondary href=(format!("/export.csv?{exported}")) { "Export CSV" }
+                a.button.secondary href=(format!("/export.ndjson?{exported}")) { "Export NDJSON" }
             }
         }
     };

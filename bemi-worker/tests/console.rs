@@ -529,3 +529,65 @@ async fn an_unreadable_trail_is_a_503_that_names_nothing() {
         }
     }
 }
+
+/// The console runs as the read-only role setup prints: every page works, and the role can
+/// write nothing to the trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_runs_as_the_printed_read_only_role() {
+    let fixture = trail(test_database!()).await;
+    let role = format!("{}_reader", fixture.database.name());
+    fixture
+        .sql(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'bemi-test';"
+        ))
+        .await;
+    let grants = fixture.setup.reader_grants_sql(&role).unwrap();
+    fixture.sql(&grants.destination).await;
+    fixture.sql(&grants.source).await;
+    let reader = bemi_worker::ConnectionOptions::parse(
+        &fixture.database.url_for_user(&role, Some("bemi-test")),
+    )
+    .unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(bemi_worker::console::serve(
+        listener,
+        ConsoleConfig {
+            destination: reader.clone(),
+            changes_table: fixture.setup.options().changes_table_name().clone(),
+            token: None,
+            source: Some(reader.clone()),
+            slot: fixture.setup.options().slot_name().to_owned(),
+        },
+        std::future::pending(),
+    ));
+    let id = newest_change(&fixture).await;
+    for path in [
+        "/?context_key=user_id&context_value=7".to_owned(),
+        format!("/changes/{id}"),
+        "/record?table=public.orders&key=1".to_owned(),
+        "/group?context_key=request_id&context_value=req-2".to_owned(),
+        "/health".to_owned(),
+        "/export.ndjson".to_owned(),
+    ] {
+        let page = get(port, &path, None).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+    }
+    let (client, connection) = tokio_postgres::connect(
+        &fixture.database.url_for_user(&role, Some("bemi-test")),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let write = client
+        .batch_execute("DELETE FROM bemi.changes_stored")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        write.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{write}"
+    );
+}

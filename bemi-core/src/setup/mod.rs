@@ -446,6 +446,56 @@ impl Setup {
         destination_sql::teardown(&self.options.changes_table)
     }
 
+    /// The privileges of a read-only role `role` (see [`ReaderGrants`]); run them after setup,
+    /// as the owner of bemi's objects.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::InvalidIdentifier`] when `role` cannot be an identifier.
+    pub fn reader_grants_sql(&self, role: &str) -> Result<ReaderGrants> {
+        let role_literal = crate::quote_literal(role);
+        let role = crate::quote_ident(role)?;
+        let changes = &self.options.changes_table;
+        let stored = stored_changes_table(changes);
+        let mut destination = format!("GRANT USAGE ON SCHEMA bemi TO {role};\n");
+        if changes.schema() != BEMI_SCHEMA {
+            destination.push_str(&format!(
+                "GRANT USAGE ON SCHEMA {} TO {role};\n",
+                crate::quote_ident(changes.schema())?
+            ));
+        }
+        destination.push_str(&format!(
+            "GRANT SELECT ON {changes}, {stored} TO {role};\n\
+             GRANT EXECUTE ON FUNCTION bemi.read_trail(text, jsonb) TO {role};\n\
+             GRANT SELECT ON bemi.worker_progress, bemi.rejected, bemi.partitioned_changes, \
+             bemi.retention_runs TO {role};\n"
+        ));
+        // `status` counts the default partition's changes (ones that found no partition).
+        destination.push_str(&format!(
+            "DO $bemi$\n\
+             DECLARE part regclass;\n\
+             BEGIN\n    \
+                 SELECT c.oid::regclass INTO part FROM pg_catalog.pg_inherits i\n    \
+                 JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid\n    \
+                 WHERE i.inhparent = {stored_literal}::regclass\n      \
+                   AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT';\n    \
+                 IF part IS NOT NULL THEN\n        \
+                     EXECUTE pg_catalog.format('GRANT SELECT ON %s TO %I', part, {role_literal});\n    \
+                 END IF;\n\
+             END\n\
+             $bemi$;\n",
+            stored_literal = stored.regclass_literal(),
+        ));
+        let source = format!(
+            "GRANT USAGE ON SCHEMA bemi TO {role};\n\
+             GRANT SELECT ON bemi.slot_incarnations, bemi.trail_gaps TO {role};\n"
+        );
+        Ok(ReaderGrants {
+            destination,
+            source,
+        })
+    }
+
     /// The least privileges of the worker's role `role`, as GRANT statements, for the source
     /// and the destination database (run after setup, as the owner of bemi's objects). The
     /// role itself needs `LOGIN REPLICATION`; it needs no privilege on the tracked tables
@@ -487,6 +537,17 @@ impl Setup {
             destination,
         })
     }
+}
+
+/// The privileges of a role that only reads the trail (`bemi-worker console`, an auditor's SQL
+/// client), as GRANT statements: the `changes` view and the table behind it, the read function,
+/// and what `status` reads; nothing that writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderGrants {
+    /// GRANTs in the destination database (the trail).
+    pub destination: String,
+    /// GRANTs in the source database (the slot's incarnations and recorded gaps, for health).
+    pub source: String,
 }
 
 /// The suffix of the table that stores the changes shown by the `changes` view.

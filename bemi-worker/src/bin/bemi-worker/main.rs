@@ -316,6 +316,9 @@ struct SetupArgs {
     /// The worker's role in the printed GRANTs.
     #[arg(long, default_value = "bemi_worker", requires = "print_sql")]
     worker_role: String,
+    /// The read-only role in the printed GRANTs (for `console` and auditors' SQL).
+    #[arg(long, default_value = "bemi_reader", requires = "print_sql")]
+    reader_role: String,
     /// Give the audit tables (changes, progress, rejected, column policies) to this role, so
     /// that the audited application's role can neither delete audit rows nor rewrite policies.
     /// Run setup as a superuser (or a member of the role).
@@ -718,7 +721,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .image_indexes(args.image_indexes);
             let setup = Setup::new(options)?;
             if args.print_sql {
-                print!("{}", print_sql(&setup, &args.worker_role)?);
+                print!(
+                    "{}",
+                    print_sql(&setup, &args.worker_role, &args.reader_role)?
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let (source, destination) = args.common.connections()?;
@@ -985,8 +991,9 @@ impl std::str::FromStr for ByteSize {
 }
 
 /// Everything setup does, as SQL for a DBA, with the worker role's least privileges.
-fn print_sql(setup: &Setup, role: &str) -> anyhow::Result<String> {
+fn print_sql(setup: &Setup, role: &str, reader: &str) -> anyhow::Result<String> {
     let grants = setup.worker_grants_sql(role)?;
+    let reader_grants = setup.reader_grants_sql(reader)?;
     Ok(format!(
         "-- bemi setup, step by step. Run each part with psql -v ON_ERROR_STOP=1.\n\
          \n\
@@ -1006,13 +1013,22 @@ fn print_sql(setup: &Setup, role: &str) -> anyhow::Result<String> {
          --    (it reads the WAL). In the source database:\n\
          {source_grants}\n\
          --    In the destination database:\n\
-         {destination_grants}",
+         {destination_grants}\n\
+         -- 6. A read-only role for `bemi-worker console` and auditors' SQL (CREATE ROLE {reader_name}\n\
+         --    LOGIN PASSWORD '...'): it reads the trail and the health, and writes nothing.\n\
+         --    In the destination database:\n\
+         {reader_destination}\
+         --    In the source database (health: the slot's incarnations and recorded gaps):\n\
+         {reader_source}",
         role_sql = grants.role_sql,
         destination = setup.destination_sql(),
         source = setup.source_sql(),
         slot = setup.create_slot_sql(),
         source_grants = grants.source,
         destination_grants = grants.destination,
+        reader_name = reader,
+        reader_destination = reader_grants.destination,
+        reader_source = reader_grants.source,
     ))
 }
 

@@ -248,6 +248,25 @@ async fn search_change_and_timeline_show_hostile_values_as_text() {
         get(port, &as_of("yesterday".to_owned()), None).await.status,
         400
     );
+    // The whole table as of now: its one row, with every column.
+    let now = chrono::Utc::now().to_rfc3339();
+    let table = get(
+        port,
+        &format!(
+            "/as-of?{}",
+            serde_urlencoded::to_string([("table", "public.orders"), ("at", now.as_str())])
+                .unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(table.status, 200, "{}", table.body);
+    assert!(table.body.contains("1 rows"), "{}", table.body);
+    assert!(
+        table.body.contains("<th>customer</th>") && table.body.contains("&quot;shipped&quot;"),
+        "{}",
+        table.body
+    );
 
     // Exports of the search, streamed: NDJSON changes, CSV with the values as JSON cells.
     let ndjson = get(

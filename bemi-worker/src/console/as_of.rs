@@ -1,4 +1,7 @@
-//! `/as-of?table=schema.table&key=K&at=TIME`: a record as it was at a chosen time.
+//! `/as-of?table=schema.table&key=K&at=TIME`: a record as it was at a chosen time; without a
+//! key, the whole table (its first rows by key).
+
+use std::collections::BTreeSet;
 
 use std::sync::Arc;
 
@@ -13,12 +16,63 @@ use crate::console::Console;
 use crate::console::layout::{self, visible};
 use crate::console::search::instant;
 
-/// The record and the time asked for.
+/// The record (or table) and the time asked for.
 #[derive(Debug, Deserialize)]
 pub(crate) struct AsOf {
     table: String,
+    #[serde(default)]
     key: String,
     at: String,
+}
+
+/// The most rows a table as of a time shows.
+const TABLE_ROWS: usize = 500;
+
+/// The table as of `at`.
+async fn table_page(
+    console: &Console,
+    table: &QualifiedName,
+    name: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Response {
+    let found = match console.client().await {
+        Ok(client) => bemi_core::time_travel::table_as_of(
+            &mut bemi_core::TokioPostgresRunner(&*client),
+            &console.audit_log(),
+            table,
+            at,
+        )
+        .await
+        .map_err(|error| error.to_string()),
+        Err(error) => Err(crate::error_chain(&error)),
+    };
+    let rows = match found {
+        Ok(rows) => rows,
+        Err(message) => return layout::unavailable("table as of", &message),
+    };
+    let columns: BTreeSet<&str> = rows.iter().flat_map(|row| row.columns()).collect();
+    let when = at.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let body = html! {
+        h1 { (visible(name)) " as of " (when) }
+        p.muted {
+            (rows.len()) " rows"
+            @if rows.len() > TABLE_ROWS { ", the first " (TABLE_ROWS) " by key shown" }
+        }
+        @if rows.is_empty() { div.empty { "The trail holds no row of this table at that time." } }
+        @else {
+            table {
+                thead { tr { @for column in &columns { th { (visible(column)) } } } }
+                tbody {
+                    @for row in rows.iter().take(TABLE_ROWS) {
+                        tr { @for column in &columns {
+                            td.value { (visible(row.get(column).map(|value| value.as_str()).unwrap_or(""))) }
+                        } }
+                    }
+                }
+            }
+        }
+    };
+    layout::page(&format!("{name} as of {when}"), body).into_response()
 }
 
 /// The page.
@@ -41,6 +95,9 @@ pub(crate) async fn page(
         Ok(at) => at,
         Err(message) => return (StatusCode::BAD_REQUEST, layout::error(&message)).into_response(),
     };
+    if asked.key.is_empty() {
+        return table_page(&console, &table, &asked.table, at).await;
+    }
     let found = match console.client().await {
         Ok(client) => bemi_core::time_travel::row_as_of(
             &mut bemi_core::TokioPostgresRunner(&*client),

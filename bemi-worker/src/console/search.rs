@@ -141,6 +141,11 @@ impl Search {
                     a.button.secondary href="/" { "Clear" }
                 }
             }
+            form.search method="get" action="/as-of" {
+                label { "Table as of: table" input name="table" placeholder="public.orders"; }
+                label { "at (a date or an RFC 3339 time)" input name="at" placeholder="2026-12-01T09:30:00Z"; }
+                div.actions { button type="submit" { "Show the table then" } }
+            }
         }
     }
 }

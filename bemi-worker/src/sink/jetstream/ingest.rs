@@ -139,9 +139,14 @@ impl Ingest {
         // the change id), so the key is never used.
         let mut store = Store::new(destination, &config.changes_table, String::new());
         let batch_size = config.batch_size.max(1);
+        // Idle heartbeats from the server: without them, a pull that a restarted server forgot
+        // waits forever and the session never notices; with them, two missed in a row end the
+        // session and the next one pulls again.
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(batch_size)
+            .expires(Duration::from_secs(30))
+            .heartbeat(Duration::from_secs(5))
             .messages()
             .await
             .map_err(nats_error("read from the JetStream consumer"))?;

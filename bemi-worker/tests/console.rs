@@ -37,16 +37,25 @@ impl Page {
 
 /// `GET path` over HTTP/1.0, with a bearer token when given.
 async fn get(port: u16, path: &str, token: Option<&str>) -> Page {
+    let authorization = token.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .as_deref()
+        .map(|value| vec![("Authorization", value)])
+        .unwrap_or_default();
+    get_with(port, path, &headers).await
+}
+
+/// `GET path` over HTTP/1.0 with these request headers.
+async fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Page {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let authorization = token
-        .map(|token| format!("Authorization: Bearer {token}\r\n"))
-        .unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     stream
-        .write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{authorization}\r\n").as_bytes(),
-        )
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = String::new();
@@ -80,6 +89,7 @@ async fn console(fixture: &Fixture, token: Option<&str>) -> u16 {
         destination: fixture.source.clone(),
         changes_table: fixture.setup.options().changes_table_name().clone(),
         token: token.map(str::to_owned),
+        user_header: None,
         source: Some(fixture.source.clone()),
         slot: fixture.setup.options().slot_name().to_owned(),
     };
@@ -324,6 +334,7 @@ async fn off_loopback_the_console_needs_a_token() {
             destination: fixture.source.clone(),
             changes_table: fixture.setup.options().changes_table_name().clone(),
             token: None,
+            user_header: None,
             source: None,
             slot: "bemi".to_owned(),
         },
@@ -335,6 +346,32 @@ async fn off_loopback_the_console_needs_a_token() {
         refused.to_string().contains("BEMI_CONSOLE_TOKEN"),
         "{refused}"
     );
+
+    // Behind an authenticating proxy: the user header it sets is required.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let proxied = listener.local_addr().unwrap().port();
+    tokio::spawn(bemi_worker::console::serve(
+        listener,
+        ConsoleConfig {
+            destination: fixture.source.clone(),
+            changes_table: fixture.setup.options().changes_table_name().clone(),
+            token: None,
+            user_header: Some("X-Forwarded-User".to_owned()),
+            source: None,
+            slot: "bemi".to_owned(),
+        },
+        std::future::pending(),
+    ));
+    let without = get_with(proxied, "/", &[]).await;
+    assert_eq!(without.status, 401, "{}", without.body);
+    assert_eq!(
+        get_with(proxied, "/", &[("X-Forwarded-User", " ")])
+            .await
+            .status,
+        401
+    );
+    let signed_in = get_with(proxied, "/", &[("X-Forwarded-User", "auditor@example.com")]).await;
+    assert_eq!(signed_in.status, 200, "{}", signed_in.body);
 
     let port = console(&fixture, Some("s3cret-token")).await;
     assert_eq!(get(port, "/", None).await.status, 401);
@@ -523,6 +560,7 @@ async fn an_unreadable_trail_is_a_503_that_names_nothing() {
         .unwrap(),
         changes_table: bemi_core::QualifiedName::new("bemi", "changes").unwrap(),
         token: None,
+        user_header: None,
         source: None,
         slot: "bemi".to_owned(),
     };
@@ -576,6 +614,7 @@ async fn the_console_runs_as_the_printed_read_only_role() {
             destination: reader.clone(),
             changes_table: fixture.setup.options().changes_table_name().clone(),
             token: None,
+            user_header: None,
             source: Some(reader.clone()),
             slot: fixture.setup.options().slot_name().to_owned(),
         },

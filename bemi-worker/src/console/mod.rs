@@ -5,7 +5,7 @@
 //! Server-rendered HTML (maud escapes every value), one embedded stylesheet, no script: a strict
 //! Content-Security-Policy (`default-src 'none'`) keeps anything a user typed into an audited
 //! row inert. It reads through bemi-core's queries, so a read-only role is enough. Loopback by
-//! default; any other address needs a bearer token.
+//! default; any other address needs a bearer token or a trusted user header set by an SSO proxy.
 
 mod as_of;
 mod change;
@@ -40,6 +40,10 @@ pub struct ConsoleConfig {
     /// The bearer token every request must carry (`Authorization: Bearer ...`); required to
     /// listen on an address other than loopback.
     pub token: Option<String>,
+    /// The header an authenticating proxy (SSO) sets to the signed-in user, e.g.
+    /// `X-Forwarded-User`: every request must carry it, non-empty. Only safe when the console
+    /// is reachable through that proxy alone (which must also strip the header from clients).
+    pub user_header: Option<String>,
     /// The source database, for the health page (the slot lives there); `None`: no health.
     pub source: Option<ConnectionOptions>,
     /// The replication slot, for the health page.
@@ -49,6 +53,8 @@ pub struct ConsoleConfig {
 /// The state handlers share: the configuration and one connection, opened again when closed.
 pub(crate) struct Console {
     config: ConsoleConfig,
+    /// The trusted user header, parsed.
+    user_header: Option<header::HeaderName>,
     client: Mutex<Option<Arc<tokio_postgres::Client>>>,
 }
 
@@ -95,7 +101,8 @@ fn router(console: Arc<Console>) -> Router {
 ///
 /// # Errors
 ///
-/// [`Error::Config`] when the address is not loopback and no token is set; [`Error::Io`] when
+/// [`Error::Config`] when the address is not loopback and neither a token nor a trusted user
+/// header is set, or the header's name is not one; [`Error::Io`] when
 /// serving fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -106,14 +113,30 @@ pub async fn serve(
         action: "read the console's address".into(),
         source,
     })?;
-    if !address.ip().is_loopback() && config.token.as_deref().is_none_or(str::is_empty) {
+    let user_header = match config
+        .user_header
+        .as_deref()
+        .filter(|name| !name.is_empty())
+    {
+        Some(name) => Some(
+            header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| Error::Config(format!("{name:?} is not an HTTP header name")))?,
+        ),
+        None => None,
+    };
+    if !address.ip().is_loopback()
+        && config.token.as_deref().is_none_or(str::is_empty)
+        && user_header.is_none()
+    {
         return Err(Error::Config(format!(
             "the console listens on {address}, which is not loopback: set BEMI_CONSOLE_TOKEN \
-             (requests then need `Authorization: Bearer <token>`), or listen on 127.0.0.1"
+             (requests then need `Authorization: Bearer <token>`), or \
+             --trusted-user-header behind an authenticating proxy, or listen on 127.0.0.1"
         )));
     }
     let console = Arc::new(Console {
         config,
+        user_header,
         client: Mutex::new(None),
     });
     axum::serve(listener, router(console))
@@ -145,6 +168,21 @@ async fn guard(State(console): State<Arc<Console>>, request: Request, next: Next
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
                 "a bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
+    if let Some(name) = &console.user_header {
+        let user = request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+            .unwrap_or_default();
+        if user.is_empty() {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "sign in through the proxy in front of the console\n",
             )
                 .into_response();
         }

@@ -24,6 +24,11 @@ pub(crate) struct ConsoleArgs {
     /// The replication slot, for the health page.
     #[arg(long, env = "BEMI_SLOT", default_value = bemi_core::setup::DEFAULT_SLOT)]
     slot: String,
+    /// The header an authenticating proxy sets to the signed-in user (e.g. X-Forwarded-User):
+    /// required on every request; allows an address other than loopback. Only when the proxy
+    /// is the one way in.
+    #[arg(long, env = "BEMI_CONSOLE_USER_HEADER")]
+    trusted_user_header: Option<String>,
     /// The changes table, `schema.table`.
     #[arg(long, env = "BEMI_CHANGES_TABLE", default_value = "bemi.changes")]
     changes_table: QualifiedName,
@@ -61,6 +66,7 @@ impl ConsoleArgs {
             destination,
             changes_table: self.changes_table,
             token,
+            user_header: self.trusted_user_header,
             source,
             slot: self.slot,
         };

@@ -35,17 +35,19 @@ async fn table_page(
     name: &str,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Response {
-    let found = match console.client().await {
-        Ok(client) => bemi_core::time_travel::table_as_of(
-            &mut bemi_core::TokioPostgresRunner(&*client),
-            &console.audit_log(),
-            table,
-            at,
-        )
-        .await
-        .map_err(|error| error.to_string()),
-        Err(error) => Err(crate::error_chain(&error)),
-    };
+    let log = console.audit_log();
+    let log = &log;
+    let found = console
+        .read(|client| async move {
+            bemi_core::time_travel::table_as_of(
+                &mut bemi_core::TokioPostgresRunner(&*client),
+                log,
+                table,
+                at,
+            )
+            .await
+        })
+        .await;
     let rows = match found {
         Ok(rows) => rows,
         Err(message) => return layout::unavailable("table as of", &message),
@@ -80,16 +82,9 @@ pub(crate) async fn page(
     State(console): State<Arc<Console>>,
     Query(asked): Query<AsOf>,
 ) -> Response {
-    let Some(table) = asked
-        .table
-        .split_once('.')
-        .and_then(|(schema, name)| QualifiedName::new(schema, name).ok())
-    else {
-        return (
-            StatusCode::BAD_REQUEST,
-            layout::error("The table must be given as schema.table."),
-        )
-            .into_response();
+    let table = match layout::table_param(&asked.table) {
+        Ok(table) => table,
+        Err(message) => return (StatusCode::BAD_REQUEST, layout::error(&message)).into_response(),
     };
     let at = match instant(asked.at.trim()) {
         Ok(at) => at,
@@ -98,18 +93,20 @@ pub(crate) async fn page(
     if asked.key.is_empty() {
         return table_page(&console, &table, &asked.table, at).await;
     }
-    let found = match console.client().await {
-        Ok(client) => bemi_core::time_travel::row_as_of(
-            &mut bemi_core::TokioPostgresRunner(&*client),
-            &console.audit_log(),
-            &table,
-            &asked.key,
-            at,
-        )
-        .await
-        .map_err(|error| error.to_string()),
-        Err(error) => Err(crate::error_chain(&error)),
-    };
+    let log = console.audit_log();
+    let (log, table_ref, key) = (&log, &table, &asked.key);
+    let found = console
+        .read(|client| async move {
+            bemi_core::time_travel::row_as_of(
+                &mut bemi_core::TokioPostgresRunner(&*client),
+                log,
+                table_ref,
+                key,
+                at,
+            )
+            .await
+        })
+        .await;
     let row = match found {
         Ok(row) => row,
         Err(message) => return layout::unavailable("as-of", &message),

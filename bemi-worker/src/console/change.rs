@@ -85,16 +85,11 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, Path(id): Path<Str
     let Ok(id) = Uuid::try_parse(&id) else {
         return (StatusCode::NOT_FOUND, layout::error("No such change.")).into_response();
     };
-    let found = match console.client().await {
-        Ok(client) => ChangeQuery::new()
-            .log(console.audit_log())
-            .ids([id])
-            .limit(1)
-            .fetch(&mut bemi_core::TokioPostgresRunner(&*client))
-            .await
-            .map_err(|error| error.to_string()),
-        Err(error) => Err(crate::error_chain(&error)),
-    };
+    let query = ChangeQuery::new()
+        .log(console.audit_log())
+        .ids([id])
+        .limit(1);
+    let found = console.fetch(&query).await;
     let change = match found {
         Ok(mut changes) if !changes.is_empty() => changes.remove(0),
         Ok(_) => return (StatusCode::NOT_FOUND, layout::error("No such change.")).into_response(),

@@ -101,14 +101,7 @@ async fn next_page(mut pages: Pages) -> Option<(Result<Bytes, std::io::Error>, P
     if let Some(cursor) = pages.cursor {
         query = query.after_cursor(cursor);
     }
-    let fetched = match pages.console.client().await {
-        Ok(client) => query
-            .fetch(&mut bemi_core::TokioPostgresRunner(&*client))
-            .await
-            .map_err(|error| error.to_string()),
-        Err(error) => Err(crate::error_chain(&error)),
-    };
-    let changes = match fetched {
+    let changes = match pages.console.fetch(&query).await {
         Ok(changes) => changes,
         Err(message) => {
             // The response has begun: end it broken, so that a partial file is not taken for

@@ -79,14 +79,7 @@ pub(crate) async fn page(
         )
             .into_response();
     }
-    let changes = match console.client().await {
-        Ok(client) => query
-            .fetch(&mut bemi_core::TokioPostgresRunner(&*client))
-            .await
-            .map_err(|error| error.to_string()),
-        Err(error) => Err(crate::error_chain(&error)),
-    };
-    let changes = match changes {
+    let changes = match console.fetch(&query).await {
         Ok(changes) => changes,
         Err(message) => return layout::unavailable("group", &message),
     };

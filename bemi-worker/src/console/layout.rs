@@ -39,6 +39,14 @@ pub(crate) fn visible(text: &str) -> Markup {
     }
 }
 
+/// A table as a form gives it: `schema.table`, or a name alone for one in `public`.
+pub(crate) fn table_param(text: &str) -> Result<bemi_core::QualifiedName, String> {
+    let text = text.trim();
+    let (schema, name) = text.split_once('.').unwrap_or(("public", text));
+    bemi_core::QualifiedName::new(schema, name)
+        .map_err(|_| format!("{text:?} is not a table name (schema.table)"))
+}
+
 /// The operation as a badge.
 pub(crate) fn operation(operation: Operation) -> Markup {
     html! { span class={ "op op-" (operation.as_str()) } { (operation.as_str()) } }

@@ -75,6 +75,32 @@ impl Console {
         Ok(connected)
     }
 
+    /// Runs `read` on the shared connection; any failure as text, for the log.
+    pub(crate) async fn read<T, F, Fut>(&self, read: F) -> std::result::Result<T, String>
+    where
+        F: FnOnce(Arc<tokio_postgres::Client>) -> Fut,
+        Fut: std::future::Future<Output = bemi_core::Result<T>>,
+    {
+        let client = self
+            .client()
+            .await
+            .map_err(|error| crate::error_chain(&error))?;
+        read(client).await.map_err(|error| error.to_string())
+    }
+
+    /// The changes `query` finds.
+    pub(crate) async fn fetch(
+        &self,
+        query: &bemi_core::ChangeQuery,
+    ) -> std::result::Result<Vec<bemi_core::Change>, String> {
+        self.read(|client| async move {
+            query
+                .fetch(&mut bemi_core::TokioPostgresRunner(&*client))
+                .await
+        })
+        .await
+    }
+
     /// The trail read.
     pub(crate) fn audit_log(&self) -> bemi_core::AuditLog {
         bemi_core::AuditLog::new(self.config.changes_table.clone())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bemi_core::{ChangeCursor, ChangeQuery, Context, Operation, Order, QualifiedName};
+use bemi_core::{ChangeCursor, ChangeQuery, Context, Operation, Order};
 use chrono::{DateTime, NaiveDate, Utc};
 use maud::{Markup, html};
 use serde::{Deserialize, Serialize};
@@ -76,12 +76,8 @@ impl Search {
     /// The form's filters, newest first.
     fn filters(&self, log: bemi_core::AuditLog) -> Result<ChangeQuery, String> {
         let mut query = ChangeQuery::new().log(log).order(Order::NewestFirst);
-        let table = self.table.trim();
-        if !table.is_empty() {
-            let (schema, name) = table.split_once('.').unwrap_or(("public", table));
-            let name = QualifiedName::new(schema, name)
-                .map_err(|_| format!("{table:?} is not a table name (schema.table)"))?;
-            query = query.table(name);
+        if !self.table.trim().is_empty() {
+            query = query.table(layout::table_param(&self.table)?);
         }
         if !self.key.trim().is_empty() {
             query = query.primary_key(self.key.trim());
@@ -162,14 +158,7 @@ pub(crate) async fn page(
             return (StatusCode::BAD_REQUEST, layout::page("Changes", body)).into_response();
         }
     };
-    let changes = match console.client().await {
-        Ok(client) => query
-            .fetch(&mut bemi_core::TokioPostgresRunner(&*client))
-            .await
-            .map_err(|error| error.to_string()),
-        Err(error) => Err(crate::error_chain(&error)),
-    };
-    let changes = match changes {
+    let changes = match console.fetch(&query).await {
         Ok(changes) => changes,
         Err(message) => return layout::unavailable("search", &message),
     };

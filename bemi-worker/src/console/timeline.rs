@@ -6,7 +6,6 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bemi_core::QualifiedName;
 use maud::html;
 use serde::Deserialize;
 
@@ -26,28 +25,23 @@ pub(crate) async fn page(
     State(console): State<Arc<Console>>,
     Query(record): Query<Record>,
 ) -> Response {
-    let Some(table) = record
-        .table
-        .split_once('.')
-        .and_then(|(schema, name)| QualifiedName::new(schema, name).ok())
-    else {
-        return (
-            StatusCode::BAD_REQUEST,
-            layout::error("The table must be given as schema.table."),
-        )
-            .into_response();
+    let table = match layout::table_param(&record.table) {
+        Ok(table) => table,
+        Err(message) => return (StatusCode::BAD_REQUEST, layout::error(&message)).into_response(),
     };
-    let history = match console.client().await {
-        Ok(client) => bemi_core::time_travel::history(
-            &mut bemi_core::TokioPostgresRunner(&*client),
-            &console.audit_log(),
-            &table,
-            &record.key,
-        )
-        .await
-        .map_err(|error| error.to_string()),
-        Err(error) => Err(crate::error_chain(&error)),
-    };
+    let log = console.audit_log();
+    let (log, table, key) = (&log, &table, &record.key);
+    let history = console
+        .read(|client| async move {
+            bemi_core::time_travel::history(
+                &mut bemi_core::TokioPostgresRunner(&*client),
+                log,
+                table,
+                key,
+            )
+            .await
+        })
+        .await;
     let changes = match history {
         Ok(changes) => changes,
         Err(message) => return layout::unavailable("timeline", &message),

@@ -592,12 +592,7 @@ async fn an_unreadable_trail_is_a_503_that_names_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_runs_as_the_printed_read_only_role() {
     let fixture = trail(test_database!()).await;
-    let role = format!("{}_reader", fixture.database.name());
-    fixture
-        .sql(&format!(
-            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'bemi-test';"
-        ))
-        .await;
+    let role = fixture.role("reader", "").await;
     let grants = fixture.setup.reader_grants_sql(&role).unwrap();
     fixture.sql(&grants.destination).await;
     fixture.sql(&grants.source).await;

@@ -249,6 +249,18 @@ async fn an_idle_database_does_not_pin_the_wal_of_a_busy_cluster() {
     assert!(retained < written / 4, "{retained} of {written}");
 }
 
+/// The slot's `wal_status` (`reserved`, ..., `lost`).
+async fn wal_status(client: &tokio_postgres::Client, slot: &str) -> Option<String> {
+    client
+        .query_one(
+            "SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// The batches (`todo.batch`) whose rows are in the trail.
 async fn stored_batches(client: &tokio_postgres::Client) -> Vec<i32> {
     crate::support::first_column(
@@ -289,15 +301,7 @@ async fn a_lost_slot_is_loud_and_recreating_it_records_the_gap() {
             )
             .await
             .unwrap();
-        let status: Option<String> = fixture
-            .client
-            .query_one(
-                "SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let status = wal_status(&fixture.client, &slot).await;
         (status.as_deref() == Some("lost")).then_some(())
     })
     .await;
@@ -329,12 +333,7 @@ async fn a_lost_slot_is_loud_and_recreating_it_records_the_gap() {
 
     // A worker role that may not record the gap refuses to recreate, and leaves the slot as
     // it is: no gap goes unrecorded.
-    let role = format!("{}_gaps", fixture.database.name());
-    fixture
-        .sql(&format!(
-            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'bemi-test';"
-        ))
-        .await;
+    let role = fixture.role("gaps", "REPLICATION").await;
     let grants = fixture.setup.worker_grants_sql(&role).unwrap();
     fixture.sql(&grants.source).await;
     fixture.sql(&grants.destination).await;
@@ -361,15 +360,7 @@ async fn a_lost_slot_is_loud_and_recreating_it_records_the_gap() {
             .contains("GRANT SELECT, INSERT ON bemi.trail_gaps"),
         "{refused}"
     );
-    let still_lost: Option<String> = fixture
-        .client
-        .query_one(
-            "SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let still_lost = wal_status(&fixture.client, &slot).await;
     assert_eq!(still_lost.as_deref(), Some("lost"));
 
     // Recreating: the gap is recorded, and capture goes on from the new slot.

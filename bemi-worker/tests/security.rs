@@ -141,12 +141,7 @@ impl Audited for Account {
 async fn model_attributes_given_to_setup_protect_columns_with_least_privilege() {
     let options = SetupOptions::default().audited::<Account>().unwrap();
     let fixture = fixture_with(test_database!(), USERS, options).await;
-    let role = format!("{}_least", fixture.database.name());
-    fixture
-        .sql(&format!(
-            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN REPLICATION PASSWORD 'bemi-test';"
-        ))
-        .await;
+    let role = fixture.role("least", "REPLICATION").await;
     let grants = fixture.setup.worker_grants_sql(&role).unwrap();
     fixture.sql(&grants.source).await;
     fixture.sql(&grants.destination).await;

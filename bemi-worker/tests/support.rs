@@ -24,6 +24,19 @@ pub struct Fixture {
     pub setup: Setup,
 }
 
+impl Fixture {
+    /// Creates the login role `<database>_<suffix>` (password `bemi-test`, `attributes` such as
+    /// `REPLICATION`), dropping a leftover one; returns its name.
+    pub async fn role(&self, suffix: &str, attributes: &str) -> String {
+        let role = format!("{}_{suffix}", self.database.name());
+        self.sql(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN {attributes} PASSWORD 'bemi-test';"
+        ))
+        .await;
+        role
+    }
+}
+
 /// Sends the worker's logs to the test output when `RUST_LOG` is set.
 pub fn init_logging() {
     static INIT: std::sync::Once = std::sync::Once::new();

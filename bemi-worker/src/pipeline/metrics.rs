@@ -257,16 +257,19 @@ impl Metrics {
         rejected: usize,
     ) {
         let now = Utc::now();
-        let mut newest = None;
+        let (mut count, mut bytes, mut newest) = (0_u64, 0_u64, None);
         for row in stored {
-            self.changes_stored.inc();
-            self.change_bytes.inc_by(row.size() as u64);
+            count += 1;
+            bytes += row.size() as u64;
             let micros = (now - row.committed_at)
                 .num_microseconds()
                 .unwrap_or(i64::MAX);
             self.commit_to_stored.observe((micros.max(0) as f64) / 1e6);
             newest = newest.max(Some(row.committed_at));
         }
+        // The shared counters once per batch, not once per change.
+        self.changes_stored.inc_by(count);
+        self.change_bytes.inc_by(bytes);
         if let Some(newest) = newest {
             let seconds = newest.timestamp_micros() as f64 / 1e6;
             if seconds > self.last_stored_commit.get() {

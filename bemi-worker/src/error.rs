@@ -92,6 +92,12 @@ pub enum Error {
     #[error("the store task ended unexpectedly")]
     StoreGone,
 
+    /// A batch written in parallel with an earlier one was rolled back because the earlier one
+    /// was not stored: committing it would have stored changes past a gap. The session is
+    /// started again and both are written again.
+    #[error("an earlier batch was not stored: this batch was rolled back")]
+    EarlierBatchFailed,
+
     /// The replication stream broke a rule of the protocol (a change outside a transaction, a
     /// change before its relation's description). Reconnecting re-sends the transaction.
     #[error("replication protocol: {0}")]
@@ -211,7 +217,10 @@ impl Error {
             // Inside a transaction, an unreadable message is parked and the stream goes on; what
             // reaches here broke the protocol outside one, and reconnecting re-reads it.
             Error::Decode(_) | Error::Protocol(_) => ErrorKind::Transient,
-            Error::StoreGone | Error::Nats { .. } | Error::Internal { .. } => ErrorKind::Transient,
+            Error::StoreGone
+            | Error::EarlierBatchFailed
+            | Error::Nats { .. }
+            | Error::Internal { .. } => ErrorKind::Transient,
             _ => ErrorKind::Fatal,
         }
     }

@@ -129,11 +129,14 @@ async fn the_worker_streams_and_stores_over_verified_tls() {
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
+    // The catalog connection, one per writer (two by default), the replication connection.
+    let backend = ("client backend".to_owned(), true);
     assert_eq!(
         sessions,
         [
-            ("client backend".to_owned(), true),
-            ("client backend".to_owned(), true),
+            backend.clone(),
+            backend.clone(),
+            backend,
             ("walsender".to_owned(), true)
         ]
     );

@@ -52,6 +52,10 @@ pub struct WorkerConfig {
     /// Bytes per stored batch (default 4 MiB): a batch is stored when it reaches `batch_size`
     /// rows or this size, whichever comes first, so wide rows cannot pile up in memory.
     pub batch_bytes: usize,
+    /// Destination connections storing batches in parallel (default 2): one batch's `COPY`
+    /// runs while the one before it is written; batches still commit in stream order. 1
+    /// stores one batch at a time. Publishing to JetStream always uses one.
+    pub writers: usize,
     /// Longest time a change waits before its batch is stored (default 100 ms).
     pub flush_interval: Duration,
     /// Largest context stored; larger ones become a marker (default 1 MiB).
@@ -92,6 +96,7 @@ impl WorkerConfig {
             publication: bemi_core::setup::DEFAULT_PUBLICATION.to_owned(),
             batch_size: 5_000,
             batch_bytes: 4 << 20,
+            writers: 2,
             flush_interval: Duration::from_millis(100),
             max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
             status_interval: Duration::from_secs(1),

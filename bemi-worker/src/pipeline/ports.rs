@@ -12,6 +12,7 @@ use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 
 use crate::change_row::ChangeRow;
 use crate::pipeline::progress::Progress;
+use crate::pipeline::turn::Turn;
 use crate::sink::Sink;
 use crate::source::catalog::{Catalog, RelationInfo};
 use crate::source::pgoutput::Relation;
@@ -84,16 +85,24 @@ impl Heartbeat for Catalog {
 /// Where the store task writes batches.
 pub(crate) trait BatchSink: Send + 'static {
     /// Writes one batch (with the progress it completes, where the sink keeps progress);
-    /// returns once it is durable.
+    /// returns once it is durable. The sink keeps the batch's `turn`: it prepares what the
+    /// batch needs after [`Turn::wait_prepared`] (then says [`Turn::prepared`]) and commits
+    /// only after [`Turn::wait_committed`], as batches before it may be written in parallel.
     fn write(
         &mut self,
         rows: &[ChangeRow],
         progress: Option<Progress>,
+        turn: &mut Turn,
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
 impl BatchSink for Sink {
-    async fn write(&mut self, rows: &[ChangeRow], progress: Option<Progress>) -> Result<()> {
-        Sink::write(self, rows, progress).await
+    async fn write(
+        &mut self,
+        rows: &[ChangeRow],
+        progress: Option<Progress>,
+        turn: &mut Turn,
+    ) -> Result<()> {
+        Sink::write(self, rows, progress, turn).await
     }
 }

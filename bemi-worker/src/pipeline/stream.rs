@@ -81,20 +81,21 @@ pub(crate) struct StreamStart {
 }
 
 impl<'a, S: EventSource, C: Describe + Heartbeat> Stream<'a, S, C> {
-    /// Starts a stream reading `replication` and its store task writing into `sink`; the
-    /// task ends with what it stored once the stream (its batch sender) is dropped.
+    /// Starts a stream reading `replication` and its store task writing with `writers` (one
+    /// sink each, at least one); the task ends with what it stored once the stream (its batch
+    /// sender) is dropped.
     pub(crate) fn start<K: BatchSink>(
         config: &'a WorkerConfig,
         metrics: &'a Arc<Metrics>,
         replication: S,
         catalog: C,
-        sink: K,
+        writers: Vec<K>,
         start: StreamStart,
     ) -> (Self, tokio::task::JoinHandle<Result<Stored>>) {
         let (batches, batches_rx) = mpsc::channel::<Batch>(1);
         let (stored_tx, stored_rx) = watch::channel(Stored::default());
         let store_task = tokio::spawn(
-            store_batches(sink, batches_rx, stored_tx, Arc::clone(metrics))
+            store_batches(writers, batches_rx, stored_tx, Arc::clone(metrics))
                 .instrument(tracing::info_span!("stage", stage = "store")),
         );
         let stream = Stream {

@@ -44,7 +44,8 @@ pub(crate) struct Supervisor<'w> {
 struct Prepared {
     catalog_client: tokio_postgres::Client,
     replication: ReplicationClient,
-    sink: Sink,
+    /// One sink per writer.
+    sinks: Vec<Sink>,
     start: StreamStart,
 }
 
@@ -250,10 +251,10 @@ impl<'w> Supervisor<'w> {
         // destination, from the source's table of them.
         let mut recorded_shapes: Vec<(u32, RecordedShape)> = Vec::new();
         // Connected before streaming starts: a missing table or privilege fails the session here.
-        let (sink, progress) = match &config.output {
+        let (sinks, progress) = match &config.output {
             Output::JetStream(nats) => {
                 recorded_shapes.extend(load_source_shapes(&catalog_client, &config.slot).await?);
-                (Sink::JetStream(Publisher::connect(nats).await?), None)
+                (vec![Sink::JetStream(Publisher::connect(nats).await?)], None)
             }
             Output::Store {
                 destination: options,
@@ -264,7 +265,16 @@ impl<'w> Supervisor<'w> {
                 let store = Store::new(destination, changes_table, source_key.clone());
                 let progress = store.load_progress().await?;
                 recorded_shapes.extend(store.load_recorded_shapes(&database).await?);
-                (Sink::Store(store), progress)
+                let mut sinks = vec![Sink::Store(store)];
+                for _ in 1..config.writers {
+                    let destination = options.connect("bemi-worker").await?;
+                    sinks.push(Sink::Store(Store::new(
+                        destination,
+                        changes_table,
+                        source_key.clone(),
+                    )));
+                }
+                (sinks, progress)
             }
         };
         replication.start().await.map_err(Error::Replication)?;
@@ -282,7 +292,7 @@ impl<'w> Supervisor<'w> {
         Ok(Prepared {
             catalog_client,
             replication,
-            sink,
+            sinks,
             start: StreamStart {
                 progress,
                 recorded_shapes: recorded_shapes.into_iter().collect(),
@@ -309,7 +319,7 @@ impl<'w> Supervisor<'w> {
             self.metrics,
             prepared.replication,
             Catalog::new(prepared.catalog_client, config.column_policies.clone()),
-            prepared.sink,
+            prepared.sinks,
             prepared.start,
         );
         self.metrics.set_streaming(true);

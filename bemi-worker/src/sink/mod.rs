@@ -10,6 +10,7 @@ pub(crate) mod store;
 use crate::Result;
 use crate::change_row::ChangeRow;
 use crate::pipeline::progress::Progress;
+use crate::pipeline::turn::Turn;
 use crate::sink::jetstream::Publisher;
 use crate::sink::store::Store;
 
@@ -24,15 +25,20 @@ pub(crate) enum Sink {
 }
 
 impl Sink {
-    /// Writes one batch; returns once it is durable at the destination.
+    /// Writes one batch in its `turn`; returns once it is durable at the destination.
     pub(crate) async fn write(
         &mut self,
         rows: &[ChangeRow],
         progress: Option<Progress>,
+        turn: &mut Turn,
     ) -> Result<()> {
         match self {
-            Sink::Store(store) => store.write(rows, progress).await,
-            Sink::JetStream(publisher) => publisher.publish(rows).await,
+            Sink::Store(store) => store.write(rows, progress, turn).await,
+            Sink::JetStream(publisher) => {
+                // One publisher per session: nothing before it is in flight.
+                turn.wait_committed().await?;
+                publisher.publish(rows).await
+            }
         }
     }
 }

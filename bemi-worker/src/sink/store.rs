@@ -26,6 +26,7 @@ use tokio_postgres::error::SqlState;
 use crate::change_row::ChangeRow;
 use crate::error::{ErrorKind, sqlstate_kind};
 use crate::pipeline::progress::Progress;
+use crate::pipeline::turn::Turn;
 use crate::sink::partitions::PartitionUpkeep;
 use crate::source::recorded_shape::RecordedShape;
 use crate::stitch::postgres_time;
@@ -154,15 +155,18 @@ impl Store {
     }
 
     /// Stores `rows` and `progress` in one transaction (rows marked
-    /// [`ChangeRow::rejected`] are parked in `bemi.rejected`).
+    /// [`ChangeRow::rejected`] are parked in `bemi.rejected`), committed in its `turn`.
     pub(crate) async fn write(
         &mut self,
         rows: &[ChangeRow],
         progress: Option<Progress>,
+        turn: &mut Turn,
     ) -> Result<()> {
+        turn.wait_prepared().await?;
         self.partitions
             .prepare(&self.client, &self.changes, rows)
             .await?;
+        turn.prepared();
         // Parked changes and recorded table shapes go to their own tables, in the same
         // transaction.
         let parked: Vec<&ChangeRow> = rows
@@ -180,7 +184,9 @@ impl Store {
                 .collect();
             encode_copy(&storable, &mut last_context)
         };
-        let stored_by = self.write_copied(rows, &data, &parked, progress).await?;
+        let stored_by = self
+            .write_copied(rows, &data, &parked, progress, turn)
+            .await?;
         // Rows stored one by one hold their own context.
         self.last_context = match stored_by {
             StoredBy::RowByRow => None,
@@ -197,9 +203,10 @@ impl Store {
         data: &Bytes,
         parked: &[&ChangeRow],
         progress: Option<Progress>,
+        turn: &mut Turn,
     ) -> Result<StoredBy> {
         match self
-            .write_with(data, parked, progress, CopyTarget::Changes)
+            .write_with(data, parked, progress, CopyTarget::Changes, turn)
             .await
         {
             Ok(()) => Ok(StoredBy::Copy),
@@ -210,7 +217,7 @@ impl Store {
                     rows = rows.len(),
                     "some changes were already stored: storing the batch idempotently"
                 );
-                self.write_with(data, parked, progress, CopyTarget::Staging)
+                self.write_with(data, parked, progress, CopyTarget::Staging, turn)
                     .await
                     .map(|()| StoredBy::Staged)
             }
@@ -220,7 +227,7 @@ impl Store {
                     sqlstate = sqlstate(&source),
                     "a change was rejected: storing the batch row by row"
                 );
-                self.write_row_by_row(rows, progress)
+                self.write_row_by_row(rows, progress, turn)
                     .await
                     .map(|()| StoredBy::RowByRow)
             }
@@ -234,6 +241,7 @@ impl Store {
         parked: &[&ChangeRow],
         progress: Option<Progress>,
         target: CopyTarget,
+        turn: &mut Turn,
     ) -> Result<()> {
         let transaction = self
             .client
@@ -283,6 +291,7 @@ impl Store {
         for row in parked {
             set_aside(&transaction, &self.source, row).await?;
         }
+        turn.wait_committed().await?;
         save_progress(&transaction, &self.source, progress).await?;
         transaction
             .commit()
@@ -298,6 +307,7 @@ impl Store {
         &mut self,
         rows: &[ChangeRow],
         progress: Option<Progress>,
+        turn: &mut Turn,
     ) -> Result<()> {
         let insert = format!(
             "INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3::text::json, $4::text::json, \
@@ -379,6 +389,7 @@ impl Store {
                 }
             }
         }
+        turn.wait_committed().await?;
         save_progress(&transaction, &self.source, progress).await?;
         transaction
             .commit()

@@ -203,6 +203,9 @@ enum Scenario {
         nats_stream: Option<String>,
         #[arg(long)]
         nats_subject: Option<String>,
+        /// Destination connections storing in parallel (the worker's default without).
+        #[arg(long)]
+        writers: Option<usize>,
     },
 }
 
@@ -317,6 +320,7 @@ async fn worker(scenario: Scenario) -> anyhow::Result<()> {
             nats_url,
             nats_stream,
             nats_subject,
+            writers,
         } => {
             let nats = nats_url.map(|url| {
                 let mut nats = bemi_worker::NatsOptions::new(url);
@@ -330,7 +334,14 @@ async fn worker(scenario: Scenario) -> anyhow::Result<()> {
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .init();
-            worker_process::run_worker(&database_url, &slot, destination_url.as_deref(), nats).await
+            worker_process::run_worker(
+                &database_url,
+                &slot,
+                destination_url.as_deref(),
+                nats,
+                writers,
+            )
+            .await
         }
         _ => anyhow::bail!("not a worker process"),
     }

@@ -18,7 +18,11 @@ const COLUMNS: &str = "id, primary_key, \"before\", \"after\", context, database
 enum Method {
     Drain,
     Copy,
+    /// The same COPY split over two connections, committed together.
+    CopyTwo,
     Worker,
+    /// The worker with one writer (one batch at a time).
+    WorkerOneWriter,
     /// The worker storing into another database of the same cluster.
     WorkerSeparate,
 }
@@ -52,6 +56,7 @@ pub(crate) async fn run(
     for repetition in 0..repetitions {
         env.create_slot(&slot("drain", repetition)).await?;
         env.create_slot(&slot("worker", repetition)).await?;
+        env.create_slot(&slot("one_writer", repetition)).await?;
         env.create_slot(&slot("separate", repetition)).await?;
     }
     let generated = Instant::now();
@@ -74,10 +79,12 @@ pub(crate) async fn run(
         let mut order = vec![
             Method::Worker,
             Method::Copy,
+            Method::CopyTwo,
             Method::Drain,
+            Method::WorkerOneWriter,
             Method::WorkerSeparate,
         ];
-        order.rotate_right(repetition % 4);
+        order.rotate_right(repetition % 6);
         if copy_data.is_none() {
             order.retain(|method| *method != Method::Worker);
             order.insert(0, Method::Worker);
@@ -92,13 +99,38 @@ pub(crate) async fn run(
                         )
                         .await?;
                     env.client.batch_execute("CHECKPOINT").await?;
-                    let run =
-                        measure(&env, &slot("worker", repetition), &target, changes, None).await?;
+                    let run = measure(
+                        &env,
+                        &slot("worker", repetition),
+                        &target,
+                        changes,
+                        None,
+                        None,
+                    )
+                    .await?;
                     peak_rss.push(run.peak_rss_kib as f64 / 1024.0);
                     if copy_data.is_none() {
                         copy_data = Some(copy_out(&env.client).await?);
                     }
                     run.elapsed
+                }
+                Method::WorkerOneWriter => {
+                    env.client
+                        .batch_execute(
+                            "TRUNCATE bemi.changes_stored; DELETE FROM bemi.worker_progress;",
+                        )
+                        .await?;
+                    env.client.batch_execute("CHECKPOINT").await?;
+                    measure(
+                        &env,
+                        &slot("one_writer", repetition),
+                        &target,
+                        changes,
+                        None,
+                        Some(1),
+                    )
+                    .await?
+                    .elapsed
                 }
                 Method::WorkerSeparate => {
                     audit_client
@@ -113,6 +145,7 @@ pub(crate) async fn run(
                         &target,
                         changes,
                         Some((&audit_url, &audit_client)),
+                        None,
                     )
                     .await?;
                     separate_rss.push(run.peak_rss_kib as f64 / 1024.0);
@@ -127,6 +160,24 @@ pub(crate) async fn run(
                         .await?;
                     let started = Instant::now();
                     copy_in(&env.client, data).await?;
+                    started.elapsed()
+                }
+                Method::CopyTwo => {
+                    let data = copy_data
+                        .as_ref()
+                        .ok_or_else(|| anyhow::anyhow!("no rows to copy"))?;
+                    env.client
+                        .batch_execute("TRUNCATE bemi.changes_copy; CHECKPOINT;")
+                        .await?;
+                    let second = env.database.connect().await;
+                    let (first_half, second_half) = data.split_at(data.len() / 2);
+                    let started = Instant::now();
+                    let (first, second) = tokio::join!(
+                        copy_in(&env.client, first_half),
+                        copy_in(&second, second_half)
+                    );
+                    first?;
+                    second?;
                     started.elapsed()
                 }
                 Method::Drain => {
@@ -157,6 +208,8 @@ pub(crate) async fn run(
         of(Method::Worker),
         of(Method::WorkerSeparate),
     );
+    let copy_two_s = of(Method::CopyTwo);
+    let one_writer_s = of(Method::WorkerOneWriter);
     let rate = |values: &[f64]| -> Vec<f64> { values.iter().map(|s| changes as f64 / s).collect() };
     let ratio = |numerator: &[f64], denominator: &[f64]| -> Vec<f64> {
         // Per repetition: time of the limit / time of the worker = rate ratio.
@@ -195,9 +248,19 @@ pub(crate) async fn run(
         summary(&rate(&copy_s), 0)
     );
     println!(
-        "| (c) `bemi-worker`, start to all stored and confirmed (`changes` in the source database) | {} | {} |",
+        "| (b2) the same `COPY` split over two connections, in parallel — the write limit of two writers | {} | {} |",
+        summary(&copy_two_s, 2),
+        summary(&rate(&copy_two_s), 0)
+    );
+    println!(
+        "| (c) `bemi-worker` (two writers, the default), start to all stored and confirmed (`changes` in the source database) | {} | {} |",
         summary(&worker_s, 2),
         summary(&rate(&worker_s), 0)
+    );
+    println!(
+        "| (c1) the same with one writer (`--writers 1`: one batch at a time) | {} | {} |",
+        summary(&one_writer_s, 2),
+        summary(&rate(&one_writer_s), 0)
     );
     println!(
         "| (c') the same, `changes` in another database of the cluster | {} | {} |",
@@ -211,13 +274,22 @@ pub(crate) async fn run(
         summary(&ratio(&separate_s, &copy_s), 2)
     );
     println!(
-        "- (c) / (a): {}, (c') / (a): {} (target ≥ 0.5)",
+        "- (c) / (a): {}, (c') / (a): {} (target ≥ 0.6)",
         summary(&ratio(&worker_s, &drain_s), 2),
         summary(&ratio(&separate_s, &drain_s), 2)
     );
     println!(
+        "- (c1) / (a): {} (one writer); (c) / (c1): {} (two writers against one)",
+        summary(&ratio(&one_writer_s, &drain_s), 2),
+        summary(&ratio(&worker_s, &one_writer_s), 2)
+    );
+    println!(
         "- (b) / (a): {} (the most any writer into this table reaches against the read limit)",
         summary(&ratio(&copy_s, &drain_s), 2)
+    );
+    println!(
+        "- (b2) / (a): {} (two writers)",
+        summary(&ratio(&copy_two_s, &drain_s), 2)
     );
     println!(
         "- worker peak RSS: {} MiB, (c') {} MiB",

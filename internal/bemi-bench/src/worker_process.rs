@@ -16,7 +16,22 @@ impl WorkerProcess {
     /// Starts a worker streaming `slot` of the database at `url` into the `bemi.changes` of
     /// `destination` (default: the same database).
     pub(crate) fn spawn(url: &str, slot: &str, destination: Option<&str>) -> anyhow::Result<Self> {
+        Self::spawn_writers(url, slot, destination, None)
+    }
+
+    /// Starts a worker as [`WorkerProcess::spawn`] does, with `writers` destination
+    /// connections (`None`: the worker's default).
+    pub(crate) fn spawn_writers(
+        url: &str,
+        slot: &str,
+        destination: Option<&str>,
+        writers: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        let writers = writers.map(|writers| writers.to_string());
         let mut args = vec!["__worker", "--database-url", url, "--slot", slot];
+        if let Some(writers) = &writers {
+            args.extend(["--writers", writers]);
+        }
         if let Some(destination) = destination {
             args.extend(["--destination-url", destination]);
         }
@@ -104,16 +119,23 @@ pub(crate) struct Run {
 }
 
 /// Runs a worker process on `slot` until it confirmed `target`, stops it, and checks that it
-/// stored exactly `expected` changes in `destination` (`None`: the source database).
+/// stored exactly `expected` changes in `destination` (`None`: the source database), with
+/// `writers` destination connections (`None`: the worker's default).
 pub(crate) async fn measure(
     env: &crate::environment::Environment,
     slot: &str,
     target: &str,
     expected: usize,
     destination: Option<(&str, &tokio_postgres::Client)>,
+    writers: Option<usize>,
 ) -> anyhow::Result<Run> {
     let started = Instant::now();
-    let worker = WorkerProcess::spawn(&env.database.url(), slot, destination.map(|(url, _)| url))?;
+    let worker = WorkerProcess::spawn_writers(
+        &env.database.url(),
+        slot,
+        destination.map(|(url, _)| url),
+        writers,
+    )?;
     let elapsed = wait_confirmed(
         &env.client,
         slot,
@@ -145,6 +167,7 @@ pub(crate) async fn run_worker(
     slot: &str,
     destination: Option<&str>,
     nats: Option<bemi_worker::NatsOptions>,
+    writers: Option<usize>,
 ) -> anyhow::Result<()> {
     let mut config = bemi_worker::WorkerConfig::new(bemi_worker::ConnectionOptions::parse(url)?);
     if let Some(destination) = destination {
@@ -159,6 +182,9 @@ pub(crate) async fn run_worker(
         config.output = bemi_worker::Output::JetStream(nats);
     }
     config.slot = slot.to_owned();
+    if let Some(writers) = writers {
+        config.writers = writers.max(1);
+    }
     config.status_interval = Duration::from_millis(100);
     let worker = bemi_worker::Worker::new(config);
     worker.run(terminated()).await?;

@@ -351,6 +351,10 @@ struct RunArgs {
     /// whichever comes first (bounds memory when rows are wide).
     #[arg(long, env = "BEMI_BATCH_BYTES", default_value_t = 4 << 20)]
     batch_bytes: usize,
+    /// Destination connections storing batches in parallel: a batch's COPY runs while the one
+    /// before it is written; batches still commit in stream order. 1: one batch at a time.
+    #[arg(long, env = "BEMI_WRITERS", default_value_t = 2)]
+    writers: usize,
     /// Longest time a change waits before its batch is stored, in milliseconds.
     #[arg(long, env = "BEMI_FLUSH_INTERVAL_MS", default_value_t = 100)]
     flush_interval_ms: u64,
@@ -558,6 +562,7 @@ impl RunArgs {
         config.publication = self.common.publication;
         config.batch_size = self.batch_size.max(1);
         config.batch_bytes = self.batch_bytes.max(1);
+        config.writers = self.writers.max(1);
         config.flush_interval = Duration::from_millis(self.flush_interval_ms);
         config.max_context_bytes = self.max_context_bytes;
         config.log_interval = Duration::from_secs(self.log_interval_seconds.max(1));

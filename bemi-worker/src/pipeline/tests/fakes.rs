@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::change_row::ChangeRow;
 use crate::pipeline::ports::{BatchSink, Describe, EventSource, Heartbeat};
 use crate::pipeline::progress::Progress;
+use crate::pipeline::turn::Turn;
 use crate::source::catalog::RelationInfo;
 use crate::source::pgoutput::Relation;
 use crate::stitch::values::ValueKind;
@@ -132,6 +133,13 @@ pub(super) struct LedgerState {
     pub(super) violations: Vec<String>,
     /// The scripted transactions, to check confirmations against.
     pub(super) script: Vec<Transaction>,
+    /// Writes started and not finished, and the most there were at once.
+    pub(super) writing: usize,
+    pub(super) most_writing: usize,
+    /// Writes started, over every sink of the ledger: numbers writes in batch order.
+    pub(super) writes: usize,
+    /// Writes that reached their commit (waiting for their turn or past it).
+    pub(super) ready_to_commit: usize,
 }
 
 /// The state the fakes share, with a change signal for tests waiting on it.
@@ -314,24 +322,26 @@ pub(super) enum Failure {
     After,
 }
 
-/// A sink keeping batches in the ledger, with a failpoint and a gate.
-#[derive(Debug)]
+/// A sink keeping batches in the ledger, with a failpoint and a gate. Clones share the
+/// ledger, and so the numbering of writes: one per writer of a session.
+#[derive(Debug, Clone)]
 pub(super) struct FaultySink {
     ledger: Ledger,
-    writes: usize,
-    /// Fails the write with this number (from 1).
+    /// Fails the write with this number (from 1, over all writers).
     pub(super) fail_at: Option<(usize, Failure)>,
     /// When set, each write waits for a permit: the test decides when writes complete.
     pub(super) gate: Option<Arc<Semaphore>>,
+    /// When set, only the write with this number waits for a permit.
+    pub(super) held: Option<(usize, Arc<Semaphore>)>,
 }
 
 impl FaultySink {
     pub(super) fn new(ledger: &Ledger) -> Self {
         Self {
             ledger: ledger.clone(),
-            writes: 0,
             fail_at: None,
             gate: None,
+            held: None,
         }
     }
 
@@ -356,25 +366,66 @@ impl FaultySink {
 }
 
 impl BatchSink for FaultySink {
-    async fn write(&mut self, rows: &[ChangeRow], progress: Option<Progress>) -> Result<()> {
+    async fn write(
+        &mut self,
+        rows: &[ChangeRow],
+        progress: Option<Progress>,
+        turn: &mut Turn,
+    ) -> Result<()> {
+        let write = {
+            let mut state = self.ledger.state();
+            state.writes += 1;
+            state.writing += 1;
+            state.most_writing = state.most_writing.max(state.writing);
+            state.writes
+        };
+        let result = self.write_numbered(write, rows, progress, turn).await;
+        self.ledger.state().writing -= 1;
+        self.ledger.touch();
+        result
+    }
+}
+
+impl FaultySink {
+    /// Write number `write`: prepares in turn, waits at the gate (the COPY), commits in turn.
+    async fn write_numbered(
+        &self,
+        write: usize,
+        rows: &[ChangeRow],
+        progress: Option<Progress>,
+        turn: &mut Turn,
+    ) -> Result<()> {
+        turn.wait_prepared().await?;
+        turn.prepared();
+        self.ledger.touch();
         if let Some(gate) = &self.gate {
             gate.acquire()
                 .await
                 .map_err(|_| Error::Protocol("the gate closed".into()))?
                 .forget();
         }
-        self.writes += 1;
+        if let Some((_, gate)) = self.held.as_ref().filter(|(at, _)| *at == write) {
+            gate.acquire()
+                .await
+                .map_err(|_| Error::Protocol("the gate closed".into()))?
+                .forget();
+        }
         let failure = self
             .fail_at
-            .filter(|(at, _)| *at == self.writes)
+            .filter(|(at, _)| *at == write)
             .map(|(_, failure)| failure);
-        if failure != Some(Failure::Before) {
-            self.make_durable(rows, progress);
+        if failure == Some(Failure::Before) {
+            return Err(Error::Protocol(format!(
+                "failpoint: write {write} failed before it was durable"
+            )));
         }
+        self.ledger.state().ready_to_commit += 1;
+        self.ledger.touch();
+        turn.wait_committed().await?;
+        self.make_durable(rows, progress);
         match failure {
             Some(failure) => Err(Error::Protocol(format!(
-                "failpoint: write {} failed ({failure:?} it was durable)",
-                self.writes
+                "failpoint: write {write} failed ({failure:?} it was durable)"
             ))),
             None => Ok(()),
         }

@@ -42,8 +42,9 @@ struct Ended {
 }
 
 /// Runs one session (stream and store task) from `progress` until `body` completes (then it
-/// shuts down as on SIGTERM) or the session fails. `body` gets the feed of the source and a
-/// receiver of how many events the stream has handled.
+/// shuts down as on SIGTERM) or the session fails, with `config.writers` clones of `sink`.
+/// `body` gets the feed of the source and a receiver of how many events the stream has
+/// handled.
 async fn session<B, F>(
     config: &WorkerConfig,
     ledger: &Ledger,
@@ -64,8 +65,9 @@ where
         database: "app".to_owned(),
         source_id: "test-cluster".to_owned(),
     };
+    let writers = vec![sink; config.writers.max(1)];
     let (mut stream, store_task) =
-        Stream::start(config, &metrics, source, MessageOnlyCatalog, sink, start);
+        Stream::start(config, &metrics, source, MessageOnlyCatalog, writers, start);
     let shutdown = std::pin::pin!(body(feed, handled));
     let streamed = stream.run(shutdown).await;
     drop(stream);
@@ -357,36 +359,87 @@ async fn run_with_failure(
 #[tokio::test]
 async fn a_session_failing_at_any_write_is_followed_by_one_storing_the_rest_exactly_once() {
     within(async {
-        // Batches of 3 rows cut transactions in the middle: progress is partial there.
+        // Batches of 3 rows cut transactions in the middle: progress is partial there. With
+        // several writers, the batches after a failed one may be written already and must
+        // not commit.
         let script = transactions(&[2, 5, 1, 4], 10);
-        let config = config(3, 1 << 20, Duration::from_millis(1));
-        let (reference, sessions) = run_with_failure(&script, &config, None).await;
-        assert_eq!(sessions, 1);
-        assert_kept_promises(&reference);
-        let expected: Vec<ChangeRow> = reference.state().stored.clone();
-        assert_eq!(expected.len(), 12);
-        let writes = reference.state().batches.len();
-        assert!(writes >= 4, "{writes} writes");
-        for at in 1..=writes {
-            for failure in [Failure::Before, Failure::After] {
-                let (ledger, sessions) =
-                    run_with_failure(&script, &config, Some((at, failure))).await;
-                assert_eq!(sessions, 2, "failing write {at} {failure:?}");
-                assert_kept_promises(&ledger);
-                let mut stored: Vec<ChangeRow> = ledger.state().stored.clone();
-                stored.sort_by_key(|row| (row.commit_lsn, row.sequence));
-                let ids = |rows: &[ChangeRow]| -> Vec<_> {
-                    rows.iter()
-                        .map(|row| (row.id, row.commit_lsn, row.sequence, row.after.clone()))
-                        .collect()
-                };
-                assert_eq!(
-                    ids(&stored),
-                    ids(&expected),
-                    "failing write {at} {failure:?}"
-                );
+        for writers in 1..=3 {
+            let mut config = config(3, 1 << 20, Duration::from_millis(1));
+            config.writers = writers;
+            let (reference, sessions) = run_with_failure(&script, &config, None).await;
+            assert_eq!(sessions, 1);
+            assert_kept_promises(&reference);
+            let expected: Vec<ChangeRow> = reference.state().stored.clone();
+            assert_eq!(expected.len(), 12);
+            let writes = reference.state().batches.len();
+            assert!(writes >= 4, "{writes} writes");
+            for at in 1..=writes {
+                for failure in [Failure::Before, Failure::After] {
+                    let (ledger, sessions) =
+                        run_with_failure(&script, &config, Some((at, failure))).await;
+                    let case = format!("{writers} writers, failing write {at} {failure:?}");
+                    assert_eq!(sessions, 2, "{case}");
+                    assert_kept_promises(&ledger);
+                    let mut stored: Vec<ChangeRow> = ledger.state().stored.clone();
+                    stored.sort_by_key(|row| (row.commit_lsn, row.sequence));
+                    let ids = |rows: &[ChangeRow]| -> Vec<_> {
+                        rows.iter()
+                            .map(|row| (row.id, row.commit_lsn, row.sequence, row.after.clone()))
+                            .collect()
+                    };
+                    assert_eq!(ids(&stored), ids(&expected), "{case}");
+                }
             }
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn parallel_writers_overlap_and_commit_in_stream_order() {
+    within(async {
+        // Six batches of 2 rows; the first write waits at the gate (a slow COPY) until the
+        // test opens it, while the second is written: it must wait for the first to commit.
+        let script = transactions(&[4, 4, 4], 10);
+        let ledger = Ledger::new(script.clone());
+        let mut config = config(2, 1 << 20, Duration::from_millis(1));
+        config.writers = 2;
+        let gate = Arc::new(Semaphore::new(0));
+        let mut sink = FaultySink::new(&ledger);
+        sink.held = Some((1, Arc::clone(&gate)));
+        let last_end = script[2].end_lsn;
+        let ended = session(&config, &ledger, sink, None, |feed, _| {
+            let ledger = ledger.clone();
+            async move {
+                feed_all(&feed, &script);
+                ledger
+                    .wait_for(|state| state.writing == 2 && state.ready_to_commit == 1)
+                    .await;
+                // The second batch is written and ready; the first is not: nothing is
+                // stored, nothing confirmed.
+                assert!(ledger.state().stored.is_empty());
+                assert!(ledger.state().confirmed.is_empty());
+                gate.add_permits(1);
+                ledger
+                    .wait_for(|state| state.confirmed.contains(&last_end))
+                    .await;
+            }
+        })
+        .await;
+        assert!(ended.streamed.is_ok() && ended.stored.is_ok());
+        let state = ledger.state();
+        assert_eq!(state.most_writing, 2);
+        let order: Vec<(i64, i32)> = state
+            .stored
+            .iter()
+            .map(|row| (row.commit_lsn, row.sequence))
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(order, sorted, "stored out of stream order");
+        assert_eq!(order.len(), 12);
+        drop(state);
+        assert_kept_promises(&ledger);
     })
     .await;
 }

@@ -17,6 +17,7 @@ use tracing::Instrument as _;
 
 use crate::pipeline::Metrics;
 use crate::pipeline::backoff::Backoff;
+use crate::pipeline::turn::Turn;
 use crate::sink::jetstream::{NatsOptions, nats_error};
 use crate::sink::preflight::check_destination_privileges;
 use crate::sink::store::Store;
@@ -229,7 +230,7 @@ impl Ingest {
         if rows.is_empty() {
             return Ok(0);
         }
-        if let Err(error) = store.write(&rows, None).await {
+        if let Err(error) = store.write(&rows, None, &mut Turn::alone()).await {
             for message in &readable {
                 // Best effort: unacknowledged messages come back after the ack wait anyway.
                 let _ = message

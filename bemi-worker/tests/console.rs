@@ -47,15 +47,39 @@ async fn get(port: u16, path: &str, token: Option<&str>) -> Page {
 
 /// `GET path` over HTTP/1.0 with these request headers.
 async fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Page {
+    request(port, "GET", path, headers, "").await
+}
+
+/// `POST path` of a form body over HTTP/1.0 with these request headers.
+async fn post(port: u16, path: &str, headers: &[(&str, &str)], form: &[(&str, &str)]) -> Page {
+    let body = serde_urlencoded::to_string(form).unwrap();
+    let mut headers = headers.to_vec();
+    headers.push(("Content-Type", "application/x-www-form-urlencoded"));
+    request(port, "POST", path, &headers, &body).await
+}
+
+/// One request over HTTP/1.0.
+async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Page {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let extra: String = headers
+    let mut extra: String = headers
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
+    if method == "POST" {
+        extra.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}\r\n").as_bytes())
+        .write_all(
+            format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{extra}\r\n{body}").as_bytes(),
+        )
         .await
         .unwrap();
     let mut response = String::new();
@@ -83,8 +107,6 @@ async fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Page {
 
 /// Starts the console over the fixture's trail on a free loopback port.
 async fn console(fixture: &Fixture, token: Option<&str>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let config = ConsoleConfig {
         destination: fixture.source.clone(),
         changes_table: fixture.setup.options().changes_table_name().clone(),
@@ -92,7 +114,15 @@ async fn console(fixture: &Fixture, token: Option<&str>) -> u16 {
         user_header: None,
         source: Some(fixture.source.clone()),
         slot: fixture.setup.options().slot_name().to_owned(),
+        allow_revert: false,
     };
+    serve(config).await
+}
+
+/// Serves the console with `config` on a free loopback port.
+async fn serve(config: ConsoleConfig) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
     tokio::spawn(bemi_worker::console::serve(
         listener,
         config,
@@ -337,6 +367,7 @@ async fn off_loopback_the_console_needs_a_token() {
             user_header: None,
             source: None,
             slot: "bemi".to_owned(),
+            allow_revert: false,
         },
         std::future::pending(),
     )
@@ -359,6 +390,7 @@ async fn off_loopback_the_console_needs_a_token() {
             user_header: Some("X-Forwarded-User".to_owned()),
             source: None,
             slot: "bemi".to_owned(),
+            allow_revert: false,
         },
         std::future::pending(),
     ));
@@ -563,6 +595,7 @@ async fn an_unreadable_trail_is_a_503_that_names_nothing() {
         user_header: None,
         source: None,
         slot: "bemi".to_owned(),
+        allow_revert: false,
     };
     tokio::spawn(bemi_worker::console::serve(
         listener,
@@ -612,6 +645,7 @@ async fn the_console_runs_as_the_printed_read_only_role() {
             user_header: None,
             source: Some(reader.clone()),
             slot: fixture.setup.options().slot_name().to_owned(),
+            allow_revert: false,
         },
         std::future::pending(),
     ));
@@ -643,4 +677,180 @@ async fn the_console_runs_as_the_printed_read_only_role() {
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
         "{write}"
     );
+}
+
+/// The status of order 1 in the source.
+async fn order_status(fixture: &Fixture) -> String {
+    fixture
+        .client
+        .query_one("SELECT status FROM orders WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The CSRF token a plan page set in its cookie, and its form repeats.
+fn csrf_token(plan: &Page) -> String {
+    let cookie = plan.header("set-cookie").unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let token = cookie
+        .strip_prefix("bemi_csrf=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_owned();
+    assert!(token.len() >= 32, "{token}");
+    assert!(
+        plan.body
+            .contains(&format!("name=\"csrf\" value=\"{token}\"")),
+        "{}",
+        plan.body
+    );
+    token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_is_planned_with_its_conflicts_then_applied_once_confirmed() {
+    let fixture = trail(test_database!()).await;
+    let config = |allow_revert| ConsoleConfig {
+        destination: fixture.source.clone(),
+        changes_table: fixture.setup.options().changes_table_name().clone(),
+        token: None,
+        user_header: Some("X-Forwarded-User".to_owned()),
+        source: Some(fixture.source.clone()),
+        slot: fixture.setup.options().slot_name().to_owned(),
+        allow_revert,
+    };
+    let port = serve(config(true)).await;
+    let user = ("X-Forwarded-User", "auditor@example.com");
+    let plan_path = "/revert?context_key=request_id&context_value=req-2";
+
+    // Someone changed the order since request req-2 shipped it: the plan shows the conflict,
+    // the value the request left and the one found, and offers to force.
+    fixture
+        .sql("UPDATE orders SET status = 'cancelled' WHERE id = 1")
+        .await;
+    let plan = get_with(port, plan_path, &[user]).await;
+    assert_eq!(plan.status, 200, "{}", plan.body);
+    assert!(plan.body.contains("1 conflict"), "{}", plan.body);
+    assert!(plan.body.contains("changed since"), "{}", plan.body);
+    let expected = plan.body.find("&quot;shipped&quot;").unwrap();
+    let found = plan.body.find("&quot;cancelled&quot;").unwrap();
+    assert!(expected < found, "expected, then found: {}", plan.body);
+    assert!(plan.body.contains("name=\"force\""), "{}", plan.body);
+    // A dry run changed nothing.
+    assert_eq!(order_status(&fixture).await, "cancelled");
+    let token = csrf_token(&plan);
+    let cookie = format!("bemi_csrf={token}");
+    let form = |confirm: &'static str| {
+        vec![
+            ("context_key", "request_id"),
+            ("context_value", "req-2"),
+            ("confirm", confirm),
+        ]
+    };
+
+    // Without the cookie, with another token, from another site, or unconfirmed: refused.
+    let mut with_token = form("yes");
+    with_token.push(("csrf", &token));
+    let refused = post(port, "/revert", &[user], &with_token).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let mut other_token = form("yes");
+    other_token.push(("csrf", "0123456789abcdef0123456789abcdef"));
+    let refused = post(port, "/revert", &[user, ("Cookie", &cookie)], &other_token).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let cross_site = post(
+        port,
+        "/revert",
+        &[
+            user,
+            ("Cookie", &cookie),
+            ("Origin", "https://attacker.example"),
+        ],
+        &with_token,
+    )
+    .await;
+    assert_eq!(cross_site.status, 403, "{}", cross_site.body);
+    let mut unconfirmed = form("");
+    unconfirmed.push(("csrf", &token));
+    let refused = post(port, "/revert", &[user, ("Cookie", &cookie)], &unconfirmed).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(order_status(&fixture).await, "cancelled");
+
+    // Confirmed but not forced, over the conflict: nothing is changed.
+    let conflicted = post(port, "/revert", &[user, ("Cookie", &cookie)], &with_token).await;
+    assert_eq!(conflicted.status, 409, "{}", conflicted.body);
+    assert!(
+        conflicted.body.contains("Nothing was changed"),
+        "{}",
+        conflicted.body
+    );
+    assert_eq!(order_status(&fixture).await, "cancelled");
+
+    // The row as the request left it again: the plan is clean, and applying it undoes the
+    // request, in the name of the signed-in user.
+    fixture
+        .sql("UPDATE orders SET status = 'shipped' WHERE id = 1")
+        .await;
+    let plan = get_with(port, plan_path, &[user]).await;
+    assert!(plan.body.contains("none conflicts"), "{}", plan.body);
+    let token = csrf_token(&plan);
+    let cookie = format!("bemi_csrf={token}");
+    let mut confirmed = form("yes");
+    confirmed.push(("csrf", &token));
+    let applied = post(
+        port,
+        "/revert",
+        &[
+            user,
+            ("Cookie", &cookie),
+            ("Origin", "http://127.0.0.1"),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+        &confirmed,
+    )
+    .await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    assert!(applied.body.contains("Reverted"), "{}", applied.body);
+    assert!(
+        applied.body.contains("auditor@example.com"),
+        "{}",
+        applied.body
+    );
+    assert_eq!(order_status(&fixture).await, "open");
+
+    // The compensating change is in the trail with the console user in its context.
+    let worker = RunningWorker::start(fixture.config());
+    let stored = fixture.wait_for(5).await;
+    worker.stop().await.unwrap();
+    let revert = stored
+        .iter()
+        .find(|change| change.context.get("console_user").is_some())
+        .unwrap_or_else(|| panic!("no change by the console: {stored:#?}"));
+    assert_eq!(
+        revert.context.get("console_user"),
+        Some(&json!("auditor@example.com"))
+    );
+    assert_eq!(
+        revert.context.get("tool"),
+        Some(&json!("bemi-worker console"))
+    );
+    assert!(revert.context.get("revert").is_some(), "{revert:#?}");
+
+    // A console without --allow-revert shows plans only, and refuses the form.
+    let read_only = serve(config(false)).await;
+    let plan = get_with(read_only, plan_path, &[user]).await;
+    assert_eq!(plan.status, 200, "{}", plan.body);
+    assert!(plan.body.contains("Applying is off"), "{}", plan.body);
+    assert!(!plan.body.contains("<form"), "{}", plan.body);
+    let refused = post(
+        read_only,
+        "/revert",
+        &[user, ("Cookie", &cookie)],
+        &confirmed,
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
 }

@@ -10,7 +10,8 @@ use bemi_core::TokioPostgresRunner;
 /// Plans (`dry_run`) or applies a revert: reads the selected changes from `changes_table` in
 /// `destination`, then runs the compensating statements in one transaction of `source`
 /// (rolled back for a dry run). Only changes of the source database are selected. The revert's
-/// writes carry `{"tool": "bemi-worker revert"}` and the reverted change in their context.
+/// writes carry the reverted change in their context, and `{"tool": "bemi-worker revert"}`
+/// unless `revert`'s own context names another tool ([`Revert::with_context`]).
 ///
 /// # Errors
 ///
@@ -30,7 +31,7 @@ pub async fn revert(
     let revert = revert
         .log(AuditLog::new(changes_table.clone()))
         .database(database)
-        .with_context(Context::new().with("tool", "bemi-worker revert"));
+        .under(&Context::new().with("tool", "bemi-worker revert"));
     let changes = revert
         .load(&mut TokioPostgresRunner(&destination_client))
         .await?;

@@ -130,6 +130,9 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, Path(id): Path<Str
         }
         h2 { "Fields" }
         (diff(&change))
+        @if console.config.source.is_some() {
+            p { a.action href=(format!("/revert?change={}", change.id)) { "Plan a revert of this change" } }
+        }
     };
     layout::page(&format!("{} {}", change.operation.as_str(), table), body).into_response()
 }

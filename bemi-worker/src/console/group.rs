@@ -57,6 +57,7 @@ pub(crate) async fn page(
         .order(Order::OldestFirst)
         .limit(LIMIT);
     let title;
+    let revert_link;
     if !group.transaction.trim().is_empty() {
         let Ok(id) = group.transaction.trim().parse::<i64>() else {
             return (
@@ -67,10 +68,19 @@ pub(crate) async fn page(
         };
         query = query.transaction_id(id);
         title = format!("Transaction {id}");
+        revert_link = format!("/revert?transaction={id}");
     } else if !group.context_key.trim().is_empty() {
         let value = serde_json::from_str(&group.context_value)
             .unwrap_or_else(|_| serde_json::Value::String(group.context_value.clone()));
         title = format!("{}: {}", group.context_key.trim(), value);
+        revert_link = format!(
+            "/revert?{}",
+            serde_urlencoded::to_string([
+                ("context_key", group.context_key.trim()),
+                ("context_value", group.context_value.as_str()),
+            ])
+            .unwrap_or_default()
+        );
         query = query.context_contains(Context::new().with(group.context_key.trim(), value));
     } else {
         return (
@@ -97,6 +107,9 @@ pub(crate) async fn page(
             @if changes.len() as u64 == LIMIT { " (the first " (LIMIT) ": narrow the search for the rest)" }
         }
         @if changes.is_empty() { div.empty { "No change matches." } }
+        @else if console.config.source.is_some() {
+            p { a.action href=(revert_link) { "Plan a revert of all of these" } }
+        }
         @for (table, rows) in &tables {
             h2 { (visible(table)) " " span.muted { "(" (rows.len()) ")" } }
             table {

@@ -13,6 +13,7 @@ mod export;
 mod group;
 mod health;
 mod layout;
+mod revert;
 mod search;
 mod text;
 mod timeline;
@@ -48,6 +49,10 @@ pub struct ConsoleConfig {
     pub source: Option<ConnectionOptions>,
     /// The replication slot, for the health page.
     pub slot: String,
+    /// Whether a revert may be applied (after its plan, confirmed); without it the console
+    /// shows plans only. Both need `source`, with a role that may write the tracked tables
+    /// (a plan runs the compensating statements and rolls them back).
+    pub allow_revert: bool,
 }
 
 /// The state handlers share: the configuration and one connection, opened again when closed.
@@ -105,6 +110,30 @@ impl Console {
     pub(crate) fn audit_log(&self) -> bemi_core::AuditLog {
         bemi_core::AuditLog::new(self.config.changes_table.clone())
     }
+
+    /// Who is using the console, as far as it knows: the trusted header's user, or how the
+    /// request was let in.
+    pub(crate) fn user(&self, headers: &header::HeaderMap) -> String {
+        let signed_in = self
+            .user_header
+            .as_ref()
+            .and_then(|name| headers.get(name))
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+            .filter(|user| !user.is_empty());
+        match signed_in {
+            Some(user) => user.to_owned(),
+            None if self
+                .config
+                .token
+                .as_deref()
+                .is_some_and(|token| !token.is_empty()) =>
+            {
+                "holder of the console token".to_owned()
+            }
+            None => "a local user (loopback, no sign-in)".to_owned(),
+        }
+    }
 }
 
 /// The console's router (for tests and embedding).
@@ -116,6 +145,7 @@ fn router(console: Arc<Console>) -> Router {
         .route("/as-of", get(as_of::page))
         .route("/group", get(group::page))
         .route("/health", get(health::page))
+        .route("/revert", get(revert::plan).post(revert::apply))
         .route("/export.csv", get(export::csv))
         .route("/export.ndjson", get(export::ndjson))
         .route("/assets/console.css", get(stylesheet))

@@ -32,6 +32,10 @@ pub(crate) struct ConsoleArgs {
     /// The changes table, `schema.table`.
     #[arg(long, env = "BEMI_CHANGES_TABLE", default_value = "bemi.changes")]
     changes_table: QualifiedName,
+    /// Let users apply a revert (after its plan and a confirmation). Plans and reverts need
+    /// --database-url with a role that may write the tracked tables.
+    #[arg(long, env = "BEMI_CONSOLE_ALLOW_REVERT")]
+    allow_revert: bool,
 }
 
 impl ConsoleArgs {
@@ -69,6 +73,7 @@ impl ConsoleArgs {
             user_header: self.trusted_user_header,
             source,
             slot: self.slot,
+            allow_revert: self.allow_revert,
         };
         bemi_worker::console::serve(listener, config, shutdown).await?;
         Ok(())

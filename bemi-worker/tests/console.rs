@@ -120,7 +120,7 @@ async fn console(fixture: &Fixture, token: Option<&str>) -> u16 {
 }
 
 /// Serves the console with `config` on a free loopback port.
-async fn serve(config: ConsoleConfig) -> u16 {
+pub(crate) async fn serve(config: ConsoleConfig) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(bemi_worker::console::serve(
@@ -132,7 +132,7 @@ async fn serve(config: ConsoleConfig) -> u16 {
 }
 
 /// Two changes of order 1 by two requests, with hostile values in the row and the context.
-async fn trail(database: bemi_test_harness::TestDatabase) -> Fixture {
+pub(crate) async fn trail(database: bemi_test_harness::TestDatabase) -> Fixture {
     let fixture = fixture(database, ORDERS).await;
     let worker = RunningWorker::start(fixture.config());
     fixture
@@ -157,7 +157,7 @@ async fn trail(database: bemi_test_harness::TestDatabase) -> Fixture {
 }
 
 /// The id of the newest change (the UPDATE).
-async fn newest_change(fixture: &Fixture) -> String {
+pub(crate) async fn newest_change(fixture: &Fixture) -> String {
     fixture
         .client
         .query_one(
@@ -412,8 +412,13 @@ async fn off_loopback_the_console_needs_a_token() {
 }
 
 /// Headless Chromium, or the line that installs it.
-fn chromium() -> PathBuf {
-    ["chromium", "chromium-browser", "google-chrome"]
+pub(crate) fn chromium() -> PathBuf {
+    program(&["chromium", "chromium-browser", "google-chrome"])
+}
+
+/// The first of `names` on `PATH`, or a panic with the line that installs it.
+pub(crate) fn program(names: &[&str]) -> PathBuf {
+    names
         .iter()
         .find_map(|name| {
             std::env::var_os("PATH").and_then(|paths| {
@@ -424,7 +429,8 @@ fn chromium() -> PathBuf {
         })
         .unwrap_or_else(|| {
             panic!(
-                "chromium is missing: install it (Debian: `{}`)",
+                "{} is missing: install it (Debian: `{}`)",
+                names[0],
                 bemi_test_harness::INSTALL_LINE
             )
         })
@@ -680,7 +686,7 @@ async fn the_console_runs_as_the_printed_read_only_role() {
 }
 
 /// The status of order 1 in the source.
-async fn order_status(fixture: &Fixture) -> String {
+pub(crate) async fn order_status(fixture: &Fixture) -> String {
     fixture
         .client
         .query_one("SELECT status FROM orders WHERE id = 1", &[])

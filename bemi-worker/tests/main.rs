@@ -11,6 +11,7 @@
 mod attribution;
 mod cli;
 mod console;
+mod console_browser;
 mod ddl_torture;
 mod decoder_fuzz;
 mod durability;

@@ -241,14 +241,20 @@ pub(crate) async fn apply(
     (status, layout::page(&format!("Revert {title}"), body)).into_response()
 }
 
-/// Whether the request comes from the console's own pages: a browser names another site in
-/// `Sec-Fetch-Site`, or an `Origin` whose host is not the one addressed.
+/// Whether the request may come from the console's own pages: refused when a browser names
+/// another site in `Sec-Fetch-Site`, or an `Origin` whose host is not the one addressed.
+/// `Origin: null` is what a browser sends from a page with `Referrer-Policy: no-referrer`
+/// (the console's): it proves nothing either way, and the token and its `SameSite=Strict`
+/// cookie decide.
 fn same_site(headers: &HeaderMap) -> bool {
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     if header("sec-fetch-site").is_some_and(|site| site != "same-origin" && site != "none") {
         return false;
     }
-    match (header("origin"), header("host")) {
+    match (
+        header("origin").filter(|origin| *origin != "null"),
+        header("host"),
+    ) {
         (Some(origin), Some(host)) => origin
             .split_once("://")
             .is_some_and(|(_, authority)| authority == host),
@@ -290,7 +296,7 @@ fn summary(plan: &RevertPlan) -> Markup {
     let conflicts = plan.conflicts().count();
     html! {
         p {
-            (plan.steps().len()) " steps, newest change first; "
+            (plan.steps().len()) @if plan.steps().len() == 1 { " step" } @else { " steps" } ", newest change first; "
             @if conflicts == 0 { "none conflicts." }
             @else { strong { (conflicts) " conflict" } " with the rows as they are now." }
         }
@@ -421,6 +427,17 @@ mod tests {
             ("sec-fetch-site", "cross-site"),
         ])));
         assert!(!same_site(&headers(&[("origin", "http://127.0.0.1:7777")])));
+        // What a page with `Referrer-Policy: no-referrer` sends: the token decides.
+        assert!(same_site(&headers(&[
+            ("host", "127.0.0.1:7777"),
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin"),
+        ])));
+        assert!(!same_site(&headers(&[
+            ("host", "127.0.0.1:7777"),
+            ("origin", "null"),
+            ("sec-fetch-site", "cross-site"),
+        ])));
     }
 
     #[test]

@@ -860,3 +860,92 @@ async fn a_revert_is_planned_with_its_conflicts_then_applied_once_confirmed() {
     .await;
     assert_eq!(refused.status, 403, "{}", refused.body);
 }
+
+/// A document's change is shown path by path, and a record's timeline shows the schema changes
+/// of its table in their place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_diffed_by_path_and_timelines_show_schema_changes() {
+    let fixture = fixture(
+        test_database!(),
+        "CREATE TABLE docs (id int PRIMARY KEY, doc jsonb);",
+    )
+    .await;
+    let worker = RunningWorker::start(fixture.config());
+    fixture
+        .sql(r#"INSERT INTO docs VALUES (1, '{"a": {"b": 1, "gone": true}, "tags": ["x"], "k": "<b>"}')"#)
+        .await;
+    fixture
+        .sql(r#"UPDATE docs SET doc = '{"a": {"b": 2}, "tags": ["x", "y"], "k": "<b>"}' WHERE id = 1"#)
+        .await;
+    // A migration names itself in a comment, as the ORM wrappers write it.
+    fixture
+        .sql(r#"ALTER TABLE docs ADD COLUMN note text /*Bemi {"job":"migrate-42"} Bemi*/"#)
+        .await;
+    fixture
+        .sql("UPDATE docs SET note = 'after the migration' WHERE id = 1")
+        .await;
+    // Three row changes (DDL changes are left out of `wait_for`), then the DDL is stored too.
+    fixture.wait_for(3).await;
+    worker.stop().await.unwrap();
+    let ddl: i64 = fixture
+        .client
+        .query_one(
+            "SELECT count(*) FROM bemi.changes WHERE operation = 'DDL'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ddl, 1);
+    let port = console(&fixture, None).await;
+
+    let update: String = fixture
+        .client
+        .query_one(
+            "SELECT id::text FROM bemi.changes WHERE operation = 'UPDATE' ORDER BY commit_lsn LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let change = get(port, &format!("/changes/{update}"), None).await;
+    assert_eq!(change.status, 200, "{}", change.body);
+    assert!(change.body.contains("Inside, by path"), "{}", change.body);
+    for path in [".a.b", ".a.gone", ".tags[1]"] {
+        assert!(
+            change
+                .body
+                .contains(&format!("<td class=\"value\">{path}</td>")),
+            "{path}: {}",
+            change.body
+        );
+    }
+    // An unchanged key inside the document is not listed; values stay escaped.
+    assert!(
+        !change.body.contains("<td class=\"value\">.k</td>"),
+        "{}",
+        change.body
+    );
+    assert!(!change.body.contains("<b>"), "{}", change.body);
+
+    let timeline = get(port, "/record?table=public.docs&key=1", None).await;
+    assert_eq!(timeline.status, 200, "{}", timeline.body);
+    let body = &timeline.body;
+    let ddl = body
+        .find("The table's schema changed")
+        .unwrap_or_else(|| panic!("no schema change: {body}"));
+    let first_update = body.find(".tags[1]").unwrap();
+    let migrated = body.find("after the migration").unwrap();
+    assert!(
+        first_update < ddl && ddl < migrated,
+        "in their place: {body}"
+    );
+    assert!(
+        body.contains("ALTER TABLE docs ADD COLUMN note text"),
+        "{body}"
+    );
+    assert!(
+        body.contains("migrate-42"),
+        "the migration's context: {body}"
+    );
+}

@@ -12,6 +12,7 @@ use maud::{Markup, html};
 use uuid::Uuid;
 
 use crate::console::Console;
+use crate::console::json_diff::{MOST_LISTED, differences};
 use crate::console::layout::{self, visible};
 
 /// Why a stored value reads as it does (redaction and the worker's markers).
@@ -36,6 +37,42 @@ fn value(text: Option<&str>) -> Markup {
     }
 }
 
+/// For a field holding a document (an object or an array) on both sides or one: the paths that
+/// differ inside it, each with its two values.
+fn nested(before: Option<String>, after: Option<String>) -> Option<Markup> {
+    let parse = |text: Option<String>| {
+        text.and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let found = differences(&parse(before), &parse(after))?;
+    if found.len() < 2 && found.first().is_none_or(|only| only.path == "(whole)") {
+        // One whole-value change reads as well in the row itself.
+        return None;
+    }
+    let listed = &found[..found.len().min(MOST_LISTED)];
+    let shown = |value: &Option<serde_json::Value>| match value {
+        Some(value) => html! { (visible(&value.to_string())) },
+        None => html! { span.muted { "absent" } },
+    };
+    Some(html! {
+        table.paths {
+            thead { tr { th { "Inside, by path" } th { "Before" } th { "After" } } }
+            tbody {
+                @for difference in listed {
+                    tr {
+                        td.value { (visible(&difference.path)) }
+                        td.value.before { (shown(&difference.before)) }
+                        td.value.after { (shown(&difference.after)) }
+                    }
+                }
+            }
+        }
+        @if found.len() > listed.len() {
+            p.muted { "and " (found.len() - listed.len()) " more paths" }
+        }
+    })
+}
+
 /// The diff: changed fields first, then the unchanged ones folded.
 pub(crate) fn diff(change: &Change) -> Markup {
     let columns: BTreeSet<&str> = change
@@ -58,6 +95,9 @@ pub(crate) fn diff(change: &Change) -> Markup {
                         td { (visible(column)) }
                         td.value.before { (value(text(&change.before, column).as_deref())) }
                         td.value.after { (value(text(&change.after, column).as_deref())) }
+                    }
+                    @if let Some(paths) = nested(text(&change.before, column), text(&change.after, column)) {
+                        tr.nested { td {} td colspan="2" { (paths) } }
                     }
                 }
             }

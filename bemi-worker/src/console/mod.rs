@@ -12,6 +12,7 @@ mod change;
 mod export;
 mod group;
 mod health;
+mod json_diff;
 mod layout;
 mod revert;
 mod search;

@@ -342,6 +342,73 @@ async fn search_change_and_timeline_show_hostile_values_as_text() {
     assert!(health.body.contains("not streaming"), "{}", health.body);
     assert!(health.body.contains(" s ago)"), "{}", health.body);
 
+    // A changed field, JSON containment of the context and of the row.
+    let search =
+        |pairs: &[(&str, &str)]| format!("/?{}", serde_urlencoded::to_string(pairs).unwrap());
+    // (A CREATE sets every field: the UPDATEs tell the fields apart.)
+    let changed = get(
+        port,
+        &search(&[("changed", "status"), ("operation", "UPDATE")]),
+        None,
+    )
+    .await;
+    assert!(changed.body.contains("req-2"), "{}", changed.body);
+    let unchanged = get(
+        port,
+        &search(&[("changed", "customer"), ("operation", "UPDATE")]),
+        None,
+    )
+    .await;
+    assert!(
+        unchanged.body.contains("No change matches"),
+        "{}",
+        unchanged.body
+    );
+    let context = get(
+        port,
+        &search(&[(
+            "context_contains",
+            r#"{"user_id": 7, "request_id": "req-1"}"#,
+        )]),
+        None,
+    )
+    .await;
+    assert!(
+        context.body.contains("req-1") && !context.body.contains("req-2"),
+        "{}",
+        context.body
+    );
+    let row = get(
+        port,
+        &search(&[("row_contains", r#"{"status": "shipped"}"#)]),
+        None,
+    )
+    .await;
+    assert!(
+        row.body.contains("req-2") && !row.body.contains("req-1"),
+        "{}",
+        row.body
+    );
+    let none = get(
+        port,
+        &search(&[("row_contains", r#"{"status": "lost"}"#)]),
+        None,
+    )
+    .await;
+    assert!(none.body.contains("No change matches"), "{}", none.body);
+    assert_eq!(
+        get(port, &search(&[("row_contains", "[1, 2]")]), None)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        get(port, &search(&[("context_contains", "not json")]), None)
+            .await
+            .status,
+        400
+    );
+
     // Bad input is a clear page, not a server error.
     assert_eq!(get(port, "/?transaction=abc", None).await.status, 400);
     assert_eq!(get(port, "/?after=not-a-cursor", None).await.status, 400);

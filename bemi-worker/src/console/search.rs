@@ -36,8 +36,27 @@ pub(crate) struct Search {
     from: String,
     #[serde(default)]
     until: String,
+    /// A field the change changed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    changed: String,
+    /// A JSON object the context contains (several keys at once, nested values).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    context_contains: String,
+    /// A JSON object the row after the change contains.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    row_contains: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     after: String,
+}
+
+/// `text` as a JSON object, or what is wrong with it (`what` names the field).
+fn json_object(text: &str, what: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) if value.is_object() => Ok(value),
+        _ => Err(format!(
+            "{what} takes a JSON object, e.g. {{\"status\": \"shipped\"}}"
+        )),
+    }
 }
 
 /// A time given as a date (`2026-12-01`, midnight UTC) or an RFC 3339 time.
@@ -110,6 +129,20 @@ impl Search {
         if !self.until.trim().is_empty() {
             query = query.until(instant(self.until.trim())?);
         }
+        if !self.changed.trim().is_empty() {
+            query = query.changed_field(self.changed.trim());
+        }
+        if !self.context_contains.trim().is_empty() {
+            let context = Context::try_from(json_object(
+                self.context_contains.trim(),
+                "Context contains",
+            )?)
+            .map_err(|error| format!("Context contains: {error}"))?;
+            query = query.context_contains(context);
+        }
+        if !self.row_contains.trim().is_empty() {
+            query = query.after_contains(json_object(self.row_contains.trim(), "Row contains")?);
+        }
         Ok(query)
     }
 
@@ -132,6 +165,9 @@ impl Search {
                 label { "Context value" input name="context_value" placeholder="187234" value=(self.context_value); }
                 label { "From" input name="from" placeholder="2026-12-01" value=(self.from); }
                 label { "Until" input name="until" placeholder="2026-12-31" value=(self.until); }
+                label { "Changed field" input name="changed" placeholder="status" value=(self.changed); }
+                label { "Context contains (JSON)" input name="context_contains" placeholder=r#"{"user_id": 7, "endpoint": "/orders"}"# value=(self.context_contains); }
+                label { "Row contains (JSON)" input name="row_contains" placeholder=r#"{"status": "shipped"}"# value=(self.row_contains); }
                 div.actions {
                     button type="submit" { "Search" }
                     a.button.secondary href="/" { "Clear" }

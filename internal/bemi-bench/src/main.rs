@@ -13,9 +13,11 @@
 //! cargo run --release -p bemi-bench -- forged-messages
 //! cargo run --release -p bemi-bench -- changes-bytes
 //! cargo run --release -p bemi-bench -- read-targets
+//! cargo run --release -p bemi-bench -- console-pages
 //! ```
 
 mod changes_bytes;
+mod console_pages;
 mod environment;
 mod forged;
 mod history_latency;
@@ -154,6 +156,15 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         repetitions: usize,
     },
+    /// The console's pages on the read-targets data set: time to the whole page, and bytes.
+    ConsolePages {
+        /// Changes in the table (at least 1,000,000).
+        #[arg(long, default_value_t = 10_000_000)]
+        changes: u64,
+        /// Requests per page.
+        #[arg(long, default_value_t = 40)]
+        probes: usize,
+    },
     /// Commit-to-stored latency (p50/p99) under a steady load at a fraction of the maximum rate.
     Lag {
         /// Seconds of steady load per run.
@@ -274,6 +285,9 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             probes,
             repetitions,
         } => read_targets::run(changes.max(1_000_000), probes.max(10), repetitions.max(1)).await,
+        Scenario::ConsolePages { changes, probes } => {
+            console_pages::run(changes.max(1_000_000), probes.max(5)).await
+        }
         Scenario::ChangesBytes { rows, updates } => {
             changes_bytes::run(rows.max(100), updates).await
         }

@@ -28,10 +28,13 @@ use crate::stats::{Probe, percentile, summary};
 const CHUNK: u64 = 1_000_000;
 const BIG_KEYS: u64 = 100_000;
 const BIG_CHANGES: u64 = 5 * BIG_KEYS;
-const KEYS: u64 = 50_000;
-const TABLES: u64 = 19;
+/// Keys of each of the tables `table_1`..`table_19`.
+pub(crate) const KEYS: u64 = 50_000;
+/// Tables after `table_0`.
+pub(crate) const TABLES: u64 = 19;
 
-async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
+/// Generates `changes` changes into the environment's `changes` table (see the module).
+pub(crate) async fn generate(env: &Environment, changes: u64) -> anyhow::Result<()> {
     env.client
         .batch_execute(
             "SELECT bemi.create_change_partitions('\"bemi\".\"changes_stored\"', now() - interval '13 months')",

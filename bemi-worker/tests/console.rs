@@ -951,8 +951,12 @@ async fn documents_are_diffed_by_path_and_timelines_show_schema_changes() {
     fixture
         .sql("UPDATE docs SET note = 'after the migration' WHERE id = 1")
         .await;
-    // Three row changes (DDL changes are left out of `wait_for`), then the DDL is stored too.
-    fixture.wait_for(3).await;
+    // A writer whose context is not a JSON object: the worker keeps it and says so.
+    fixture
+        .sql("INSERT INTO docs VALUES (2, NULL) /*Bemi [1,2] Bemi*/")
+        .await;
+    // Four row changes (DDL changes are left out of `wait_for`), then the DDL is stored too.
+    fixture.wait_for(4).await;
     worker.stop().await.unwrap();
     let ddl: i64 = fixture
         .client
@@ -994,6 +998,40 @@ async fn documents_are_diffed_by_path_and_timelines_show_schema_changes() {
         change.body
     );
     assert!(!change.body.contains("<b>"), "{}", change.body);
+
+    // The worker's note on the change with the broken context, explained.
+    let noted: String = fixture
+        .client
+        .query_one(
+            "SELECT id::text FROM bemi.changes WHERE primary_key = '2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let noted = get(port, &format!("/changes/{noted}"), None).await;
+    assert!(
+        noted.body.contains("Notes from the worker"),
+        "{}",
+        noted.body
+    );
+    assert!(
+        noted.body.contains("<dt>invalid_context</dt>"),
+        "{}",
+        noted.body
+    );
+    assert!(
+        noted
+            .body
+            .contains("was not a JSON object: what could be read is kept"),
+        "{}",
+        noted.body
+    );
+    assert!(
+        !change.body.contains("Notes from the worker"),
+        "{}",
+        change.body
+    );
 
     let timeline = get(port, "/record?table=public.docs&key=1", None).await;
     assert_eq!(timeline.status, 200, "{}", timeline.body);

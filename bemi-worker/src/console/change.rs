@@ -37,6 +37,62 @@ fn value(text: Option<&str>) -> Markup {
     }
 }
 
+/// What each note the worker leaves under the context's `_bemi` key means, for a reader.
+fn note_meaning(key: &str) -> &'static str {
+    match key {
+        "incomplete" => {
+            "Only part of the row reached the WAL (a key-only old row, or a table without replica \
+             identity FULL): these images hold the columns PostgreSQL sent; nothing was filled in."
+        }
+        "unavailable" => {
+            "Unchanged large (TOAST) values without an old row image: these columns are left out \
+             of the image, not set to NULL."
+        }
+        "key_unavailable" => {
+            "The key is made of a generated column, which PostgreSQL publishes only from \
+             version 18."
+        }
+        "kept_as_text" => {
+            "Values the jsonb type cannot hold (a number beyond numeric, half a surrogate pair) \
+             are kept as strings of their text."
+        }
+        "replaced_nul" => {
+            "A \\u0000 in these values was replaced by U+FFFD (jsonb cannot hold it)."
+        }
+        "unstorable" => {
+            "PostgreSQL refused this change's values: its images are kept as text, with the reason."
+        }
+        "partition" => "The row is in this partition of the partitioned table it is stored under.",
+        "moved_from" => {
+            "An UPDATE that moved the row out of this partition (PostgreSQL writes it as a DELETE \
+             and an INSERT)."
+        }
+        "invalid_context" | "raw" => {
+            "The context the application sent was not a JSON object: what could be read is kept."
+        }
+        "dropped" => "The context was larger than the worker's cap and was dropped.",
+        "original" => "The application's own value of _bemi, kept.",
+        _ => "A note from the worker (the README lists them).",
+    }
+}
+
+/// The worker's notes on a change (its context's `_bemi` object), each with what it means.
+fn worker_notes(change: &Change) -> Option<Markup> {
+    let notes = change.context.get("_bemi")?.as_object()?;
+    Some(html! {
+        h2 { "Notes from the worker" }
+        dl.facts.notes {
+            @for (key, value) in notes {
+                dt { (visible(key)) }
+                dd {
+                    div { (note_meaning(key)) }
+                    div.value { (visible(&value.to_string())) }
+                }
+            }
+        }
+    })
+}
+
 /// For a field holding a document (an object or an array) on both sides or one: the paths that
 /// differ inside it, each with its two values.
 fn nested(before: Option<String>, after: Option<String>) -> Option<Markup> {
@@ -170,6 +226,7 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, Path(id): Path<Str
         }
         h2 { "Fields" }
         (diff(&change))
+        @if let Some(notes) = worker_notes(&change) { (notes) }
         @if console.config.source.is_some() {
             p { a.action href=(format!("/revert?change={}", change.id)) { "Plan a revert of this change" } }
         }

@@ -503,18 +503,21 @@ pub(crate) fn program(names: &[&str]) -> PathBuf {
         })
 }
 
+/// How the tests run Chromium: headless, as root in a container (no sandbox), no GPU.
+pub(crate) const CHROMIUM_FLAGS: [&str; 6] = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--hide-scrollbars",
+];
+
 /// Runs headless Chromium on `url` with `args`; returns its standard output.
 async fn run_chromium(profile: &Path, url: &str, args: &[&str]) -> String {
     let mut command = tokio::process::Command::new(chromium());
     command
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--hide-scrollbars",
-        ])
+        .args(CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
         .arg(url)

@@ -12,7 +12,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
-use crate::console::{chromium, order_status, program, serve, trail};
+use crate::console::{CHROMIUM_FLAGS, chromium, order_status, program, serve, trail};
 use crate::support::TIMEOUT;
 
 /// A WebDriver session on a chromedriver of its own (stopped when dropped).
@@ -42,21 +42,15 @@ impl Browser {
         })
         .await;
         let mut capabilities = serde_json::Map::new();
+        let mut args: Vec<String> = CHROMIUM_FLAGS
+            .iter()
+            .map(|flag| (*flag).to_owned())
+            .collect();
+        args.push("--window-size=1280,900".to_owned());
+        args.push(format!("--user-data-dir={}", profile.display()));
         capabilities.insert(
             "goog:chromeOptions".to_owned(),
-            json!({
-                "binary": chromium(),
-                "args": [
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--no-first-run",
-                    "--hide-scrollbars",
-                    "--window-size=1280,900",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
-            }),
+            json!({ "binary": chromium(), "args": args }),
         );
         let client = ClientBuilder::new(HttpConnector::new())
             .capabilities(capabilities)

@@ -65,6 +65,21 @@ impl Target {
         Err("Give a change, a transaction, or a context key and value.")
     }
 
+    /// The revert, its title and the source database it runs in; or why it cannot run.
+    fn prepare(
+        &self,
+        console: &Console,
+    ) -> Result<(Revert, String, crate::ConnectionOptions), (StatusCode, &'static str)> {
+        let (revert, title) = self
+            .revert()
+            .map_err(|message| (StatusCode::BAD_REQUEST, message))?;
+        let source = console.config.source.clone().ok_or((
+            StatusCode::NOT_FOUND,
+            "Reverting needs the source database: start the console with --database-url.",
+        ))?;
+        Ok((revert, title, source))
+    }
+
     /// The target as hidden fields of the apply form.
     fn fields(&self) -> Markup {
         html! {
@@ -94,18 +109,9 @@ pub(crate) async fn plan(
     State(console): State<Arc<Console>>,
     Query(target): Query<Target>,
 ) -> Response {
-    let (revert, title) = match target.revert() {
-        Ok(found) => found,
-        Err(message) => return (StatusCode::BAD_REQUEST, layout::error(message)).into_response(),
-    };
-    let Some(source) = console.config.source.clone() else {
-        return (
-            StatusCode::NOT_FOUND,
-            layout::error(
-                "Reverting needs the source database: start the console with --database-url.",
-            ),
-        )
-            .into_response();
+    let (revert, title, source) = match target.prepare(&console) {
+        Ok(prepared) => prepared,
+        Err((status, message)) => return (status, layout::error(message)).into_response(),
     };
     let planned = crate::admin::revert::revert(
         &source,
@@ -186,18 +192,9 @@ pub(crate) async fn apply(
         )
             .into_response();
     }
-    let (revert, title) = match form.target.revert() {
-        Ok(found) => found,
-        Err(message) => return (StatusCode::BAD_REQUEST, layout::error(message)).into_response(),
-    };
-    let Some(source) = console.config.source.clone() else {
-        return (
-            StatusCode::NOT_FOUND,
-            layout::error(
-                "Reverting needs the source database: start the console with --database-url.",
-            ),
-        )
-            .into_response();
+    let (revert, title, source) = match form.target.prepare(&console) {
+        Ok(prepared) => prepared,
+        Err((status, message)) => return (status, layout::error(message)).into_response(),
     };
     let user = console.user(&headers);
     let mut revert = revert.with_context(

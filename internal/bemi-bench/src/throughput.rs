@@ -93,21 +93,9 @@ pub(crate) async fn run(
             env.client.batch_execute("CHECKPOINT").await?;
             let elapsed = match method {
                 Method::Worker => {
-                    env.client
-                        .batch_execute(
-                            "TRUNCATE bemi.changes_stored; DELETE FROM bemi.worker_progress;",
-                        )
-                        .await?;
-                    env.client.batch_execute("CHECKPOINT").await?;
-                    let run = measure(
-                        &env,
-                        &slot("worker", repetition),
-                        &target,
-                        changes,
-                        None,
-                        None,
-                    )
-                    .await?;
+                    let run =
+                        measure_fresh(&env, &slot("worker", repetition), &target, changes, None)
+                            .await?;
                     peak_rss.push(run.peak_rss_kib as f64 / 1024.0);
                     if copy_data.is_none() {
                         copy_data = Some(copy_out(&env.client).await?);
@@ -115,18 +103,11 @@ pub(crate) async fn run(
                     run.elapsed
                 }
                 Method::WorkerOneWriter => {
-                    env.client
-                        .batch_execute(
-                            "TRUNCATE bemi.changes_stored; DELETE FROM bemi.worker_progress;",
-                        )
-                        .await?;
-                    env.client.batch_execute("CHECKPOINT").await?;
-                    measure(
+                    measure_fresh(
                         &env,
                         &slot("one_writer", repetition),
                         &target,
                         changes,
-                        None,
                         Some(1),
                     )
                     .await?
@@ -297,6 +278,22 @@ pub(crate) async fn run(
         summary(&separate_rss, 1)
     );
     Ok(())
+}
+
+/// Empties the source database's changes table and progress, then measures a worker with
+/// `writers` storing into it.
+async fn measure_fresh(
+    env: &Environment,
+    slot: &str,
+    target: &str,
+    changes: usize,
+    writers: Option<usize>,
+) -> anyhow::Result<crate::worker_process::Run> {
+    env.client
+        .batch_execute("TRUNCATE bemi.changes_stored; DELETE FROM bemi.worker_progress;")
+        .await?;
+    env.client.batch_execute("CHECKPOINT").await?;
+    measure(env, slot, target, changes, None, writers).await
 }
 
 async fn copy_out(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Bytes>> {

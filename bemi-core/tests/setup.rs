@@ -234,6 +234,8 @@ fn teardown_removes_every_object_and_restores_replica_identities() {
             "relation bemi.worker_progress",
             "relation bemi.rejected",
             "relation bemi.schema_history",
+            "identity bemi.seals",
+            "relation bemi.seals",
             "schema bemi",
         ]
         .iter()

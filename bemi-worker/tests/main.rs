@@ -23,6 +23,7 @@ mod operations;
 mod partitions;
 mod retention;
 mod schema;
+mod seals;
 mod security;
 mod startup;
 mod support;

@@ -286,10 +286,11 @@ fn companion_tables(
     sql.push_str(SCHEMA_HISTORY_TABLE);
     sql.push_str(partitions::INSTALL);
     sql.push_str(crate::setup::retention::INSTALL);
+    sql.push_str(crate::setup::seals::INSTALL);
     sql.push_str(&read_function());
     sql.push_str(&format!(
         "REVOKE ALL ON {changes}, {stored}, bemi.worker_progress, bemi.rejected, bemi.schema_history, \
-         bemi.partitioned_changes, bemi.legal_holds, bemi.retention_runs FROM PUBLIC;\n"
+         bemi.partitioned_changes, bemi.legal_holds, bemi.retention_runs, bemi.seals FROM PUBLIC;\n"
     ));
     // The name was validated by `Setup::new`.
     if let Some(role) = owner_role.and_then(|role| quote_ident(role).ok()) {
@@ -301,7 +302,8 @@ fn companion_tables(
              ALTER TABLE bemi.schema_history OWNER TO {role};\n\
              ALTER TABLE bemi.partitioned_changes OWNER TO {role};\n\
              ALTER TABLE bemi.legal_holds OWNER TO {role};\n\
-             ALTER TABLE bemi.retention_runs OWNER TO {role};\n"
+             ALTER TABLE bemi.retention_runs OWNER TO {role};\n\
+             ALTER TABLE bemi.seals OWNER TO {role};\n"
         ));
     }
     sql
@@ -340,6 +342,7 @@ pub(super) fn teardown(changes: &QualifiedName) -> String {
          DROP TABLE IF EXISTS bemi.worker_progress;\n\
          DROP TABLE IF EXISTS bemi.rejected;\n\
          DROP TABLE IF EXISTS bemi.schema_history;\n\
+         DROP TABLE IF EXISTS bemi.seals;\n\
          DROP FUNCTION IF EXISTS bemi.create_change_partitions(text, timestamptz);\n\
          DROP FUNCTION IF EXISTS bemi.read_trail(text, jsonb);\n\
          DROP TABLE IF EXISTS bemi.partitioned_changes;\n\

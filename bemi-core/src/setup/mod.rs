@@ -76,6 +76,7 @@ mod destination_sql;
 mod partitions;
 mod requirements;
 mod retention;
+mod seals;
 mod source_sql;
 
 use crate::ident::quote_literal;
@@ -468,7 +469,7 @@ impl Setup {
             "GRANT SELECT ON {changes}, {stored} TO {role};\n\
              GRANT EXECUTE ON FUNCTION bemi.read_trail(text, jsonb) TO {role};\n\
              GRANT SELECT ON bemi.worker_progress, bemi.rejected, bemi.partitioned_changes, \
-             bemi.retention_runs TO {role};\n"
+             bemi.retention_runs, bemi.seals TO {role};\n"
         ));
         // `status` counts the default partition's changes (ones that found no partition).
         destination.push_str(&format!(
@@ -529,6 +530,7 @@ impl Setup {
              GRANT SELECT, INSERT ON bemi.rejected TO {role};\n\
              GRANT SELECT, INSERT ON bemi.schema_history TO {role};\n\
              GRANT SELECT ON bemi.partitioned_changes TO {role};\n\
+             GRANT SELECT, INSERT ON bemi.seals TO {role};\n\
              GRANT EXECUTE ON FUNCTION bemi.create_change_partitions(text, timestamptz) TO {role};\n"
         ));
         Ok(WorkerGrants {

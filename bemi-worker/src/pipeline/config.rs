@@ -68,6 +68,9 @@ pub struct WorkerConfig {
     /// heartbeat through its WAL and confirms it, so that the slot advances while the tracked
     /// tables are idle and other databases of the cluster write (default 60 s; `None`: never).
     pub heartbeat_interval: Option<Duration>,
+    /// How often, at most, the worker seals what it stored (default 5 s; `None`: never). See
+    /// [`crate::seal`].
+    pub seal_interval: Option<Duration>,
     /// What to do when the server invalidated the slot (default: stop).
     pub on_slot_lost: OnSlotLost,
     /// The longest wait between reconnection attempts (default 30 s).
@@ -103,6 +106,7 @@ impl WorkerConfig {
             log_interval: Duration::from_secs(10),
             heartbeat_interval: Some(Duration::from_secs(60)),
             on_slot_lost: OnSlotLost::Stop,
+            seal_interval: Some(Duration::from_secs(5)),
             max_backoff: Duration::from_secs(30),
             slot_release_wait: Duration::from_secs(60),
             column_policies: bemi_core::policy::ColumnPolicies::default(),

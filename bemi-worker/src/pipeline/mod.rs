@@ -58,6 +58,14 @@ pub(crate) struct Stored {
     committed_at_micros: Option<i64>,
 }
 
+impl Stored {
+    /// The end position of the last transaction stored whole: every change committed before
+    /// it is stored.
+    pub(crate) fn lsn(&self) -> u64 {
+        self.lsn
+    }
+}
+
 impl Worker {
     /// A worker with `config`.
     pub fn new(config: WorkerConfig) -> Self {

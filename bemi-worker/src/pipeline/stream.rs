@@ -127,6 +127,11 @@ impl<'a, S: EventSource, C: Describe + Heartbeat> Stream<'a, S, C> {
         };
         (stream, store_task)
     }
+    /// What the store task reports, for the sealer.
+    pub(crate) fn stored_receiver(&self) -> watch::Receiver<Stored> {
+        self.stored.clone()
+    }
+
     pub(crate) async fn run<F: Future<Output = ()>>(
         &mut self,
         mut shutdown: Pin<&mut F>,

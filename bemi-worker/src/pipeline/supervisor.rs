@@ -314,6 +314,7 @@ impl<'w> Supervisor<'w> {
         if let SlotState::Active(pid) = slot_state(&prepared.catalog_client, &config.slot).await? {
             self.own_walsender = Some(pid);
         }
+        let database = prepared.start.database.clone();
         let (mut stream, store_task) = Stream::start(
             config,
             self.metrics,
@@ -322,8 +323,28 @@ impl<'w> Supervisor<'w> {
             prepared.sinks,
             prepared.start,
         );
+        // The sealer follows what the store task stores, on its own connection.
+        let sealer = match (&config.output, config.seal_interval) {
+            (
+                Output::Store {
+                    destination,
+                    changes_table,
+                },
+                Some(interval),
+            ) => Some(tokio::spawn(crate::seal::sealer::run(
+                destination.clone(),
+                bemi_core::setup::stored_changes_table(changes_table).to_string(),
+                database,
+                stream.stored_receiver(),
+                interval,
+            ))),
+            _ => None,
+        };
         self.metrics.set_streaming(true);
         let result = stream.run(shutdown).await;
+        if let Some(sealer) = sealer {
+            sealer.abort();
+        }
         self.metrics.set_streaming(false);
         self.finish(Streamed {
             stream,

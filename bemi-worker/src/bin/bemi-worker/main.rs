@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod console_args;
 mod metrics_args;
+mod verify_args;
 
 use console_args::ConsoleArgs;
 use metrics_args::MetricsArgs;
@@ -63,6 +64,7 @@ impl Command {
             Command::Retention(args) => ("retention", Some(&args.common.slot)),
             Command::RestoreArchive(args) => ("restore-archive", Some(&args.common.slot)),
             Command::Hold(args) => ("hold", Some(&args.common.slot)),
+            Command::Verify(args) => ("verify", Some(&args.common.slot)),
         }
     }
 }
@@ -109,6 +111,9 @@ enum Command {
     /// Place, release or list legal holds: while one is in force, retention keeps the changes
     /// it covers.
     Hold(HoldArgs),
+    /// Recompute the seals of the stored changes and name every change deleted, edited or
+    /// inserted since it was sealed (exit 2), and every seal that does not match.
+    Verify(verify_args::VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -255,7 +260,7 @@ impl RevertArgs {
 }
 
 #[derive(Debug, Args)]
-struct CommonArgs {
+pub(crate) struct CommonArgs {
     /// The database whose changes are captured (needs wal_level=logical and a role with
     /// REPLICATION). sslmode, sslrootcert, sslcert and sslkey are accepted as URL parameters.
     /// Without a password in it, PGPASSWORD or the password file (PGPASSFILE, ~/.pgpass) is
@@ -768,6 +773,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ingest.run(shutdown_signal()).await?;
         }
         Command::Console(args) => args.serve(shutdown_signal()).await?,
+        Command::Verify(args) => return args.run().await,
         Command::Status(args) => {
             // A monitoring check: a status that cannot be read is critical too.
             return Ok(match print_status(&args).await {

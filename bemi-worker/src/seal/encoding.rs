@@ -1,0 +1,149 @@
+//! How a stored change is encoded for its seal (encoding 1): the change's row as PostgreSQL's
+//! `COPY` text format writes it, with the session settings that make that text canonical
+//! (`TimeZone` UTC, ISO dates), over every stored column but the storage time. `json` images
+//! keep the worker's exact text and `jsonb` columns come out with sorted keys and exact
+//! numbers, so the same stored change always gives the same bytes, and any edit of a column
+//! that matters gives others.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// The encoding this module implements, recorded with each seal.
+pub(crate) const ENCODING: i16 = 1;
+
+/// The sealed columns, in encoding order: the id first (it names the change).
+const COLUMNS: &str = "id, database, schema, \"table\", operation, primary_key, \
+    previous_primary_key, \"before\", \"after\", after_changed, context, committed_at, queued_at, \
+    transaction_id, position, commit_lsn, sequence";
+
+/// The sealed columns, for a `SELECT` list.
+pub(crate) fn columns() -> &'static str {
+    COLUMNS
+}
+
+/// The index of `committed_at` among [`COLUMNS`].
+const COMMITTED_AT: usize = 11;
+
+/// Settings for the transaction that reads changes to seal or verify them.
+pub(crate) const SETTINGS: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
+    SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1";
+
+/// The `COPY` of the changes of `database` in the stored table `stored`, in id order, with ids
+/// after `after` (when given) and before `below` (when given), at most `limit`.
+pub(crate) fn copy_query(
+    stored: &str,
+    database: &str,
+    after: Option<Uuid>,
+    below: Option<Uuid>,
+    limit: Option<usize>,
+) -> String {
+    let mut sql = format!(
+        "COPY (SELECT {COLUMNS} FROM {stored} WHERE database = {}",
+        bemi_core::quote_literal(database)
+    );
+    if let Some(after) = after {
+        sql.push_str(&format!(" AND id > '{after}'"));
+    }
+    if let Some(below) = below {
+        sql.push_str(&format!(" AND id < '{below}'"));
+    }
+    sql.push_str(" ORDER BY id");
+    if let Some(limit) = limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    sql.push_str(") TO STDOUT");
+    sql
+}
+
+/// One change as read for sealing: its id, commit time and leaf hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Leaf {
+    pub(crate) id: Uuid,
+    pub(crate) committed_at: DateTime<Utc>,
+    pub(crate) hash: [u8; 32],
+}
+
+impl Leaf {
+    /// The leaf of one `COPY` line (without its newline); `None` when the line is not a change
+    /// row of [`COLUMNS`].
+    pub(crate) fn of_line(line: &[u8]) -> Option<Self> {
+        let mut fields = line.split(|byte| *byte == b'\t');
+        let id = Uuid::try_parse_ascii(fields.next()?).ok()?;
+        let committed_at = std::str::from_utf8(fields.nth(COMMITTED_AT - 1)?).ok()?;
+        let committed_at = DateTime::parse_from_str(committed_at, "%Y-%m-%d %H:%M:%S%.f%#z")
+            .ok()?
+            .with_timezone(&Utc);
+        let mut digest = Sha256::new();
+        // RFC 6962's leaf prefix, then what the bytes are.
+        digest.update([0_u8]);
+        digest.update(b"bemi change v1\n");
+        digest.update(line);
+        Some(Self {
+            id,
+            committed_at,
+            hash: digest.finalize().into(),
+        })
+    }
+}
+
+/// Splits `COPY` output into lines (a row never spans a line: newlines in values are escaped).
+#[derive(Debug, Default)]
+pub(crate) struct Lines {
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    /// Adds a chunk of output; calls `line` for each complete line.
+    pub(crate) fn feed(&mut self, chunk: &[u8], mut line: impl FnMut(&[u8])) {
+        self.pending.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(end) = self.pending[start..].iter().position(|byte| *byte == b'\n') {
+            line(&self.pending[start..start + end]);
+            start += end + 1;
+        }
+        self.pending.drain(..start);
+    }
+
+    /// Whether output ended in the middle of a line.
+    pub(crate) fn is_partial(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &[u8] = b"00000000-01a3-801f-8000-0000009b4ef5\tapp\tpublic\tdocs\tCREATE\t\"1\"\t\\N\t{}\t{\"id\":1}\t\\N\t{\"a\": 1}\t2026-12-06 00:47:11.123456+00\t2026-12-06 00:47:11.2+00\t7\t100\t27000000\t0";
+
+    #[test]
+    fn a_line_gives_its_id_time_and_a_hash_of_every_byte() {
+        let leaf = Leaf::of_line(LINE).unwrap_or_else(|| panic!("a change line"));
+        assert_eq!(leaf.id.to_string(), "00000000-01a3-801f-8000-0000009b4ef5");
+        assert_eq!(
+            leaf.committed_at.to_rfc3339(),
+            "2026-12-06T00:47:11.123456+00:00"
+        );
+        let mut edited = LINE.to_vec();
+        let at = edited.iter().position(|byte| *byte == b'1').unwrap_or(0);
+        edited[at] = b'2';
+        let other = Leaf::of_line(&edited).map(|leaf| leaf.hash);
+        assert_ne!(other, Some(leaf.hash));
+        assert_eq!(Leaf::of_line(b"not a row"), None);
+    }
+
+    #[test]
+    fn lines_are_cut_whatever_the_chunks() {
+        let text = b"one\ntwo\nthree\n";
+        for size in 1..text.len() {
+            let mut lines = Lines::default();
+            let mut seen: Vec<Vec<u8>> = Vec::new();
+            for chunk in text.chunks(size) {
+                lines.feed(chunk, |line| seen.push(line.to_vec()));
+            }
+            assert!(!lines.is_partial());
+            assert_eq!(seen, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+        }
+    }
+}

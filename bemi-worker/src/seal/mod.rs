@@ -1,0 +1,17 @@
+//! Seals: tamper evidence for the stored changes.
+//!
+//! The worker seals the changes it stored, per source database, in id order (commit position,
+//! then sequence: ids sort so), in blocks of at most 10,000: each change's leaf hash is SHA-256
+//! over its canonical encoding ([`encoding`]), a block holds its changes' ids and leaves, their
+//! Merkle root and the hash of the block before it, in `bemi.seals`. [`verify`] reads the seals
+//! and the changes in one snapshot and names every change deleted, edited or inserted inside
+//! the sealed range, and every seal that does not match itself or its chain. Someone who can
+//! rewrite the changes and every seal consistently is not caught by this alone: that is what
+//! anchors outside the database are for.
+
+pub(crate) mod encoding;
+pub(crate) mod merkle;
+pub(crate) mod sealer;
+pub mod verify;
+
+pub use verify::{Finding, VerifyReport, verify};

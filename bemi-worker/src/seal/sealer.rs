@@ -1,0 +1,218 @@
+//! Sealing the stored prefix: the changes of one source database whose commit position is
+//! below what the worker confirmed stored, in id order, in blocks chained to the last one.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::pipeline::Stored;
+use crate::seal::encoding::{ENCODING, Leaf, Lines, SETTINGS, copy_query};
+use crate::seal::merkle::{BlockHeader, root};
+use crate::{ConnectionOptions, Error, Result};
+
+/// The most changes one block seals.
+pub(crate) const BLOCK: usize = 10_000;
+
+/// Reads the changes of `database` in `stored` with ids after `after` and below `below` (in
+/// id order, at most `limit`) as leaves, inside `transaction`.
+pub(crate) async fn read_leaves(
+    transaction: &tokio_postgres::Transaction<'_>,
+    query: &str,
+) -> Result<Vec<Leaf>> {
+    let stream = transaction
+        .copy_out(query)
+        .await
+        .map_err(Error::postgres("read changes to seal"))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut lines = Lines::default();
+    let mut leaves = Vec::new();
+    let mut unreadable = 0_usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(Error::postgres("read changes to seal"))?;
+        lines.feed(&chunk, |line| match Leaf::of_line(line) {
+            Some(leaf) => leaves.push(leaf),
+            None => unreadable += 1,
+        });
+    }
+    if lines.is_partial() || unreadable > 0 {
+        return Err(Error::Protocol(format!(
+            "COPY of the changes to seal gave {unreadable} unreadable lines"
+        )));
+    }
+    Ok(leaves)
+}
+
+/// Seals the changes of `database` in `stored` with ids below `below` that no block seals yet;
+/// returns how many it sealed.
+pub(crate) async fn seal_stored(
+    client: &mut Client,
+    stored: &str,
+    database: &str,
+    below: Uuid,
+) -> Result<usize> {
+    let mut sealed = 0;
+    loop {
+        let transaction = client
+            .transaction()
+            .await
+            .map_err(Error::postgres("begin sealing"))?;
+        transaction
+            .batch_execute(SETTINGS)
+            .await
+            .map_err(Error::postgres("set up sealing"))?;
+        // One sealer per chain at a time.
+        transaction
+            .execute(
+                "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('bemi.seals/' || $1, 0))",
+                &[&database],
+            )
+            .await
+            .map_err(Error::postgres("lock the seals"))?;
+        let last = transaction
+            .query_opt(
+                "SELECT block, last_id, hash FROM bemi.seals WHERE database = $1 \
+                 ORDER BY block DESC LIMIT 1",
+                &[&database],
+            )
+            .await
+            .map_err(Error::postgres("read the last seal"))?;
+        let (block, after, previous) = match &last {
+            Some(row) => (
+                row.get::<_, i64>(0) + 1,
+                Some(row.get::<_, Uuid>(1)),
+                hash_of(row.get::<_, Vec<u8>>(2)),
+            ),
+            None => (1, None, [0; 32]),
+        };
+        let leaves = read_leaves(
+            &transaction,
+            &copy_query(stored, database, after, Some(below), Some(BLOCK)),
+        )
+        .await?;
+        let (Some(first), Some(last)) = (leaves.first(), leaves.last()) else {
+            transaction
+                .commit()
+                .await
+                .map_err(Error::postgres("end sealing"))?;
+            return Ok(sealed);
+        };
+        let hashes: Vec<[u8; 32]> = leaves.iter().map(|leaf| leaf.hash).collect();
+        let header = BlockHeader {
+            encoding: ENCODING,
+            database,
+            block,
+            first_id: first.id,
+            last_id: last.id,
+            changes: i32::try_from(leaves.len()).unwrap_or(i32::MAX),
+            root: root(&hashes),
+            previous,
+        };
+        let ids: Vec<u8> = leaves.iter().flat_map(|leaf| *leaf.id.as_bytes()).collect();
+        let leaf_bytes: Vec<u8> = hashes.concat();
+        transaction
+            .execute(
+                "INSERT INTO bemi.seals (database, block, first_id, last_id, first_committed_at, \
+                 last_committed_at, changes, ids, leaves, root, previous, hash, encoding) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                &[
+                    &database,
+                    &block,
+                    &header.first_id,
+                    &header.last_id,
+                    &first.committed_at,
+                    &last.committed_at,
+                    &header.changes,
+                    &ids,
+                    &leaf_bytes,
+                    &header.root.as_slice(),
+                    &previous.as_slice(),
+                    &header.hash().as_slice(),
+                    &ENCODING,
+                ],
+            )
+            .await
+            .map_err(Error::postgres("store a seal"))?;
+        transaction
+            .commit()
+            .await
+            .map_err(Error::postgres("commit a seal"))?;
+        sealed += leaves.len();
+        if leaves.len() < BLOCK {
+            return Ok(sealed);
+        }
+    }
+}
+
+/// A 32-byte hash from a stored `bytea` (zeros when it has another length: it then fails to
+/// chain, which `verify` reports).
+pub(crate) fn hash_of(bytes: Vec<u8>) -> [u8; 32] {
+    bytes.try_into().unwrap_or([0; 32])
+}
+
+/// The worker's sealer: after the store task reports a new stored position, at most every
+/// `interval`, seals the changes of `database` committed before it. Failures are logged and
+/// retried at the next report: sealing never stops capture.
+pub(crate) async fn run(
+    destination: ConnectionOptions,
+    stored_table: String,
+    database: String,
+    mut stored: watch::Receiver<Stored>,
+    interval: Duration,
+) {
+    let mut client: Option<Client> = None;
+    loop {
+        if stored.changed().await.is_err() {
+            return;
+        }
+        let below_lsn = stored.borrow_and_update().lsn();
+        if below_lsn == 0 {
+            continue;
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            match destination.connect("bemi-worker sealer").await {
+                Ok(connected) => client = Some(connected),
+                Err(error) => {
+                    tracing::warn!(error = %crate::error_chain(&error), "cannot connect to seal the stored changes; retrying later");
+                    tokio::time::sleep(interval).await;
+                    continue;
+                }
+            }
+        }
+        let Some(connected) = client.as_mut() else {
+            continue;
+        };
+        match connected
+            .query_one(
+                "SELECT pg_catalog.to_regclass('bemi.seals') IS NOT NULL",
+                &[],
+            )
+            .await
+        {
+            Ok(row) if !row.get::<_, bool>(0) => {
+                tracing::warn!(
+                    "the destination has no bemi.seals: run `bemi-worker setup` again to seal the stored changes"
+                );
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot look for bemi.seals; retrying later");
+                client = None;
+                continue;
+            }
+        }
+        let below = crate::change_row::change_id(0, below_lsn, 0);
+        match seal_stored(connected, &stored_table, &database, below).await {
+            Ok(0) => {}
+            Ok(sealed) => tracing::debug!(sealed, "sealed stored changes"),
+            Err(error) => tracing::warn!(
+                error = %crate::error_chain(&error),
+                "sealing the stored changes failed; retrying later"
+            ),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

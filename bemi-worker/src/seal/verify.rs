@@ -1,0 +1,440 @@
+//! `verify`: recomputes every seal from the changes table and names what does not match.
+
+use std::fmt;
+
+use bemi_core::QualifiedName;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::seal::encoding::{ENCODING, Leaf, SETTINGS};
+use crate::seal::merkle::{BlockHeader, root};
+use crate::seal::sealer::{hash_of, read_leaves};
+use crate::{ConnectionOptions, Error, Result};
+
+/// Something `verify` found that the seals do not account for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Finding {
+    /// A seal does not match itself (its leaves, root or hash were changed) or does not chain
+    /// to the block before it (blocks rewritten, removed or inserted).
+    SealBroken {
+        /// The source database of the chain.
+        database: String,
+        /// The block.
+        block: i64,
+        /// What does not match.
+        why: &'static str,
+    },
+    /// A sealed change is not stored any more.
+    Deleted {
+        /// The source database of the chain.
+        database: String,
+        /// The block that sealed it.
+        block: i64,
+        /// The change.
+        id: Uuid,
+    },
+    /// A sealed change is stored with other values.
+    Edited {
+        /// The source database of the chain.
+        database: String,
+        /// The block that sealed it.
+        block: i64,
+        /// The change.
+        id: Uuid,
+    },
+    /// A change is stored inside the sealed range that no seal holds (forged, or moved there
+    /// by an edit of its id).
+    Inserted {
+        /// The source database of the chain.
+        database: String,
+        /// The block whose range holds it; `None` between two blocks.
+        block: Option<i64>,
+        /// The change.
+        id: Uuid,
+    },
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::SealBroken {
+                database,
+                block,
+                why,
+            } => write!(f, "{database}: seal {block} is broken: {why}"),
+            Finding::Deleted {
+                database,
+                block,
+                id,
+            } => write!(
+                f,
+                "{database}: change {id} (sealed in block {block}) was deleted"
+            ),
+            Finding::Edited {
+                database,
+                block,
+                id,
+            } => write!(
+                f,
+                "{database}: change {id} (sealed in block {block}) was edited"
+            ),
+            Finding::Inserted {
+                database,
+                block: Some(block),
+                id,
+            } => write!(
+                f,
+                "{database}: change {id} in the range of block {block} was never sealed"
+            ),
+            Finding::Inserted {
+                database,
+                block: None,
+                id,
+            } => write!(
+                f,
+                "{database}: change {id} between two blocks was never sealed"
+            ),
+        }
+    }
+}
+
+/// What `verify` checked and found.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Blocks checked against the changes.
+    pub blocks: u64,
+    /// Sealed changes found intact.
+    pub intact: u64,
+    /// Blocks older than the newest retention cutoff, whose changes retention dropped: their
+    /// seals are checked, not their changes.
+    pub expired_blocks: u64,
+    /// Changes stored after the last seal (not sealed yet).
+    pub unsealed_after: u64,
+    /// Changes stored before the first seal (stored before sealing began).
+    pub unsealed_before: u64,
+    /// What does not match, in chain and id order.
+    pub findings: Vec<Finding>,
+}
+
+impl VerifyReport {
+    /// Whether every seal and every sealed change matched.
+    pub fn is_intact(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// One stored seal.
+struct Seal {
+    block: i64,
+    first_id: Uuid,
+    last_id: Uuid,
+    last_committed_at: DateTime<Utc>,
+    first_committed_at: DateTime<Utc>,
+    changes: i32,
+    ids: Vec<Uuid>,
+    leaves: Vec<[u8; 32]>,
+    root: [u8; 32],
+    previous: [u8; 32],
+    hash: [u8; 32],
+    encoding: i16,
+}
+
+/// Recomputes the seals of `changes_table` in `destination` (every source database, or only
+/// `database`) and compares them with the stored changes.
+///
+/// # Errors
+///
+/// Connection and query errors; [`Error::Config`] when the destination has no seals table.
+pub async fn verify(
+    destination: &ConnectionOptions,
+    changes_table: &QualifiedName,
+    database: Option<&str>,
+) -> Result<VerifyReport> {
+    let mut client = destination.connect("bemi-worker verify").await?;
+    let stored = bemi_core::setup::stored_changes_table(changes_table).to_string();
+    let transaction = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(Error::postgres("begin verifying"))?;
+    transaction
+        .batch_execute(SETTINGS)
+        .await
+        .map_err(Error::postgres("set up verifying"))?;
+    let has_seals: bool = transaction
+        .query_one(
+            "SELECT pg_catalog.to_regclass('bemi.seals') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(Error::postgres("look for bemi.seals"))?
+        .get(0);
+    if !has_seals {
+        return Err(Error::Config(
+            "the destination has no bemi.seals: run `bemi-worker setup` again (sealing came in 0.1)"
+                .into(),
+        ));
+    }
+    let cutoff: Option<DateTime<Utc>> = transaction
+        .query_one(
+            "SELECT max(cutoff) FROM bemi.retention_runs WHERE NOT dry_run AND changes_table = $1",
+            &[&stored],
+        )
+        .await
+        .map_err(Error::postgres("read the retention runs"))?
+        .get(0);
+    let databases: Vec<String> = transaction
+        .query(
+            "SELECT DISTINCT database FROM bemi.seals WHERE $1::text IS NULL OR database = $1 \
+             ORDER BY database",
+            &[&database],
+        )
+        .await
+        .map_err(Error::postgres("read the sealed databases"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut report = VerifyReport::default();
+    for database in &databases {
+        verify_chain(&transaction, &stored, database, cutoff, &mut report).await?;
+    }
+    Ok(report)
+}
+
+async fn load_seal(
+    transaction: &tokio_postgres::Transaction<'_>,
+    database: &str,
+    after_block: i64,
+) -> Result<Option<Seal>> {
+    let row = transaction
+        .query_opt(
+            "SELECT block, first_id, last_id, first_committed_at, last_committed_at, changes, ids, \
+             leaves, root, previous, hash, encoding FROM bemi.seals \
+             WHERE database = $1 AND block > $2 ORDER BY block LIMIT 1",
+            &[&database, &after_block],
+        )
+        .await
+        .map_err(Error::postgres("read a seal"))?;
+    Ok(row.map(|row| {
+        let ids: Vec<u8> = row.get(6);
+        let leaves: Vec<u8> = row.get(7);
+        Seal {
+            block: row.get(0),
+            first_id: row.get(1),
+            last_id: row.get(2),
+            first_committed_at: row.get(3),
+            last_committed_at: row.get(4),
+            changes: row.get(5),
+            ids: ids
+                .chunks(16)
+                .map(|chunk| Uuid::from_slice(chunk).unwrap_or_default())
+                .collect(),
+            leaves: leaves
+                .chunks(32)
+                .map(|chunk| hash_of(chunk.to_vec()))
+                .collect(),
+            root: hash_of(row.get(8)),
+            previous: hash_of(row.get(9)),
+            hash: hash_of(row.get(10)),
+            encoding: row.get(11),
+        }
+    }))
+}
+
+/// The changes of `database` with ids in `[first, last]` (either bound open when `None`).
+fn range_query(stored: &str, database: &str, first: Option<Uuid>, last: Option<Uuid>) -> String {
+    let mut sql = format!(
+        "COPY (SELECT {} FROM {stored} WHERE database = {}",
+        crate::seal::encoding::columns(),
+        bemi_core::quote_literal(database)
+    );
+    if let Some(first) = first {
+        sql.push_str(&format!(" AND id >= '{first}'"));
+    }
+    if let Some(last) = last {
+        sql.push_str(&format!(" AND id <= '{last}'"));
+    }
+    sql.push_str(" ORDER BY id) TO STDOUT");
+    sql
+}
+
+async fn count_range(
+    transaction: &tokio_postgres::Transaction<'_>,
+    stored: &str,
+    database: &str,
+    above: Option<Uuid>,
+    below: Option<Uuid>,
+) -> Result<u64> {
+    let count: i64 = transaction
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {stored} WHERE database = $1 \
+                 AND ($2::uuid IS NULL OR id > $2) AND ($3::uuid IS NULL OR id < $3)"
+            ),
+            &[&database, &above, &below],
+        )
+        .await
+        .map_err(Error::postgres("count unsealed changes"))?
+        .get(0);
+    Ok(u64::try_from(count).unwrap_or_default())
+}
+
+async fn verify_chain(
+    transaction: &tokio_postgres::Transaction<'_>,
+    stored: &str,
+    database: &str,
+    cutoff: Option<DateTime<Utc>>,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let mut previous_hash = [0_u8; 32];
+    let mut previous_block = 0_i64;
+    let mut previous_last: Option<Uuid> = None;
+    let mut first_seen = false;
+    while let Some(seal) = load_seal(transaction, database, previous_block).await? {
+        if !first_seen {
+            report.unsealed_before =
+                count_range(transaction, stored, database, None, Some(seal.first_id)).await?;
+            first_seen = true;
+        }
+        let trusted = check_seal(database, &seal, previous_block, previous_hash, report);
+        let expired = cutoff.is_some_and(|cutoff| seal.last_committed_at < cutoff);
+        if !trusted {
+            // Its list of changes cannot be trusted: the broken seal is the finding.
+        } else if expired {
+            report.expired_blocks += 1;
+        } else {
+            report.blocks += 1;
+            // From just after the block before, so changes between blocks are seen too.
+            let first = previous_last.map_or(Some(seal.first_id), |_| None);
+            let mut query = range_query(stored, database, first, Some(seal.last_id));
+            if let Some(after) = previous_last {
+                query = query.replacen(
+                    " ORDER BY id",
+                    &format!(" AND id > '{after}' ORDER BY id"),
+                    1,
+                );
+            }
+            let current = read_leaves(transaction, &query).await?;
+            // A block straddling the cutoff may have lost changes to retention.
+            let straddles = cutoff.is_some_and(|cutoff| seal.first_committed_at < cutoff);
+            compare(database, &seal, &current, straddles, report);
+        }
+        previous_hash = seal.hash;
+        previous_block = seal.block;
+        previous_last = Some(seal.last_id);
+    }
+    if let Some(last) = previous_last {
+        report.unsealed_after +=
+            count_range(transaction, stored, database, Some(last), None).await?;
+    }
+    Ok(())
+}
+
+/// Checks a seal against itself and the block before it; returns whether its own content
+/// (changes, leaves, root, hash) holds together, so that its changes can be checked by it.
+fn check_seal(
+    database: &str,
+    seal: &Seal,
+    previous_block: i64,
+    previous_hash: [u8; 32],
+    report: &mut VerifyReport,
+) -> bool {
+    let broken = |why| Finding::SealBroken {
+        database: database.to_owned(),
+        block: seal.block,
+        why,
+    };
+    let header = BlockHeader {
+        encoding: seal.encoding,
+        database,
+        block: seal.block,
+        first_id: seal.first_id,
+        last_id: seal.last_id,
+        changes: seal.changes,
+        root: seal.root,
+        previous: seal.previous,
+    };
+    let own = if seal.encoding != ENCODING {
+        Some("an encoding this worker does not know")
+    } else if usize::try_from(seal.changes).ok() != Some(seal.ids.len())
+        || seal.ids.len() != seal.leaves.len()
+        || seal.ids.first() != Some(&seal.first_id)
+        || seal.ids.last() != Some(&seal.last_id)
+    {
+        Some("its list of changes does not match its bounds")
+    } else if root(&seal.leaves) != seal.root {
+        Some("its leaves do not make its root")
+    } else if header.hash() != seal.hash {
+        Some("its hash does not match its content")
+    } else {
+        None
+    };
+    if let Some(why) = own {
+        report.findings.push(broken(why));
+    } else if seal.block != previous_block + 1 {
+        report
+            .findings
+            .push(broken("the block before it is missing"));
+    } else if seal.previous != previous_hash {
+        report
+            .findings
+            .push(broken("it does not chain to the block before it"));
+    }
+    own.is_none()
+}
+
+/// Compares a block's sealed changes with the changes stored in its range (and the gap before
+/// it), both in id order.
+fn compare(
+    database: &str,
+    seal: &Seal,
+    current: &[Leaf],
+    straddles: bool,
+    report: &mut VerifyReport,
+) {
+    let mut sealed = seal.ids.iter().zip(&seal.leaves).peekable();
+    let mut found = current.iter().peekable();
+    loop {
+        match (sealed.peek(), found.peek()) {
+            (None, None) => break,
+            (Some((id, leaf)), Some(current)) if **id == current.id => {
+                if **leaf == current.hash {
+                    report.intact += 1;
+                } else {
+                    report.findings.push(Finding::Edited {
+                        database: database.to_owned(),
+                        block: seal.block,
+                        id: **id,
+                    });
+                }
+                sealed.next();
+                found.next();
+            }
+            (Some((id, _)), current) if current.is_none_or(|current| **id < current.id) => {
+                if !straddles {
+                    report.findings.push(Finding::Deleted {
+                        database: database.to_owned(),
+                        block: seal.block,
+                        id: **id,
+                    });
+                }
+                sealed.next();
+            }
+            (_, Some(current)) => {
+                report.findings.push(Finding::Inserted {
+                    database: database.to_owned(),
+                    block: (current.id >= seal.first_id).then_some(seal.block),
+                    id: current.id,
+                });
+                found.next();
+            }
+            (Some(_), None) => {
+                sealed.next();
+            }
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Seals: the worker seals what it stored, and `verify` names every tampering of the changes
+//! or the seals: an edited value, a deleted change, a forged change inserted in the sealed
+//! range, two changes' values swapped, a truncated partition, a rewritten or removed seal.
+
+use std::time::Duration;
+
+use bemi_test_harness::{test_database, wait_until_async};
+use bemi_worker::{Finding, VerifyReport};
+
+use crate::support::{Fixture, RunningWorker, TIMEOUT, fixture};
+
+const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text NOT NULL);";
+
+/// How many changes the seals hold.
+async fn sealed(fixture: &Fixture) -> i64 {
+    fixture
+        .client
+        .query_one(
+            "SELECT coalesce(sum(changes), 0)::int8 FROM bemi.seals",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wait_sealed(fixture: &Fixture, count: i64) {
+    wait_until_async(format!("{count} sealed changes"), TIMEOUT, || async {
+        (sealed(fixture).await >= count).then_some(())
+    })
+    .await;
+}
+
+async fn verify(fixture: &Fixture) -> VerifyReport {
+    bemi_worker::verify(
+        &fixture.source,
+        fixture.setup.options().changes_table_name(),
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+/// The ids of the stored changes, in id order.
+async fn ids(fixture: &Fixture) -> Vec<uuid::Uuid> {
+    crate::support::first_column(
+        &fixture.client,
+        "SELECT id FROM bemi.changes_stored ORDER BY id",
+        &[],
+    )
+    .await
+}
+
+/// Runs `tamper`, checks that verify finds exactly `expected` (given the ids in id order),
+/// then runs `restore` and checks the trail is intact again.
+async fn detects<F>(fixture: &Fixture, tamper: &str, restore: &str, expected: F)
+where
+    F: Fn(&[uuid::Uuid]) -> Vec<Finding>,
+{
+    let ids = ids(fixture).await;
+    fixture.sql(tamper).await;
+    let report = verify(fixture).await;
+    assert_eq!(report.findings, expected(&ids), "after: {tamper}");
+    fixture.sql(restore).await;
+    let report = verify(fixture).await;
+    assert!(report.is_intact(), "after restoring {restore}: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_every_tampering_of_the_changes_and_the_seals() {
+    let fixture = fixture(test_database!(), ITEMS).await;
+    let mut config = fixture.config();
+    config.seal_interval = Some(Duration::from_millis(20));
+    let worker = RunningWorker::start(config);
+    fixture
+        .sql("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 5) i")
+        .await;
+    fixture.wait_for(5).await;
+    wait_sealed(&fixture, 5).await;
+    // A second block, after the first.
+    fixture
+        .sql("UPDATE items SET title = 'renamed' WHERE id IN (2, 3)")
+        .await;
+    fixture.sql("DELETE FROM items WHERE id = 5").await;
+    fixture.wait_for(8).await;
+    wait_sealed(&fixture, 8).await;
+    worker.stop().await.unwrap();
+
+    let report = verify(&fixture).await;
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.intact, 8);
+    assert!(report.blocks >= 2, "{report:?}");
+    assert_eq!((report.unsealed_after, report.unsealed_before), (0, 0));
+    let blocks: Vec<(i64, i32)> = fixture
+        .client
+        .query("SELECT block, changes FROM bemi.seals ORDER BY block", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let first_block_changes = usize::try_from(blocks[0].1).unwrap();
+    let block_of = |index: usize| if index < first_block_changes { 1 } else { 2 };
+    let database = fixture.database.name().to_owned();
+    fixture
+        .sql("CREATE TABLE saved AS SELECT * FROM bemi.changes_stored")
+        .await;
+
+    // An edited value.
+    let edited = |ids: &[uuid::Uuid]| {
+        vec![Finding::Edited {
+            database: database.clone(),
+            block: block_of(1),
+            id: ids[1],
+        }]
+    };
+    let second = format!("(SELECT id FROM bemi.changes_stored ORDER BY id OFFSET 1 LIMIT 1)");
+    detects(
+        &fixture,
+        &format!(
+            "UPDATE bemi.changes_stored SET \"after\" = '{{\"id\": 2, \"title\": \"forged\"}}' \
+             WHERE id = {second}"
+        ),
+        "UPDATE bemi.changes_stored c SET \"after\" = s.\"after\" FROM saved s WHERE s.id = c.id",
+        edited,
+    )
+    .await;
+
+    // A deleted change.
+    detects(
+        &fixture,
+        &format!("DELETE FROM bemi.changes_stored WHERE id = {second}"),
+        "INSERT INTO bemi.changes_stored SELECT * FROM saved s \
+         WHERE NOT EXISTS (SELECT 1 FROM bemi.changes_stored c WHERE c.id = s.id)",
+        |ids| {
+            vec![Finding::Deleted {
+                database: database.clone(),
+                block: block_of(1),
+                id: ids[1],
+            }]
+        },
+    )
+    .await;
+
+    // A forged change inside the sealed range: a copy of the second with another id just
+    // after it (same position, another source).
+    let forged_id = {
+        let ids = ids(&fixture).await;
+        let mut bytes = *ids[1].as_bytes();
+        bytes[15] ^= 0x01;
+        uuid::Uuid::from_bytes(bytes)
+    };
+    detects(
+        &fixture,
+        &format!(
+            "INSERT INTO bemi.changes_stored SELECT '{forged_id}', primary_key, \"before\", \
+             \"after\", context, database, schema, \"table\", operation, committed_at, queued_at, \
+             transaction_id, position, commit_lsn, sequence, previous_primary_key, created_at, \
+             after_changed FROM bemi.changes_stored WHERE id = {second}"
+        ),
+        &format!("DELETE FROM bemi.changes_stored WHERE id = '{forged_id}'"),
+        |_| {
+            vec![Finding::Inserted {
+                database: database.clone(),
+                block: Some(block_of(1)),
+                id: forged_id,
+            }]
+        },
+    )
+    .await;
+
+    // Two changes' images swapped: both are edited.
+    detects(
+        &fixture,
+        "WITH pair AS (SELECT id, \"after\" FROM bemi.changes_stored ORDER BY id LIMIT 2) \
+         UPDATE bemi.changes_stored c SET \"after\" = o.\"after\" FROM pair p, pair o \
+         WHERE c.id = p.id AND o.id <> p.id",
+        "UPDATE bemi.changes_stored c SET \"after\" = s.\"after\" FROM saved s WHERE s.id = c.id",
+        |ids| {
+            (0..2)
+                .map(|index| Finding::Edited {
+                    database: database.clone(),
+                    block: block_of(index),
+                    id: ids[index],
+                })
+                .collect()
+        },
+    )
+    .await;
+
+    // The partition holding them truncated: every sealed change is reported deleted.
+    let partition: String = fixture
+        .client
+        .query_one(
+            "SELECT tableoid::regclass::text FROM bemi.changes_stored LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    detects(
+        &fixture,
+        &format!("TRUNCATE {partition}"),
+        "INSERT INTO bemi.changes_stored SELECT * FROM saved",
+        |ids| {
+            ids.iter()
+                .enumerate()
+                .map(|(index, id)| Finding::Deleted {
+                    database: database.clone(),
+                    block: block_of(index),
+                    id: *id,
+                })
+                .collect()
+        },
+    )
+    .await;
+
+    // Seals rewritten: a leaf replaced (its root no longer matches), a root recomputed by
+    // hand is not possible without the hash, and a block removed breaks the chain.
+    fixture
+        .sql("CREATE TABLE saved_seals AS SELECT * FROM bemi.seals")
+        .await;
+    let broken = |block: i64, why: &'static str| {
+        vec![Finding::SealBroken {
+            database: database.clone(),
+            block,
+            why,
+        }]
+    };
+    detects(
+        &fixture,
+        "UPDATE bemi.seals SET leaves = overlay(leaves placing '\\x00'::bytea from 1) WHERE block = 1",
+        "UPDATE bemi.seals c SET leaves = s.leaves FROM saved_seals s WHERE s.block = c.block",
+        |_| broken(1, "its leaves do not make its root"),
+    )
+    .await;
+    detects(
+        &fixture,
+        "UPDATE bemi.seals SET hash = overlay(hash placing '\\x00'::bytea from 1) WHERE block = 1",
+        "UPDATE bemi.seals c SET hash = s.hash FROM saved_seals s WHERE s.block = c.block",
+        |_| {
+            let mut found = broken(1, "its hash does not match its content");
+            found.extend(broken(2, "it does not chain to the block before it"));
+            found
+        },
+    )
+    .await;
+    detects(
+        &fixture,
+        "DELETE FROM bemi.seals WHERE block = 1",
+        "INSERT INTO bemi.seals SELECT * FROM saved_seals WHERE block = 1",
+        |ids| {
+            // The changes of the removed block are no longer sealed: before the first seal.
+            let _ = ids;
+            broken(2, "the block before it is missing")
+        },
+    )
+    .await;
+}
+
+/// The binary: `verify` exits 0 on an intact trail and 2, naming the change, on a tampered one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verify_command_exits_2_and_names_the_change() {
+    let fixture = fixture(test_database!(), ITEMS).await;
+    let mut config = fixture.config();
+    config.seal_interval = Some(Duration::from_millis(20));
+    let worker = RunningWorker::start(config);
+    fixture.sql("INSERT INTO items VALUES (1, 'one')").await;
+    fixture.wait_for(1).await;
+    wait_sealed(&fixture, 1).await;
+    worker.stop().await.unwrap();
+    let url = fixture.database.url();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bemi-worker"))
+            .args(["verify", "--database-url", &url])
+            .output()
+            .unwrap()
+    };
+    let intact = run();
+    assert_eq!(intact.status.code(), Some(0), "{intact:?}");
+    assert!(String::from_utf8_lossy(&intact.stdout).contains("1 changes intact"));
+    fixture
+        .sql("UPDATE bemi.changes_stored SET \"before\" = '{\"forged\": true}'")
+        .await;
+    let tampered = run();
+    assert_eq!(tampered.status.code(), Some(2), "{tampered:?}");
+    let id: uuid::Uuid = fixture
+        .client
+        .query_one("SELECT id FROM bemi.changes_stored", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        String::from_utf8_lossy(&tampered.stdout).contains(&format!(
+            "TAMPERED: {}: change {id}",
+            fixture.database.name()
+        )),
+        "{}",
+        String::from_utf8_lossy(&tampered.stdout)
+    );
+}

@@ -32,10 +32,15 @@ async fn wait_sealed(fixture: &Fixture, count: i64) {
 }
 
 async fn verify(fixture: &Fixture) -> VerifyReport {
+    verify_with(fixture, None).await
+}
+
+async fn verify_with(fixture: &Fixture, anchors: Option<&std::path::Path>) -> VerifyReport {
     bemi_worker::verify(
         &fixture.source,
         fixture.setup.options().changes_table_name(),
         None,
+        anchors,
     )
     .await
     .unwrap()
@@ -297,5 +302,71 @@ async fn the_verify_command_exits_2_and_names_the_change() {
         )),
         "{}",
         String::from_utf8_lossy(&tampered.stdout)
+    );
+}
+
+/// Someone who can write the changes and the seals edits a change and has the whole chain
+/// sealed again: the seals agree with the changes, but not with the hashes the worker
+/// published outside the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_rewritten_whole_is_caught_by_its_anchors() {
+    let fixture = fixture(test_database!(), ITEMS).await;
+    let folder = tempfile::tempdir().unwrap();
+    let anchors = folder.path().join("anchors.ndjson");
+    let mut config = fixture.config();
+    config.seal_interval = Some(Duration::from_millis(20));
+    config.anchor_file = Some(anchors.clone());
+    let worker = RunningWorker::start(config);
+    fixture
+        .sql("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 3) i")
+        .await;
+    fixture.wait_for(3).await;
+    wait_sealed(&fixture, 3).await;
+    worker.stop().await.unwrap();
+    let report = verify_with(&fixture, Some(&anchors)).await;
+    assert!(report.is_intact(), "{report:?}");
+    assert!(report.anchors >= 1, "{report:?}");
+    let anchored = std::fs::read_to_string(&anchors).unwrap();
+    assert!(anchored.contains("\"block\":1"), "{anchored}");
+
+    // The rewrite: a value edited, every seal dropped and made again from the edited changes
+    // (by a sealer of the attacker's, without the anchor file).
+    fixture
+        .sql(
+            "UPDATE bemi.changes_stored SET \"after\" = '{\"id\": 1, \"title\": \"forged\"}' \
+              WHERE primary_key = '1'",
+        )
+        .await;
+    fixture.sql("DELETE FROM bemi.seals").await;
+    let mut config = fixture.config();
+    config.seal_interval = Some(Duration::from_millis(20));
+    let worker = RunningWorker::start(config);
+    fixture.sql("INSERT INTO items VALUES (4, 'item 4')").await;
+    fixture.wait_for(4).await;
+    wait_sealed(&fixture, 4).await;
+    worker.stop().await.unwrap();
+
+    // The seals alone are consistent again; the anchors are not.
+    assert!(verify(&fixture).await.is_intact());
+    let report = verify_with(&fixture, Some(&anchors)).await;
+    let database = fixture.database.name().to_owned();
+    assert!(
+        report.findings.contains(&Finding::AnchorMismatch {
+            database,
+            block: 1,
+            why: "its hash is not the anchored one: the chain was rewritten",
+        }),
+        "{report:?}"
+    );
+
+    // A damaged anchor file says which line.
+    std::fs::write(&anchors, format!("{anchored}garbage\n")).unwrap();
+    let report = verify_with(&fixture, Some(&anchors)).await;
+    let lines = anchored.lines().count();
+    assert!(
+        report
+            .findings
+            .contains(&Finding::AnchorUnreadable { line: lines + 1 }),
+        "{report:?}"
     );
 }

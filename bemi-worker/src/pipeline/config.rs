@@ -71,6 +71,10 @@ pub struct WorkerConfig {
     /// How often, at most, the worker seals what it stored (default 5 s; `None`: never). See
     /// [`crate::seal`].
     pub seal_interval: Option<Duration>,
+    /// An append-only file the worker adds each seal's hash to (one JSON object per line), kept
+    /// where the database's administrators cannot rewrite it; `verify --anchor-file` checks the
+    /// seals against it.
+    pub anchor_file: Option<std::path::PathBuf>,
     /// What to do when the server invalidated the slot (default: stop).
     pub on_slot_lost: OnSlotLost,
     /// The longest wait between reconnection attempts (default 30 s).
@@ -107,6 +111,7 @@ impl WorkerConfig {
             heartbeat_interval: Some(Duration::from_secs(60)),
             on_slot_lost: OnSlotLost::Stop,
             seal_interval: Some(Duration::from_secs(5)),
+            anchor_file: None,
             max_backoff: Duration::from_secs(30),
             slot_release_wait: Duration::from_secs(60),
             column_policies: bemi_core::policy::ColumnPolicies::default(),

@@ -337,6 +337,10 @@ impl<'w> Supervisor<'w> {
                 database,
                 stream.stored_receiver(),
                 interval,
+                config
+                    .anchor_file
+                    .clone()
+                    .map(crate::seal::anchor::AnchorFile::new),
             ))),
             _ => None,
         };

@@ -6,9 +6,10 @@
 //! Merkle root and the hash of the block before it, in `bemi.seals`. [`verify`] reads the seals
 //! and the changes in one snapshot and names every change deleted, edited or inserted inside
 //! the sealed range, and every seal that does not match itself or its chain. Someone who can
-//! rewrite the changes and every seal consistently is not caught by this alone: that is what
-//! anchors outside the database are for.
+//! rewrite the changes and every seal consistently is caught only by [`anchor`]s: the seal
+//! hashes the worker logs and appends to a file outside the database.
 
+pub(crate) mod anchor;
 pub(crate) mod encoding;
 pub(crate) mod merkle;
 pub(crate) mod sealer;

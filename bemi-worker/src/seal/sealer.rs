@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::pipeline::Stored;
+use crate::seal::anchor::{Anchor, AnchorFile, hex};
 use crate::seal::encoding::{ENCODING, Leaf, Lines, SETTINGS, copy_query};
 use crate::seal::merkle::{BlockHeader, root};
 use crate::{ConnectionOptions, Error, Result};
@@ -46,14 +47,14 @@ pub(crate) async fn read_leaves(
 }
 
 /// Seals the changes of `database` in `stored` with ids below `below` that no block seals yet;
-/// returns how many it sealed.
+/// returns the blocks it sealed.
 pub(crate) async fn seal_stored(
     client: &mut Client,
     stored: &str,
     database: &str,
     below: Uuid,
-) -> Result<usize> {
-    let mut sealed = 0;
+) -> Result<Vec<Anchor>> {
+    let mut sealed = Vec::new();
     loop {
         let transaction = client
             .transaction()
@@ -139,7 +140,12 @@ pub(crate) async fn seal_stored(
             .commit()
             .await
             .map_err(Error::postgres("commit a seal"))?;
-        sealed += leaves.len();
+        sealed.push(Anchor {
+            database: database.to_owned(),
+            block,
+            hash: hex(&header.hash()),
+            changes: header.changes,
+        });
         if leaves.len() < BLOCK {
             return Ok(sealed);
         }
@@ -161,6 +167,7 @@ pub(crate) async fn run(
     database: String,
     mut stored: watch::Receiver<Stored>,
     interval: Duration,
+    anchors: Option<AnchorFile>,
 ) {
     let mut client: Option<Client> = None;
     loop {
@@ -206,8 +213,23 @@ pub(crate) async fn run(
         }
         let below = crate::change_row::change_id(0, below_lsn, 0);
         match seal_stored(connected, &stored_table, &database, below).await {
-            Ok(0) => {}
-            Ok(sealed) => tracing::debug!(sealed, "sealed stored changes"),
+            Ok(blocks) => {
+                for block in &blocks {
+                    // The log is an anchor too: whoever rewrites the database cannot rewrite it.
+                    tracing::info!(
+                        database = %block.database,
+                        block = block.block,
+                        changes = block.changes,
+                        hash = %block.hash,
+                        "sealed"
+                    );
+                    if let Some(file) = &anchors
+                        && let Err(error) = file.append(block)
+                    {
+                        tracing::error!(error = %crate::error_chain(&error), "cannot write the seal to the anchor file");
+                    }
+                }
+            }
             Err(error) => tracing::warn!(
                 error = %crate::error_chain(&error),
                 "sealing the stored changes failed; retrying later"

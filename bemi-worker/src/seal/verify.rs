@@ -1,11 +1,13 @@
 //! `verify`: recomputes every seal from the changes table and names what does not match.
 
 use std::fmt;
+use std::path::Path;
 
 use bemi_core::QualifiedName;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::seal::anchor;
 use crate::seal::encoding::{ENCODING, Leaf, SETTINGS};
 use crate::seal::merkle::{BlockHeader, root};
 use crate::seal::sealer::{hash_of, read_leaves};
@@ -42,6 +44,21 @@ pub enum Finding {
         block: i64,
         /// The change.
         id: Uuid,
+    },
+    /// A seal published outside the database (an anchor) is not in it, or has another hash: the
+    /// chain was rewritten or cut after the anchor was written.
+    AnchorMismatch {
+        /// The source database of the chain.
+        database: String,
+        /// The anchored block.
+        block: i64,
+        /// What does not match.
+        why: &'static str,
+    },
+    /// A line of the anchor file is not an anchor.
+    AnchorUnreadable {
+        /// The line's number, from 1.
+        line: usize,
     },
     /// A change is stored inside the sealed range that no seal holds (forged, or moved there
     /// by an edit of its id).
@@ -95,6 +112,14 @@ impl fmt::Display for Finding {
                 f,
                 "{database}: change {id} between two blocks was never sealed"
             ),
+            Finding::AnchorMismatch {
+                database,
+                block,
+                why,
+            } => write!(f, "{database}: anchored seal {block}: {why}"),
+            Finding::AnchorUnreadable { line } => {
+                write!(f, "line {line} of the anchor file is not an anchor")
+            }
         }
     }
 }
@@ -114,6 +139,8 @@ pub struct VerifyReport {
     pub unsealed_after: u64,
     /// Changes stored before the first seal (stored before sealing began).
     pub unsealed_before: u64,
+    /// Anchors checked against the seals.
+    pub anchors: u64,
     /// What does not match, in chain and id order.
     pub findings: Vec<Finding>,
 }
@@ -142,16 +169,20 @@ struct Seal {
 }
 
 /// Recomputes the seals of `changes_table` in `destination` (every source database, or only
-/// `database`) and compares them with the stored changes.
+/// `database`) and compares them with the stored changes, and with the anchors of
+/// `anchor_file` when given.
 ///
 /// # Errors
 ///
-/// Connection and query errors; [`Error::Config`] when the destination has no seals table.
+/// Connection and query errors; [`Error::Config`] when the destination has no seals table;
+/// [`Error::Io`] when the anchor file cannot be read.
 pub async fn verify(
     destination: &ConnectionOptions,
     changes_table: &QualifiedName,
     database: Option<&str>,
+    anchor_file: Option<&Path>,
 ) -> Result<VerifyReport> {
+    let anchors = anchor_file.map(anchor::read).transpose()?;
     let mut client = destination.connect("bemi-worker verify").await?;
     let stored = bemi_core::setup::stored_changes_table(changes_table).to_string();
     let transaction = client
@@ -201,6 +232,41 @@ pub async fn verify(
     let mut report = VerifyReport::default();
     for database in &databases {
         verify_chain(&transaction, &stored, database, cutoff, &mut report).await?;
+    }
+    if let Some((anchors, unreadable)) = anchors {
+        report.findings.extend(
+            unreadable
+                .into_iter()
+                .map(|line| Finding::AnchorUnreadable { line }),
+        );
+        for anchored in anchors
+            .iter()
+            .filter(|anchored| database.is_none_or(|only| only == anchored.database))
+        {
+            report.anchors += 1;
+            let found: Option<Vec<u8>> = transaction
+                .query_opt(
+                    "SELECT hash FROM bemi.seals WHERE database = $1 AND block = $2",
+                    &[&anchored.database, &anchored.block],
+                )
+                .await
+                .map_err(Error::postgres("read an anchored seal"))?
+                .map(|row| row.get(0));
+            let why = match found {
+                None => Some("the block is gone"),
+                Some(hash) if anchor::hex(&hash) != anchored.hash => {
+                    Some("its hash is not the anchored one: the chain was rewritten")
+                }
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                report.findings.push(Finding::AnchorMismatch {
+                    database: anchored.database.clone(),
+                    block: anchored.block,
+                    why,
+                });
+            }
+        }
     }
     Ok(report)
 }

@@ -360,6 +360,10 @@ struct RunArgs {
     /// before it is written; batches still commit in stream order. 1: one batch at a time.
     #[arg(long, env = "BEMI_WRITERS", default_value_t = 2)]
     writers: usize,
+    /// An append-only file to add each seal's hash to, kept where the database's
+    /// administrators cannot rewrite it (`verify --anchor-file` checks against it).
+    #[arg(long, env = "BEMI_ANCHOR_FILE")]
+    anchor_file: Option<PathBuf>,
     /// Longest time a change waits before its batch is stored, in milliseconds.
     #[arg(long, env = "BEMI_FLUSH_INTERVAL_MS", default_value_t = 100)]
     flush_interval_ms: u64,
@@ -568,6 +572,7 @@ impl RunArgs {
         config.batch_size = self.batch_size.max(1);
         config.batch_bytes = self.batch_bytes.max(1);
         config.writers = self.writers.max(1);
+        config.anchor_file = self.anchor_file;
         config.flush_interval = Duration::from_millis(self.flush_interval_ms);
         config.max_context_bytes = self.max_context_bytes;
         config.log_interval = Duration::from_secs(self.log_interval_seconds.max(1));

@@ -13,6 +13,10 @@ pub(crate) struct VerifyArgs {
     /// Only the chain of this source database.
     #[arg(long)]
     database: Option<String>,
+    /// The anchor file `run --anchor-file` appended the seals to: every anchored seal must be
+    /// in the database with its hash (catches a chain rewritten whole).
+    #[arg(long, env = "BEMI_ANCHOR_FILE")]
+    anchor_file: Option<std::path::PathBuf>,
 }
 
 impl VerifyArgs {
@@ -23,16 +27,18 @@ impl VerifyArgs {
             &destination,
             &self.common.changes_table,
             self.database.as_deref(),
+            self.anchor_file.as_deref(),
         )
         .await?;
         println!(
             "verified {} blocks: {} changes intact; {} blocks expired by retention (seals checked); \
-             {} changes stored after the last seal, {} before the first",
+             {} changes stored after the last seal, {} before the first; {} anchors checked",
             report.blocks,
             report.intact,
             report.expired_blocks,
             report.unsealed_after,
-            report.unsealed_before
+            report.unsealed_before,
+            report.anchors
         );
         for finding in &report.findings {
             println!("TAMPERED: {finding}");

@@ -14,6 +14,7 @@
 //! cargo run --release -p bemi-bench -- changes-bytes
 //! cargo run --release -p bemi-bench -- read-targets
 //! cargo run --release -p bemi-bench -- console-pages
+//! cargo run --release -p bemi-bench -- seals
 //! ```
 
 mod changes_bytes;
@@ -25,6 +26,7 @@ mod lag;
 mod memory;
 mod nats_scale;
 mod read_targets;
+mod seals;
 mod seaorm_insert;
 mod stats;
 mod throughput;
@@ -156,6 +158,15 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         repetitions: usize,
     },
+    /// What sealing costs the worker, how soon changes are sealed, and verify's speed.
+    Seals {
+        /// Row changes to generate.
+        #[arg(long, default_value_t = 200_000)]
+        changes: usize,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+    },
     /// The console's pages on the read-targets data set: time to the whole page, and bytes.
     ConsolePages {
         /// Changes in the table (at least 1,000,000).
@@ -217,6 +228,9 @@ enum Scenario {
         /// Destination connections storing in parallel (the worker's default without).
         #[arg(long)]
         writers: Option<usize>,
+        /// How often it seals, in milliseconds; 0: never (the worker's default without).
+        #[arg(long)]
+        seal_interval_ms: Option<u64>,
     },
 }
 
@@ -285,6 +299,10 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             probes,
             repetitions,
         } => read_targets::run(changes.max(1_000_000), probes.max(10), repetitions.max(1)).await,
+        Scenario::Seals {
+            changes,
+            repetitions,
+        } => seals::run(changes.max(1_000), repetitions.max(1)).await,
         Scenario::ConsolePages { changes, probes } => {
             console_pages::run(changes.max(1_000_000), probes.max(5)).await
         }
@@ -335,6 +353,7 @@ async fn worker(scenario: Scenario) -> anyhow::Result<()> {
             nats_stream,
             nats_subject,
             writers,
+            seal_interval_ms,
         } => {
             let nats = nats_url.map(|url| {
                 let mut nats = bemi_worker::NatsOptions::new(url);
@@ -353,7 +372,10 @@ async fn worker(scenario: Scenario) -> anyhow::Result<()> {
                 &slot,
                 destination_url.as_deref(),
                 nats,
-                writers,
+                worker_process::Tuning {
+                    writers,
+                    seal_interval_ms,
+                },
             )
             .await
         }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::environment::Environment;
-use crate::worker_process::{WorkerProcess, measure};
+use crate::worker_process::{Tuning, WorkerProcess, measure};
 use crate::workload::{SCHEMA, insert};
 
 /// For each size, stores one transaction of that many inserted rows and reports the worker's
@@ -48,7 +48,7 @@ pub(crate) async fn run(
         env.client.batch_execute(&insert(0, rows)).await?;
         let target = env.current_lsn().await?;
         env.client.batch_execute("CHECKPOINT").await?;
-        let run = measure(&env, "bench_memory", &target, rows, None, None).await?;
+        let run = measure(&env, "bench_memory", &target, rows, None, Tuning::default()).await?;
         let (elapsed, peak) = (run.elapsed, run.peak_rss_kib);
         println!(
             "| {rows} | {:.1} | {:.0} | {:.1} |",
@@ -82,7 +82,7 @@ async fn wide(first: &Environment, rows: usize, bytes: usize) -> anyhow::Result<
         .batch_execute("UPDATE blob SET note = 'b' /*Bemi {\"job\":\"wide\"} Bemi*/")
         .await?;
     let target = env.current_lsn().await?;
-    let run = measure(&env, "bench_memory", &target, rows, None, None).await?;
+    let run = measure(&env, "bench_memory", &target, rows, None, Tuning::default()).await?;
     let stored: i64 = env
         .client
         .query_one(

@@ -126,7 +126,7 @@ pub(crate) async fn run(
                         &target,
                         changes,
                         Some((&audit_url, &audit_client)),
-                        None,
+                        crate::worker_process::Tuning::default(),
                     )
                     .await?;
                     separate_rss.push(run.peak_rss_kib as f64 / 1024.0);
@@ -289,11 +289,15 @@ async fn measure_fresh(
     changes: usize,
     writers: Option<usize>,
 ) -> anyhow::Result<crate::worker_process::Run> {
+    let tuning = crate::worker_process::Tuning {
+        writers,
+        seal_interval_ms: None,
+    };
     env.client
         .batch_execute("TRUNCATE bemi.changes_stored; DELETE FROM bemi.worker_progress;")
         .await?;
     env.client.batch_execute("CHECKPOINT").await?;
-    measure(env, slot, target, changes, None, writers).await
+    measure(env, slot, target, changes, None, tuning).await
 }
 
 async fn copy_out(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Bytes>> {

@@ -12,25 +12,37 @@ pub(crate) struct WorkerProcess {
     pid: u32,
 }
 
+/// How a measured worker is set up, where it differs from the worker's defaults.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tuning {
+    /// Destination connections storing in parallel.
+    pub(crate) writers: Option<usize>,
+    /// How often it seals, in milliseconds (0: never).
+    pub(crate) seal_interval_ms: Option<u64>,
+}
+
 impl WorkerProcess {
     /// Starts a worker streaming `slot` of the database at `url` into the `bemi.changes` of
     /// `destination` (default: the same database).
     pub(crate) fn spawn(url: &str, slot: &str, destination: Option<&str>) -> anyhow::Result<Self> {
-        Self::spawn_writers(url, slot, destination, None)
+        Self::spawn_tuned(url, slot, destination, Tuning::default())
     }
 
-    /// Starts a worker as [`WorkerProcess::spawn`] does, with `writers` destination
-    /// connections (`None`: the worker's default).
-    pub(crate) fn spawn_writers(
+    /// Starts a worker as [`WorkerProcess::spawn`] does, set up as `tuning` says.
+    pub(crate) fn spawn_tuned(
         url: &str,
         slot: &str,
         destination: Option<&str>,
-        writers: Option<usize>,
+        tuning: Tuning,
     ) -> anyhow::Result<Self> {
-        let writers = writers.map(|writers| writers.to_string());
+        let writers = tuning.writers.map(|writers| writers.to_string());
+        let seal = tuning.seal_interval_ms.map(|millis| millis.to_string());
         let mut args = vec!["__worker", "--database-url", url, "--slot", slot];
         if let Some(writers) = &writers {
             args.extend(["--writers", writers]);
+        }
+        if let Some(seal) = &seal {
+            args.extend(["--seal-interval-ms", seal]);
         }
         if let Some(destination) = destination {
             args.extend(["--destination-url", destination]);
@@ -119,22 +131,22 @@ pub(crate) struct Run {
 }
 
 /// Runs a worker process on `slot` until it confirmed `target`, stops it, and checks that it
-/// stored exactly `expected` changes in `destination` (`None`: the source database), with
-/// `writers` destination connections (`None`: the worker's default).
+/// stored exactly `expected` changes in `destination` (`None`: the source database), set up as
+/// `tuning` says.
 pub(crate) async fn measure(
     env: &crate::environment::Environment,
     slot: &str,
     target: &str,
     expected: usize,
     destination: Option<(&str, &tokio_postgres::Client)>,
-    writers: Option<usize>,
+    tuning: Tuning,
 ) -> anyhow::Result<Run> {
     let started = Instant::now();
-    let worker = WorkerProcess::spawn_writers(
+    let worker = WorkerProcess::spawn_tuned(
         &env.database.url(),
         slot,
         destination.map(|(url, _)| url),
-        writers,
+        tuning,
     )?;
     let elapsed = wait_confirmed(
         &env.client,
@@ -167,7 +179,7 @@ pub(crate) async fn run_worker(
     slot: &str,
     destination: Option<&str>,
     nats: Option<bemi_worker::NatsOptions>,
-    writers: Option<usize>,
+    tuning: Tuning,
 ) -> anyhow::Result<()> {
     let mut config = bemi_worker::WorkerConfig::new(bemi_worker::ConnectionOptions::parse(url)?);
     if let Some(destination) = destination {
@@ -182,8 +194,11 @@ pub(crate) async fn run_worker(
         config.output = bemi_worker::Output::JetStream(nats);
     }
     config.slot = slot.to_owned();
-    if let Some(writers) = writers {
+    if let Some(writers) = tuning.writers {
         config.writers = writers.max(1);
+    }
+    if let Some(millis) = tuning.seal_interval_ms {
+        config.seal_interval = (millis > 0).then(|| Duration::from_millis(millis));
     }
     config.status_interval = Duration::from_millis(100);
     let worker = bemi_worker::Worker::new(config);

@@ -261,6 +261,22 @@ async fn verify_names_every_tampering_of_the_changes_and_the_seals() {
         },
     )
     .await;
+
+    // Retention dropped the partition (recorded in bemi.retention_runs as `retention` records
+    // it, the stored table's quoted name): its blocks expired, nothing is missing.
+    fixture
+        .sql(&format!(
+            "TRUNCATE {partition}; \
+             INSERT INTO bemi.retention_runs (changes_table, started_at, keep, cutoff, dry_run, \
+               dropped, held) \
+             VALUES ('\"bemi\".\"changes_stored\"', now(), interval '400 days', now(), false, \
+               jsonb_build_array(jsonb_build_object('partition', '{partition}', 'from', NULL, \
+                 'to', now() + interval '1 hour', 'rows', 8)), '[]')"
+        ))
+        .await;
+    let report = verify(&fixture).await;
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!((report.expired_blocks, report.blocks), (2, 0), "{report:?}");
 }
 
 /// The binary: `verify` exits 0 on an intact trail and 2, naming the change, on a tampered one.

@@ -132,8 +132,9 @@ pub struct VerifyReport {
     pub blocks: u64,
     /// Sealed changes found intact.
     pub intact: u64,
-    /// Blocks older than the newest retention cutoff, whose changes retention dropped: their
-    /// seals are checked, not their changes.
+    /// Blocks whose changes are all older than the newest partition retention dropped (the end
+    /// of its range, as `bemi.retention_runs` recorded it): their seals are checked, not their
+    /// changes.
     pub expired_blocks: u64,
     /// Changes stored after the last seal (not sealed yet).
     pub unsealed_after: u64,
@@ -212,7 +213,9 @@ pub async fn verify(
     }
     let cutoff: Option<DateTime<Utc>> = transaction
         .query_one(
-            "SELECT max(cutoff) FROM bemi.retention_runs WHERE NOT dry_run AND changes_table = $1",
+            "SELECT max((dropped_partition ->> 'to')::timestamptz) FROM bemi.retention_runs, \
+             pg_catalog.jsonb_array_elements(dropped) AS dropped_partition \
+             WHERE NOT dry_run AND changes_table = $1",
             &[&stored],
         )
         .await

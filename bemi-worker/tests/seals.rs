@@ -119,7 +119,7 @@ async fn verify_names_every_tampering_of_the_changes_and_the_seals() {
             id: ids[1],
         }]
     };
-    let second = format!("(SELECT id FROM bemi.changes_stored ORDER BY id OFFSET 1 LIMIT 1)");
+    let second = "(SELECT id FROM bemi.changes_stored ORDER BY id OFFSET 1 LIMIT 1)";
     detects(
         &fixture,
         &format!(

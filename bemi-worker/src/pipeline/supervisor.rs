@@ -331,17 +331,20 @@ impl<'w> Supervisor<'w> {
                     changes_table,
                 },
                 Some(interval),
-            ) => Some(tokio::spawn(crate::seal::sealer::run(
-                destination.clone(),
-                bemi_core::setup::stored_changes_table(changes_table).to_string(),
-                database,
-                stream.stored_receiver(),
-                interval,
-                config
-                    .anchor_file
-                    .clone()
-                    .map(crate::seal::anchor::AnchorFile::new),
-            ))),
+            ) => Some(tokio::spawn(
+                crate::seal::sealer::run(
+                    destination.clone(),
+                    bemi_core::setup::stored_changes_table(changes_table).to_string(),
+                    database,
+                    stream.stored_receiver(),
+                    interval,
+                    config
+                        .anchor_file
+                        .clone()
+                        .map(crate::seal::anchor::AnchorFile::new),
+                )
+                .instrument(tracing::info_span!("stage", stage = "seal")),
+            )),
             _ => None,
         };
         self.metrics.set_streaming(true);

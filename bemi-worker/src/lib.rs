@@ -55,8 +55,8 @@ pub use admin::retention::{
 pub use admin::revert::revert;
 pub use admin::snapshot::snapshot;
 pub use admin::status::{
-    Health, LagLimits, PartitionInfo, RetentionRun, STATUS_FORMAT, SlotInfo, Status, StatusReport,
-    TrailGap, status,
+    Health, LagLimits, PartitionInfo, RetentionRun, STATUS_FORMAT, SealInfo, SlotInfo, Status,
+    StatusReport, TrailGap, status,
 };
 pub use change_row::ChangeRow;
 pub use error::{Error, ErrorKind, Result, error_chain};

@@ -94,6 +94,19 @@ async fn verify_names_every_tampering_of_the_changes_and_the_seals() {
     let report = verify(&fixture).await;
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.intact, 8);
+    // `status` says how far the seals reach.
+    let status = bemi_worker::status(&fixture.source, &fixture.source, fixture.setup.options())
+        .await
+        .unwrap();
+    let seals = status.seals.clone().unwrap();
+    assert_eq!(seals.sealed_changes, 8, "{status:?}");
+    assert_eq!(seals.oldest_unsealed_commit, None, "{status:?}");
+    assert!(
+        status
+            .to_string()
+            .contains("seals:               8 changes in"),
+        "{status}"
+    );
     assert!(report.blocks >= 2, "{report:?}");
     assert_eq!((report.unsealed_after, report.unsealed_before), (0, 0));
     let blocks: Vec<(i64, i32)> = fixture

@@ -65,10 +65,78 @@ pub struct Status {
     /// recreated (`--on-slot-lost recreate`), and changes between the two positions are not in
     /// the trail. `None` when there is none (or no such table).
     pub last_trail_gap: Option<TrailGap>,
+    /// The seals of this database's changes (`None`: no `bemi.seals`, the setup predates it).
+    pub seals: Option<SealInfo>,
     /// What makes the trail incomplete or unreliable right now, one sentence each: tracked
     /// tables whose context trigger is missing or disabled, or whose replica identity is not
     /// `FULL` (old row images would hold only the key).
     pub warnings: Vec<String>,
+}
+
+/// How far the seals of one source database's changes reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct SealInfo {
+    /// Blocks sealed.
+    pub blocks: i64,
+    /// Changes sealed.
+    pub sealed_changes: i64,
+    /// When the newest block was sealed.
+    pub last_sealed_at: Option<DateTime<Utc>>,
+    /// The commit time of the oldest change stored after the newest block: what `verify`
+    /// cannot prove yet (`None`: every stored change is sealed).
+    pub oldest_unsealed_commit: Option<DateTime<Utc>>,
+}
+
+/// How long a stored change may stay unsealed before `status` warns (the worker seals every
+/// few seconds).
+const UNSEALED_WARNING: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// The seals of `database`'s changes in the destination.
+async fn seal_info(
+    client: &tokio_postgres::Client,
+    options: &bemi_core::setup::SetupOptions,
+    database: &str,
+) -> Result<Option<SealInfo>> {
+    let present: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('bemi.seals') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(Error::postgres("look for bemi.seals"))?
+        .get(0);
+    if !present {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(sum(changes), 0)::int8, max(sealed_at), \
+             (SELECT last_id FROM bemi.seals WHERE database = $1 ORDER BY block DESC LIMIT 1) \
+             FROM bemi.seals WHERE database = $1",
+            &[&database],
+        )
+        .await
+        .map_err(Error::postgres("read the seals"))?;
+    let last_id: Option<uuid::Uuid> = row.get(3);
+    let oldest_unsealed_commit: Option<DateTime<Utc>> = client
+        .query_one(
+            &format!(
+                "SELECT min(committed_at) FROM {} WHERE database = $1 \
+                 AND ($2::uuid IS NULL OR id > $2)",
+                options.stored_changes_table()
+            ),
+            &[&database, &last_id],
+        )
+        .await
+        .map_err(Error::postgres("find the unsealed changes"))?
+        .get(0);
+    Ok(Some(SealInfo {
+        blocks: row.get(0),
+        sealed_changes: row.get(1),
+        last_sealed_at: row.get(2),
+        oldest_unsealed_commit,
+    }))
 }
 
 /// A gap in the trail, as `bemi.trail_gaps` records it.
@@ -363,8 +431,26 @@ pub async fn status(
             options.stored_changes_table()
         ));
     }
+    let seals = seal_info(&destination_client, options, source.database()).await?;
+    match &seals {
+        None => warnings.push(
+            "the destination has no bemi.seals: run `bemi-worker setup` again so the worker \
+             seals what it stores (`verify` proves nothing without seals)"
+                .to_owned(),
+        ),
+        Some(SealInfo {
+            oldest_unsealed_commit: Some(oldest),
+            ..
+        }) if Utc::now() - *oldest > UNSEALED_WARNING => warnings.push(format!(
+            "changes committed since {} are stored but not sealed (the worker seals every few \
+             seconds: is it stopped, or failing to seal? its log says)",
+            oldest.to_rfc3339()
+        )),
+        Some(_) => {}
+    }
     let last_trail_gap = last_trail_gap(&client, slot).await?;
     Ok(Status {
+        seals,
         partitions,
         last_trail_gap,
         source: source.to_string(),
@@ -617,6 +703,23 @@ impl fmt::Display for Status {
                 )?
             }
             None => writeln!(f, "last stored commit:  none yet")?,
+        }
+        if let Some(seals) = &self.seals {
+            writeln!(
+                f,
+                "seals:               {} changes in {} blocks, newest sealed {}{}",
+                seals.sealed_changes,
+                seals.blocks,
+                seals
+                    .last_sealed_at
+                    .map_or_else(|| "never".to_owned(), |at| at.to_rfc3339()),
+                seals
+                    .oldest_unsealed_commit
+                    .map_or_else(String::new, |oldest| format!(
+                        "; not sealed yet: changes since {}",
+                        oldest.to_rfc3339()
+                    ))
+            )?;
         }
         if self.partitions.is_none() {
             writeln!(

@@ -5,6 +5,8 @@
 //! numbers, so the same stored change always gives the same bytes, and any edit of a column
 //! that matters gives others.
 
+use std::ops::Bound;
+
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -17,11 +19,6 @@ const COLUMNS: &str = "id, database, schema, \"table\", operation, primary_key, 
     previous_primary_key, \"before\", \"after\", after_changed, context, committed_at, queued_at, \
     transaction_id, position, commit_lsn, sequence";
 
-/// The sealed columns, for a `SELECT` list.
-pub(crate) fn columns() -> &'static str {
-    COLUMNS
-}
-
 /// The index of `committed_at` among [`COLUMNS`].
 const COMMITTED_AT: usize = 11;
 
@@ -30,23 +27,24 @@ pub(crate) const SETTINGS: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateSty
     SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1";
 
 /// The `COPY` of the changes of `database` in the stored table `stored`, in id order, with ids
-/// after `after` (when given) and before `below` (when given), at most `limit`.
+/// within `lower` and `upper`, at most `limit`.
 pub(crate) fn copy_query(
     stored: &str,
     database: &str,
-    after: Option<Uuid>,
-    below: Option<Uuid>,
+    lower: Bound<Uuid>,
+    upper: Bound<Uuid>,
     limit: Option<usize>,
 ) -> String {
     let mut sql = format!(
         "COPY (SELECT {COLUMNS} FROM {stored} WHERE database = {}",
         bemi_core::quote_literal(database)
     );
-    if let Some(after) = after {
-        sql.push_str(&format!(" AND id > '{after}'"));
-    }
-    if let Some(below) = below {
-        sql.push_str(&format!(" AND id < '{below}'"));
+    for (bound, inclusive, exclusive) in [(lower, ">=", ">"), (upper, "<=", "<")] {
+        match bound {
+            Bound::Included(id) => sql.push_str(&format!(" AND id {inclusive} '{id}'")),
+            Bound::Excluded(id) => sql.push_str(&format!(" AND id {exclusive} '{id}'")),
+            Bound::Unbounded => {}
+        }
     }
     sql.push_str(" ORDER BY id");
     if let Some(limit) = limit {
@@ -131,6 +129,24 @@ mod tests {
         let other = Leaf::of_line(&edited).map(|leaf| leaf.hash);
         assert_ne!(other, Some(leaf.hash));
         assert_eq!(Leaf::of_line(b"not a row"), None);
+    }
+
+    #[test]
+    fn bounds_become_id_comparisons() {
+        let id = Uuid::nil();
+        let query = copy_query(
+            "bemi.changes_stored",
+            "it's",
+            Bound::Excluded(id),
+            Bound::Included(id),
+            Some(5),
+        );
+        assert!(query.contains("WHERE database = 'it''s' AND id > '00000000-0000-0000-0000-000000000000' AND id <= '00000000-0000-0000-0000-000000000000' ORDER BY id LIMIT 5"), "{query}");
+        let open = copy_query("s", "d", Bound::Unbounded, Bound::Unbounded, None);
+        assert!(
+            open.ends_with("WHERE database = 'd' ORDER BY id) TO STDOUT"),
+            "{open}"
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! The worker seals the changes it stored, per source database, in id order (commit position,
 //! then sequence: ids sort so), in blocks of at most 10,000: each change's leaf hash is SHA-256
-//! over its canonical encoding (the stored row as `COPY` writes it), a block holds its changes' ids and leaves, their
-//! Merkle root and the hash of the block before it, in `bemi.seals`. [`verify()`] reads the seals
+//! over its canonical encoding (the stored row as `COPY` writes it), a block holds its changes'
+//! ids and leaves, their Merkle root and the hash of the block before it, in `bemi.seals`.
+//! [`verify()`] reads the seals
 //! and the changes in one snapshot and names every change deleted, edited or inserted inside
 //! the sealed range, and every seal that does not match itself or its chain. Someone who can
 //! rewrite the changes and every seal consistently is caught only by anchors: the seal

@@ -1,6 +1,7 @@
 //! Sealing the stored prefix: the changes of one source database whose commit position is
 //! below what the worker confirmed stored, in id order, in blocks chained to the last one.
 
+use std::ops::Bound;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -17,8 +18,7 @@ use crate::{ConnectionOptions, Error, Result};
 /// The most changes one block seals.
 pub(crate) const BLOCK: usize = 10_000;
 
-/// Reads the changes of `database` in `stored` with ids after `after` and below `below` (in
-/// id order, at most `limit`) as leaves, inside `transaction`.
+/// Runs `query` (a `COPY` of [`copy_query`]) inside `transaction`; its changes as leaves.
 pub(crate) async fn read_leaves(
     transaction: &tokio_postgres::Transaction<'_>,
     query: &str,
@@ -90,7 +90,13 @@ pub(crate) async fn seal_stored(
         };
         let leaves = read_leaves(
             &transaction,
-            &copy_query(stored, database, after, Some(below), Some(BLOCK)),
+            &copy_query(
+                stored,
+                database,
+                after.map_or(Bound::Unbounded, Bound::Excluded),
+                Bound::Excluded(below),
+                Some(BLOCK),
+            ),
         )
         .await?;
         let (Some(first), Some(last)) = (leaves.first(), leaves.last()) else {

@@ -1,6 +1,7 @@
 //! `verify`: recomputes every seal from the changes table and names what does not match.
 
 use std::fmt;
+use std::ops::Bound;
 use std::path::Path;
 
 use bemi_core::QualifiedName;
@@ -8,7 +9,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::seal::anchor;
-use crate::seal::encoding::{ENCODING, Leaf, SETTINGS};
+use crate::seal::encoding::{ENCODING, Leaf, SETTINGS, copy_query};
 use crate::seal::merkle::{BlockHeader, root};
 use crate::seal::sealer::{hash_of, read_leaves};
 use crate::{ConnectionOptions, Error, Result};
@@ -314,23 +315,6 @@ async fn load_seal(
     }))
 }
 
-/// The changes of `database` with ids in `[first, last]` (either bound open when `None`).
-fn range_query(stored: &str, database: &str, first: Option<Uuid>, last: Option<Uuid>) -> String {
-    let mut sql = format!(
-        "COPY (SELECT {} FROM {stored} WHERE database = {}",
-        crate::seal::encoding::columns(),
-        bemi_core::quote_literal(database)
-    );
-    if let Some(first) = first {
-        sql.push_str(&format!(" AND id >= '{first}'"));
-    }
-    if let Some(last) = last {
-        sql.push_str(&format!(" AND id <= '{last}'"));
-    }
-    sql.push_str(" ORDER BY id) TO STDOUT");
-    sql
-}
-
 async fn count_range(
     transaction: &tokio_postgres::Transaction<'_>,
     stored: &str,
@@ -378,15 +362,8 @@ async fn verify_chain(
         } else {
             report.blocks += 1;
             // From just after the block before, so changes between blocks are seen too.
-            let first = previous_last.map_or(Some(seal.first_id), |_| None);
-            let mut query = range_query(stored, database, first, Some(seal.last_id));
-            if let Some(after) = previous_last {
-                query = query.replacen(
-                    " ORDER BY id",
-                    &format!(" AND id > '{after}' ORDER BY id"),
-                    1,
-                );
-            }
+            let lower = previous_last.map_or(Bound::Included(seal.first_id), Bound::Excluded);
+            let query = copy_query(stored, database, lower, Bound::Included(seal.last_id), None);
             let current = read_leaves(transaction, &query).await?;
             // A block straddling the cutoff may have lost changes to retention.
             let straddles = cutoff.is_some_and(|cutoff| seal.first_committed_at < cutoff);

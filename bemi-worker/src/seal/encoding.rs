@@ -58,7 +58,10 @@ pub(crate) fn copy_query(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Leaf {
     pub(crate) id: Uuid,
-    pub(crate) committed_at: DateTime<Utc>,
+    /// The commit time as `COPY` wrote it, parsed only when asked ([`Leaf::committed_at`]):
+    /// `verify` reads millions of changes and needs none of them.
+    committed_at: [u8; 40],
+    committed_at_length: u8,
     pub(crate) hash: [u8; 32],
 }
 
@@ -68,10 +71,9 @@ impl Leaf {
     pub(crate) fn of_line(line: &[u8]) -> Option<Self> {
         let mut fields = line.split(|byte| *byte == b'\t');
         let id = Uuid::try_parse_ascii(fields.next()?).ok()?;
-        let committed_at = std::str::from_utf8(fields.nth(COMMITTED_AT - 1)?).ok()?;
-        let committed_at = DateTime::parse_from_str(committed_at, "%Y-%m-%d %H:%M:%S%.f%#z")
-            .ok()?
-            .with_timezone(&Utc);
+        let text = fields.nth(COMMITTED_AT - 1)?;
+        let mut committed_at = [0_u8; 40];
+        committed_at.get_mut(..text.len())?.copy_from_slice(text);
         let mut digest = Sha256::new();
         // RFC 6962's leaf prefix, then what the bytes are.
         digest.update([0_u8]);
@@ -80,8 +82,21 @@ impl Leaf {
         Some(Self {
             id,
             committed_at,
+            committed_at_length: u8::try_from(text.len()).ok()?,
             hash: digest.finalize().into(),
         })
+    }
+
+    /// The change's commit time; `None` when `COPY` wrote something else than a time.
+    pub(crate) fn committed_at(&self) -> Option<DateTime<Utc>> {
+        let text = std::str::from_utf8(
+            self.committed_at
+                .get(..usize::from(self.committed_at_length))?,
+        )
+        .ok()?;
+        DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+            .ok()
+            .map(|time| time.with_timezone(&Utc))
     }
 }
 
@@ -92,15 +107,25 @@ pub(crate) struct Lines {
 }
 
 impl Lines {
-    /// Adds a chunk of output; calls `line` for each complete line.
+    /// Adds a chunk of output; calls `line` for each complete line. The chunk is read in place
+    /// when no partial line waits (PostgreSQL sends one row per message).
     pub(crate) fn feed(&mut self, chunk: &[u8], mut line: impl FnMut(&[u8])) {
-        self.pending.extend_from_slice(chunk);
-        let mut start = 0;
-        while let Some(end) = self.pending[start..].iter().position(|byte| *byte == b'\n') {
-            line(&self.pending[start..start + end]);
-            start += end + 1;
+        let mut rest = chunk;
+        if !self.pending.is_empty() {
+            let Some(end) = rest.iter().position(|byte| *byte == b'\n') else {
+                self.pending.extend_from_slice(rest);
+                return;
+            };
+            self.pending.extend_from_slice(&rest[..end]);
+            line(&self.pending);
+            self.pending.clear();
+            rest = &rest[end + 1..];
         }
-        self.pending.drain(..start);
+        while let Some(end) = rest.iter().position(|byte| *byte == b'\n') {
+            line(&rest[..end]);
+            rest = &rest[end + 1..];
+        }
+        self.pending.extend_from_slice(rest);
     }
 
     /// Whether output ended in the middle of a line.
@@ -120,8 +145,8 @@ mod tests {
         let leaf = Leaf::of_line(LINE).unwrap_or_else(|| panic!("a change line"));
         assert_eq!(leaf.id.to_string(), "00000000-01a3-801f-8000-0000009b4ef5");
         assert_eq!(
-            leaf.committed_at.to_rfc3339(),
-            "2026-12-06T00:47:11.123456+00:00"
+            leaf.committed_at().map(|at| at.to_rfc3339()).as_deref(),
+            Some("2026-12-06T00:47:11.123456+00:00")
         );
         let mut edited = LINE.to_vec();
         let at = edited.iter().position(|byte| *byte == b'1').unwrap_or(0);

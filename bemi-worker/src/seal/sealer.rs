@@ -106,6 +106,13 @@ pub(crate) async fn seal_stored(
                 .map_err(Error::postgres("end sealing"))?;
             return Ok(sealed);
         };
+        let (Some(first_committed_at), Some(last_committed_at)) =
+            (first.committed_at(), last.committed_at())
+        else {
+            return Err(Error::Protocol(
+                "COPY of the changes to seal gave a commit time that is not one".into(),
+            ));
+        };
         let hashes: Vec<[u8; 32]> = leaves.iter().map(|leaf| leaf.hash).collect();
         let header = BlockHeader {
             encoding: ENCODING,
@@ -129,8 +136,8 @@ pub(crate) async fn seal_stored(
                     &block,
                     &header.first_id,
                     &header.last_id,
-                    &first.committed_at,
-                    &last.committed_at,
+                    &first_committed_at,
+                    &last_committed_at,
                     &header.changes,
                     &ids,
                     &leaf_bytes,

@@ -74,6 +74,36 @@ async fn run_worker(
     Ok((stored, all_sealed))
 }
 
+/// CPU seconds this process and the whole machine have used so far (from `/proc`, in clock
+/// ticks of 1/100 s).
+fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
+    let ticks = |fields: &[&str]| -> f64 {
+        fields
+            .iter()
+            .filter_map(|field| field.parse::<f64>().ok())
+            .sum::<f64>()
+            / 100.0
+    };
+    let own = std::fs::read_to_string("/proc/self/stat")?;
+    // After the command name in parentheses: utime and stime are fields 14 and 15.
+    let after_name = own
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("unreadable /proc/self/stat"))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let process = ticks(fields.get(11..13).unwrap_or_default());
+    let machine = std::fs::read_to_string("/proc/stat")?;
+    let cpu: Vec<&str> = machine
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    // user, nice, system, (idle, iowait skipped), irq, softirq, steal.
+    let busy = ticks(cpu.get(1..4).unwrap_or_default()) + ticks(cpu.get(6..9).unwrap_or_default());
+    Ok((process, busy))
+}
+
 pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()> {
     let env = Environment::start("seals", SCHEMA).await?;
     for repetition in 0..repetitions {
@@ -146,10 +176,15 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
         .changes_table_name()
         .clone();
     let mut verify_s = Vec::new();
+    let (mut verifier_cpu_s, mut machine_cpu_s) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let started = Instant::now();
+        let (process_before, machine_before) = cpu_seconds()?;
         let report = bemi_worker::verify(&destination, &changes_table, None, None).await?;
         verify_s.push(started.elapsed().as_secs_f64());
+        let (process_after, machine_after) = cpu_seconds()?;
+        verifier_cpu_s.push(process_after - process_before);
+        machine_cpu_s.push(machine_after - machine_before);
         anyhow::ensure!(
             report.is_intact() && usize::try_from(report.intact) == Ok(changes),
             "verify: {report:?}"
@@ -187,6 +222,16 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
         "| `verify` of the sealed trail (3 runs) | {} | {} |",
         summary(&verify_s, 2),
         summary(&rate(&verify_s), 0)
+    );
+    println!(
+        "| `verify`, per CPU second of the verifier process | {} | {} |",
+        summary(&verifier_cpu_s, 2),
+        summary(&rate(&verifier_cpu_s), 0)
+    );
+    println!(
+        "| `verify`, per CPU second of the whole machine (PostgreSQL included) | {} | {} |",
+        summary(&machine_cpu_s, 2),
+        summary(&rate(&machine_cpu_s), 0)
     );
     println!();
     println!(

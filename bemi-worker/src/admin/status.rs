@@ -98,15 +98,7 @@ async fn seal_info(
     options: &bemi_core::setup::SetupOptions,
     database: &str,
 ) -> Result<Option<SealInfo>> {
-    let present: bool = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('bemi.seals') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(Error::postgres("look for bemi.seals"))?
-        .get(0);
-    if !present {
+    if !crate::seal::installed(client).await? {
         return Ok(None);
     }
     let row = client

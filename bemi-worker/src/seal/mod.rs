@@ -17,3 +17,18 @@ pub(crate) mod sealer;
 pub mod verify;
 
 pub use verify::{Finding, VerifyReport, verify};
+
+use crate::{Error, Result};
+
+/// Whether the destination `client` is connected to has `bemi.seals` (setups before sealing
+/// do not).
+pub(crate) async fn installed<C: tokio_postgres::GenericClient>(client: &C) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('bemi.seals') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(Error::postgres("look for bemi.seals"))?
+        .get(0))
+}

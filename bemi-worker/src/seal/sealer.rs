@@ -192,10 +192,25 @@ pub(crate) async fn run(
             continue;
         }
         if client.as_ref().is_none_or(Client::is_closed) {
-            match destination.connect("bemi-worker sealer").await {
-                Ok(connected) => client = Some(connected),
+            // Connected, and checked for the seals table, once per connection.
+            let connected = match destination.connect("bemi-worker sealer").await {
+                Ok(connected) => connected,
                 Err(error) => {
                     tracing::warn!(error = %crate::error_chain(&error), "cannot connect to seal the stored changes; retrying later");
+                    tokio::time::sleep(interval).await;
+                    continue;
+                }
+            };
+            match crate::seal::installed(&connected).await {
+                Ok(true) => client = Some(connected),
+                Ok(false) => {
+                    tracing::warn!(
+                        "the destination has no bemi.seals: run `bemi-worker setup` again to seal the stored changes"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %crate::error_chain(&error), "cannot look for bemi.seals; retrying later");
                     tokio::time::sleep(interval).await;
                     continue;
                 }
@@ -204,26 +219,6 @@ pub(crate) async fn run(
         let Some(connected) = client.as_mut() else {
             continue;
         };
-        match connected
-            .query_one(
-                "SELECT pg_catalog.to_regclass('bemi.seals') IS NOT NULL",
-                &[],
-            )
-            .await
-        {
-            Ok(row) if !row.get::<_, bool>(0) => {
-                tracing::warn!(
-                    "the destination has no bemi.seals: run `bemi-worker setup` again to seal the stored changes"
-                );
-                return;
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot look for bemi.seals; retrying later");
-                client = None;
-                continue;
-            }
-        }
         let below = crate::change_row::change_id(0, below_lsn, 0);
         match seal_stored(connected, &stored_table, &database, below).await {
             Ok(blocks) => {

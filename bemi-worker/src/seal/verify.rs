@@ -198,15 +198,7 @@ pub async fn verify(
         .batch_execute(SETTINGS)
         .await
         .map_err(Error::postgres("set up verifying"))?;
-    let has_seals: bool = transaction
-        .query_one(
-            "SELECT pg_catalog.to_regclass('bemi.seals') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(Error::postgres("look for bemi.seals"))?
-        .get(0);
-    if !has_seals {
+    if !crate::seal::installed(&transaction).await? {
         return Err(Error::Config(
             "the destination has no bemi.seals: run `bemi-worker setup` again (sealing came in 0.1)"
                 .into(),

@@ -133,23 +133,13 @@ pub(crate) async fn run(
                     run.elapsed
                 }
                 Method::Copy => {
-                    let data = copy_data
-                        .as_ref()
-                        .ok_or_else(|| anyhow::anyhow!("no rows to copy"))?;
-                    env.client
-                        .batch_execute("TRUNCATE bemi.changes_copy; CHECKPOINT;")
-                        .await?;
+                    let data = fresh_copy(&env, copy_data.as_deref()).await?;
                     let started = Instant::now();
                     copy_in(&env.client, data).await?;
                     started.elapsed()
                 }
                 Method::CopyTwo => {
-                    let data = copy_data
-                        .as_ref()
-                        .ok_or_else(|| anyhow::anyhow!("no rows to copy"))?;
-                    env.client
-                        .batch_execute("TRUNCATE bemi.changes_copy; CHECKPOINT;")
-                        .await?;
+                    let data = fresh_copy(&env, copy_data.as_deref()).await?;
                     let second = env.database.connect().await;
                     let (first_half, second_half) = data.split_at(data.len() / 2);
                     let started = Instant::now();
@@ -298,6 +288,18 @@ async fn measure_fresh(
         .await?;
     env.client.batch_execute("CHECKPOINT").await?;
     measure(env, slot, target, changes, None, tuning).await
+}
+
+/// Empties the copy table; the rows the first worker run stored, to copy into it.
+async fn fresh_copy<'a>(
+    env: &Environment,
+    data: Option<&'a [Bytes]>,
+) -> anyhow::Result<&'a [Bytes]> {
+    let data = data.ok_or_else(|| anyhow::anyhow!("no rows to copy"))?;
+    env.client
+        .batch_execute("TRUNCATE bemi.changes_copy; CHECKPOINT;")
+        .await?;
+    Ok(data)
 }
 
 async fn copy_out(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Bytes>> {

@@ -34,6 +34,10 @@ pub trait Audited: Sized {
     /// Columns whose changes alone are not worth recording (e.g. `updated_at`): the worker skips
     /// an UPDATE that changes nothing else, when setup was given this model.
     const NOISE: &'static [&'static str] = &[];
+    /// Columns holding personal data: stored and shown by history, and erasable per subject
+    /// (`bemi-worker erase`) without breaking the seals, when setup was given this model. An
+    /// erased value reads as `Default::default()`.
+    const PERSONAL: &'static [&'static str] = &[];
 
     /// This value's primary key.
     fn key(&self) -> Self::Key;
@@ -181,6 +185,37 @@ pub fn read_renamed_field<T: serde::de::DeserializeOwned>(
         .find(|name| row.contains(name))
         .unwrap_or(column);
     read_field(row, table, found)
+}
+
+/// The key of the object that replaces an erased personal value in stored images and contexts:
+/// `{"bemi_erased": "<commitment>"}`, the hex SHA-256 commitment the seals cover in its place.
+pub const ERASED_KEY: &str = "bemi_erased";
+
+/// Whether `value` is what erasure left in place of a personal value (see [`ERASED_KEY`]).
+pub fn is_erased(value: &serde_json::Value) -> bool {
+    value.as_object().is_some_and(|object| {
+        object.len() == 1
+            && object
+                .get(ERASED_KEY)
+                .is_some_and(serde_json::Value::is_string)
+    })
+}
+
+/// Reads a personal column (`#[bemi(personal)]`) into a model field: an erased value reads as
+/// `Default::default()`, anything else as [`read_field`] reads it.
+///
+/// # Errors
+///
+/// [`crate::Error::ModelField`] when a value that is not erased does not fit `T`.
+pub fn read_personal_field<T: serde::de::DeserializeOwned + Default>(
+    row: &Image,
+    table: &str,
+    column: &str,
+) -> Result<T> {
+    if row.value(column).is_some_and(|value| is_erased(&value)) {
+        return Ok(T::default());
+    }
+    read_field(row, table, column)
 }
 
 /// Reads one column of a row image into a model field (used by `#[derive(Audited)]`).

@@ -56,7 +56,8 @@ pub mod setup;
 pub mod strategies;
 
 pub use audited::{
-    AuditLog, Audited, AuditedChange, FieldChange, REDACTED, read_field, read_renamed_field,
+    AuditLog, Audited, AuditedChange, ERASED_KEY, FieldChange, REDACTED, is_erased, read_field,
+    read_personal_field, read_renamed_field,
 };
 pub use change::{Change, Operation};
 pub use comment::statement::{is_ddl, is_write};
@@ -86,7 +87,7 @@ pub use query::{ChangeCursor, ChangeQuery, Order};
 /// What `#[derive(Audited)]` expands to needs; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::{read_field, read_renamed_field};
+    pub use crate::{read_field, read_personal_field, read_renamed_field};
     pub use serde_json;
 
     /// A qualified name whose parts `#[derive(Audited)]` already validated.

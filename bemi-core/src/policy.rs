@@ -6,6 +6,7 @@
 //! | [`ColumnAction::Redact`] | the column stays in `before`/`after`, its value replaced by [`crate::REDACTED`] |
 //! | [`ColumnAction::Drop`] | the column is left out of `before`/`after` |
 //! | [`ColumnAction::Noise`] | an UPDATE that changes nothing but noise columns is not stored (e.g. `updated_at`) |
+//! | [`ColumnAction::Personal`] | the value is stored, with a salted commitment the seal covers instead of the value: `bemi-worker erase` can remove it later and the seals still verify |
 //!
 //! A rule names columns with a pattern `column`, `table.column` or `schema.table.column`, where
 //! any part may be `*` and a part may be double-quoted (`"Order Items".note`); unquoted names are
@@ -14,7 +15,8 @@
 //!
 //! Rules come from the worker's configuration (`--redact`, `--drop-columns`, `--noise-columns`)
 //! and from the source database's `bemi.column_policies` table, which setup fills from the
-//! `#[bemi(redact)]`, `#[bemi(ignore)]` and `#[bemi(noise)]` attributes of `Audited` models.
+//! `#[bemi(redact)]`, `#[bemi(ignore)]`, `#[bemi(noise)]` and `#[bemi(personal)]` attributes of
+//! `Audited` models.
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,15 +32,19 @@ pub enum ColumnAction {
     Drop,
     /// Do not store UPDATEs that change only noise columns.
     Noise,
+    /// Personal data: stored, and erasable per subject without breaking the seals.
+    Personal,
 }
 
 impl ColumnAction {
-    /// The name stored in `bemi.column_policies.action`: `redact`, `drop` or `noise`.
+    /// The name stored in `bemi.column_policies.action`: `redact`, `drop`, `noise` or
+    /// `personal`.
     pub const fn as_str(self) -> &'static str {
         match self {
             ColumnAction::Redact => "redact",
             ColumnAction::Drop => "drop",
             ColumnAction::Noise => "noise",
+            ColumnAction::Personal => "personal",
         }
     }
 }
@@ -51,8 +57,9 @@ impl FromStr for ColumnAction {
             "redact" => Ok(ColumnAction::Redact),
             "drop" => Ok(ColumnAction::Drop),
             "noise" => Ok(ColumnAction::Noise),
+            "personal" => Ok(ColumnAction::Personal),
             other => Err(Error::InvalidColumnPattern(format!(
-                "unknown column action {other:?} (expected redact, drop or noise)"
+                "unknown column action {other:?} (expected redact, drop, noise or personal)"
             ))),
         }
     }
@@ -192,12 +199,14 @@ pub struct ColumnFlags {
     pub drop: bool,
     /// Changing only it (and other noise columns) does not make a stored change.
     pub noise: bool,
+    /// Its values are personal data, erasable per subject (see [`ColumnAction::Personal`]).
+    pub personal: bool,
 }
 
 impl ColumnFlags {
     /// Whether nothing applies.
     pub fn is_empty(&self) -> bool {
-        !(self.redact || self.drop || self.noise)
+        !(self.redact || self.drop || self.noise || self.personal)
     }
 }
 
@@ -266,6 +275,7 @@ impl ColumnPolicies {
                     ColumnAction::Redact => flags.redact = true,
                     ColumnAction::Drop => flags.drop = true,
                     ColumnAction::Noise => flags.noise = true,
+                    ColumnAction::Personal => flags.personal = true,
                 }
             }
         }
@@ -353,7 +363,15 @@ mod tests {
         policies
             .add_list(ColumnAction::Noise, "updated_at")
             .unwrap();
-        assert_eq!(policies.rules().len(), 4);
+        policies
+            .add_list(ColumnAction::Personal, "users.email")
+            .unwrap();
+        assert_eq!(policies.rules().len(), 5);
+        assert!(policies.for_column("public", "users", "email").personal);
+        assert_eq!(
+            "personal".parse::<ColumnAction>().ok(),
+            Some(ColumnAction::Personal)
+        );
         let flags = policies.for_column("public", "a,b", "secret");
         assert!(flags.redact && !flags.drop);
         assert!(policies.for_column("public", "users", "email").drop);

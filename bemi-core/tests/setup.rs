@@ -95,6 +95,7 @@ fn installs_every_object_and_tracks_the_schema_tables() {
         lines_starting(&catalog, "bemi published "),
         strings(&[
             "bemi published bemi bemi.column_policies",
+            "bemi published bemi bemi.erasure_requests",
             "bemi published bemi bemi.message_proofs",
             "bemi published bemi bemi.schema_versions"
         ])
@@ -236,6 +237,8 @@ fn teardown_removes_every_object_and_restores_replica_identities() {
             "relation bemi.schema_history",
             "identity bemi.seals",
             "relation bemi.seals",
+            "identity bemi.erasures",
+            "relation bemi.erasures",
             "schema bemi",
         ]
         .iter()

@@ -17,6 +17,7 @@
 //! | `#[bemi(ignore)]` | field | left out of history (the field takes `Default::default()`); not stored at all when setup is given the model |
 //! | `#[bemi(redact)]` | field | never shown by history (images show `[REDACTED]`, the field takes `Default::default()`); redacted by the worker before storing when setup is given the model |
 //! | `#[bemi(noise)]` | field | an UPDATE changing only noise columns (e.g. `updated_at`) is not stored, when setup is given the model |
+//! | `#[bemi(personal)]` | field | personal data: stored and shown, erasable per subject by `bemi-worker erase` with the seals still verifying (an erased value reads as `Default::default()`), when setup is given the model |
 //!
 //! Field types must implement `serde::Deserialize` (values come from the `changes` table's JSON
 //! images, read without rounding numbers); key fields must implement `bemi::KeyPart` (integers,
@@ -56,6 +57,7 @@ struct Field {
     ignore: bool,
     redact: bool,
     noise: bool,
+    personal: bool,
 }
 
 /// What the struct's attributes say.
@@ -115,10 +117,10 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
 
     let key_fields = key_fields(name, &attributes, &fields)?;
     for field in &key_fields {
-        if field.ignore || field.redact {
+        if field.ignore || field.redact || field.personal {
             return Err(syn::Error::new(
                 field.ident.span(),
-                "a primary-key field cannot be ignored or redacted",
+                "a primary-key field cannot be ignored, redacted or personal",
             ));
         }
     }
@@ -160,6 +162,11 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         .filter(|field| field.noise)
         .map(|field| field.column.as_str())
         .collect();
+    let personal: Vec<&str> = fields
+        .iter()
+        .filter(|field| field.personal)
+        .map(|field| field.column.as_str())
+        .collect();
     let reads = fields.iter().map(|field| {
         let ident = &field.ident;
         let ty = &field.ty;
@@ -167,6 +174,8 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         let renamed_from = &field.renamed_from;
         if field.ignore || field.redact {
             quote_spanned!(ty.span()=> #ident: <#ty as ::core::default::Default>::default())
+        } else if field.personal {
+            quote_spanned!(ty.span()=> #ident: #krate::__private::read_personal_field::<#ty>(row, #table, #column)?)
         } else if !renamed_from.is_empty() {
             quote_spanned!(ty.span()=> #ident: #krate::__private::read_renamed_field::<#ty>(row, #table, #column, &[#(#renamed_from),*])?)
         } else {
@@ -195,6 +204,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             const IGNORED: &'static [&'static str] = &[#(#ignored),*];
             const REDACTED: &'static [&'static str] = &[#(#redacted),*];
             const NOISE: &'static [&'static str] = &[#(#noise),*];
+            const PERSONAL: &'static [&'static str] = &[#(#personal),*];
 
             fn key(&self) -> Self::Key {
                 #key_value
@@ -278,7 +288,8 @@ fn field(field: &syn::Field) -> syn::Result<Field> {
     let mut column: Option<String> = None;
     let mut renamed_from: Vec<String> = Vec::new();
     let mut other_column: Option<String> = None;
-    let (mut key, mut ignore, mut redact, mut noise) = (false, false, false, false);
+    let (mut key, mut ignore, mut redact, mut noise, mut personal) =
+        (false, false, false, false, false);
     for attribute in &field.attrs {
         if attribute.path().is_ident("bemi") {
             attribute.parse_nested_meta(|meta| {
@@ -296,9 +307,11 @@ fn field(field: &syn::Field) -> syn::Result<Field> {
                     redact = true;
                 } else if meta.path.is_ident("noise") {
                     noise = true;
+                } else if meta.path.is_ident("personal") {
+                    personal = true;
                 } else {
                     return Err(meta.error(
-                        "unknown bemi field attribute: expected `column`, `renamed_from`, `key`, `ignore`, `redact` or `noise`",
+                        "unknown bemi field attribute: expected `column`, `renamed_from`, `key`, `ignore`, `redact`, `noise` or `personal`",
                     ));
                 }
                 Ok(())
@@ -330,6 +343,12 @@ fn field(field: &syn::Field) -> syn::Result<Field> {
             })?;
         }
     }
+    if personal && (ignore || redact || key) {
+        return Err(syn::Error::new(
+            ident.span(),
+            "a personal field is stored to be erased later: it cannot also be ignored, redacted or a key",
+        ));
+    }
     if ignore && redact {
         return Err(syn::Error::new(
             ident.span(),
@@ -349,6 +368,7 @@ fn field(field: &syn::Field) -> syn::Result<Field> {
         ignore,
         redact,
         noise,
+        personal,
     })
 }
 
@@ -490,6 +510,8 @@ mod tests {
                 cache: Vec<u8>,
                 #[bemi(noise)]
                 updated_at: String,
+                #[bemi(personal)]
+                email: String,
             }
         };
         // One item or statement per line, so a change reads as a diff.

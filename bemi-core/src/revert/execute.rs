@@ -425,12 +425,15 @@ fn has_incomplete_before(change: &Change) -> bool {
         .is_some_and(|images| images.iter().any(|image| image == "before"))
 }
 
-/// Whether a stored value is the worker's redaction marker: its real value is unknown, so it is
-/// neither compared nor written back.
+/// Whether a stored value is the worker's redaction marker or what erasure left of a personal
+/// value: its real value is unknown, so it is neither compared nor written back.
 fn is_redacted(value: Option<&JsonText>) -> bool {
     value.is_some_and(|value| {
         value
             .parse::<String>()
             .is_ok_and(|text| text == crate::REDACTED)
+            || value
+                .parse::<Value>()
+                .is_ok_and(|value| crate::is_erased(&value))
     })
 }

@@ -39,6 +39,7 @@ const CHANGES_COLUMNS: &str = r#"(
     previous_primary_key text,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     after_changed jsonb,
+    personal jsonb,
     CONSTRAINT @AFTER_CHECK@ CHECK (("after" IS NULL) <> (after_changed IS NULL))@KEY@
 )"#;
 
@@ -105,6 +106,10 @@ pub(super) fn install(
     let stored = crate::setup::stored_changes_table(changes);
     sql.push_str(&refuse_old_layout(changes));
     sql.push_str(&changes_table(&stored, partitioning));
+    // Tables made before personal data was erasable.
+    sql.push_str(&format!(
+        "ALTER TABLE {stored} ADD COLUMN IF NOT EXISTS personal jsonb;\n"
+    ));
     sql.push_str(&changes_indexes(&stored));
     if image_indexes {
         // Analyzed once built: the planner estimates a containment by the expression's
@@ -287,10 +292,12 @@ fn companion_tables(
     sql.push_str(partitions::INSTALL);
     sql.push_str(crate::setup::retention::INSTALL);
     sql.push_str(crate::setup::seals::INSTALL);
+    sql.push_str(crate::setup::erasures::INSTALL);
     sql.push_str(&read_function());
     sql.push_str(&format!(
         "REVOKE ALL ON {changes}, {stored}, bemi.worker_progress, bemi.rejected, bemi.schema_history, \
-         bemi.partitioned_changes, bemi.legal_holds, bemi.retention_runs, bemi.seals FROM PUBLIC;\n"
+         bemi.partitioned_changes, bemi.legal_holds, bemi.retention_runs, bemi.seals, \
+         bemi.erasures FROM PUBLIC;\n"
     ));
     // The name was validated by `Setup::new`.
     if let Some(role) = owner_role.and_then(|role| quote_ident(role).ok()) {
@@ -303,7 +310,8 @@ fn companion_tables(
              ALTER TABLE bemi.partitioned_changes OWNER TO {role};\n\
              ALTER TABLE bemi.legal_holds OWNER TO {role};\n\
              ALTER TABLE bemi.retention_runs OWNER TO {role};\n\
-             ALTER TABLE bemi.seals OWNER TO {role};\n"
+             ALTER TABLE bemi.seals OWNER TO {role};\n\
+             ALTER TABLE bemi.erasures OWNER TO {role};\n"
         ));
     }
     sql
@@ -343,6 +351,7 @@ pub(super) fn teardown(changes: &QualifiedName) -> String {
          DROP TABLE IF EXISTS bemi.rejected;\n\
          DROP TABLE IF EXISTS bemi.schema_history;\n\
          DROP TABLE IF EXISTS bemi.seals;\n\
+         DROP TABLE IF EXISTS bemi.erasures;\n\
          DROP FUNCTION IF EXISTS bemi.create_change_partitions(text, timestamptz);\n\
          DROP FUNCTION IF EXISTS bemi.read_trail(text, jsonb);\n\
          DROP TABLE IF EXISTS bemi.partitioned_changes;\n\

@@ -14,7 +14,8 @@
 //! | tables `bemi.tracked_tables`, `bemi.tracked_schemas` | what is tracked and each table's previous replica identity (restored by teardown) |
 //! | functions `bemi.track_table`, `bemi.untrack_table`, `bemi.sync_tracking`, `bemi.is_excluded` | apply the treatment to one table or to the configured set |
 //! | event trigger `_bemi_track_new_tables` + function `bemi.track_new_tables()` | tables created later in a tracked schema get the same treatment (needs superuser; otherwise a NOTICE says to run setup again after creating tables) |
-//! | table `bemi.column_policies` | columns the worker redacts, drops or treats as noise, from `Audited` models (see [`crate::policy`]) |
+//! | table `bemi.column_policies` | columns the worker redacts, drops, treats as noise or as personal data, from `Audited` models (see [`crate::policy`]) |
+//! | table `bemi.erasure_requests` | `bemi-worker erase`: a subject's personal values to erase from the trail, carried out by the worker where the stream reaches the request (only its owner may insert) |
 //! | function `bemi.snapshot_table(regclass)` | `bemi-worker snapshot`: records the table's current rows through the WAL (see below) |
 //!
 //! In the **destination** database ([`Setup::destination_sql`]): the `changes` table (default
@@ -73,6 +74,7 @@
 //! snapshot replayed after a crash is absorbed like any change.
 
 mod destination_sql;
+mod erasures;
 mod partitions;
 mod requirements;
 mod retention;
@@ -208,6 +210,7 @@ impl SetupOptions {
             (M::REDACTED, ColumnAction::Redact),
             (M::IGNORED, ColumnAction::Drop),
             (M::NOISE, ColumnAction::Noise),
+            (M::PERSONAL, ColumnAction::Personal),
         ]
         .into_iter()
         .flat_map(|(columns, action)| {
@@ -469,7 +472,7 @@ impl Setup {
             "GRANT SELECT ON {changes}, {stored} TO {role};\n\
              GRANT EXECUTE ON FUNCTION bemi.read_trail(text, jsonb) TO {role};\n\
              GRANT SELECT ON bemi.worker_progress, bemi.rejected, bemi.partitioned_changes, \
-             bemi.retention_runs, bemi.seals TO {role};\n"
+             bemi.retention_runs, bemi.seals, bemi.erasures TO {role};\n"
         ));
         // `status` counts the default partition's changes (ones that found no partition).
         destination.push_str(&format!(
@@ -531,6 +534,9 @@ impl Setup {
              GRANT SELECT, INSERT ON bemi.schema_history TO {role};\n\
              GRANT SELECT ON bemi.partitioned_changes TO {role};\n\
              GRANT SELECT, INSERT ON bemi.seals TO {role};\n\
+             GRANT SELECT, INSERT ON bemi.erasures TO {role};\n\
+             GRANT USAGE ON SEQUENCE bemi.erasures_sequence_seq TO {role};\n\
+             GRANT UPDATE (\"before\", \"after\", after_changed, context, personal) ON {stored} TO {role};\n\
              GRANT EXECUTE ON FUNCTION bemi.create_change_partitions(text, timestamptz) TO {role};\n"
         ));
         Ok(WorkerGrants {

@@ -549,15 +549,18 @@ $bemi$;
 "#;
 
 /// bemi's own tables that travel in the stream: the proof table, whose inserts come ahead of the
-/// messages they vouch for, and the column policies, whose changes the worker applies from
-/// their position on (and records, like any change: who changed a redaction is audit data).
+/// messages they vouch for, the column policies, whose changes the worker applies from
+/// their position on (and records, like any change: who changed a redaction is audit data), and
+/// the erasure requests, which the worker carries out in the destination where the stream
+/// reaches them (and records too: an erasure is itself audit data).
 const PUBLISH_BEMI_TABLES: &str = r#"
 DO $bemi$
 DECLARE
     own regclass;
 BEGIN
     FOREACH own IN ARRAY ARRAY['bemi.message_proofs'::regclass, 'bemi.column_policies'::regclass,
-                               'bemi.schema_versions'::regclass] LOOP
+                               'bemi.schema_versions'::regclass,
+                               'bemi.erasure_requests'::regclass] LOOP
         IF NOT EXISTS (
             SELECT 1 FROM pg_catalog.pg_publication_rel pr
             JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
@@ -610,6 +613,7 @@ DROP FUNCTION IF EXISTS bemi.emit_rows(regclass, boolean);
 DROP TABLE IF EXISTS bemi.tracked_tables;
 DROP TABLE IF EXISTS bemi.tracked_schemas;
 DROP TABLE IF EXISTS bemi.column_policies;
+DROP TABLE IF EXISTS bemi.erasure_requests;
 DROP TABLE IF EXISTS bemi.message_proofs;
 DROP TABLE IF EXISTS bemi.slot_incarnations;
 DROP TABLE IF EXISTS bemi.trail_gaps;
@@ -675,10 +679,24 @@ pub(super) fn install(options: &SetupOptions) -> String {
              schema_name name NOT NULL,\n    \
              table_name name NOT NULL,\n    \
              column_name name NOT NULL,\n    \
-             action text NOT NULL CHECK (action IN ('redact', 'drop', 'noise')),\n    \
+             action text NOT NULL,\n    \
              PRIMARY KEY (schema_name, table_name, column_name, action)\n\
          );\n\
+         ALTER TABLE bemi.column_policies DROP CONSTRAINT IF EXISTS column_policies_action_check;\n\
+         ALTER TABLE bemi.column_policies ADD CONSTRAINT column_policies_action_check\n    \
+             CHECK (action IN ('redact', 'drop', 'noise', 'personal'));\n\
          REVOKE ALL ON bemi.column_policies FROM PUBLIC;\n\
+         CREATE TABLE IF NOT EXISTS bemi.erasure_requests (\n    \
+             id bigserial PRIMARY KEY,\n    \
+             schema_name name NOT NULL,\n    \
+             table_name name NOT NULL,\n    \
+             key text NOT NULL,\n    \
+             context_key text,\n    \
+             reason text NOT NULL CHECK (reason <> ''),\n    \
+             requested_by name NOT NULL DEFAULT session_user,\n    \
+             requested_at timestamptz NOT NULL DEFAULT pg_catalog.now()\n\
+         );\n\
+         REVOKE ALL ON bemi.erasure_requests FROM PUBLIC;\n\
          CREATE TABLE IF NOT EXISTS bemi.message_proofs (\n    \
              xid xid8 PRIMARY KEY DEFAULT pg_catalog.pg_current_xact_id(),\n    \
              kind text NOT NULL,\n    \
@@ -762,7 +780,8 @@ pub(super) fn install(options: &SetupOptions) -> String {
         .and_then(|role| quote_ident(role).ok())
     {
         sql.push_str(&format!(
-            "ALTER TABLE bemi.column_policies OWNER TO {role};\n"
+            "ALTER TABLE bemi.column_policies OWNER TO {role};\n\
+             ALTER TABLE bemi.erasure_requests OWNER TO {role};\n"
         ));
     }
     sql.push_str(CREATE_RECORD_EVENT_TRIGGERS);

@@ -19,4 +19,12 @@ struct Both {
     note: String,
 }
 
+#[derive(bemi::Audited)]
+#[bemi(table = "todo")]
+struct PersonalRedacted {
+    id: i32,
+    #[bemi(personal, redact)]
+    email: String,
+}
+
 fn main() {}

@@ -49,6 +49,9 @@ pub struct ChangeRow {
     /// a change of a relation never described): it is parked in `bemi.rejected` with this
     /// reason and its raw bytes (in `after`) instead of being stored in `changes`.
     pub rejected: Option<Arc<str>>,
+    /// The change's personal values (columns and context keys declared personal), each with
+    /// its salt: stored in the `personal` column, erasable later (see [`crate::erasure`]).
+    pub personal: Vec<crate::erasure::PersonalValue>,
 }
 
 impl ChangeRow {

@@ -36,6 +36,7 @@
 mod admin;
 mod change_row;
 pub mod console;
+pub mod erasure;
 mod error;
 pub mod ops;
 mod pipeline;
@@ -59,6 +60,7 @@ pub use admin::status::{
     StatusReport, TrailGap, status,
 };
 pub use change_row::ChangeRow;
+pub use erasure::{ErasureOutcome, ErasureRequest, request_erasure};
 pub use error::{Error, ErrorKind, Result, error_chain};
 pub use pipeline::{Metrics, OnSlotLost, Output, Worker, WorkerConfig};
 pub use postgres::connection::{ConnectionOptions, mask_password};

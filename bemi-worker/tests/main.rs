@@ -15,6 +15,7 @@ mod console_browser;
 mod ddl_torture;
 mod decoder_fuzz;
 mod durability;
+mod erasure;
 mod history;
 mod layout;
 mod monitoring;

@@ -143,6 +143,7 @@ mod tests {
             sequence,
             previous_primary_key: None,
             rejected: None,
+            personal: Vec::new(),
         }
     }
 

@@ -86,6 +86,9 @@ pub struct WorkerConfig {
     /// Columns to redact, drop or treat as noise (added to those stored in the source's
     /// `bemi.column_policies`); see `bemi_core::policy`.
     pub column_policies: bemi_core::policy::ColumnPolicies,
+    /// Context keys holding personal data (e.g. `user_email`): stored, and erasable per
+    /// subject like personal columns (see [`crate::erasure`]).
+    pub personal_context: Vec<String>,
 }
 
 impl WorkerConfig {
@@ -115,6 +118,7 @@ impl WorkerConfig {
             max_backoff: Duration::from_secs(30),
             slot_release_wait: Duration::from_secs(60),
             column_policies: bemi_core::policy::ColumnPolicies::default(),
+            personal_context: Vec::new(),
         }
     }
 

@@ -63,6 +63,8 @@ pub(crate) struct Stream<'a, S, C> {
     pub(super) sent_batches: u64,
     /// Whether a transaction began since the last heartbeat tick.
     pub(super) heard: bool,
+    /// Lists the personal context values of the rows.
+    pub(super) context_values: crate::erasure::ContextValues,
 }
 
 /// What a stream starts from: read by the session before streaming.
@@ -124,6 +126,7 @@ impl<'a, S: EventSource, C: Describe + Heartbeat> Stream<'a, S, C> {
             stored: stored_rx,
             sent_batches: 0,
             heard: false,
+            context_values: crate::erasure::ContextValues::new(config.personal_context.clone()),
         };
         (stream, store_task)
     }
@@ -411,7 +414,10 @@ impl<'a, S: EventSource, C: Describe + Heartbeat> Stream<'a, S, C> {
     }
 
     /// Adds rows to the batch, storing it when full.
-    async fn push_rows(&mut self, rows: Vec<ChangeRow>) -> Result<()> {
+    async fn push_rows(&mut self, mut rows: Vec<ChangeRow>) -> Result<()> {
+        for row in &mut rows {
+            self.context_values.add(row);
+        }
         self.builder.push(rows);
         if self
             .builder
@@ -425,7 +431,8 @@ impl<'a, S: EventSource, C: Describe + Heartbeat> Stream<'a, S, C> {
     /// Hands a DELETE the stitcher held (see `Stitcher::change`) to the batch, before anything
     /// that follows it.
     fn push_pending(&mut self) {
-        if let Some(row) = self.stitcher.take_pending() {
+        if let Some(mut row) = self.stitcher.take_pending() {
+            self.context_values.add(&mut row);
             self.builder.push(vec![row]);
         }
     }

@@ -1,9 +1,18 @@
-//! How a stored change is encoded for its seal (encoding 1): the change's row as PostgreSQL's
-//! `COPY` text format writes it, with the session settings that make that text canonical
-//! (`TimeZone` UTC, ISO dates), over every stored column but the storage time. `json` images
-//! keep the worker's exact text and `jsonb` columns come out with sorted keys and exact
-//! numbers, so the same stored change always gives the same bytes, and any edit of a column
-//! that matters gives others.
+//! How a stored change is encoded for its seal: the change's row as PostgreSQL's `COPY` text
+//! format writes it, with the session settings that make that text canonical (`TimeZone` UTC,
+//! ISO dates), over every stored column but the storage time. `json` images keep the worker's
+//! exact text and `jsonb` columns come out with sorted keys and exact numbers, so the same
+//! stored change always gives the same bytes, and any edit of a column that matters gives
+//! others.
+//!
+//! - A change without personal values (`personal` is NULL) is encoding 1: its leaf hashes the
+//!   line of the other columns as it is.
+//! - A change with personal values is encoding 2: in the line, each personal value's text is
+//!   replaced by its commitment (computed from the value and its salt, or read from the marker
+//!   that erasure left), and the list of places and keys is appended. The value itself is not
+//!   covered, its commitment is: erasing it leaves the leaf as it was.
+//!
+//! Blocks sealed since personal values exist record encoding 2; `verify` reads both.
 
 use std::ops::Bound;
 
@@ -11,13 +20,17 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// The encoding this module implements, recorded with each seal.
-pub(crate) const ENCODING: i16 = 1;
+/// The encoding this module writes, recorded with each seal.
+pub(crate) const ENCODING: i16 = 2;
+
+/// The encodings this module reads (encoding 2 is encoding 1 for changes without personal
+/// values, the only ones blocks of encoding 1 hold).
+pub(crate) const KNOWN_ENCODINGS: [i16; 2] = [1, 2];
 
 /// The sealed columns, in encoding order: the id first (it names the change).
 const COLUMNS: &str = "id, database, schema, \"table\", operation, primary_key, \
     previous_primary_key, \"before\", \"after\", after_changed, context, committed_at, queued_at, \
-    transaction_id, position, commit_lsn, sequence";
+    transaction_id, position, commit_lsn, sequence, personal";
 
 /// The index of `committed_at` among [`COLUMNS`].
 const COMMITTED_AT: usize = 11;
@@ -74,11 +87,23 @@ impl Leaf {
         let text = fields.nth(COMMITTED_AT - 1)?;
         let mut committed_at = [0_u8; 40];
         committed_at.get_mut(..text.len())?.copy_from_slice(text);
+        let last_tab = line.iter().rposition(|byte| *byte == b'\t')?;
+        let (rest, personal) = (&line[..last_tab], &line[last_tab + 1..]);
         let mut digest = Sha256::new();
         // RFC 6962's leaf prefix, then what the bytes are.
         digest.update([0_u8]);
-        digest.update(b"bemi change v1\n");
-        digest.update(line);
+        if personal == b"\\N" {
+            digest.update(b"bemi change v1\n");
+            digest.update(rest);
+        } else if let Some(committed) = committed_line(rest, personal) {
+            digest.update(b"bemi change v2\n");
+            digest.update(committed);
+        } else {
+            // Personal values that do not match their change: a leaf of its own, which stays
+            // the same for the same bytes (and differs from the leaf sealed if it was altered).
+            digest.update(b"bemi change v2 unreadable\n");
+            digest.update(line);
+        }
         Some(Self {
             id,
             committed_at,
@@ -98,6 +123,90 @@ impl Leaf {
             .ok()
             .map(|time| time.with_timezone(&Utc))
     }
+}
+
+/// The committed form of a change with personal values (encoding 2): `rest` (the line's other
+/// columns) with each personal value replaced by its commitment as a JSON string, then a
+/// newline and the list of places and keys. `None` when the list or a value cannot be read.
+fn committed_line(rest: &[u8], personal: &[u8]) -> Option<Vec<u8>> {
+    use crate::erasure::Place;
+    use crate::erasure::personal::{
+        commitment_of, from_stored, replace_values, sealed_list, value_text,
+    };
+
+    let values = from_stored(std::str::from_utf8(&unescape(personal)?).ok()?)?;
+    let mut fields: Vec<std::borrow::Cow<'_, [u8]>> = rest
+        .split(|byte| *byte == b'\t')
+        .map(std::borrow::Cow::Borrowed)
+        .collect();
+    for (place, index) in [
+        (Place::Before, BEFORE),
+        (Place::After, BEFORE + 1),
+        (Place::AfterChanged, BEFORE + 2),
+        (Place::Context, BEFORE + 3),
+    ] {
+        if !values.iter().any(|value| value.place == place) {
+            continue;
+        }
+        let text = String::from_utf8(unescape(fields.get(index)?)?).ok()?;
+        let mut replacements = Vec::new();
+        for value in values.iter().filter(|value| value.place == place) {
+            let committed = commitment_of(value, value_text(&text, &value.key)?)?;
+            replacements.push((
+                value.key.as_str(),
+                format!("\"{}\"", crate::seal::anchor::hex(&committed)),
+            ));
+        }
+        *fields.get_mut(index)? = escape(&replace_values(&text, &replacements)?).into();
+    }
+    let mut out = fields.join(&b'\t');
+    out.push(b'\n');
+    out.extend_from_slice(sealed_list(&values).as_bytes());
+    Some(out)
+}
+
+/// The index of `before` among [`COLUMNS`] (`after`, `after_changed` and `context` follow).
+const BEFORE: usize = 7;
+
+/// A `COPY` text field's value; `None` for NULL (`\N`) or an escape `COPY` does not write.
+fn unescape(field: &[u8]) -> Option<Vec<u8>> {
+    if field == b"\\N" {
+        return None;
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut bytes = field.iter();
+    while let Some(&byte) = bytes.next() {
+        if byte != b'\\' {
+            out.push(byte);
+            continue;
+        }
+        out.push(match bytes.next()? {
+            b'\\' => b'\\',
+            b't' => b'\t',
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'v' => 0x0b,
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
+/// Text escaped so that it holds no tab or newline (a field of a committed line).
+fn escape(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 8);
+    for &byte in text.as_bytes() {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(byte),
+        }
+    }
+    out
 }
 
 /// Splits `COPY` output into lines (a row never spans a line: newlines in values are escaped).
@@ -138,7 +247,7 @@ impl Lines {
 mod tests {
     use super::*;
 
-    const LINE: &[u8] = b"00000000-01a3-801f-8000-0000009b4ef5\tapp\tpublic\tdocs\tCREATE\t\"1\"\t\\N\t{}\t{\"id\":1}\t\\N\t{\"a\": 1}\t2026-12-06 00:47:11.123456+00\t2026-12-06 00:47:11.2+00\t7\t100\t27000000\t0";
+    const LINE: &[u8] = b"00000000-01a3-801f-8000-0000009b4ef5\tapp\tpublic\tdocs\tCREATE\t\"1\"\t\\N\t{}\t{\"id\":1}\t\\N\t{\"a\": 1}\t2026-12-06 00:47:11.123456+00\t2026-12-06 00:47:11.2+00\t7\t100\t27000000\t0\t\\N";
 
     #[test]
     fn a_line_gives_its_id_time_and_a_hash_of_every_byte() {
@@ -154,6 +263,87 @@ mod tests {
         let other = Leaf::of_line(&edited).map(|leaf| leaf.hash);
         assert_ne!(other, Some(leaf.hash));
         assert_eq!(Leaf::of_line(b"not a row"), None);
+    }
+
+    /// A line of a change whose `after` holds `email` (personal, with `values`' salt) and whose
+    /// context holds `ip`, with `after` and `context` as given.
+    fn personal_line(
+        after: &str,
+        context: &str,
+        values: &[crate::erasure::PersonalValue],
+    ) -> Vec<u8> {
+        let personal = crate::erasure::personal::to_stored(values).unwrap_or_default();
+        let mut line =
+            b"00000000-01a3-801f-8000-0000009b4ef5\tapp\tpublic\tusers\tCREATE\t1\t\\N\t{}\t"
+                .to_vec();
+        line.extend(escape(after));
+        line.extend(b"\t\\N\t");
+        line.extend(escape(context));
+        line.extend(
+            b"\t2026-12-06 00:47:11.123456+00\t2026-12-06 00:47:11.2+00\t7\t100\t27000000\t0\t",
+        );
+        line.extend(escape(&personal));
+        line
+    }
+
+    #[test]
+    fn erasing_a_personal_value_keeps_the_leaf_and_editing_one_does_not() {
+        use crate::erasure::{PersonalValue, Place, Texts, erase_values};
+        let after = "{\"id\":1,\"email\":\"ann@x.org\",\"note\":\"a\\tb\"}";
+        let context = r#"{"ip": "10.0.0.1", "user_id": 1}"#;
+        let mut values = vec![
+            PersonalValue::fresh(Place::After, "email"),
+            PersonalValue::fresh(Place::Context, "ip"),
+        ];
+        let leaf = |after: &str, context: &str, values: &[PersonalValue]| {
+            Leaf::of_line(&personal_line(after, context, values)).map(|leaf| leaf.hash)
+        };
+        let sealed = leaf(after, context, &values);
+        assert!(sealed.is_some());
+        let mut texts = Texts {
+            after: Some(after.to_owned()),
+            context: Some(context.to_owned()),
+            ..Texts::default()
+        };
+        assert_eq!(erase_values(&mut texts, &mut values, |_| true), 2);
+        let (erased_after, erased_context) = (
+            texts.after.clone().unwrap_or_default(),
+            texts.context.clone().unwrap_or_default(),
+        );
+        assert!(!erased_after.contains("ann@x.org") && !erased_context.contains("10.0.0.1"));
+        assert_eq!(leaf(&erased_after, &erased_context, &values), sealed);
+        // Another value, another salt, a forged marker, a dropped entry: another leaf.
+        let mut fresh = vec![
+            PersonalValue::fresh(Place::After, "email"),
+            PersonalValue::fresh(Place::Context, "ip"),
+        ];
+        assert_ne!(leaf(&after.replace("ann", "bob"), context, &fresh), sealed);
+        fresh[0].salt = values[0].salt;
+        assert_ne!(leaf(after, context, &fresh), sealed);
+        let at = erased_after.find("\"bemi_erased\": \"").unwrap_or(0) + 16;
+        let mut forged = erased_after.clone();
+        let flipped = if &forged[at..=at] == "0" { "1" } else { "0" };
+        forged.replace_range(at..=at, flipped);
+        assert_ne!(leaf(&forged, &erased_context, &values), sealed);
+        assert_ne!(leaf(&erased_after, &erased_context, &values[..1]), sealed);
+        // A change without personal values is hashed as encoding 1 was.
+        let plain = LINE.strip_suffix(b"\t\\N").unwrap_or_default();
+        let mut digest = Sha256::new();
+        digest.update([0_u8]);
+        digest.update(b"bemi change v1\n");
+        digest.update(plain);
+        let v1: [u8; 32] = digest.finalize().into();
+        assert_eq!(Leaf::of_line(LINE).map(|leaf| leaf.hash), Some(v1));
+    }
+
+    #[test]
+    fn copy_fields_unescape_and_escape_back() {
+        let field = b"a\\\\b\\tc\\nd\\re\\bf";
+        let text = unescape(field).unwrap_or_default();
+        assert_eq!(text, b"a\\b\tc\nd\re\x08f");
+        assert_eq!(unescape(b"\\N"), None);
+        assert_eq!(unescape(b"bad\\q"), None);
+        assert_eq!(escape("a\\b\tc\nd\re"), b"a\\\\b\\tc\\nd\\re");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::seal::anchor;
-use crate::seal::encoding::{ENCODING, Leaf, SETTINGS, copy_query};
+use crate::seal::encoding::{KNOWN_ENCODINGS, Leaf, SETTINGS, copy_query};
 use crate::seal::merkle::{BlockHeader, root};
 use crate::seal::sealer::{hash_of, read_leaves};
 use crate::{ConnectionOptions, Error, Result};
@@ -396,7 +396,7 @@ fn check_seal(
         root: seal.root,
         previous: seal.previous,
     };
-    let own = if seal.encoding != ENCODING {
+    let own = if !KNOWN_ENCODINGS.contains(&seal.encoding) {
         Some("an encoding this worker does not know")
     } else if usize::try_from(seal.changes).ok() != Some(seal.ids.len())
         || seal.ids.len() != seal.leaves.len()

@@ -68,6 +68,20 @@ pub(crate) async fn check_destination_privileges(
         if !row.get::<_, bool>(0) {
             return Err(setup_needed());
         }
+        // A table made before personal values has no `personal` column: setup adds it.
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+                 WHERE attrelid = $1::text::regclass AND attname = 'personal' AND NOT attisdropped)",
+                &[&changes],
+            )
+            .await
+            .map_err(Error::postgres("look for the personal column"))?;
+        if !row.get::<_, bool>(0) {
+            return Err(Error::Config(format!(
+                "{changes} has no `personal` column (it was made by an older bemi-worker): run `bemi-worker setup` again"
+            )));
+        }
         let row = client
             .query_one(
                 "SELECT pg_catalog.has_table_privilege($1, 'INSERT') AND pg_catalog.has_table_privilege($1, 'SELECT'), \
@@ -95,6 +109,28 @@ pub(crate) async fn check_destination_privileges(
         if !row.get::<_, bool>(3) {
             missing.push(format!(
                 "GRANT SELECT, INSERT ON bemi.schema_history TO {role};"
+            ));
+        }
+        // Erasure (a destination set up before it has no bemi.erasures: nothing to check).
+        let row = client
+            .query_one(
+                "SELECT CASE WHEN pg_catalog.to_regclass('bemi.erasures') IS NULL THEN true \
+                 ELSE (pg_catalog.has_table_privilege('bemi.erasures', 'SELECT') \
+                     AND pg_catalog.has_table_privilege('bemi.erasures', 'INSERT') \
+                     AND pg_catalog.has_column_privilege($1, 'personal', 'UPDATE') \
+                     AND pg_catalog.has_column_privilege($1, 'context', 'UPDATE') \
+                     AND pg_catalog.has_column_privilege($1, 'before', 'UPDATE') \
+                     AND pg_catalog.has_column_privilege($1, 'after', 'UPDATE') \
+                     AND pg_catalog.has_column_privilege($1, 'after_changed', 'UPDATE')) END",
+                &[&changes],
+            )
+            .await
+            .map_err(Error::postgres("check the worker's privileges to erase"))?;
+        if !row.get::<_, bool>(0) {
+            missing.push(format!(
+                "GRANT SELECT, INSERT ON bemi.erasures TO {role}; \
+                 GRANT USAGE ON SEQUENCE bemi.erasures_sequence_seq TO {role}; \
+                 GRANT UPDATE (\"before\", \"after\", after_changed, context, personal) ON {changes} TO {role};"
             ));
         }
     }

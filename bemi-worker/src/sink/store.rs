@@ -24,6 +24,7 @@ use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use crate::change_row::ChangeRow;
+use crate::erasure::Erased;
 use crate::error::{ErrorKind, sqlstate_kind};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::turn::Turn;
@@ -35,7 +36,7 @@ use crate::{Error, Result};
 /// The columns written, in COPY order.
 const COLUMNS: &str = "id, primary_key, \"before\", \"after\", context, database, schema, \"table\", \
     operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence, \
-    previous_primary_key, after_changed";
+    previous_primary_key, after_changed, personal";
 
 /// The context of the last change stored: the next change of the same transaction with an
 /// equal context stores none (NULL: the `changes` view takes it from the change before).
@@ -82,6 +83,10 @@ pub(crate) struct Store {
     partitions: PartitionUpkeep,
     /// The last change this store wrote, when the write committed.
     last_context: Option<LastContext>,
+    /// Whether the destination has `bemi.erasures` (`None`: not looked yet).
+    erasures: Option<bool>,
+    /// The erasures this store knows of: it erases their subjects' values from what it writes.
+    erased: Erased,
 }
 
 impl std::fmt::Debug for Store {
@@ -104,6 +109,8 @@ impl Store {
             staging_ready: false,
             partitions: PartitionUpkeep::Unknown,
             last_context: None,
+            erasures: None,
+            erased: Erased::default(),
         }
     }
 
@@ -167,6 +174,18 @@ impl Store {
             .prepare(&self.client, &self.changes, rows)
             .await?;
         turn.prepared();
+        if self.erasures.is_none() {
+            self.erasures = Some(self.load_erasures().await?);
+        }
+        // Changes of subjects erased before: erased before they are written.
+        let erased_rows: Option<Vec<ChangeRow>> = self.erased.covers_any(rows).then(|| {
+            let mut rows = rows.to_vec();
+            for row in &mut rows {
+                self.erased.erase_row(row);
+            }
+            rows
+        });
+        let rows = erased_rows.as_deref().unwrap_or(rows);
         // Parked changes and recorded table shapes go to their own tables, in the same
         // transaction.
         let parked: Vec<&ChangeRow> = rows
@@ -195,6 +214,25 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the destination has `bemi.erasures`; if so, learns the erasures recorded so far
+    /// (their changes are erased already).
+    async fn load_erasures(&mut self) -> Result<bool> {
+        let transaction = self
+            .client
+            .transaction()
+            .await
+            .map_err(Error::postgres("begin reading erasures"))?;
+        let installed = crate::erasure::stored::installed(&transaction).await?;
+        if installed {
+            crate::erasure::stored::learn(&transaction, &mut self.erased).await?;
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(Error::postgres("end reading erasures"))?;
+        Ok(installed)
+    }
+
     /// Writes `data` (the batch `rows` in COPY format) and `parked`, idempotently when some
     /// changes were stored already, row by row when PostgreSQL refuses a value; says how.
     async fn write_copied(
@@ -206,7 +244,7 @@ impl Store {
         turn: &mut Turn,
     ) -> Result<StoredBy> {
         match self
-            .write_with(data, parked, progress, CopyTarget::Changes, turn)
+            .write_with(rows, data, parked, progress, CopyTarget::Changes, turn)
             .await
         {
             Ok(()) => Ok(StoredBy::Copy),
@@ -217,7 +255,7 @@ impl Store {
                     rows = rows.len(),
                     "some changes were already stored: storing the batch idempotently"
                 );
-                self.write_with(data, parked, progress, CopyTarget::Staging, turn)
+                self.write_with(rows, data, parked, progress, CopyTarget::Staging, turn)
                     .await
                     .map(|()| StoredBy::Staged)
             }
@@ -237,6 +275,7 @@ impl Store {
 
     async fn write_with(
         &mut self,
+        rows: &[ChangeRow],
         data: &Bytes,
         parked: &[&ChangeRow],
         progress: Option<Progress>,
@@ -292,6 +331,10 @@ impl Store {
             set_aside(&transaction, &self.source, row).await?;
         }
         turn.wait_committed().await?;
+        if self.erasures == Some(true) {
+            crate::erasure::stored::catch_up(&transaction, &self.changes, rows, &mut self.erased)
+                .await?;
+        }
         save_progress(&transaction, &self.source, progress).await?;
         transaction
             .commit()
@@ -312,7 +355,7 @@ impl Store {
         let insert = format!(
             "INSERT INTO {} ({COLUMNS}) VALUES ($1, $2, $3::text::json, $4::text::json, \
              $5::text::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17::text::jsonb) ON CONFLICT DO NOTHING",
+             $17::text::jsonb, $18::text::jsonb) ON CONFLICT DO NOTHING",
             self.changes
         );
         let mut transaction = self
@@ -390,6 +433,10 @@ impl Store {
             }
         }
         turn.wait_committed().await?;
+        if self.erasures == Some(true) {
+            crate::erasure::stored::catch_up(&transaction, &self.changes, rows, &mut self.erased)
+                .await?;
+        }
         save_progress(&transaction, &self.source, progress).await?;
         transaction
             .commit()
@@ -568,6 +615,7 @@ async fn insert_row(
                 &row.sequence,
                 &row.previous_primary_key,
                 &row.after_changed,
+                &crate::erasure::personal::to_stored(&row.personal),
             ],
         )
         .await
@@ -593,6 +641,13 @@ fn unstorable(row: &ChangeRow, error: &str) -> ChangeRow {
         after: "{}".to_owned(),
         after_changed: None,
         context: crate::stitch::context::with_notes(&row.context, notes),
+        // The images are gone (their text, kept in the context, is not erasable).
+        personal: row
+            .personal
+            .iter()
+            .filter(|value| value.place == crate::erasure::Place::Context)
+            .cloned()
+            .collect(),
         ..row.clone()
     }
 }
@@ -668,6 +723,17 @@ pub(crate) fn encode_copy(rows: &[ChangeRow], last_context: &mut Option<LastCont
                 None => out.put_slice(b"\\N"),
             }
         }
+        tab(&mut out);
+        // A change that stores no context lists none of its values.
+        let personal = crate::erasure::personal::to_stored(
+            row.personal
+                .iter()
+                .filter(|value| !shared || value.place != crate::erasure::Place::Context),
+        );
+        match personal {
+            Some(text) => field(&mut out, &text),
+            None => out.put_slice(b"\\N"),
+        }
         out.put_u8(b'\n');
     }
     out.freeze()
@@ -728,6 +794,7 @@ mod tests {
             sequence: 4,
             previous_primary_key: Some("7".into()),
             rejected: None,
+            personal: Vec::new(),
         }
     }
 
@@ -781,6 +848,7 @@ mod tests {
             "3",
             "4",
             "7",
+            r"\N",
             r"\N",
         ]
         .join("\t")

@@ -357,14 +357,16 @@ impl Catalog {
                     flags.redact |= found.redact;
                     flags.drop |= found.drop;
                     flags.noise |= found.noise;
+                    flags.personal |= found.personal;
                 }
-                if key.contains(&position) && (flags.redact || flags.drop) {
+                if key.contains(&position) && (flags.redact || flags.drop || flags.personal) {
                     tracing::warn!(
                         table = %relation.name, column,
-                        "primary-key columns are never redacted or dropped: policy ignored"
+                        "primary-key columns are never redacted, dropped or erased: policy ignored"
                     );
                     flags.redact = false;
                     flags.drop = false;
+                    flags.personal = false;
                 }
                 flags
             })

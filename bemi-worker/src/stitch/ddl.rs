@@ -80,6 +80,7 @@ mod tests {
             sequence: 0,
             previous_primary_key: None,
             rejected: None,
+            personal: Vec::new(),
         }
     }
 

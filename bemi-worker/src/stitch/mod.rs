@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::change_row::{ChangeRow, change_id};
+use crate::erasure::{PersonalValue, Place};
 use crate::source::catalog::RelationInfo;
 use crate::source::pgoutput::{Message, Tuple, Value as Datum};
 use crate::stitch::values::{Notes, Rendered, push_value};
@@ -253,6 +254,7 @@ impl Stitcher {
             sequence: i32::try_from(sequence).unwrap_or(i32::MAX),
             previous_primary_key: None,
             rejected: Some(Arc::from(reason)),
+            personal: Vec::new(),
         }))
     }
 
@@ -467,6 +469,19 @@ fn moved(deleted: PendingDelete, inserted: ChangeRow) -> ChangeRow {
             .filter(|old| Some(old) != inserted.primary_key.as_ref()),
         before: deleted.row.before,
         context: context::with_notes(&inserted.context, notes),
+        personal: deleted
+            .row
+            .personal
+            .into_iter()
+            .filter(|value| value.place == Place::Before)
+            .chain(
+                inserted
+                    .personal
+                    .iter()
+                    .filter(|value| value.place != Place::Before)
+                    .cloned(),
+            )
+            .collect(),
         ..inserted
     }
 }
@@ -593,6 +608,14 @@ impl Origin {
             }
             context::with_notes(&transaction.context, marker)
         };
+        let personal = personal_values(
+            info,
+            [
+                (Place::Before, Some(&before)),
+                (Place::After, after_changed.is_none().then_some(&after)),
+                (Place::AfterChanged, after_changed.as_ref()),
+            ],
+        );
         ChangeRow {
             id: change_id(source_hash, transaction.commit_lsn, sequence),
             primary_key,
@@ -612,8 +635,45 @@ impl Origin {
             sequence: i32::try_from(sequence).unwrap_or(i32::MAX),
             previous_primary_key,
             rejected: None,
+            personal,
         }
     }
+}
+
+/// The personal values of a change's images (`Some` texts, by place): the columns declared
+/// personal that the images hold, except key columns (a change is found by its key) and
+/// redacted ones (their value is not stored).
+fn personal_values(
+    info: &RelationInfo,
+    images: [(Place, Option<&String>); 3],
+) -> Vec<PersonalValue> {
+    let personal: Vec<&str> = info
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| {
+            info.flags
+                .get(*index)
+                .is_some_and(|flags| flags.personal && !flags.redact && !flags.drop)
+                && !info.key.contains(index)
+        })
+        .map(|(_, column)| column.as_str())
+        .collect();
+    if personal.is_empty() {
+        return Vec::new();
+    }
+    let mut values = Vec::new();
+    for (place, text) in images {
+        let Some(members) = text.and_then(|text| crate::erasure::personal::members(text)) else {
+            continue;
+        };
+        for (key, _) in members {
+            if personal.contains(&key.as_str()) {
+                values.push(PersonalValue::fresh(place, &key));
+            }
+        }
+    }
+    values
 }
 
 /// The primary key of a complete row image.

@@ -13,6 +13,7 @@ use bemi_worker::{ConnectionOptions, Ingest, IngestConfig, NatsOptions, Worker, 
 use clap::{Args, Parser, Subcommand};
 
 mod console_args;
+mod erase_args;
 mod metrics_args;
 mod verify_args;
 
@@ -65,6 +66,7 @@ impl Command {
             Command::RestoreArchive(args) => ("restore-archive", Some(&args.common.slot)),
             Command::Hold(args) => ("hold", Some(&args.common.slot)),
             Command::Verify(args) => ("verify", Some(&args.common.slot)),
+            Command::Erase(args) => ("erase", Some(&args.common.slot)),
         }
     }
 }
@@ -80,7 +82,7 @@ enum Command {
     Status(StatusArgs),
     /// Like `run`, but publish the changes to NATS JetStream for `ingest` processes to store
     /// (scale storage out). The slot is confirmed once JetStream stored the changes.
-    Capture(CaptureArgs),
+    Capture(Box<CaptureArgs>),
     /// Store the changes `capture` published, sharing the work with any other `ingest`
     /// processes, until SIGINT or SIGTERM.
     Ingest(IngestArgs),
@@ -114,6 +116,9 @@ enum Command {
     /// Recompute the seals of the stored changes and name every change deleted, edited or
     /// inserted since it was sealed (exit 2), and every seal that does not match.
     Verify(verify_args::VerifyArgs),
+    /// Erase a subject's personal values from every stored change, the seals still verifying
+    /// (carried out by the worker where its stream reaches the request; exit 3 while pending).
+    Erase(erase_args::EraseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -385,6 +390,20 @@ struct RunArgs {
     /// `updated_at`) is skipped (same patterns as --redact).
     #[arg(long, env = "BEMI_NOISE_COLUMNS", value_name = "PATTERNS")]
     noise_columns: Option<String>,
+    /// Columns holding personal data (same patterns as --redact): stored, each value with a
+    /// salted commitment the seals cover, so that `erase` can remove a subject's values later
+    /// and the seals still verify.
+    #[arg(long, env = "BEMI_PERSONAL_COLUMNS", value_name = "PATTERNS")]
+    personal_columns: Option<String>,
+    /// Context keys holding personal data (comma-separated, e.g. `user_email,ip`): erasable
+    /// like personal columns, for the changes whose context names the erased subject.
+    #[arg(
+        long,
+        env = "BEMI_PERSONAL_CONTEXT",
+        value_name = "KEYS",
+        value_delimiter = ','
+    )]
+    personal_context: Vec<String>,
     /// After this many seconds without a transaction in the source database, write a
     /// heartbeat through its WAL so that the slot advances while other databases of the
     /// cluster write (0: never).
@@ -406,6 +425,7 @@ impl RunArgs {
             (ColumnAction::Redact, &self.redact),
             (ColumnAction::Drop, &self.drop_columns),
             (ColumnAction::Noise, &self.noise_columns),
+            (ColumnAction::Personal, &self.personal_columns),
         ] {
             if let Some(list) = list {
                 policies.add_list(action, list)?;
@@ -566,6 +586,12 @@ impl RunArgs {
         let column_policies = self.column_policies()?;
         let mut config = WorkerConfig::new(source);
         config.column_policies = column_policies;
+        config.personal_context = self
+            .personal_context
+            .iter()
+            .map(|key| key.trim().to_owned())
+            .filter(|key| !key.is_empty())
+            .collect();
         config.store_into(destination, self.common.changes_table);
         config.slot = self.common.slot;
         config.publication = self.common.publication;
@@ -779,6 +805,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Console(args) => args.serve(shutdown_signal()).await?,
         Command::Verify(args) => return args.run().await,
+        Command::Erase(args) => return args.run().await,
         Command::Status(args) => {
             // A monitoring check: a status that cannot be read is critical too.
             return Ok(match print_status(&args).await {

@@ -61,6 +61,10 @@ struct Message<'a> {
     /// Present only for a change to park in `bemi.rejected` (see [`ChangeRow::rejected`]).
     #[serde(default, borrow)]
     rejected: Option<Cow<'a, str>>,
+    /// Present only for a change with personal values (see [`ChangeRow::personal`]): the
+    /// `personal` column's list.
+    #[serde(default, borrow)]
+    personal: Option<&'a RawValue>,
 }
 
 /// The message for `row`, written directly: its row images and context are JSON the worker
@@ -131,6 +135,10 @@ pub(crate) fn encode(row: &ChangeRow) -> Vec<u8> {
         out.push_str(",\"rejected\":");
         crate::stitch::json::push_string(&mut out, reason);
     }
+    if let Some(personal) = crate::erasure::personal::to_stored(&row.personal) {
+        out.push_str(",\"personal\":");
+        out.push_str(&personal);
+    }
     out.push('}');
     out.into_bytes()
 }
@@ -152,6 +160,11 @@ pub(crate) fn decode(payload: &[u8]) -> Result<ChangeRow, WireError> {
             message.v
         )));
     }
+    let personal = match message.personal {
+        Some(list) => crate::erasure::personal::from_stored(list.get())
+            .ok_or_else(|| WireError("a personal list that is not one".to_owned()))?,
+        None => Vec::new(),
+    };
     Ok(ChangeRow {
         id: message.id,
         primary_key: message.primary_key.map(Cow::into_owned),
@@ -173,6 +186,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<ChangeRow, WireError> {
         sequence: message.sequence,
         previous_primary_key: message.previous_primary_key.map(Cow::into_owned),
         rejected: message.rejected.map(|reason| Arc::from(reason.as_ref())),
+        personal,
     })
 }
 
@@ -203,6 +217,7 @@ mod tests {
             sequence: 3,
             previous_primary_key: key,
             rejected: None,
+            personal: Vec::new(),
         }
     }
 
@@ -212,9 +227,16 @@ mod tests {
             text in "(?s).{0,40}",
             key in proptest::option::of("(?s).{0,20}"),
             rejected in proptest::option::of("(?s).{0,20}"),
+            personal in proptest::option::of("(?s).{0,20}"),
         ) {
             let mut row = row(&text, key);
             row.rejected = rejected.map(|reason| Arc::from(reason.as_str()));
+            if let Some(column) = personal {
+                row.personal = vec![
+                    crate::erasure::PersonalValue::fresh(crate::erasure::Place::After, &column),
+                    crate::erasure::PersonalValue { place: crate::erasure::Place::Context, key: column, salt: None },
+                ];
+            }
             let payload = encode(&row);
             let decoded = decode(&payload).map_err(|error| TestCaseError::fail(error.to_string()))?;
             prop_assert_eq!(decoded, row);

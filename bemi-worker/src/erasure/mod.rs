@@ -1,0 +1,312 @@
+//! Erasure that keeps the proof: a subject's personal values leave the trail, the seals still
+//! verify.
+//!
+//! Columns declared personal (`#[bemi(personal)]`, `--personal-columns`) and context keys
+//! declared personal (`--personal-context`) are stored as they are, each with a random salt in
+//! the change's `personal` column; the seal covers a salted commitment in the value's place (see
+//! [`PersonalValue`]). `bemi-worker erase` writes a request into the source's
+//! `bemi.erasure_requests`; the request travels in the stream like any change (and is stored
+//! like one: the erasure is audited), and the worker, storing it, records it in the
+//! destination's `bemi.erasures` and replaces in every stored change of the subject each of
+//! its personal values with the commitment's marker, dropping the salt. Changes of the subject
+//! that come later in the stream are erased before they are written.
+//!
+//! The subject is a row of a table, by its stored primary key: the personal values of every
+//! change of that row (its images, under its key or its previous key), and, with a context key
+//! (e.g. `user_id`), the personal context values of every change whose context names it.
+
+pub(crate) mod personal;
+pub(crate) mod request;
+pub(crate) mod stored;
+
+pub use personal::{PersonalValue, Place};
+pub use request::{ErasureOutcome, ErasureRequest, request_erasure};
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::change_row::ChangeRow;
+use personal::{commitment_of, marker, replace_values, value_text};
+
+/// A subject whose personal values are erased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Subject {
+    pub(crate) schema: String,
+    pub(crate) table: String,
+    /// The primary key as the `primary_key` column stores it.
+    pub(crate) key: String,
+    /// The context key that names the subject, if any.
+    pub(crate) context_key: Option<String>,
+}
+
+impl Subject {
+    /// Whether `row` is a change of the subject's row (under its key, or its key before).
+    pub(crate) fn owns(&self, schema: &str, table: &str, keys: [Option<&str>; 2]) -> bool {
+        schema == self.schema && table == self.table && keys.contains(&Some(self.key.as_str()))
+    }
+
+    /// Whether the context `text` names the subject under its context key: the key's value is
+    /// the stored key, as a JSON string or as the same JSON text (a number).
+    pub(crate) fn named_by(&self, context: &str) -> bool {
+        let Some(context_key) = &self.context_key else {
+            return false;
+        };
+        value_text(context, context_key).is_some_and(|raw| names_key(raw, &self.key))
+    }
+}
+
+/// Whether the JSON text `raw` names the key `key`: `42` or `"42"` for the key `42`.
+fn names_key(raw: &str, key: &str) -> bool {
+    raw == key || serde_json::from_str::<String>(raw).is_ok_and(|text| text == key)
+}
+
+/// The texts of a change that may hold personal values, by place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Texts {
+    pub(crate) before: Option<String>,
+    pub(crate) after: Option<String>,
+    pub(crate) after_changed: Option<String>,
+    pub(crate) context: Option<String>,
+}
+
+impl Texts {
+    fn get_mut(&mut self, place: Place) -> Option<&mut String> {
+        match place {
+            Place::Before => self.before.as_mut(),
+            Place::After => self.after.as_mut(),
+            Place::AfterChanged => self.after_changed.as_mut(),
+            Place::Context => self.context.as_mut(),
+        }
+    }
+}
+
+/// Erases the values of `values` that `select` picks and that are not erased yet: each replaced
+/// in `texts` by its marker, its salt dropped. Returns how many it erased. A value whose key is
+/// missing from its text is left as it is (the seal then reports the change).
+pub(crate) fn erase_values(
+    texts: &mut Texts,
+    values: &mut [PersonalValue],
+    select: impl Fn(&PersonalValue) -> bool,
+) -> usize {
+    let mut erased = 0;
+    for place in [
+        Place::Before,
+        Place::After,
+        Place::AfterChanged,
+        Place::Context,
+    ] {
+        let Some(text) = texts.get_mut(place) else {
+            continue;
+        };
+        let mut replacements = Vec::new();
+        let mut picked = Vec::new();
+        for (at, value) in values.iter().enumerate() {
+            if value.place != place || value.salt.is_none() || !select(value) {
+                continue;
+            }
+            let Some(committed) =
+                value_text(text, &value.key).and_then(|raw| commitment_of(value, raw))
+            else {
+                continue;
+            };
+            replacements.push((value.key.as_str(), marker(&committed)));
+            picked.push(at);
+        }
+        if picked.is_empty() {
+            continue;
+        }
+        if let Some(replaced) = replace_values(text, &replacements) {
+            *text = replaced;
+            erased += picked.len();
+            for at in picked {
+                values[at].salt = None;
+            }
+        }
+    }
+    erased
+}
+
+/// Adds to change rows the personal values of their contexts: the top-level context keys
+/// declared personal. Rows sharing a context (a statement's) share its salts.
+#[derive(Debug, Default)]
+pub(crate) struct ContextValues {
+    keys: Vec<String>,
+    last: Option<(Arc<str>, Vec<PersonalValue>)>,
+}
+
+impl ContextValues {
+    /// Values for the context keys `keys`.
+    pub(crate) fn new(keys: Vec<String>) -> Self {
+        Self { keys, last: None }
+    }
+
+    /// Adds the personal values of `row`'s context to its list.
+    pub(crate) fn add(&mut self, row: &mut ChangeRow) {
+        if self.keys.is_empty() || row.rejected.is_some() {
+            return;
+        }
+        if let Some((context, values)) = &self.last
+            && Arc::ptr_eq(context, &row.context)
+        {
+            row.personal.extend(values.iter().cloned());
+            return;
+        }
+        let values: Vec<PersonalValue> = personal::members(&row.context)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(key, _)| self.keys.contains(key))
+            .map(|(key, _)| PersonalValue::fresh(Place::Context, &key))
+            .collect();
+        row.personal.extend(values.iter().cloned());
+        self.last = Some((Arc::clone(&row.context), values));
+    }
+}
+
+/// The erasures a writer knows of: the subjects whose later changes it erases before writing
+/// them.
+#[derive(Debug, Default)]
+pub(crate) struct Erased {
+    /// The highest `bemi.erasures.sequence` read.
+    pub(crate) sequence: i64,
+    /// Subjects by row: database, schema, table, key.
+    rows: HashSet<(String, String, String, String)>,
+    /// Subjects by context: database, context key, key.
+    contexts: HashSet<(String, String, String)>,
+}
+
+impl Erased {
+    /// Adds a subject of the source database `database`.
+    pub(crate) fn add(&mut self, database: &str, subject: &Subject) {
+        self.rows.insert((
+            database.to_owned(),
+            subject.schema.clone(),
+            subject.table.clone(),
+            subject.key.clone(),
+        ));
+        if let Some(context_key) = &subject.context_key {
+            self.contexts.insert((
+                database.to_owned(),
+                context_key.clone(),
+                subject.key.clone(),
+            ));
+        }
+    }
+
+    /// Whether some of `rows` may hold values of a known subject.
+    pub(crate) fn covers_any(&self, rows: &[ChangeRow]) -> bool {
+        !(self.rows.is_empty() && self.contexts.is_empty())
+            && rows.iter().any(|row| !row.personal.is_empty())
+    }
+
+    /// Erases in `row` the personal values of every known subject; returns how many.
+    pub(crate) fn erase_row(&self, row: &mut ChangeRow) -> usize {
+        if row.personal.is_empty() || (self.rows.is_empty() && self.contexts.is_empty()) {
+            return 0;
+        }
+        let owned = [&row.primary_key, &row.previous_primary_key]
+            .into_iter()
+            .flatten()
+            .any(|key| {
+                self.rows.contains(&(
+                    row.database.to_string(),
+                    row.schema.to_string(),
+                    row.table.to_string(),
+                    key.clone(),
+                ))
+            });
+        let has_context_values = row
+            .personal
+            .iter()
+            .any(|value| value.place == Place::Context);
+        let named = has_context_values
+            && self.contexts.iter().any(|(database, context_key, key)| {
+                **database == *row.database
+                    && value_text(&row.context, context_key).is_some_and(|raw| names_key(raw, key))
+            });
+        if !owned && !named {
+            return 0;
+        }
+        let compact = row.after_changed.is_some();
+        let mut texts = Texts {
+            before: Some(std::mem::take(&mut row.before)),
+            after: Some(std::mem::take(&mut row.after)),
+            after_changed: row.after_changed.take(),
+            context: Some(row.context.to_string()),
+        };
+        let erased = erase_values(&mut texts, &mut row.personal, |value| {
+            if value.place.is_image() { owned } else { named }
+        });
+        row.before = texts.before.unwrap_or_default();
+        row.after = texts.after.unwrap_or_default();
+        row.after_changed = texts.after_changed.filter(|_| compact);
+        if let Some(context) = texts.context {
+            row.context = context.into();
+        }
+        erased
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use personal::PersonalValue;
+
+    #[test]
+    fn erasing_replaces_picked_values_only() {
+        let mut texts = Texts {
+            before: Some(r#"{"id":1,"email":"a@x","name":"Ann"}"#.into()),
+            after: None,
+            after_changed: Some(r#"{"email": "b@x"}"#.into()),
+            context: Some(r#"{"ip": "10.0.0.1", "user_id": 1}"#.into()),
+        };
+        let mut values = vec![
+            PersonalValue::fresh(Place::Before, "email"),
+            PersonalValue::fresh(Place::AfterChanged, "email"),
+            PersonalValue::fresh(Place::Context, "ip"),
+        ];
+        let kept = values[2].clone();
+        let erased = erase_values(&mut texts, &mut values, |value| value.place.is_image());
+        assert_eq!(erased, 2);
+        let before = texts.before.clone().unwrap_or_default();
+        assert!(
+            !before.contains("a@x") && before.contains("\"name\":\"Ann\""),
+            "{before}"
+        );
+        assert!(before.contains("bemi_erased"));
+        assert!(
+            !texts
+                .after_changed
+                .clone()
+                .unwrap_or_default()
+                .contains("b@x")
+        );
+        assert!(
+            texts
+                .context
+                .clone()
+                .unwrap_or_default()
+                .contains("10.0.0.1")
+        );
+        assert_eq!(values[0].salt, None);
+        assert_eq!(values[2], kept);
+        // Erased values stay erased; nothing more to do.
+        assert_eq!(erase_values(&mut texts, &mut values, |_| true), 1);
+        assert_eq!(erase_values(&mut texts, &mut values, |_| true), 0);
+    }
+
+    #[test]
+    fn a_context_names_a_subject_by_number_or_string() {
+        let subject = Subject {
+            schema: "public".into(),
+            table: "users".into(),
+            key: "42".into(),
+            context_key: Some("user_id".into()),
+        };
+        assert!(subject.named_by(r#"{"user_id": 42}"#));
+        assert!(subject.named_by(r#"{"user_id": "42"}"#));
+        assert!(!subject.named_by(r#"{"user_id": 421}"#));
+        assert!(!subject.named_by(r#"{"other": 42}"#));
+        assert!(subject.owns("public", "users", [None, Some("42")]));
+        assert!(!subject.owns("public", "orders", [Some("42"), None]));
+    }
+}

@@ -83,6 +83,8 @@ fn ingest_with(destination: &str, nats: &NatsServer, name: &str, extra: &[&str])
         "500",
         "--flush-interval-ms",
         "20",
+        "--seal-interval-ms",
+        "100",
     ];
     args.extend_from_slice(extra);
     let (child, log) = spawn_binary(&args, &format!("ingest-{name}-{}", std::process::id()));
@@ -124,6 +126,37 @@ async fn wait_for_count(
     .await;
 }
 
+/// Waits until every stored change is sealed (by the ingest processes), then verifies them.
+async fn wait_sealed_and_verified(fixture: &Fixture) {
+    wait_until_async("every stored change sealed", TIMEOUT, || async {
+        let row = fixture
+            .client
+            .query_one(
+                "SELECT (SELECT count(*) FROM bemi.changes_stored), \
+                 (SELECT coalesce(sum(changes), 0)::int8 FROM bemi.seals)",
+                &[],
+            )
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) == row.get::<_, i64>(1)).then_some(())
+    })
+    .await;
+    let report = bemi_worker::verify(
+        &fixture.source,
+        fixture.setup.options().changes_table_name(),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(report.is_intact() && report.intact > 0, "{report:?}");
+    assert_eq!(
+        (report.unsealed_after, report.unsealed_before),
+        (0, 0),
+        "{report:?}"
+    );
+}
+
 /// Waits until the ingest consumer has nothing pending or unacknowledged.
 async fn wait_for_drained_consumer(nats: &NatsServer) -> bemi_worker::NatsStatus {
     let options = NatsOptions::new(nats.url());
@@ -154,6 +187,8 @@ async fn capture_and_two_ingest_processes_store_every_change_once() {
     .await;
     let status = wait_for_drained_consumer(&nats).await;
     assert_exactly_once(&fixture.client, 6_000).await;
+    // Two processes stored batches in any order; the seals cover them all, in id order.
+    wait_sealed_and_verified(&fixture).await;
     // Work-queue retention: what is stored is gone from the stream.
     assert_eq!(status.messages, 0, "{status}");
 
@@ -235,6 +270,7 @@ async fn a_killed_ingest_process_loses_and_doubles_nothing() {
     .await;
     let status = wait_for_drained_consumer(&nats).await;
     assert_exactly_once(&fixture.client, 20_000).await;
+    wait_sealed_and_verified(&fixture).await;
     let deliveries = status.deliveries.unwrap_or_default();
     assert!(
         deliveries >= 20_000 + u64::try_from(in_flight).unwrap_or_default(),

@@ -46,13 +46,14 @@ pub(crate) async fn read_leaves(
     Ok(leaves)
 }
 
-/// Seals the changes of `database` in `stored` with ids below `below` that no block seals yet;
-/// returns the blocks it sealed.
+/// Seals the changes of `database` in `stored` with ids within `upper` (every change there is
+/// stored: none with a lower id can come later) that no block seals yet; returns the blocks it
+/// sealed.
 pub(crate) async fn seal_stored(
     client: &mut Client,
     stored: &str,
     database: &str,
-    below: Uuid,
+    upper: Bound<Uuid>,
 ) -> Result<Vec<Anchor>> {
     let mut sealed = Vec::new();
     loop {
@@ -94,7 +95,7 @@ pub(crate) async fn seal_stored(
                 stored,
                 database,
                 after.map_or(Bound::Unbounded, Bound::Excluded),
-                Bound::Excluded(below),
+                upper,
                 Some(BLOCK),
             ),
         )
@@ -165,6 +166,25 @@ pub(crate) async fn seal_stored(
     }
 }
 
+/// Publishes the hashes of sealed `blocks` outside the database: in the log (whoever rewrites
+/// the database cannot rewrite it) and in the anchor file, if any.
+pub(crate) fn publish(blocks: &[Anchor], anchors: Option<&AnchorFile>) {
+    for block in blocks {
+        tracing::info!(
+            database = %block.database,
+            block = block.block,
+            changes = block.changes,
+            hash = %block.hash,
+            "sealed"
+        );
+        if let Some(file) = anchors
+            && let Err(error) = file.append(block)
+        {
+            tracing::error!(error = %crate::error_chain(&error), "cannot write the seal to the anchor file");
+        }
+    }
+}
+
 /// A 32-byte hash from a stored `bytea` (zeros when it has another length: it then fails to
 /// chain, which `verify` reports).
 pub(crate) fn hash_of(bytes: Vec<u8>) -> [u8; 32] {
@@ -219,25 +239,9 @@ pub(crate) async fn run(
         let Some(connected) = client.as_mut() else {
             continue;
         };
-        let below = crate::change_row::change_id(0, below_lsn, 0);
+        let below = Bound::Excluded(crate::change_row::change_id(0, below_lsn, 0));
         match seal_stored(connected, &stored_table, &database, below).await {
-            Ok(blocks) => {
-                for block in &blocks {
-                    // The log is an anchor too: whoever rewrites the database cannot rewrite it.
-                    tracing::info!(
-                        database = %block.database,
-                        block = block.block,
-                        changes = block.changes,
-                        hash = %block.hash,
-                        "sealed"
-                    );
-                    if let Some(file) = &anchors
-                        && let Err(error) = file.append(block)
-                    {
-                        tracing::error!(error = %crate::error_chain(&error), "cannot write the seal to the anchor file");
-                    }
-                }
-            }
+            Ok(blocks) => publish(&blocks, anchors.as_ref()),
             Err(error) => tracing::warn!(
                 error = %crate::error_chain(&error),
                 "sealing the stored changes failed; retrying later"

@@ -369,6 +369,9 @@ struct RunArgs {
     /// administrators cannot rewrite it (`verify --anchor-file` checks against it).
     #[arg(long, env = "BEMI_ANCHOR_FILE")]
     anchor_file: Option<PathBuf>,
+    /// How often the stored changes are sealed, in milliseconds (0: never).
+    #[arg(long, env = "BEMI_SEAL_INTERVAL_MS", default_value_t = 5_000)]
+    seal_interval_ms: u64,
     /// Longest time a change waits before its batch is stored, in milliseconds.
     #[arg(long, env = "BEMI_FLUSH_INTERVAL_MS", default_value_t = 100)]
     flush_interval_ms: u64,
@@ -490,6 +493,12 @@ struct IngestArgs {
     /// How often progress is logged, in seconds.
     #[arg(long, env = "BEMI_LOG_INTERVAL_SECONDS", default_value_t = 10)]
     log_interval_seconds: u64,
+    /// An append-only file to add each seal's hash to (see `run --anchor-file`).
+    #[arg(long, env = "BEMI_ANCHOR_FILE")]
+    anchor_file: Option<std::path::PathBuf>,
+    /// How often what the ingest processes stored is sealed, in milliseconds (0: never).
+    #[arg(long, env = "BEMI_SEAL_INTERVAL_MS", default_value_t = 5_000)]
+    seal_interval_ms: u64,
     #[command(flatten)]
     metrics: MetricsArgs,
 }
@@ -599,6 +608,8 @@ impl RunArgs {
         config.batch_bytes = self.batch_bytes.max(1);
         config.writers = self.writers.max(1);
         config.anchor_file = self.anchor_file;
+        config.seal_interval =
+            (self.seal_interval_ms > 0).then(|| Duration::from_millis(self.seal_interval_ms));
         config.flush_interval = Duration::from_millis(self.flush_interval_ms);
         config.max_context_bytes = self.max_context_bytes;
         config.log_interval = Duration::from_secs(self.log_interval_seconds.max(1));
@@ -799,6 +810,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.batch_size = args.batch_size.max(1);
             config.flush_interval = Duration::from_millis(args.flush_interval_ms);
             config.log_interval = Duration::from_secs(args.log_interval_seconds.max(1));
+            config.anchor_file = args.anchor_file;
+            config.seal_interval =
+                (args.seal_interval_ms > 0).then(|| Duration::from_millis(args.seal_interval_ms));
             let ingest = Ingest::new(config);
             args.metrics.start(&ingest.metrics(), None).await?;
             ingest.run(shutdown_signal()).await?;

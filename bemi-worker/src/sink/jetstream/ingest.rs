@@ -18,6 +18,7 @@ use tracing::Instrument as _;
 use crate::pipeline::Metrics;
 use crate::pipeline::backoff::Backoff;
 use crate::pipeline::turn::Turn;
+use crate::sink::jetstream::sealer::Databases;
 use crate::sink::jetstream::{NatsOptions, nats_error};
 use crate::sink::preflight::check_destination_privileges;
 use crate::sink::store::Store;
@@ -45,6 +46,11 @@ pub struct IngestConfig {
     pub log_interval: Duration,
     /// The longest wait between reconnection attempts (default 30 s).
     pub max_backoff: Duration,
+    /// How often what the ingest processes stored is sealed (default 5 s; `None`: never). See
+    /// `crate::seal`; any of the processes may seal, one at a time.
+    pub seal_interval: Option<Duration>,
+    /// An append-only file each seal's hash is added to (see `WorkerConfig::anchor_file`).
+    pub anchor_file: Option<std::path::PathBuf>,
 }
 
 impl IngestConfig {
@@ -60,6 +66,8 @@ impl IngestConfig {
             flush_interval: Duration::from_millis(100),
             log_interval: Duration::from_secs(10),
             max_backoff: Duration::from_secs(30),
+            seal_interval: Some(Duration::from_secs(5)),
+            anchor_file: None,
         }
     }
 }
@@ -69,6 +77,8 @@ impl IngestConfig {
 pub struct Ingest {
     config: IngestConfig,
     metrics: Arc<Metrics>,
+    /// The source databases this process stored changes of (for the sealer).
+    databases: Databases,
 }
 
 impl Ingest {
@@ -77,6 +87,7 @@ impl Ingest {
         Self {
             config,
             metrics: Arc::default(),
+            databases: Databases::default(),
         }
     }
 
@@ -133,6 +144,24 @@ impl Ingest {
         let context = jetstream::new(client.clone());
         let stream = crate::sink::jetstream::stream(&context, &config.nats).await?;
         let consumer = crate::sink::jetstream::consumer(&stream, &config.nats).await?;
+        // Ends with the session (a new session starts its own).
+        let _sealer = config.seal_interval.map(|interval| {
+            AbortOnDrop(tokio::spawn(
+                crate::sink::jetstream::sealer::run(
+                    context.clone(),
+                    config.nats.clone(),
+                    config.destination.clone(),
+                    bemi_core::setup::stored_changes_table(&config.changes_table).to_string(),
+                    Arc::clone(&self.databases),
+                    interval,
+                    config
+                        .anchor_file
+                        .clone()
+                        .map(crate::seal::anchor::AnchorFile::new),
+                )
+                .instrument(tracing::info_span!("stage", stage = "seal")),
+            ))
+        });
         let destination = config.destination.connect("bemi-worker ingest").await?;
         check_destination_privileges(&destination, &config.destination, &config.changes_table)
             .await?;
@@ -230,6 +259,13 @@ impl Ingest {
         if rows.is_empty() {
             return Ok(0);
         }
+        if let Ok(mut databases) = self.databases.lock() {
+            for row in &rows {
+                if !databases.contains(&*row.database) {
+                    databases.insert(row.database.to_string());
+                }
+            }
+        }
         if let Err(error) = store.write(&rows, None, &mut Turn::alone()).await {
             for message in &readable {
                 // Best effort: unacknowledged messages come back after the ack wait anyway.
@@ -253,6 +289,15 @@ impl Ingest {
             rejected,
         );
         Ok(rows.len())
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

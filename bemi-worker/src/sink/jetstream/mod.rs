@@ -5,6 +5,7 @@
 //! idempotently, acknowledging a message only after its batch committed.
 
 pub(crate) mod ingest;
+pub(crate) mod sealer;
 pub(crate) mod status;
 pub(crate) mod wire;
 

@@ -76,7 +76,7 @@ async fn verify(fixture: &Fixture) -> bemi_worker::VerifyReport {
         &fixture.source,
         fixture.setup.options().changes_table_name(),
         None,
-        None,
+        &bemi_worker::seal::AnchorSources::none(),
     )
     .await
     .unwrap()

@@ -145,7 +145,7 @@ async fn wait_sealed_and_verified(fixture: &Fixture) {
         &fixture.source,
         fixture.setup.options().changes_table_name(),
         None,
-        None,
+        &bemi_worker::seal::AnchorSources::none(),
     )
     .await
     .unwrap();

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bemi_test_harness::{test_database, wait_until_async};
+use bemi_worker::seal::AnchorSources;
 use bemi_worker::{Finding, VerifyReport};
 
 use crate::support::{Fixture, RunningWorker, TIMEOUT, fixture};
@@ -36,6 +37,14 @@ async fn verify(fixture: &Fixture) -> VerifyReport {
 }
 
 async fn verify_with(fixture: &Fixture, anchors: Option<&std::path::Path>) -> VerifyReport {
+    let mut sources = AnchorSources::none();
+    if let Some(path) = anchors {
+        sources = sources.file(path);
+    }
+    verify_anchored(fixture, &sources).await
+}
+
+async fn verify_anchored(fixture: &Fixture, anchors: &AnchorSources) -> VerifyReport {
     bemi_worker::verify(
         &fixture.source,
         fixture.setup.options().changes_table_name(),
@@ -342,19 +351,43 @@ async fn a_chain_rewritten_whole_is_caught_by_its_anchors() {
     let fixture = fixture(test_database!(), ITEMS).await;
     let folder = tempfile::tempdir().unwrap();
     let anchors = folder.path().join("anchors.ndjson");
+    let nats = bemi_test_harness::NatsServer::start();
+    let mut stream_options = bemi_worker::NatsOptions::new(nats.url());
+    stream_options.stream = bemi_worker::seal::DEFAULT_ANCHOR_STREAM.to_owned();
+    stream_options.subject = bemi_worker::seal::DEFAULT_ANCHOR_SUBJECT.to_owned();
     let mut config = fixture.config();
     config.seal_interval = Some(Duration::from_millis(20));
     config.anchor_file = Some(anchors.clone());
+    config.anchor_nats = Some(stream_options.clone());
     let worker = RunningWorker::start(config);
     fixture
         .sql("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 3) i")
         .await;
     fixture.wait_for(3).await;
     wait_sealed(&fixture, 3).await;
+    // The seal's hash reaches the anchors stream right after the seal is stored.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    let mut anchors_stream = wait_until_async("an anchor in NATS", TIMEOUT, || async {
+        let mut stream = jetstream
+            .get_stream(bemi_worker::seal::DEFAULT_ANCHOR_STREAM)
+            .await
+            .ok()?;
+        let messages = stream.info().await.ok()?.state.messages;
+        (messages >= 1).then_some(stream)
+    })
+    .await;
     worker.stop().await.unwrap();
     let report = verify_with(&fixture, Some(&anchors)).await;
     assert!(report.is_intact(), "{report:?}");
     assert!(report.anchors >= 1, "{report:?}");
+    let in_nats = AnchorSources::none().nats(stream_options.clone());
+    let report = verify_anchored(&fixture, &in_nats).await;
+    assert!(report.is_intact() && report.anchors >= 1, "{report:?}");
+    // The anchors stream refuses to take an anchor back.
+    assert!(anchors_stream.info().await.unwrap().config.deny_delete);
+    assert!(anchors_stream.delete_message(1).await.is_err());
+    assert!(anchors_stream.purge().await.is_err());
     let anchored = std::fs::read_to_string(&anchors).unwrap();
     assert!(anchored.contains("\"block\":1"), "{anchored}");
 
@@ -375,18 +408,18 @@ async fn a_chain_rewritten_whole_is_caught_by_its_anchors() {
     wait_sealed(&fixture, 4).await;
     worker.stop().await.unwrap();
 
-    // The seals alone are consistent again; the anchors are not.
+    // The seals alone are consistent again; the anchors are not, in the file or in NATS.
     assert!(verify(&fixture).await.is_intact());
-    let report = verify_with(&fixture, Some(&anchors)).await;
     let database = fixture.database.name().to_owned();
-    assert!(
-        report.findings.contains(&Finding::AnchorMismatch {
-            database,
-            block: 1,
-            why: "its hash is not the anchored one: the chain was rewritten",
-        }),
-        "{report:?}"
-    );
+    let rewritten = Finding::AnchorMismatch {
+        database,
+        block: 1,
+        why: "its hash is not the anchored one: the chain was rewritten",
+    };
+    let report = verify_with(&fixture, Some(&anchors)).await;
+    assert!(report.findings.contains(&rewritten), "{report:?}");
+    let report = verify_anchored(&fixture, &in_nats).await;
+    assert!(report.findings.contains(&rewritten), "{report:?}");
 
     // A damaged anchor file says which line.
     std::fs::write(&anchors, format!("{anchored}garbage\n")).unwrap();

@@ -75,6 +75,10 @@ pub struct WorkerConfig {
     /// where the database's administrators cannot rewrite it; `verify --anchor-file` checks the
     /// seals against it.
     pub anchor_file: Option<std::path::PathBuf>,
+    /// A NATS JetStream stream each seal's hash is published to, one message per seal: made to
+    /// refuse deletion and purging (`stream` and `subject` of the options name it; see
+    /// [`crate::seal::DEFAULT_ANCHOR_STREAM`]). `verify` reads it back.
+    pub anchor_nats: Option<crate::NatsOptions>,
     /// What to do when the server invalidated the slot (default: stop).
     pub on_slot_lost: OnSlotLost,
     /// The longest wait between reconnection attempts (default 30 s).
@@ -115,6 +119,7 @@ impl WorkerConfig {
             on_slot_lost: OnSlotLost::Stop,
             seal_interval: Some(Duration::from_secs(5)),
             anchor_file: None,
+            anchor_nats: None,
             max_backoff: Duration::from_secs(30),
             slot_release_wait: Duration::from_secs(60),
             column_policies: bemi_core::policy::ColumnPolicies::default(),

@@ -338,10 +338,10 @@ impl<'w> Supervisor<'w> {
                     database,
                     stream.stored_receiver(),
                     interval,
-                    config
-                        .anchor_file
-                        .clone()
-                        .map(crate::seal::anchor::AnchorFile::new),
+                    crate::seal::sealer::Anchors::new(
+                        config.anchor_file.clone(),
+                        config.anchor_nats.clone(),
+                    ),
                 )
                 .instrument(tracing::info_span!("stage", stage = "seal")),
             )),

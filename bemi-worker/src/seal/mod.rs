@@ -13,10 +13,12 @@
 pub(crate) mod anchor;
 pub(crate) mod encoding;
 pub(crate) mod merkle;
+pub(crate) mod nats_anchor;
 pub(crate) mod sealer;
 pub mod verify;
 
-pub use verify::{Finding, VerifyReport, verify};
+pub use nats_anchor::{DEFAULT_ANCHOR_STREAM, DEFAULT_ANCHOR_SUBJECT};
+pub use verify::{AnchorSources, Finding, VerifyReport, verify};
 
 use crate::{Error, Result};
 

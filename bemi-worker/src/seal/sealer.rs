@@ -13,6 +13,8 @@ use crate::pipeline::Stored;
 use crate::seal::anchor::{Anchor, AnchorFile, hex};
 use crate::seal::encoding::{ENCODING, Leaf, Lines, SETTINGS, copy_query};
 use crate::seal::merkle::{BlockHeader, root};
+use crate::seal::nats_anchor::NatsAnchors;
+use crate::sink::jetstream::NatsOptions;
 use crate::{ConnectionOptions, Error, Result};
 
 /// The most changes one block seals.
@@ -166,21 +168,61 @@ pub(crate) async fn seal_stored(
     }
 }
 
-/// Publishes the hashes of sealed `blocks` outside the database: in the log (whoever rewrites
-/// the database cannot rewrite it) and in the anchor file, if any.
-pub(crate) fn publish(blocks: &[Anchor], anchors: Option<&AnchorFile>) {
-    for block in blocks {
-        tracing::info!(
-            database = %block.database,
-            block = block.block,
-            changes = block.changes,
-            hash = %block.hash,
-            "sealed"
-        );
-        if let Some(file) = anchors
-            && let Err(error) = file.append(block)
-        {
-            tracing::error!(error = %crate::error_chain(&error), "cannot write the seal to the anchor file");
+/// Where the hashes of new seals are published outside the database, besides the log.
+#[derive(Debug, Default)]
+pub(crate) struct Anchors {
+    /// An append-only file.
+    pub(crate) file: Option<AnchorFile>,
+    /// A JetStream stream that refuses deletion.
+    pub(crate) nats: Option<NatsOptions>,
+    /// The connection to it, once made.
+    connected: Option<NatsAnchors>,
+}
+
+impl Anchors {
+    /// Anchors in `file` and on `nats`, either optional.
+    pub(crate) fn new(file: Option<std::path::PathBuf>, nats: Option<NatsOptions>) -> Self {
+        Self {
+            file: file.map(AnchorFile::new),
+            nats,
+            connected: None,
+        }
+    }
+
+    /// Publishes the hashes of sealed `blocks`: in the log (whoever rewrites the database cannot
+    /// rewrite it), the anchor file and the anchors stream. A failure is logged: the next
+    /// anchored block binds the ones before it anyway.
+    pub(crate) async fn publish(&mut self, blocks: &[Anchor]) {
+        for block in blocks {
+            tracing::info!(
+                database = %block.database,
+                block = block.block,
+                changes = block.changes,
+                hash = %block.hash,
+                "sealed"
+            );
+            if let Some(file) = &self.file
+                && let Err(error) = file.append(block)
+            {
+                tracing::error!(error = %crate::error_chain(&error), "cannot write the seal to the anchor file");
+            }
+            if let Err(error) = self.publish_to_nats(block).await {
+                self.connected = None;
+                tracing::error!(error = %crate::error_chain(&error), "cannot publish the seal to the anchors stream");
+            }
+        }
+    }
+
+    async fn publish_to_nats(&mut self, block: &Anchor) -> Result<()> {
+        let Some(options) = &self.nats else {
+            return Ok(());
+        };
+        if self.connected.is_none() {
+            self.connected = Some(NatsAnchors::connect(options).await?);
+        }
+        match &self.connected {
+            Some(connected) => connected.publish(block).await,
+            None => Ok(()),
         }
     }
 }
@@ -200,7 +242,7 @@ pub(crate) async fn run(
     database: String,
     mut stored: watch::Receiver<Stored>,
     interval: Duration,
-    anchors: Option<AnchorFile>,
+    mut anchors: Anchors,
 ) {
     let mut client: Option<Client> = None;
     loop {
@@ -241,7 +283,7 @@ pub(crate) async fn run(
         };
         let below = Bound::Excluded(crate::change_row::change_id(0, below_lsn, 0));
         match seal_stored(connected, &stored_table, &database, below).await {
-            Ok(blocks) => publish(&blocks, anchors.as_ref()),
+            Ok(blocks) => anchors.publish(&blocks).await,
             Err(error) => tracing::warn!(
                 error = %crate::error_chain(&error),
                 "sealing the stored changes failed; retrying later"

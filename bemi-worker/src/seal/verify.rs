@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::PathBuf;
 
 use bemi_core::QualifiedName;
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use crate::seal::anchor;
 use crate::seal::encoding::{KNOWN_ENCODINGS, Leaf, SETTINGS, copy_query};
 use crate::seal::merkle::{BlockHeader, root};
 use crate::seal::sealer::{hash_of, read_leaves};
-use crate::{ConnectionOptions, Error, Result};
+use crate::{ConnectionOptions, Error, NatsOptions, Result};
 
 /// Something `verify` found that the seals do not account for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +60,11 @@ pub enum Finding {
     AnchorUnreadable {
         /// The line's number, from 1.
         line: usize,
+    },
+    /// A message of the anchors stream is not an anchor.
+    AnchorMessageUnreadable {
+        /// The message's stream sequence.
+        sequence: u64,
     },
     /// A change is stored inside the sealed range that no seal holds (forged, or moved there
     /// by an edit of its id).
@@ -121,6 +126,12 @@ impl fmt::Display for Finding {
             Finding::AnchorUnreadable { line } => {
                 write!(f, "line {line} of the anchor file is not an anchor")
             }
+            Finding::AnchorMessageUnreadable { sequence } => {
+                write!(
+                    f,
+                    "message {sequence} of the anchors stream is not an anchor"
+                )
+            }
         }
     }
 }
@@ -170,21 +181,72 @@ struct Seal {
     encoding: i16,
 }
 
+/// The anchors `verify` checks the seals against: published outside the database as the seals
+/// were made.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct AnchorSources {
+    /// The anchor file (`run --anchor-file`).
+    pub file: Option<PathBuf>,
+    /// The anchors stream (`run --anchor-nats-url`).
+    pub nats: Option<NatsOptions>,
+}
+
+impl AnchorSources {
+    /// No anchors: the seals are checked against themselves and the changes only.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// The anchors of the file `path`.
+    #[must_use]
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// The anchors of the stream `options` names (its `stream` and `subject`).
+    #[must_use]
+    pub fn nats(mut self, options: NatsOptions) -> Self {
+        self.nats = Some(options);
+        self
+    }
+}
+
 /// Recomputes the seals of `changes_table` in `destination` (every source database, or only
-/// `database`) and compares them with the stored changes, and with the anchors of
-/// `anchor_file` when given.
+/// `database`) and compares them with the stored changes, and with the `anchors`.
 ///
 /// # Errors
 ///
 /// Connection and query errors; [`Error::Config`] when the destination has no seals table;
-/// [`Error::Io`] when the anchor file cannot be read.
+/// [`Error::Io`] when the anchor file cannot be read; [`Error::Nats`] when the anchors stream
+/// cannot.
 pub async fn verify(
     destination: &ConnectionOptions,
     changes_table: &QualifiedName,
     database: Option<&str>,
-    anchor_file: Option<&Path>,
+    anchors: &AnchorSources,
 ) -> Result<VerifyReport> {
-    let anchors = anchor_file.map(anchor::read).transpose()?;
+    let mut anchored = Vec::new();
+    let mut unreadable_anchors = Vec::new();
+    if let Some(path) = &anchors.file {
+        let (found, unreadable) = anchor::read(path)?;
+        anchored.extend(found);
+        unreadable_anchors.extend(
+            unreadable
+                .into_iter()
+                .map(|line| Finding::AnchorUnreadable { line }),
+        );
+    }
+    if let Some(options) = &anchors.nats {
+        let (found, unreadable) = crate::seal::nats_anchor::read(options).await?;
+        anchored.extend(found);
+        unreadable_anchors.extend(
+            unreadable
+                .into_iter()
+                .map(|sequence| Finding::AnchorMessageUnreadable { sequence }),
+        );
+    }
     let mut client = destination.connect("bemi-worker verify").await?;
     let stored = bemi_core::setup::stored_changes_table(changes_table).to_string();
     let transaction = client
@@ -229,13 +291,9 @@ pub async fn verify(
     for database in &databases {
         verify_chain(&transaction, &stored, database, cutoff, &mut report).await?;
     }
-    if let Some((anchors, unreadable)) = anchors {
-        report.findings.extend(
-            unreadable
-                .into_iter()
-                .map(|line| Finding::AnchorUnreadable { line }),
-        );
-        for anchored in anchors
+    report.findings.extend(unreadable_anchors);
+    {
+        for anchored in anchored
             .iter()
             .filter(|anchored| database.is_none_or(|only| only == anchored.database))
         {

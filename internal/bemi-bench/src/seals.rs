@@ -180,7 +180,13 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
     for _ in 0..3 {
         let started = Instant::now();
         let (process_before, machine_before) = cpu_seconds()?;
-        let report = bemi_worker::verify(&destination, &changes_table, None, None).await?;
+        let report = bemi_worker::verify(
+            &destination,
+            &changes_table,
+            None,
+            &bemi_worker::seal::AnchorSources::none(),
+        )
+        .await?;
         verify_s.push(started.elapsed().as_secs_f64());
         let (process_after, machine_after) = cpu_seconds()?;
         verifier_cpu_s.push(process_after - process_before);

@@ -12,6 +12,7 @@ use bemi_core::setup::{Partitioning, Setup, SetupOptions};
 use bemi_worker::{ConnectionOptions, Ingest, IngestConfig, NatsOptions, Worker, WorkerConfig};
 use clap::{Args, Parser, Subcommand};
 
+mod anchor_args;
 mod console_args;
 mod erase_args;
 mod metrics_args;
@@ -372,6 +373,8 @@ struct RunArgs {
     /// How often the stored changes are sealed, in milliseconds (0: never).
     #[arg(long, env = "BEMI_SEAL_INTERVAL_MS", default_value_t = 5_000)]
     seal_interval_ms: u64,
+    #[command(flatten)]
+    anchor_nats: anchor_args::AnchorNatsArgs,
     /// Longest time a change waits before its batch is stored, in milliseconds.
     #[arg(long, env = "BEMI_FLUSH_INTERVAL_MS", default_value_t = 100)]
     flush_interval_ms: u64,
@@ -500,6 +503,8 @@ struct IngestArgs {
     #[arg(long, env = "BEMI_SEAL_INTERVAL_MS", default_value_t = 5_000)]
     seal_interval_ms: u64,
     #[command(flatten)]
+    anchor_nats: anchor_args::AnchorNatsArgs,
+    #[command(flatten)]
     metrics: MetricsArgs,
 }
 
@@ -608,6 +613,7 @@ impl RunArgs {
         config.batch_bytes = self.batch_bytes.max(1);
         config.writers = self.writers.max(1);
         config.anchor_file = self.anchor_file;
+        config.anchor_nats = self.anchor_nats.options();
         config.seal_interval =
             (self.seal_interval_ms > 0).then(|| Duration::from_millis(self.seal_interval_ms));
         config.flush_interval = Duration::from_millis(self.flush_interval_ms);
@@ -811,6 +817,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.flush_interval = Duration::from_millis(args.flush_interval_ms);
             config.log_interval = Duration::from_secs(args.log_interval_seconds.max(1));
             config.anchor_file = args.anchor_file;
+            config.anchor_nats = args.anchor_nats.options();
             config.seal_interval =
                 (args.seal_interval_ms > 0).then(|| Duration::from_millis(args.seal_interval_ms));
             let ingest = Ingest::new(config);

@@ -17,17 +17,26 @@ pub(crate) struct VerifyArgs {
     /// in the database with its hash (catches a chain rewritten whole).
     #[arg(long, env = "BEMI_ANCHOR_FILE")]
     anchor_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    anchor_nats: crate::anchor_args::AnchorNatsArgs,
 }
 
 impl VerifyArgs {
     /// Verifies and prints the report; exit 0 when everything sealed is intact, 2 otherwise.
     pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
         let (_, destination) = self.common.connections()?;
+        let mut anchors = bemi_worker::seal::AnchorSources::none();
+        if let Some(path) = &self.anchor_file {
+            anchors = anchors.file(path);
+        }
+        if let Some(options) = self.anchor_nats.options() {
+            anchors = anchors.nats(options);
+        }
         let report = bemi_worker::verify(
             &destination,
             &self.common.changes_table,
             self.database.as_deref(),
-            self.anchor_file.as_deref(),
+            &anchors,
         )
         .await?;
         println!(

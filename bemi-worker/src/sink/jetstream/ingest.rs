@@ -51,6 +51,8 @@ pub struct IngestConfig {
     pub seal_interval: Option<Duration>,
     /// An append-only file each seal's hash is added to (see `WorkerConfig::anchor_file`).
     pub anchor_file: Option<std::path::PathBuf>,
+    /// A JetStream stream each seal's hash is published to (see `WorkerConfig::anchor_nats`).
+    pub anchor_nats: Option<NatsOptions>,
 }
 
 impl IngestConfig {
@@ -68,6 +70,7 @@ impl IngestConfig {
             max_backoff: Duration::from_secs(30),
             seal_interval: Some(Duration::from_secs(5)),
             anchor_file: None,
+            anchor_nats: None,
         }
     }
 }
@@ -154,10 +157,10 @@ impl Ingest {
                     bemi_core::setup::stored_changes_table(&config.changes_table).to_string(),
                     Arc::clone(&self.databases),
                     interval,
-                    config
-                        .anchor_file
-                        .clone()
-                        .map(crate::seal::anchor::AnchorFile::new),
+                    crate::seal::sealer::Anchors::new(
+                        config.anchor_file.clone(),
+                        config.anchor_nats.clone(),
+                    ),
                 )
                 .instrument(tracing::info_span!("stage", stage = "seal")),
             ))

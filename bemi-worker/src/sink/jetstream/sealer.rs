@@ -20,8 +20,7 @@ use async_nats::jetstream;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::seal::anchor::AnchorFile;
-use crate::seal::sealer::{publish, seal_stored};
+use crate::seal::sealer::{Anchors, seal_stored};
 use crate::sink::jetstream::{NatsOptions, nats_error};
 use crate::{ConnectionOptions, Error, Result};
 
@@ -36,7 +35,7 @@ pub(crate) async fn run(
     stored_table: String,
     databases: Databases,
     interval: Duration,
-    anchors: Option<AnchorFile>,
+    mut anchors: Anchors,
 ) {
     let mut client: Option<Client> = None;
     loop {
@@ -67,7 +66,7 @@ pub(crate) async fn run(
             continue;
         };
         match seal_once(connected, &jetstream, &nats, &stored_table, &databases).await {
-            Ok(blocks) => publish(&blocks, anchors.as_ref()),
+            Ok(blocks) => anchors.publish(&blocks).await,
             Err(error) => tracing::warn!(
                 error = %crate::error_chain(&error),
                 "sealing the stored changes failed; retrying later"

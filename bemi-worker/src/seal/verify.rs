@@ -227,6 +227,40 @@ pub async fn verify(
     database: Option<&str>,
     anchors: &AnchorSources,
 ) -> Result<VerifyReport> {
+    // One long read on one connection: on a runtime of its own thread, the connection's task
+    // and the reader share that thread, and each row costs no wake-up across threads (a third
+    // less CPU per change than on a multi-threaded runtime, measured).
+    let (destination, changes_table) = (destination.clone(), changes_table.clone());
+    let (database, anchors) = (database.map(str::to_owned), anchors.clone());
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                action: "start verify's runtime".to_owned(),
+                source,
+            })?;
+        runtime.block_on(verify_on_this_thread(
+            &destination,
+            &changes_table,
+            database.as_deref(),
+            &anchors,
+        ))
+    })
+    .await
+    .map_err(|source| Error::Internal {
+        action: "verify".to_owned(),
+        source,
+    })?
+}
+
+/// [`verify`], on the current runtime.
+async fn verify_on_this_thread(
+    destination: &ConnectionOptions,
+    changes_table: &QualifiedName,
+    database: Option<&str>,
+    anchors: &AnchorSources,
+) -> Result<VerifyReport> {
     let mut anchored = Vec::new();
     let mut unreadable_anchors = Vec::new();
     if let Some(path) = &anchors.file {

@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::change_row::ChangeRow;
-use personal::{commitment_of, marker, replace_values, value_text};
+use personal::{commitment_of, marker, value_text};
 
 /// A subject whose personal values are erased.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -98,27 +98,46 @@ pub(crate) fn erase_values(
         let Some(text) = texts.get_mut(place) else {
             continue;
         };
-        let mut replacements = Vec::new();
-        let mut picked = Vec::new();
-        for (at, value) in values.iter().enumerate() {
-            if value.place != place || value.salt.is_none() || !select(value) {
-                continue;
-            }
-            let Some(committed) =
-                value_text(text, &value.key).and_then(|raw| commitment_of(value, raw))
-            else {
-                continue;
-            };
-            replacements.push((value.key.as_str(), marker(&committed)));
-            picked.push(at);
-        }
+        let picked: Vec<usize> = values
+            .iter()
+            .enumerate()
+            .filter(|(_, value)| value.place == place && value.salt.is_some() && select(value))
+            .map(|(at, _)| at)
+            .collect();
         if picked.is_empty() {
             continue;
         }
-        if let Some(replaced) = replace_values(text, &replacements) {
-            *text = replaced;
-            erased += picked.len();
-            for at in picked {
+        // One parse of the text for all its values; a value whose key is missing stays.
+        let Some(members) = personal::members(text) else {
+            continue;
+        };
+        let mut replacements = Vec::new();
+        let mut done = Vec::new();
+        for at in picked {
+            let value = &values[at];
+            let Some((_, range)) = members.iter().find(|(key, _)| *key == value.key) else {
+                continue;
+            };
+            let Some(committed) = text
+                .get(range.clone())
+                .and_then(|raw| commitment_of(value, raw))
+            else {
+                continue;
+            };
+            replacements.push((range.clone(), marker(&committed)));
+            done.push(at);
+        }
+        let spliced = personal::splice(
+            text,
+            replacements
+                .iter()
+                .map(|(range, with)| (range.clone(), with.as_str()))
+                .collect(),
+        );
+        if let Some(spliced) = spliced {
+            *text = spliced;
+            erased += done.len();
+            for at in done {
                 values[at].salt = None;
             }
         }

@@ -76,21 +76,59 @@ pub struct PersonalValue {
 impl PersonalValue {
     /// A value not erased, with a fresh random salt.
     pub(crate) fn fresh(place: Place, key: &str) -> Self {
-        let mut salt = [0_u8; SALT_BYTES];
-        // The operating system's generator does not fail on the systems PostgreSQL runs on; if it
-        // did, a salt from the clock and the key still hides the value from a guess list.
-        if getrandom::fill(&mut salt).is_err() {
-            let mut digest = Sha256::new();
-            digest.update(format!("{:?}{key}", std::time::SystemTime::now()));
-            salt.copy_from_slice(&digest.finalize()[..SALT_BYTES]);
-        }
         Self {
             place,
             key: key.to_owned(),
-            salt: Some(salt),
+            salt: Some(random_salt(key)),
         }
     }
 }
+
+/// Random bytes from the operating system, fetched 4 KiB at a time (one system call per 256
+/// salts instead of one per salt).
+struct RandomBytes {
+    buffer: [u8; 4096],
+    used: usize,
+}
+
+thread_local! {
+    static RANDOM: std::cell::RefCell<RandomBytes> = const {
+        std::cell::RefCell::new(RandomBytes { buffer: [0; 4096], used: 4096 })
+    };
+}
+
+/// A salt of random bytes. The operating system's generator does not fail on the systems
+/// PostgreSQL runs on; if it did, a salt from the clock, a counter and `key` still hides the
+/// value from a guess list.
+fn random_salt(key: &str) -> [u8; SALT_BYTES] {
+    let drawn = RANDOM.with(|random| {
+        let mut random = random.borrow_mut();
+        if random.used + SALT_BYTES > random.buffer.len() {
+            if getrandom::fill(&mut random.buffer).is_err() {
+                return None;
+            }
+            random.used = 0;
+        }
+        let mut salt = [0_u8; SALT_BYTES];
+        let at = random.used;
+        salt.copy_from_slice(&random.buffer[at..at + SALT_BYTES]);
+        // Each byte is used once.
+        random.buffer[at..at + SALT_BYTES].fill(0);
+        random.used += SALT_BYTES;
+        Some(salt)
+    });
+    drawn.unwrap_or_else(|| {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut digest = Sha256::new();
+        digest.update(format!("{:?}{count}{key}", std::time::SystemTime::now()));
+        let mut salt = [0_u8; SALT_BYTES];
+        salt.copy_from_slice(&digest.finalize()[..SALT_BYTES]);
+        salt
+    })
+}
+
+impl PersonalValue {}
 
 /// The `personal` column's text for `values` (`None` when there are none).
 pub(crate) fn to_stored<'v>(values: impl IntoIterator<Item = &'v PersonalValue>) -> Option<String> {
@@ -198,35 +236,34 @@ pub(crate) fn members(text: &str) -> Option<Vec<(String, Range<usize>)>> {
     )
 }
 
-/// `text` with the value of each `(key, replacement)` replaced (the first member of that key);
-/// `None` when `text` is not an object or lacks one of the keys.
-pub(crate) fn replace_values(text: &str, replacements: &[(&str, String)]) -> Option<String> {
-    if replacements.is_empty() {
-        return Some(text.to_owned());
-    }
+/// The range of the value of each of `keys` in the object `text` (its first member), from one
+/// parse; `None` when `text` is not an object or lacks one of the keys.
+pub(crate) fn value_ranges(text: &str, keys: &[&str]) -> Option<Vec<Range<usize>>> {
     let members = members(text)?;
-    let mut ranges: Vec<(Range<usize>, &str)> = replacements
-        .iter()
-        .map(|(key, with)| {
+    keys.iter()
+        .map(|key| {
             members
                 .iter()
                 .find(|(name, _)| name == key)
-                .map(|(_, range)| (range.clone(), with.as_str()))
+                .map(|(_, range)| range.clone())
         })
-        .collect::<Option<_>>()?;
-    ranges.sort_by_key(|(range, _)| range.start);
-    let mut out = String::with_capacity(text.len() + 96 * ranges.len());
+        .collect()
+}
+
+/// `text` with each range replaced; `None` when two ranges overlap (a key given twice).
+pub(crate) fn splice(text: &str, mut replacements: Vec<(Range<usize>, &str)>) -> Option<String> {
+    replacements.sort_by_key(|(range, _)| range.start);
+    let mut out = String::with_capacity(text.len() + 96 * replacements.len());
     let mut from = 0;
-    for (range, with) in ranges {
+    for (range, with) in replacements {
         if range.start < from {
-            // The same key twice.
             return None;
         }
-        out.push_str(&text[from..range.start]);
+        out.push_str(text.get(from..range.start)?);
         out.push_str(with);
         from = range.end;
     }
-    out.push_str(&text[from..]);
+    out.push_str(text.get(from..)?);
     Some(out)
 }
 
@@ -290,12 +327,23 @@ mod tests {
     #[test]
     fn replacing_keeps_every_other_byte() {
         let text = r#"{"name":"Ann","email":"ann@x.org","n":1.50}"#;
-        let replaced = replace_values(text, &[("email", "\"c\"".to_owned())]);
+        let ranges = value_ranges(text, &["email", "n"]).unwrap_or_default();
+        let replaced = splice(
+            text,
+            vec![(ranges[1].clone(), "2"), (ranges[0].clone(), "\"c\"")],
+        );
         assert_eq!(
             replaced.as_deref(),
-            Some(r#"{"name":"Ann","email":"c","n":1.50}"#)
+            Some(r#"{"name":"Ann","email":"c","n":2}"#)
         );
-        assert_eq!(replace_values(text, &[("missing", "1".to_owned())]), None);
+        assert_eq!(value_ranges(text, &["missing"]), None);
+        assert_eq!(
+            splice(
+                text,
+                vec![(ranges[0].clone(), "1"), (ranges[0].clone(), "2")]
+            ),
+            None
+        );
         assert_eq!(value_text(text, "n"), Some("1.50"));
     }
 

@@ -35,6 +35,9 @@ const COLUMNS: &str = "id, database, schema, \"table\", operation, primary_key, 
 /// The index of `committed_at` among [`COLUMNS`].
 const COMMITTED_AT: usize = 11;
 
+/// How many [`COLUMNS`] there are.
+const COLUMN_COUNT: usize = 18;
+
 /// Settings for the transaction that reads changes to seal or verify them.
 pub(crate) const SETTINGS: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; \
     SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1";
@@ -82,9 +85,14 @@ impl Leaf {
     /// The leaf of one `COPY` line (without its newline); `None` when the line is not a change
     /// row of [`COLUMNS`].
     pub(crate) fn of_line(line: &[u8]) -> Option<Self> {
-        let mut fields = line.split(|byte| *byte == b'\t');
-        let id = Uuid::try_parse_ascii(fields.next()?).ok()?;
-        let text = fields.nth(COMMITTED_AT - 1)?;
+        if line.get(36) != Some(&b'\t') {
+            return None;
+        }
+        let id = Uuid::try_parse_ascii(line.get(..36)?).ok()?;
+        // From the end: the columns after it are short, the images before it are not.
+        let text = line
+            .rsplit(|byte| *byte == b'\t')
+            .nth(COLUMN_COUNT - 1 - COMMITTED_AT)?;
         let mut committed_at = [0_u8; 40];
         committed_at.get_mut(..text.len())?.copy_from_slice(text);
         let last_tab = line.iter().rposition(|byte| *byte == b'\t')?;
@@ -129,10 +137,8 @@ impl Leaf {
 /// columns) with each personal value replaced by its commitment as a JSON string, then a
 /// newline and the list of places and keys. `None` when the list or a value cannot be read.
 fn committed_line(rest: &[u8], personal: &[u8]) -> Option<Vec<u8>> {
-    use crate::erasure::Place;
-    use crate::erasure::personal::{
-        commitment_of, from_stored, replace_values, sealed_list, value_text,
-    };
+    use crate::erasure::personal::{commitment_of, from_stored, sealed_list, splice, value_ranges};
+    use crate::erasure::{PersonalValue, Place};
 
     let values = from_stored(std::str::from_utf8(&unescape(personal)?).ok()?)?;
     let mut fields: Vec<std::borrow::Cow<'_, [u8]>> = rest
@@ -149,15 +155,23 @@ fn committed_line(rest: &[u8], personal: &[u8]) -> Option<Vec<u8>> {
             continue;
         }
         let text = String::from_utf8(unescape(fields.get(index)?)?).ok()?;
-        let mut replacements = Vec::new();
-        for value in values.iter().filter(|value| value.place == place) {
-            let committed = commitment_of(value, value_text(&text, &value.key)?)?;
-            replacements.push((
-                value.key.as_str(),
-                format!("\"{}\"", crate::seal::anchor::hex(&committed)),
-            ));
+        let here: Vec<&PersonalValue> =
+            values.iter().filter(|value| value.place == place).collect();
+        let keys: Vec<&str> = here.iter().map(|value| value.key.as_str()).collect();
+        let ranges = value_ranges(&text, &keys)?;
+        let mut commitments = Vec::with_capacity(here.len());
+        for (value, range) in here.iter().zip(&ranges) {
+            let committed = commitment_of(value, text.get(range.clone())?)?;
+            commitments.push(format!("\"{}\"", crate::seal::anchor::hex(&committed)));
         }
-        *fields.get_mut(index)? = escape(&replace_values(&text, &replacements)?).into();
+        let replaced = splice(
+            &text,
+            ranges
+                .into_iter()
+                .zip(commitments.iter().map(String::as_str))
+                .collect(),
+        )?;
+        *fields.get_mut(index)? = escape(&replaced).into();
     }
     let mut out = fields.join(&b'\t');
     out.push(b'\n');

@@ -15,11 +15,13 @@
 //! cargo run --release -p bemi-bench -- read-targets
 //! cargo run --release -p bemi-bench -- console-pages
 //! cargo run --release -p bemi-bench -- seals
+//! cargo run --release -p bemi-bench -- erasure
 //! ```
 
 mod changes_bytes;
 mod console_pages;
 mod environment;
+mod erasure;
 mod forged;
 mod history_latency;
 mod lag;
@@ -158,6 +160,15 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         repetitions: usize,
     },
+    /// What personal values cost (storing, sealing, verify) and how long an erasure takes.
+    Erasure {
+        /// Row changes to generate.
+        #[arg(long, default_value_t = 200_000)]
+        changes: usize,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repetitions: usize,
+    },
     /// What sealing costs the worker, how soon changes are sealed, and verify's speed.
     Seals {
         /// Row changes to generate.
@@ -231,6 +242,12 @@ enum Scenario {
         /// How often it seals, in milliseconds; 0: never (the worker's default without).
         #[arg(long)]
         seal_interval_ms: Option<u64>,
+        /// Columns declared personal.
+        #[arg(long)]
+        personal_columns: Option<String>,
+        /// Context keys declared personal.
+        #[arg(long)]
+        personal_context: Option<String>,
     },
 }
 
@@ -303,6 +320,10 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             changes,
             repetitions,
         } => seals::run(changes.max(1_000), repetitions.max(1)).await,
+        Scenario::Erasure {
+            changes,
+            repetitions,
+        } => erasure::run(changes.max(1_000), repetitions.max(1)).await,
         Scenario::ConsolePages { changes, probes } => {
             console_pages::run(changes.max(1_000_000), probes.max(5)).await
         }
@@ -354,6 +375,8 @@ async fn worker(scenario: Scenario) -> anyhow::Result<()> {
             nats_subject,
             writers,
             seal_interval_ms,
+            personal_columns,
+            personal_context,
         } => {
             let nats = nats_url.map(|url| {
                 let mut nats = bemi_worker::NatsOptions::new(url);
@@ -375,6 +398,9 @@ async fn worker(scenario: Scenario) -> anyhow::Result<()> {
                 worker_process::Tuning {
                     writers,
                     seal_interval_ms,
+                    // Leaked once per worker process: the tuning is `Copy`.
+                    personal_columns: personal_columns.map(|text| &*text.leak()),
+                    personal_context: personal_context.map(|text| &*text.leak()),
                 },
             )
             .await

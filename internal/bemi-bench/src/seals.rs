@@ -14,7 +14,7 @@ use crate::stats::summary;
 use crate::worker_process::{Tuning, WorkerProcess, wait_confirmed};
 use crate::workload::{SCHEMA, mixed};
 
-async fn sealed(env: &Environment) -> anyhow::Result<usize> {
+pub(crate) async fn sealed(env: &Environment) -> anyhow::Result<usize> {
     let count: i64 = env
         .client
         .query_one(
@@ -35,21 +35,35 @@ async fn run_worker(
     changes: usize,
     seal_interval_ms: u64,
 ) -> anyhow::Result<(f64, Option<f64>)> {
+    run_tuned(
+        env,
+        slot,
+        target,
+        changes,
+        Tuning {
+            seal_interval_ms: Some(seal_interval_ms),
+            ..Tuning::default()
+        },
+    )
+    .await
+}
+
+/// [`run_worker`] with the worker set up as `tuning` says.
+pub(crate) async fn run_tuned(
+    env: &Environment,
+    slot: &str,
+    target: &str,
+    changes: usize,
+    tuning: Tuning,
+) -> anyhow::Result<(f64, Option<f64>)> {
+    let seal_interval_ms = tuning.seal_interval_ms.unwrap_or_default();
     env.client
         .batch_execute(
             "TRUNCATE bemi.changes_stored, bemi.seals; DELETE FROM bemi.worker_progress; CHECKPOINT",
         )
         .await?;
     let started = Instant::now();
-    let worker = WorkerProcess::spawn_tuned(
-        &env.database.url(),
-        slot,
-        None,
-        Tuning {
-            writers: None,
-            seal_interval_ms: Some(seal_interval_ms),
-        },
-    )?;
+    let worker = WorkerProcess::spawn_tuned(&env.database.url(), slot, None, tuning)?;
     let stored = wait_confirmed(
         &env.client,
         slot,
@@ -76,7 +90,7 @@ async fn run_worker(
 
 /// CPU seconds this process and the whole machine have used so far (from `/proc`, in clock
 /// ticks of 1/100 s).
-fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
+pub(crate) fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
     let ticks = |fields: &[&str]| -> f64 {
         fields
             .iter()

@@ -281,7 +281,7 @@ async fn measure_fresh(
 ) -> anyhow::Result<crate::worker_process::Run> {
     let tuning = crate::worker_process::Tuning {
         writers,
-        seal_interval_ms: None,
+        ..crate::worker_process::Tuning::default()
     };
     env.client
         .batch_execute("TRUNCATE bemi.changes_stored; DELETE FROM bemi.worker_progress;")

@@ -19,6 +19,10 @@ pub(crate) struct Tuning {
     pub(crate) writers: Option<usize>,
     /// How often it seals, in milliseconds (0: never).
     pub(crate) seal_interval_ms: Option<u64>,
+    /// Columns declared personal (`--personal-columns`).
+    pub(crate) personal_columns: Option<&'static str>,
+    /// Context keys declared personal (`--personal-context`).
+    pub(crate) personal_context: Option<&'static str>,
 }
 
 impl WorkerProcess {
@@ -43,6 +47,12 @@ impl WorkerProcess {
         }
         if let Some(seal) = &seal {
             args.extend(["--seal-interval-ms", seal]);
+        }
+        if let Some(columns) = tuning.personal_columns {
+            args.extend(["--personal-columns", columns]);
+        }
+        if let Some(keys) = tuning.personal_context {
+            args.extend(["--personal-context", keys]);
         }
         if let Some(destination) = destination {
             args.extend(["--destination-url", destination]);
@@ -199,6 +209,14 @@ pub(crate) async fn run_worker(
     }
     if let Some(millis) = tuning.seal_interval_ms {
         config.seal_interval = (millis > 0).then(|| Duration::from_millis(millis));
+    }
+    if let Some(columns) = tuning.personal_columns {
+        config
+            .column_policies
+            .add_list(bemi_core::policy::ColumnAction::Personal, columns)?;
+    }
+    if let Some(keys) = tuning.personal_context {
+        config.personal_context = keys.split(',').map(str::to_owned).collect();
     }
     config.status_interval = Duration::from_millis(100);
     let worker = bemi_worker::Worker::new(config);

@@ -95,7 +95,7 @@ impl Leaf {
             .nth(COLUMN_COUNT - 1 - COMMITTED_AT)?;
         let mut committed_at = [0_u8; 40];
         committed_at.get_mut(..text.len())?.copy_from_slice(text);
-        let last_tab = line.iter().rposition(|byte| *byte == b'\t')?;
+        let last_tab = memchr::memrchr(b'\t', line)?;
         let (rest, personal) = (&line[..last_tab], &line[last_tab + 1..]);
         let mut digest = Sha256::new();
         // RFC 6962's leaf prefix, then what the bytes are.
@@ -235,7 +235,7 @@ impl Lines {
     pub(crate) fn feed(&mut self, chunk: &[u8], mut line: impl FnMut(&[u8])) {
         let mut rest = chunk;
         if !self.pending.is_empty() {
-            let Some(end) = rest.iter().position(|byte| *byte == b'\n') else {
+            let Some(end) = memchr::memchr(b'\n', rest) else {
                 self.pending.extend_from_slice(rest);
                 return;
             };
@@ -244,7 +244,7 @@ impl Lines {
             self.pending.clear();
             rest = &rest[end + 1..];
         }
-        while let Some(end) = rest.iter().position(|byte| *byte == b'\n') {
+        while let Some(end) = memchr::memchr(b'\n', rest) {
             line(&rest[..end]);
             rest = &rest[end + 1..];
         }

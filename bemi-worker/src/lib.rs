@@ -56,8 +56,8 @@ pub use admin::retention::{
 pub use admin::revert::revert;
 pub use admin::snapshot::snapshot;
 pub use admin::status::{
-    Health, LagLimits, PartitionInfo, RetentionRun, STATUS_FORMAT, SealInfo, SlotInfo, Status,
-    StatusReport, TrailGap, status,
+    ErasureInfo, Health, LagLimits, PartitionInfo, RetentionRun, STATUS_FORMAT, SealInfo, SlotInfo,
+    Status, StatusReport, TrailGap, status,
 };
 pub use change_row::ChangeRow;
 pub use erasure::{ErasureOutcome, ErasureRequest, request_erasure};

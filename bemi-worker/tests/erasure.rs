@@ -322,6 +322,14 @@ async fn a_stopped_worker_carries_the_erasure_out_when_it_reaches_it() {
         "{output:?}"
     );
 
+    // `status` shows the request waiting.
+    let status = bemi_worker::status(&fixture.source, &fixture.source, fixture.setup.options())
+        .await
+        .unwrap();
+    let erasures = status.erasures.clone().unwrap();
+    assert_eq!((erasures.carried_out, erasures.waiting), (0, 1), "{status}");
+    assert!(erasures.oldest_waiting.is_some());
+
     let worker = RunningWorker::start(config(&fixture));
     wait_until_async("the erasure carried out", TIMEOUT, || async {
         let done: i64 = fixture
@@ -343,4 +351,15 @@ async fn a_stopped_worker_carries_the_erasure_out_when_it_reaches_it() {
     }
     let report = verify(&fixture).await;
     assert!(report.is_intact(), "{report:?}");
+    let status = bemi_worker::status(&fixture.source, &fixture.source, fixture.setup.options())
+        .await
+        .unwrap();
+    let erasures = status.erasures.clone().unwrap();
+    assert_eq!((erasures.carried_out, erasures.waiting), (1, 0), "{status}");
+    assert!(
+        status
+            .to_string()
+            .contains("erasures:            1 carried out\n"),
+        "{status}"
+    );
 }

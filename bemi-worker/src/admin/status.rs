@@ -67,6 +67,8 @@ pub struct Status {
     pub last_trail_gap: Option<TrailGap>,
     /// The seals of this database's changes (`None`: no `bemi.seals`, the setup predates it).
     pub seals: Option<SealInfo>,
+    /// The erasures asked for in this database (`None`: the setup predates erasure).
+    pub erasures: Option<ErasureInfo>,
     /// What makes the trail incomplete or unreliable right now, one sentence each: tracked
     /// tables whose context trigger is missing or disabled, or whose replica identity is not
     /// `FULL` (old row images would hold only the key).
@@ -86,6 +88,61 @@ pub struct SealInfo {
     /// The commit time of the oldest change stored after the newest block: what `verify`
     /// cannot prove yet (`None`: every stored change is sealed).
     pub oldest_unsealed_commit: Option<DateTime<Utc>>,
+}
+
+/// The erasures asked for in one source database, and how many the worker carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ErasureInfo {
+    /// Requests the worker carried out (`bemi.erasures`).
+    pub carried_out: i64,
+    /// Requests written after the last one carried out: the subjects' values are still stored
+    /// until the worker reaches them.
+    pub waiting: i64,
+    /// When the oldest waiting request was made.
+    pub oldest_waiting: Option<DateTime<Utc>>,
+}
+
+/// Whether `table` exists in the database of `client`.
+async fn table_exists(client: &tokio_postgres::Client, table: &str) -> Result<bool> {
+    client
+        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map(|row| row.get(0))
+        .map_err(Error::postgres("look for the erasure tables"))
+}
+
+/// The erasures of `database`: requests in the source, carried out in the destination.
+async fn erasure_info(
+    source: &tokio_postgres::Client,
+    destination: &tokio_postgres::Client,
+    database: &str,
+) -> Result<Option<ErasureInfo>> {
+    if !table_exists(source, "bemi.erasure_requests").await?
+        || !table_exists(destination, "bemi.erasures").await?
+    {
+        return Ok(None);
+    }
+    let done = destination
+        .query_one(
+            "SELECT count(*), coalesce(max(request_id), 0) FROM bemi.erasures WHERE database = $1",
+            &[&database],
+        )
+        .await
+        .map_err(Error::postgres("read the erasures carried out"))?;
+    let (carried_out, last): (i64, i64) = (done.get(0), done.get(1));
+    let waiting = source
+        .query_one(
+            "SELECT count(*), min(requested_at) FROM bemi.erasure_requests WHERE id > $1",
+            &[&last],
+        )
+        .await
+        .map_err(Error::postgres("read the waiting erasure requests"))?;
+    Ok(Some(ErasureInfo {
+        carried_out,
+        waiting: waiting.get(0),
+        oldest_waiting: waiting.get(1),
+    }))
 }
 
 /// How long a stored change may stay unsealed before `status` warns (the worker seals every
@@ -440,9 +497,23 @@ pub async fn status(
         )),
         Some(_) => {}
     }
+    let erasures = erasure_info(&client, &destination_client, source.database()).await?;
+    if let Some(ErasureInfo {
+        waiting,
+        oldest_waiting: Some(oldest),
+        ..
+    }) = &erasures
+        && Utc::now() - *oldest > UNSEALED_WARNING
+    {
+        warnings.push(format!(
+            "{waiting} erasure requests wait since {}: the subjects' personal values stay stored              until the worker reaches them (is it stopped, or behind?)",
+            oldest.to_rfc3339()
+        ));
+    }
     let last_trail_gap = last_trail_gap(&client, slot).await?;
     Ok(Status {
         seals,
+        erasures,
         partitions,
         last_trail_gap,
         source: source.to_string(),
@@ -709,6 +780,20 @@ impl fmt::Display for Status {
                     .oldest_unsealed_commit
                     .map_or_else(String::new, |oldest| format!(
                         "; not sealed yet: changes since {}",
+                        oldest.to_rfc3339()
+                    ))
+            )?;
+        }
+        if let Some(erasures) = &self.erasures {
+            writeln!(
+                f,
+                "erasures:            {} carried out{}",
+                erasures.carried_out,
+                erasures
+                    .oldest_waiting
+                    .map_or_else(String::new, |oldest| format!(
+                        ", {} waiting since {}",
+                        erasures.waiting,
                         oldest.to_rfc3339()
                     ))
             )?;

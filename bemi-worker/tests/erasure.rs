@@ -11,7 +11,7 @@ use bemi_test_harness::{test_database, wait_until_async};
 use bemi_worker::{ErasureOutcome, ErasureRequest, Finding, WorkerConfig};
 use serde_json::json;
 
-use crate::support::{Fixture, RunningWorker, TIMEOUT, fixture};
+use crate::support::{Fixture, RunningWorker, TIMEOUT, fixture, wait_all_sealed};
 
 const TABLES: &str = "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, \
     email text, phone text, notes jsonb); \
@@ -51,24 +51,6 @@ async fn holding(fixture: &Fixture, text: &str) -> i64 {
         .await
         .unwrap()
         .get(0)
-}
-
-/// Waits until every stored change is sealed.
-async fn wait_all_sealed(fixture: &Fixture) {
-    wait_until_async("every change sealed", TIMEOUT, || async {
-        let row = fixture
-            .client
-            .query_one(
-                "SELECT (SELECT count(*) FROM bemi.changes_stored), \
-                 (SELECT coalesce(sum(changes), 0)::int8 FROM bemi.seals)",
-                &[],
-            )
-            .await
-            .unwrap();
-        let (stored, sealed): (i64, i64) = (row.get(0), row.get(1));
-        (stored > 0 && sealed == stored).then_some(())
-    })
-    .await;
 }
 
 async fn verify(fixture: &Fixture) -> bemi_worker::VerifyReport {

@@ -128,19 +128,7 @@ async fn wait_for_count(
 
 /// Waits until every stored change is sealed (by the ingest processes), then verifies them.
 async fn wait_sealed_and_verified(fixture: &Fixture) {
-    wait_until_async("every stored change sealed", TIMEOUT, || async {
-        let row = fixture
-            .client
-            .query_one(
-                "SELECT (SELECT count(*) FROM bemi.changes_stored), \
-                 (SELECT coalesce(sum(changes), 0)::int8 FROM bemi.seals)",
-                &[],
-            )
-            .await
-            .ok()?;
-        (row.get::<_, i64>(0) == row.get::<_, i64>(1)).then_some(())
-    })
-    .await;
+    crate::support::wait_all_sealed(fixture).await;
     let report = bemi_worker::verify(
         &fixture.source,
         fixture.setup.options().changes_table_name(),

@@ -228,6 +228,24 @@ pub async fn wait_for_changes(
     .await
 }
 
+/// Waits until every stored change is sealed (at least one).
+pub async fn wait_all_sealed(fixture: &Fixture) {
+    wait_until_async("every stored change sealed", TIMEOUT, || async {
+        let row = fixture
+            .client
+            .query_one(
+                "SELECT (SELECT count(*) FROM bemi.changes_stored), \
+                 (SELECT coalesce(sum(changes), 0)::int8 FROM bemi.seals)",
+                &[],
+            )
+            .await
+            .ok()?;
+        let (stored, sealed): (i64, i64) = (row.get(0), row.get(1));
+        (stored > 0 && sealed == stored).then_some(())
+    })
+    .await;
+}
+
 /// The first column of every row `sql` returns.
 pub async fn first_column<T>(
     client: &tokio_postgres::Client,

@@ -227,6 +227,41 @@ impl Anchors {
     }
 }
 
+/// What connecting a sealer gave.
+pub(crate) enum Connected {
+    /// A connection to a destination with `bemi.seals`.
+    Ready(Client),
+    /// The destination has no `bemi.seals` (logged): sealing stops.
+    NoSeals,
+    /// A failure (logged): try again later.
+    Later,
+}
+
+/// Connects a sealer as `application` to `destination` and checks for the seals table, once
+/// per connection.
+pub(crate) async fn connect(destination: &ConnectionOptions, application: &str) -> Connected {
+    let connected = match destination.connect(application).await {
+        Ok(connected) => connected,
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot connect to seal the stored changes; retrying later");
+            return Connected::Later;
+        }
+    };
+    match crate::seal::installed(&connected).await {
+        Ok(true) => Connected::Ready(connected),
+        Ok(false) => {
+            tracing::warn!(
+                "the destination has no bemi.seals: run `bemi-worker setup` again to seal the stored changes"
+            );
+            Connected::NoSeals
+        }
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot look for bemi.seals; retrying later");
+            Connected::Later
+        }
+    }
+}
+
 /// A 32-byte hash from a stored `bytea` (zeros when it has another length: it then fails to
 /// chain, which `verify` reports).
 pub(crate) fn hash_of(bytes: Vec<u8>) -> [u8; 32] {
@@ -254,25 +289,10 @@ pub(crate) async fn run(
             continue;
         }
         if client.as_ref().is_none_or(Client::is_closed) {
-            // Connected, and checked for the seals table, once per connection.
-            let connected = match destination.connect("bemi-worker sealer").await {
-                Ok(connected) => connected,
-                Err(error) => {
-                    tracing::warn!(error = %crate::error_chain(&error), "cannot connect to seal the stored changes; retrying later");
-                    tokio::time::sleep(interval).await;
-                    continue;
-                }
-            };
-            match crate::seal::installed(&connected).await {
-                Ok(true) => client = Some(connected),
-                Ok(false) => {
-                    tracing::warn!(
-                        "the destination has no bemi.seals: run `bemi-worker setup` again to seal the stored changes"
-                    );
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(error = %crate::error_chain(&error), "cannot look for bemi.seals; retrying later");
+            match connect(&destination, "bemi-worker sealer").await {
+                Connected::Ready(connected) => client = Some(connected),
+                Connected::NoSeals => return,
+                Connected::Later => {
                     tokio::time::sleep(interval).await;
                     continue;
                 }

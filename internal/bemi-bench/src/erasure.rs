@@ -12,10 +12,9 @@
 use std::time::{Duration, Instant};
 
 use crate::environment::Environment;
-use crate::seals::{cpu_seconds, run_tuned};
+use crate::seals::{cpu_seconds, prepare, run_tuned};
 use crate::stats::summary;
 use crate::worker_process::{Tuning, WorkerProcess};
-use crate::workload::{SCHEMA, mixed};
 
 /// The columns and context keys declared personal in the personal runs.
 const PERSONAL_COLUMNS: &str = "item.name,item.description";
@@ -46,17 +45,7 @@ async fn verify(env: &Environment, changes: usize) -> anyhow::Result<(f64, f64)>
 }
 
 pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()> {
-    let env = Environment::start("erasure", SCHEMA).await?;
-    for repetition in 0..repetitions {
-        env.create_slot(&format!("bench_plain_{repetition}"))
-            .await?;
-        env.create_slot(&format!("bench_personal_{repetition}"))
-            .await?;
-    }
-    for statement in mixed(changes, 1_000) {
-        env.client.batch_execute(&statement).await?;
-    }
-    let target = env.current_lsn().await?;
+    let (env, target) = prepare("erasure", changes, repetitions, ["plain", "personal"]).await?;
     let personal = Tuning {
         seal_interval_ms: Some(5_000),
         personal_columns: Some(PERSONAL_COLUMNS),

@@ -118,18 +118,30 @@ pub(crate) fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
     Ok((process, busy))
 }
 
-pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()> {
-    let env = Environment::start("seals", SCHEMA).await?;
+/// A cluster named `name` with the worker-throughput workload of `changes` row changes, behind a
+/// slot `bench_<kind>_<repetition>` per kind and repetition; with the position of its end.
+pub(crate) async fn prepare(
+    name: &str,
+    changes: usize,
+    repetitions: usize,
+    kinds: [&str; 2],
+) -> anyhow::Result<(Environment, String)> {
+    let env = Environment::start(name, SCHEMA).await?;
     for repetition in 0..repetitions {
-        env.create_slot(&format!("bench_unsealed_{repetition}"))
-            .await?;
-        env.create_slot(&format!("bench_sealed_{repetition}"))
-            .await?;
+        for kind in kinds {
+            env.create_slot(&format!("bench_{kind}_{repetition}"))
+                .await?;
+        }
     }
     for statement in mixed(changes, 1_000) {
         env.client.batch_execute(&statement).await?;
     }
     let target = env.current_lsn().await?;
+    Ok((env, target))
+}
+
+pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()> {
+    let (env, target) = prepare("seals", changes, repetitions, ["unsealed", "sealed"]).await?;
     let (mut unsealed_s, mut sealed_stored_s, mut sealed_all_s) =
         (Vec::new(), Vec::new(), Vec::new());
     for repetition in 0..repetitions {

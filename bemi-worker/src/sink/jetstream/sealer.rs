@@ -20,7 +20,7 @@ use async_nats::jetstream;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::seal::sealer::{Anchors, seal_stored};
+use crate::seal::sealer::{Anchors, Connected, connect, seal_stored};
 use crate::sink::jetstream::{NatsOptions, nats_error};
 use crate::{ConnectionOptions, Error, Result};
 
@@ -41,25 +41,10 @@ pub(crate) async fn run(
     loop {
         tokio::time::sleep(interval).await;
         if client.as_ref().is_none_or(Client::is_closed) {
-            let connected = match destination.connect("bemi-worker ingest sealer").await {
-                Ok(connected) => connected,
-                Err(error) => {
-                    tracing::warn!(error = %crate::error_chain(&error), "cannot connect to seal the stored changes; retrying later");
-                    continue;
-                }
-            };
-            match crate::seal::installed(&connected).await {
-                Ok(true) => client = Some(connected),
-                Ok(false) => {
-                    tracing::warn!(
-                        "the destination has no bemi.seals: run `bemi-worker setup` again to seal the stored changes"
-                    );
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(error = %crate::error_chain(&error), "cannot look for bemi.seals; retrying later");
-                    continue;
-                }
+            match connect(&destination, "bemi-worker ingest sealer").await {
+                Connected::Ready(connected) => client = Some(connected),
+                Connected::NoSeals => return,
+                Connected::Later => continue,
             }
         }
         let Some(connected) = client.as_mut() else {

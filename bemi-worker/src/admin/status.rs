@@ -103,23 +103,14 @@ pub struct ErasureInfo {
     pub oldest_waiting: Option<DateTime<Utc>>,
 }
 
-/// Whether `table` exists in the database of `client`.
-async fn table_exists(client: &tokio_postgres::Client, table: &str) -> Result<bool> {
-    client
-        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table])
-        .await
-        .map(|row| row.get(0))
-        .map_err(Error::postgres("look for the erasure tables"))
-}
-
 /// The erasures of `database`: requests in the source, carried out in the destination.
 async fn erasure_info(
     source: &tokio_postgres::Client,
     destination: &tokio_postgres::Client,
     database: &str,
 ) -> Result<Option<ErasureInfo>> {
-    if !table_exists(source, "bemi.erasure_requests").await?
-        || !table_exists(destination, "bemi.erasures").await?
+    if !crate::postgres::table_exists(source, "bemi.erasure_requests").await?
+        || !crate::postgres::table_exists(destination, "bemi.erasures").await?
     {
         return Ok(None);
     }

@@ -102,15 +102,7 @@ pub async fn request_erasure(
         ));
     }
     let mut client = source.connect("bemi-worker erase").await?;
-    let installed: bool = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('bemi.erasure_requests') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(Error::postgres("look for bemi.erasure_requests"))?
-        .get(0);
-    if !installed {
+    if !crate::postgres::table_exists(&client, "bemi.erasure_requests").await? {
         return Err(Error::Config(
             "the source has no bemi.erasure_requests: run `bemi-worker setup` again".to_owned(),
         ));

@@ -51,18 +51,6 @@ pub(crate) struct Erasure {
     pub(crate) subject: Subject,
 }
 
-/// Whether the destination has `bemi.erasures` (a setup from before erasure does not).
-pub(crate) async fn installed(transaction: &Transaction<'_>) -> Result<bool> {
-    Ok(transaction
-        .query_one(
-            "SELECT pg_catalog.to_regclass('bemi.erasures') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(Error::postgres("look for bemi.erasures"))?
-        .get(0))
-}
-
 /// Learns every erasure recorded so far, without erasing anything (their changes are erased).
 pub(crate) async fn learn(transaction: &Transaction<'_>, erased: &mut Erased) -> Result<()> {
     let rows = transaction

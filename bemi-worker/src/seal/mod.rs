@@ -20,17 +20,10 @@ pub mod verify;
 pub use nats_anchor::{DEFAULT_ANCHOR_STREAM, DEFAULT_ANCHOR_SUBJECT};
 pub use verify::{AnchorSources, Finding, VerifyReport, verify};
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// Whether the destination `client` is connected to has `bemi.seals` (setups before sealing
 /// do not).
 pub(crate) async fn installed<C: tokio_postgres::GenericClient>(client: &C) -> Result<bool> {
-    Ok(client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('bemi.seals') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(Error::postgres("look for bemi.seals"))?
-        .get(0))
+    crate::postgres::table_exists(client, "bemi.seals").await
 }

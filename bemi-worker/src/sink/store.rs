@@ -222,7 +222,7 @@ impl Store {
             .transaction()
             .await
             .map_err(Error::postgres("begin reading erasures"))?;
-        let installed = crate::erasure::stored::installed(&transaction).await?;
+        let installed = crate::postgres::table_exists(&transaction, "bemi.erasures").await?;
         if installed {
             crate::erasure::stored::learn(&transaction, &mut self.erased).await?;
         }

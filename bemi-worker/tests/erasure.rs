@@ -114,13 +114,42 @@ async fn erasing_a_subject_removes_its_values_everywhere_and_the_seals_still_ver
         assert!(holding(&fixture, text).await > 0, "{text} stored");
     }
 
+    // A legal hold on the table keeps its evidence: erasure is refused while it holds.
+    let hold = bemi_worker::place_hold(
+        &fixture.source,
+        Some(&QualifiedName::new("public", "users").unwrap()),
+        chrono::Utc::now() + chrono::TimeDelta::days(30),
+        "case 7",
+    )
+    .await
+    .unwrap();
+    let held = bemi_worker::request_erasure(
+        &fixture.source,
+        &fixture.source,
+        fixture.setup.options().changes_table_name(),
+        &ErasureRequest::new(
+            QualifiedName::new("public", "users").unwrap(),
+            "42",
+            "GDPR-1234",
+        ),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        held.to_string().contains(&format!("{hold} (case 7)")),
+        "{held}"
+    );
+    // Erasing despite it names the hold in the request's context.
+
     let request = ErasureRequest::new(
         QualifiedName::new("public", "users").unwrap(),
         "42",
         "GDPR-1234",
     )
     .context_key("user_id")
-    .operator("dpo@example.org");
+    .operator("dpo@example.org")
+    .despite_holds();
     let outcome = bemi_worker::request_erasure(
         &fixture.source,
         &fixture.source,
@@ -223,6 +252,7 @@ async fn erasing_a_subject_removes_its_values_everywhere_and_the_seals_still_ver
     assert_eq!(audited[0]["after"]["reason"], "GDPR-1234");
     assert_eq!(audited[0]["after"]["key"], "42");
     assert_eq!(audited[0]["context"]["operator"], "dpo@example.org");
+    assert_eq!(audited[0]["context"]["despite_holds"], json!([hold]));
     let recorded = fixture
         .client
         .query_one(

@@ -25,6 +25,9 @@ pub struct ErasureRequest {
     pub reason: String,
     /// Who asks, beside the database role (recorded in the request's context).
     pub operator: Option<String>,
+    /// Erase even where a legal hold in force covers the subject's changes (the holds are
+    /// named in the request's context).
+    pub despite_holds: bool,
 }
 
 impl ErasureRequest {
@@ -36,6 +39,7 @@ impl ErasureRequest {
             context_key: None,
             reason: reason.into(),
             operator: None,
+            despite_holds: false,
         }
     }
 
@@ -51,6 +55,13 @@ impl ErasureRequest {
     #[must_use]
     pub fn operator(mut self, operator: impl Into<String>) -> Self {
         self.operator = Some(operator.into());
+        self
+    }
+
+    /// Erases even where a legal hold in force covers the subject's changes.
+    #[must_use]
+    pub fn despite_holds(mut self) -> Self {
+        self.despite_holds = true;
         self
     }
 }
@@ -85,10 +96,14 @@ pub enum ErasureOutcome {
 /// operation, the reason and the operator), then waits up to `wait` for the worker to carry it
 /// out in the destination, and vacuums the partitions that held the subject's changes.
 ///
+/// A legal hold in force on the subject's table or on every change (or, with a context key,
+/// any hold: the changes naming the subject may be anywhere) makes it refuse, unless
+/// [`ErasureRequest::despite_holds`]: a hold keeps evidence, which erasure would destroy.
+///
 /// # Errors
 ///
-/// A connection or query failure; [`Error::Config`] for an empty key or reason, or a source
-/// set up before erasure (no `bemi.erasure_requests`).
+/// A connection or query failure; [`Error::Config`] for an empty key or reason, a source set
+/// up before erasure (no `bemi.erasure_requests`), or a legal hold in force.
 pub async fn request_erasure(
     source: &ConnectionOptions,
     destination: &ConnectionOptions,
@@ -100,6 +115,20 @@ pub async fn request_erasure(
         return Err(Error::Config(
             "an erasure needs a key and a reason".to_owned(),
         ));
+    }
+    let holds = holds_in_force(destination, request).await?;
+    if !holds.is_empty() && !request.despite_holds {
+        let named: Vec<String> = holds
+            .iter()
+            .map(|(id, reason)| format!("{id} ({reason})"))
+            .collect();
+        return Err(Error::Config(format!(
+            "legal holds in force cover the changes of {} {}: {}; erasure refused (release them, \
+             or erase despite them)",
+            request.table,
+            request.key,
+            named.join(", ")
+        )));
     }
     let mut client = source.connect("bemi-worker erase").await?;
     if !crate::postgres::table_exists(&client, "bemi.erasure_requests").await? {
@@ -114,6 +143,10 @@ pub async fn request_erasure(
     let mut context = json!({ "operation": "erase", "reason": request.reason });
     if let Some(operator) = &request.operator {
         context["operator"] = json!(operator);
+    }
+    if !holds.is_empty() {
+        let ids: Vec<i64> = holds.iter().map(|(id, _)| *id).collect();
+        context["despite_holds"] = json!(ids);
     }
     transaction
         .execute(
@@ -244,6 +277,32 @@ pub async fn request_erasure(
         vacuumed,
         not_vacuumed,
     })
+}
+
+/// The legal holds in force that cover changes `request` erases values from: its table's, every
+/// change's, and with a context key any.
+async fn holds_in_force(
+    destination: &ConnectionOptions,
+    request: &ErasureRequest,
+) -> Result<Vec<(i64, String)>> {
+    let client = destination.connect("bemi-worker erase").await?;
+    if !crate::postgres::table_exists(&client, "bemi.legal_holds").await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT id, reason FROM bemi.legal_holds WHERE held_until > pg_catalog.now() \
+             AND (schema_name IS NULL OR $3 OR (schema_name = $1 AND table_name = $2)) \
+             ORDER BY id",
+            &[
+                &request.table.schema(),
+                &request.table.name(),
+                &request.context_key.is_some(),
+            ],
+        )
+        .await
+        .map_err(Error::postgres("read the legal holds"))?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// The contexts that name the subject `key` under `context_key`: as a string, and as a number

@@ -32,6 +32,10 @@ pub(crate) struct EraseArgs {
     /// Who asks, recorded in the request's context (the database role is recorded anyway).
     #[arg(long, env = "BEMI_OPERATOR")]
     operator: Option<String>,
+    /// Erase even where a legal hold in force covers the subject's changes (the holds are
+    /// named in the request's context).
+    #[arg(long)]
+    despite_hold: bool,
     /// How long to wait for the worker, in seconds.
     #[arg(long, default_value_t = 60)]
     wait_seconds: u64,
@@ -51,6 +55,9 @@ impl EraseArgs {
         }
         if let Some(operator) = self.operator {
             request = request.operator(operator);
+        }
+        if self.despite_hold {
+            request = request.despite_holds();
         }
         let outcome = bemi_worker::request_erasure(
             &source,

@@ -19,6 +19,11 @@ use crate::console::layout::{self, visible};
 fn marker(value: &str) -> Option<&'static str> {
     match value {
         "\"[REDACTED]\"" => Some("redacted by a column policy"),
+        _ if value.contains(bemi_core::ERASED_KEY)
+            && serde_json::from_str(value).is_ok_and(|parsed| bemi_core::is_erased(&parsed)) =>
+        {
+            Some("erased personal data: the seals keep its commitment, not the value")
+        }
         _ if value.contains("\"_bemi\"") => Some("a marker of the worker: see the README"),
         _ => None,
     }
@@ -232,4 +237,23 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, Path(id): Path<Str
         }
     };
     layout::page(&format!("{} {}", change.operation.as_str(), table), body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_say_why_a_value_reads_as_it_does() {
+        assert_eq!(
+            marker("\"[REDACTED]\""),
+            Some("redacted by a column policy")
+        );
+        assert_eq!(
+            marker(r#"{"bemi_erased": "00ff"}"#),
+            Some("erased personal data: the seals keep its commitment, not the value")
+        );
+        assert_eq!(marker(r#"{"bemi_erased": "00ff", "other": 1}"#), None);
+        assert_eq!(marker("\"ann@example.org\""), None);
+    }
 }

@@ -492,7 +492,7 @@ impl Setup {
         ));
         let source = format!(
             "GRANT USAGE ON SCHEMA bemi TO {role};\n\
-             GRANT SELECT ON bemi.slot_incarnations, bemi.trail_gaps TO {role};\n"
+             GRANT SELECT ON bemi.slot_incarnations, bemi.trail_gaps, bemi.erasure_requests TO {role};\n"
         );
         Ok(ReaderGrants {
             destination,
@@ -515,7 +515,7 @@ impl Setup {
         let changes_schema = crate::quote_ident(changes.schema())?;
         let source = format!(
             "GRANT USAGE ON SCHEMA bemi TO {role};\n\
-             GRANT SELECT ON bemi.column_policies, bemi.schema_versions TO {role};\n\
+             GRANT SELECT ON bemi.column_policies, bemi.schema_versions, bemi.erasure_requests TO {role};\n\
              GRANT SELECT, INSERT ON bemi.slot_incarnations TO {role};\n\
              GRANT SELECT, INSERT ON bemi.trail_gaps TO {role};\n\
              GRANT USAGE ON SEQUENCE bemi.trail_gaps_id_seq TO {role};\n"

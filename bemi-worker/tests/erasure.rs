@@ -306,6 +306,14 @@ async fn erasing_a_subject_removes_its_values_everywhere_and_the_seals_still_ver
 async fn a_stopped_worker_carries_the_erasure_out_when_it_reaches_it() {
     let fixture = fixture(test_database!(), TABLES).await;
     write_history(&fixture).await;
+    // Ann's key changes, and a value is written under the new key: erasing by the old key
+    // follows it.
+    fixture
+        .sql(
+            "UPDATE users SET id = 4200 WHERE id = 42; \
+              UPDATE users SET phone = 'ann-rekeyed-phone' WHERE id = 4200",
+        )
+        .await;
     let url = fixture.database.url();
     let slot = fixture.setup.options().slot_name().to_owned();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_bemi-worker"))
@@ -355,7 +363,7 @@ async fn a_stopped_worker_carries_the_erasure_out_when_it_reaches_it() {
     .await;
     wait_all_sealed(&fixture).await;
     worker.stop().await.unwrap();
-    for text in ANN {
+    for text in ANN.iter().chain(&["ann-rekeyed-phone"]) {
         assert_eq!(holding(&fixture, text).await, 0, "{text} erased");
     }
     for text in BOB {

@@ -193,6 +193,44 @@ async fn record(transaction: &Transaction<'_>, row: &ChangeRow) -> Result<()> {
     Ok(())
 }
 
+/// Every key the subject's row had: the one named, and those an UPDATE changed it from or to,
+/// followed both ways (`previous_primary_key` links, by their partial index).
+async fn subject_keys(
+    transaction: &Transaction<'_>,
+    stored: &str,
+    erasure: &Erasure,
+) -> Result<Vec<String>> {
+    let subject = &erasure.subject;
+    let mut keys = vec![subject.key.clone()];
+    let mut next = 0;
+    while let Some(key) = keys.get(next).cloned() {
+        next += 1;
+        let links = transaction
+            .query(
+                &format!(
+                    "SELECT primary_key, previous_primary_key FROM {stored} \
+                     WHERE database = $1 AND schema = $2 AND \"table\" = $3 \
+                     AND previous_primary_key IS NOT NULL \
+                     AND (previous_primary_key = $4 OR primary_key = $4)"
+                ),
+                &[&erasure.database, &subject.schema, &subject.table, &key],
+            )
+            .await
+            .map_err(Error::postgres("follow an erased subject's key changes"))?;
+        for link in links {
+            for linked in [link.get::<_, Option<String>>(0), link.get(1)]
+                .into_iter()
+                .flatten()
+            {
+                if !keys.contains(&linked) {
+                    keys.push(linked);
+                }
+            }
+        }
+    }
+    Ok(keys)
+}
+
 /// Erases the values of `erasure`'s subject from the stored changes of its database; returns
 /// how many changes held values it erased.
 pub(crate) async fn erase_stored(
@@ -203,22 +241,18 @@ pub(crate) async fn erase_stored(
     let columns = "id, committed_at, schema, \"table\", primary_key, previous_primary_key, \
          \"before\"::text, \"after\"::text, after_changed::text, context::text, personal::text";
     let subject = &erasure.subject;
-    // The subject's own changes, by the (table, key) indexes; the changes whose context names
-    // it, by the context index (a JSON number or string).
+    let keys = subject_keys(transaction, stored, erasure).await?;
+    // The subject's own changes, under each of its keys, by the (table, key) indexes; the
+    // changes whose context names it, by the context index (a JSON number or string).
     let mut found = transaction
         .query(
             &format!(
                 "SELECT {columns} FROM {stored} WHERE database = $1 AND schema = $2 \
-                 AND \"table\" = $3 AND primary_key = $4 AND personal IS NOT NULL \
+                 AND \"table\" = $3 AND primary_key = ANY($4) AND personal IS NOT NULL \
                  UNION SELECT {columns} FROM {stored} WHERE database = $1 AND schema = $2 \
-                 AND \"table\" = $3 AND previous_primary_key = $4 AND personal IS NOT NULL"
+                 AND \"table\" = $3 AND previous_primary_key = ANY($4) AND personal IS NOT NULL"
             ),
-            &[
-                &erasure.database,
-                &subject.schema,
-                &subject.table,
-                &subject.key,
-            ],
+            &[&erasure.database, &subject.schema, &subject.table, &keys],
         )
         .await
         .map_err(Error::postgres("find the changes of an erased subject"))?;
@@ -253,7 +287,12 @@ pub(crate) async fn erase_stored(
             tracing::warn!(change = %id, "a change whose personal values cannot be read: not erased");
             continue;
         };
-        let owned = subject.owns(row.get(2), row.get(3), [row.get(4), row.get(5)]);
+        let owned = row.get::<_, &str>(2) == subject.schema
+            && row.get::<_, &str>(3) == subject.table
+            && [row.get::<_, Option<String>>(4), row.get(5)]
+                .iter()
+                .flatten()
+                .any(|key| keys.contains(key));
         let mut texts = Texts {
             before: row.get(6),
             after: row.get(7),

@@ -206,38 +206,54 @@ impl Erased {
         }
     }
 
-    /// Whether some of `rows` may hold values of a known subject.
+    /// Whether some of `rows` hold values of a known subject.
     pub(crate) fn covers_any(&self, rows: &[ChangeRow]) -> bool {
-        !(self.rows.is_empty() && self.contexts.is_empty())
-            && rows.iter().any(|row| !row.personal.is_empty())
+        rows.iter().any(|row| {
+            let (owned, named) = self.matches(row);
+            owned || named
+        })
+    }
+
+    /// Whether `row` is a change of a known subject's row, and whether its context names one.
+    fn matches(&self, row: &ChangeRow) -> (bool, bool) {
+        if row.personal.is_empty() {
+            return (false, false);
+        }
+        let owned = !self.rows.is_empty()
+            && [&row.primary_key, &row.previous_primary_key]
+                .into_iter()
+                .flatten()
+                .any(|key| {
+                    self.rows.contains(&(
+                        row.database.to_string(),
+                        row.schema.to_string(),
+                        row.table.to_string(),
+                        key.clone(),
+                    ))
+                });
+        // One parse of the context, whatever the number of subjects.
+        let named = !self.contexts.is_empty()
+            && row
+                .personal
+                .iter()
+                .any(|value| value.place == Place::Context)
+            && personal::members(&row.context).is_some_and(|members| {
+                members.iter().any(|(context_key, range)| {
+                    let raw = row.context.get(range.clone()).unwrap_or_default();
+                    // `42` and `"42"` both name the key 42.
+                    let named =
+                        serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned());
+                    self.contexts
+                        .contains(&(row.database.to_string(), context_key.clone(), named))
+                })
+            });
+        (owned, named)
     }
 
     /// Erases in `row` the personal values of every known subject; returns how many. A change of
     /// a subject's row that changed its key makes the new key the subject's too.
     pub(crate) fn erase_row(&mut self, row: &mut ChangeRow) -> usize {
-        if row.personal.is_empty() || (self.rows.is_empty() && self.contexts.is_empty()) {
-            return 0;
-        }
-        let owned = [&row.primary_key, &row.previous_primary_key]
-            .into_iter()
-            .flatten()
-            .any(|key| {
-                self.rows.contains(&(
-                    row.database.to_string(),
-                    row.schema.to_string(),
-                    row.table.to_string(),
-                    key.clone(),
-                ))
-            });
-        let has_context_values = row
-            .personal
-            .iter()
-            .any(|value| value.place == Place::Context);
-        let named = has_context_values
-            && self.contexts.iter().any(|(database, context_key, key)| {
-                **database == *row.database
-                    && value_text(&row.context, context_key).is_some_and(|raw| names_key(raw, key))
-            });
+        let (owned, named) = self.matches(row);
         if !owned && !named {
             return 0;
         }
@@ -320,6 +336,68 @@ mod tests {
         // Erased values stay erased; nothing more to do.
         assert_eq!(erase_values(&mut texts, &mut values, |_| true), 1);
         assert_eq!(erase_values(&mut texts, &mut values, |_| true), 0);
+    }
+
+    /// A change of `table` row `key` whose `after` holds a personal email and whose context
+    /// holds a personal `user_email` and `user_id`.
+    fn change(table: &str, key: &str, user_id: &str) -> ChangeRow {
+        let at = chrono::DateTime::default();
+        ChangeRow {
+            id: uuid::Uuid::nil(),
+            primary_key: Some(key.to_owned()),
+            before: "{}".into(),
+            after: format!(r#"{{"id":{key},"email":"x@example.org"}}"#),
+            after_changed: None,
+            context: Arc::from(format!(
+                r#"{{"user_id": {user_id}, "user_email": "me@example.org"}}"#
+            )),
+            database: Arc::from("app"),
+            schema: Arc::from("public"),
+            table: Arc::from(table),
+            operation: bemi_core::Operation::Create,
+            committed_at: at,
+            queued_at: at,
+            transaction_id: 1,
+            position: 1,
+            commit_lsn: 1,
+            sequence: 0,
+            previous_primary_key: None,
+            rejected: None,
+            personal: vec![
+                PersonalValue::fresh(Place::After, "email"),
+                PersonalValue::fresh(Place::Context, "user_email"),
+            ],
+        }
+    }
+
+    #[test]
+    fn known_subjects_are_erased_from_rows_before_they_are_written() {
+        let mut erased = Erased::default();
+        erased.add(
+            "app",
+            &Subject {
+                schema: "public".into(),
+                table: "users".into(),
+                key: "42".into(),
+                context_key: Some("user_id".into()),
+            },
+        );
+        let others = [change("users", "7", "7"), change("orders", "42", "8")];
+        assert!(
+            !erased.covers_any(&others),
+            "no row of the subject, no context naming it"
+        );
+        let mut own = change("users", "42", "7");
+        let mut named = change("orders", "1", "\"42\"");
+        assert!(erased.covers_any(std::slice::from_ref(&named)));
+        assert_eq!(erased.erase_row(&mut own), 1);
+        assert!(!own.after.contains("x@example.org") && own.context.contains("me@example.org"));
+        assert_eq!(erased.erase_row(&mut named), 1);
+        assert!(!named.context.contains("me@example.org") && named.after.contains("x@example.org"));
+        // Another database's subject 42 is not this one.
+        let mut elsewhere = change("users", "42", "42");
+        elsewhere.database = Arc::from("billing");
+        assert!(!erased.covers_any(&[elsewhere]));
     }
 
     #[test]

@@ -116,7 +116,8 @@ pub async fn request_erasure(
             "an erasure needs a key and a reason".to_owned(),
         ));
     }
-    let holds = holds_in_force(destination, request).await?;
+    let destination = destination.connect("bemi-worker erase").await?;
+    let holds = holds_in_force(&destination, request).await?;
     if !holds.is_empty() && !request.despite_holds {
         let named: Vec<String> = holds
             .iter()
@@ -182,7 +183,6 @@ pub async fn request_erasure(
         "erasure requested; waiting for the worker to carry it out"
     );
 
-    let destination = destination.connect("bemi-worker erase").await?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut waited_log = tokio::time::Instant::now();
     let (changes, erased_at) = loop {
@@ -282,11 +282,10 @@ pub async fn request_erasure(
 /// The legal holds in force that cover changes `request` erases values from: its table's, every
 /// change's, and with a context key any.
 async fn holds_in_force(
-    destination: &ConnectionOptions,
+    client: &tokio_postgres::Client,
     request: &ErasureRequest,
 ) -> Result<Vec<(i64, String)>> {
-    let client = destination.connect("bemi-worker erase").await?;
-    if !crate::postgres::table_exists(&client, "bemi.legal_holds").await? {
+    if !crate::postgres::table_exists(client, "bemi.legal_holds").await? {
         return Ok(Vec::new());
     }
     let rows = client

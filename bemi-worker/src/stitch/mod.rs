@@ -647,6 +647,10 @@ fn personal_values(
     info: &RelationInfo,
     images: [(Place, Option<&String>); 3],
 ) -> Vec<PersonalValue> {
+    // Most tables have none: no work per row for them.
+    if !info.flags.iter().any(|flags| flags.personal) {
+        return Vec::new();
+    }
     let personal: Vec<&str> = info
         .columns
         .iter()

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use crate::environment::Environment;
-use crate::seals::{cpu_seconds, prepare, run_tuned};
+use crate::seals::{measure_verify, prepare, run_tuned};
 use crate::stats::summary;
 use crate::worker_process::{Tuning, WorkerProcess};
 
@@ -22,26 +22,8 @@ const PERSONAL_CONTEXT: &str = "user_id";
 
 /// `verify` over the trail: wall seconds and the verifier's CPU seconds.
 async fn verify(env: &Environment, changes: usize) -> anyhow::Result<(f64, f64)> {
-    let destination = bemi_worker::ConnectionOptions::parse(&env.database.url())?;
-    let changes_table = bemi_core::setup::SetupOptions::default()
-        .changes_table_name()
-        .clone();
-    let started = Instant::now();
-    let (cpu_before, _) = cpu_seconds()?;
-    let report = bemi_worker::verify(
-        &destination,
-        &changes_table,
-        None,
-        &bemi_worker::seal::AnchorSources::none(),
-    )
-    .await?;
-    let wall = started.elapsed().as_secs_f64();
-    let (cpu_after, _) = cpu_seconds()?;
-    anyhow::ensure!(
-        report.is_intact() && usize::try_from(report.intact) == Ok(changes),
-        "verify: {report:?}"
-    );
-    Ok((wall, cpu_after - cpu_before))
+    let (wall, own, _) = measure_verify(env, changes).await?;
+    Ok((wall, own))
 }
 
 pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()> {

@@ -90,7 +90,7 @@ pub(crate) async fn run_tuned(
 
 /// CPU seconds this process and the whole machine have used so far (from `/proc`, in clock
 /// ticks of 1/100 s).
-pub(crate) fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
+fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
     let ticks = |fields: &[&str]| -> f64 {
         fields
             .iter()
@@ -138,6 +138,38 @@ pub(crate) async fn prepare(
     }
     let target = env.current_lsn().await?;
     Ok((env, target))
+}
+
+/// One `verify` of the trail, which must find `changes` changes intact: wall seconds, and CPU
+/// seconds of this process and of the whole machine.
+pub(crate) async fn measure_verify(
+    env: &Environment,
+    changes: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let destination = bemi_worker::ConnectionOptions::parse(&env.database.url())?;
+    let changes_table = bemi_core::setup::SetupOptions::default()
+        .changes_table_name()
+        .clone();
+    let started = Instant::now();
+    let (process_before, machine_before) = cpu_seconds()?;
+    let report = bemi_worker::verify(
+        &destination,
+        &changes_table,
+        None,
+        &bemi_worker::seal::AnchorSources::none(),
+    )
+    .await?;
+    let wall = started.elapsed().as_secs_f64();
+    let (process_after, machine_after) = cpu_seconds()?;
+    anyhow::ensure!(
+        report.is_intact() && usize::try_from(report.intact) == Ok(changes),
+        "verify: {report:?}"
+    );
+    Ok((
+        wall,
+        process_after - process_before,
+        machine_after - machine_before,
+    ))
 }
 
 pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()> {
@@ -197,30 +229,13 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
         )
         .await?
         .get(0);
-    let destination = bemi_worker::ConnectionOptions::parse(&env.database.url())?;
-    let changes_table = bemi_core::setup::SetupOptions::default()
-        .changes_table_name()
-        .clone();
     let mut verify_s = Vec::new();
     let (mut verifier_cpu_s, mut machine_cpu_s) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        let started = Instant::now();
-        let (process_before, machine_before) = cpu_seconds()?;
-        let report = bemi_worker::verify(
-            &destination,
-            &changes_table,
-            None,
-            &bemi_worker::seal::AnchorSources::none(),
-        )
-        .await?;
-        verify_s.push(started.elapsed().as_secs_f64());
-        let (process_after, machine_after) = cpu_seconds()?;
-        verifier_cpu_s.push(process_after - process_before);
-        machine_cpu_s.push(machine_after - machine_before);
-        anyhow::ensure!(
-            report.is_intact() && usize::try_from(report.intact) == Ok(changes),
-            "verify: {report:?}"
-        );
+        let (wall, own, machine) = measure_verify(&env, changes).await?;
+        verify_s.push(wall);
+        verifier_cpu_s.push(own);
+        machine_cpu_s.push(machine);
     }
     let rate =
         |seconds: &[f64]| -> Vec<f64> { seconds.iter().map(|s| changes as f64 / s).collect() };

@@ -65,7 +65,7 @@ pub use error::{Error, ErrorKind, Result, error_chain};
 pub use pipeline::{Metrics, OnSlotLost, Output, Worker, WorkerConfig};
 pub use postgres::connection::{ConnectionOptions, mask_password};
 pub use postgres::tls;
-pub use seal::{Finding, VerifyReport, verify};
+pub use seal::{Finding, VerifyOptions, VerifyReport, verify};
 pub use sink::jetstream;
 pub use sink::jetstream::ingest::{Ingest, IngestConfig};
 pub use sink::jetstream::status::{NatsStatus, nats_status};

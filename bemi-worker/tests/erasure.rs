@@ -57,8 +57,7 @@ async fn verify(fixture: &Fixture) -> bemi_worker::VerifyReport {
     bemi_worker::verify(
         &fixture.source,
         fixture.setup.options().changes_table_name(),
-        None,
-        &bemi_worker::seal::AnchorSources::none(),
+        &bemi_worker::VerifyOptions::new(),
     )
     .await
     .unwrap()

@@ -132,8 +132,7 @@ async fn wait_sealed_and_verified(fixture: &Fixture) {
     let report = bemi_worker::verify(
         &fixture.source,
         fixture.setup.options().changes_table_name(),
-        None,
-        &bemi_worker::seal::AnchorSources::none(),
+        &bemi_worker::VerifyOptions::new(),
     )
     .await
     .unwrap();

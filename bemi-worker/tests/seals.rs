@@ -48,8 +48,7 @@ async fn verify_anchored(fixture: &Fixture, anchors: &AnchorSources) -> VerifyRe
     bemi_worker::verify(
         &fixture.source,
         fixture.setup.options().changes_table_name(),
-        None,
-        anchors,
+        &bemi_worker::VerifyOptions::new().anchors(anchors.clone()),
     )
     .await
     .unwrap()
@@ -301,6 +300,132 @@ async fn verify_names_every_tampering_of_the_changes_and_the_seals() {
     assert_eq!((report.expired_blocks, report.blocks), (2, 0), "{report:?}");
 }
 
+/// `verify` of a range reads only the blocks holding changes of it, over as many connections
+/// as asked, and still checks every seal against its header and the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_of_a_range_reads_its_blocks_and_chains_every_seal() {
+    let fixture = fixture(test_database!(), ITEMS).await;
+    let mut config = fixture.config();
+    config.seal_interval = Some(Duration::from_millis(20));
+    let worker = RunningWorker::start(config);
+    let mut expected = 0;
+    for round in 0..4 {
+        fixture
+            .sql(&format!(
+                "INSERT INTO items SELECT i, 'item ' || i FROM generate_series({0} * 10 + 1, {0} * 10 + 10) i",
+                round
+            ))
+            .await;
+        expected += 10;
+        fixture.wait_for(expected).await;
+        wait_sealed(&fixture, i64::try_from(expected).unwrap()).await;
+    }
+    worker.stop().await.unwrap();
+    let seals: Vec<(
+        i64,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+    )> = fixture
+        .client
+        .query(
+            "SELECT block, first_committed_at, last_committed_at FROM bemi.seals ORDER BY block",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert!(seals.len() >= 4, "{seals:?}");
+    let options = bemi_worker::VerifyOptions::new;
+    let run = |options: bemi_worker::VerifyOptions| {
+        let fixture = &fixture;
+        async move {
+            bemi_worker::verify(
+                &fixture.source,
+                fixture.setup.options().changes_table_name(),
+                &options,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    for readers in [1, 3] {
+        let whole = run(options().readers(readers)).await;
+        assert!(whole.is_intact(), "{whole:?}");
+        assert_eq!(
+            (whole.blocks, whole.intact, whole.outside_range),
+            (seals.len() as u64, 40, 0)
+        );
+    }
+    // Only the last block's time: the others are outside, their changes unread.
+    let (last_block, last_from, _) = *seals.last().unwrap();
+    let last = run(options().from(last_from)).await;
+    assert!(last.is_intact(), "{last:?}");
+    assert_eq!(last.blocks, 1, "{last:?}");
+    assert_eq!(last.outside_range, seals.len() as u64 - 1, "{last:?}");
+
+    // A change of the first block edited: a range without it does not see it, one with it does,
+    // in block order whatever reader finishes first.
+    let (first_block, _, first_to) = seals[0];
+    fixture
+        .sql(
+            "UPDATE bemi.changes_stored SET \"after\" = '{\"id\": 1, \"title\": \"forged\"}' \
+             WHERE id = (SELECT id FROM bemi.changes_stored ORDER BY id LIMIT 1)",
+        )
+        .await;
+    fixture
+        .sql(
+            "UPDATE bemi.changes_stored SET \"after\" = '{\"forged\": true}' \
+             WHERE id = (SELECT id FROM bemi.changes_stored ORDER BY id DESC LIMIT 1)",
+        )
+        .await;
+    assert!(
+        run(options().from(last_from).to(last_from))
+            .await
+            .findings
+            .iter()
+            .all(
+                |finding| matches!(finding, Finding::Edited { block, .. } if *block == last_block)
+            )
+    );
+    for readers in [1, 3] {
+        let found = run(options().readers(readers)).await.findings;
+        let blocks: Vec<i64> = found
+            .iter()
+            .map(|finding| match finding {
+                Finding::Edited { block, .. } => *block,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(blocks, [first_block, last_block], "{found:?}");
+    }
+    let early = run(options().to(first_to)).await;
+    assert_eq!(early.findings.len(), 1, "{early:?}");
+    fixture
+        .sql("UPDATE bemi.seals SET hash = overlay(hash placing '\\x00'::bytea from 1) WHERE block = 1")
+        .await;
+    // The first block's seal is outside the range, but its header and the chain are checked.
+    let late = run(options().from(last_from)).await;
+    let database = fixture.database.name().to_owned();
+    assert_eq!(
+        late.findings[..2],
+        [
+            Finding::SealBroken {
+                database: database.clone(),
+                block: first_block,
+                why: "its hash does not match its content",
+            },
+            Finding::SealBroken {
+                database,
+                block: first_block + 1,
+                why: "it does not chain to the block before it",
+            },
+        ],
+        "{late:?}"
+    );
+}
+
 /// The binary: `verify` exits 0 on an intact trail and 2, naming the change, on a tampered one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verify_command_exits_2_and_names_the_change() {
@@ -313,12 +438,14 @@ async fn the_verify_command_exits_2_and_names_the_change() {
     wait_sealed(&fixture, 1).await;
     worker.stop().await.unwrap();
     let url = fixture.database.url();
-    let run = || {
+    let run_with = |more: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_bemi-worker"))
             .args(["verify", "--database-url", &url])
+            .args(more)
             .output()
             .unwrap()
     };
+    let run = || run_with(&[]);
     let intact = run();
     assert_eq!(intact.status.code(), Some(0), "{intact:?}");
     assert!(String::from_utf8_lossy(&intact.stdout).contains("1 changes intact"));
@@ -327,6 +454,22 @@ async fn the_verify_command_exits_2_and_names_the_change() {
         .await;
     let tampered = run();
     assert_eq!(tampered.status.code(), Some(2), "{tampered:?}");
+    // A range after the change leaves its block unread; one that holds it reads it.
+    let later = run_with(&["--from", "2999-01-01"]);
+    assert_eq!(later.status.code(), Some(0), "{later:?}");
+    assert!(
+        String::from_utf8_lossy(&later.stdout).contains("1 blocks outside --from/--to"),
+        "{later:?}"
+    );
+    let holding = run_with(&["--to", "2999-12-31", "--readers", "1"]);
+    assert_eq!(holding.status.code(), Some(2), "{holding:?}");
+    let refused = run_with(&["--from", "yesterday"]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("expected 2026-11-30 or an RFC 3339 time"),
+        "{refused:?}"
+    );
     let id: uuid::Uuid = fixture
         .client
         .query_one("SELECT id FROM bemi.changes_stored", &[])

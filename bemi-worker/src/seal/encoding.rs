@@ -85,16 +85,28 @@ impl Leaf {
     /// The leaf of one `COPY` line (without its newline); `None` when the line is not a change
     /// row of [`COLUMNS`].
     pub(crate) fn of_line(line: &[u8]) -> Option<Self> {
-        if line.get(36) != Some(&b'\t') {
-            return None;
-        }
-        let id = Uuid::try_parse_ascii(line.get(..36)?).ok()?;
+        let (id, hash) = Self::identify(line)?;
         // From the end: the columns after it are short, the images before it are not.
         let text = line
             .rsplit(|byte| *byte == b'\t')
             .nth(COLUMN_COUNT - 1 - COMMITTED_AT)?;
         let mut committed_at = [0_u8; 40];
         committed_at.get_mut(..text.len())?.copy_from_slice(text);
+        Some(Self {
+            id,
+            committed_at,
+            committed_at_length: u8::try_from(text.len()).ok()?,
+            hash,
+        })
+    }
+
+    /// The id and leaf hash of one `COPY` line, without its commit time (what `verify` needs);
+    /// `None` when the line does not start with a change id.
+    pub(crate) fn identify(line: &[u8]) -> Option<(Uuid, [u8; 32])> {
+        if line.get(36) != Some(&b'\t') {
+            return None;
+        }
+        let id = Uuid::try_parse_ascii(line.get(..36)?).ok()?;
         let last_tab = memchr::memrchr(b'\t', line)?;
         let (rest, personal) = (&line[..last_tab], &line[last_tab + 1..]);
         let mut digest = Sha256::new();
@@ -112,12 +124,7 @@ impl Leaf {
             digest.update(b"bemi change v2 unreadable\n");
             digest.update(line);
         }
-        Some(Self {
-            id,
-            committed_at,
-            committed_at_length: u8::try_from(text.len()).ok()?,
-            hash: digest.finalize().into(),
-        })
+        Some((id, digest.finalize().into()))
     }
 
     /// The change's commit time; `None` when `COPY` wrote something else than a time.

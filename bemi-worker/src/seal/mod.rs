@@ -18,7 +18,7 @@ pub(crate) mod sealer;
 pub mod verify;
 
 pub use nats_anchor::{DEFAULT_ANCHOR_STREAM, DEFAULT_ANCHOR_SUBJECT};
-pub use verify::{AnchorSources, Finding, VerifyReport, verify};
+pub use verify::{AnchorSources, DEFAULT_READERS, Finding, VerifyOptions, VerifyReport, verify};
 
 use crate::Result;
 

@@ -22,7 +22,7 @@ const PERSONAL_CONTEXT: &str = "user_id";
 
 /// `verify` over the trail: wall seconds and the verifier's CPU seconds.
 async fn verify(env: &Environment, changes: usize) -> anyhow::Result<(f64, f64)> {
-    let (wall, own, _) = measure_verify(env, changes).await?;
+    let (wall, own, _) = measure_verify(env, changes, bemi_worker::seal::DEFAULT_READERS).await?;
     Ok((wall, own))
 }
 

@@ -140,11 +140,12 @@ pub(crate) async fn prepare(
     Ok((env, target))
 }
 
-/// One `verify` of the trail, which must find `changes` changes intact: wall seconds, and CPU
-/// seconds of this process and of the whole machine.
+/// One `verify` of the trail over `readers` connections, which must find `changes` changes
+/// intact: wall seconds, and CPU seconds of this process and of the whole machine.
 pub(crate) async fn measure_verify(
     env: &Environment,
     changes: usize,
+    readers: usize,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let destination = bemi_worker::ConnectionOptions::parse(&env.database.url())?;
     let changes_table = bemi_core::setup::SetupOptions::default()
@@ -155,8 +156,7 @@ pub(crate) async fn measure_verify(
     let report = bemi_worker::verify(
         &destination,
         &changes_table,
-        None,
-        &bemi_worker::seal::AnchorSources::none(),
+        &bemi_worker::VerifyOptions::new().readers(readers),
     )
     .await?;
     let wall = started.elapsed().as_secs_f64();
@@ -171,6 +171,12 @@ pub(crate) async fn measure_verify(
         machine_after - machine_before,
     ))
 }
+
+/// A reader count and its measures: wall, verifier CPU and machine CPU seconds per run.
+type Verified = (usize, Vec<f64>, Vec<f64>, Vec<f64>);
+
+/// The reader counts `verify` is measured with, side by side.
+const VERIFY_READERS: [usize; 3] = [1, 2, 4];
 
 pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()> {
     let (env, target) = prepare("seals", changes, repetitions, ["unsealed", "sealed"]).await?;
@@ -229,13 +235,20 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
         )
         .await?
         .get(0);
-    let mut verify_s = Vec::new();
-    let (mut verifier_cpu_s, mut machine_cpu_s) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        let (wall, own, machine) = measure_verify(&env, changes).await?;
-        verify_s.push(wall);
-        verifier_cpu_s.push(own);
-        machine_cpu_s.push(machine);
+    // Each reader count three times, rotated so that none always runs first.
+    let mut verified: Vec<Verified> = VERIFY_READERS
+        .iter()
+        .map(|readers| (*readers, Vec::new(), Vec::new(), Vec::new()))
+        .collect();
+    for round in 0..3 {
+        for offset in 0..verified.len() {
+            let (readers, wall_s, verifier_s, machine_s) =
+                &mut verified[(round + offset) % VERIFY_READERS.len()];
+            let (wall, own, machine) = measure_verify(&env, changes, *readers).await?;
+            wall_s.push(wall);
+            verifier_s.push(own);
+            machine_s.push(machine);
+        }
     }
     let rate =
         |seconds: &[f64]| -> Vec<f64> { seconds.iter().map(|s| changes as f64 / s).collect() };
@@ -265,21 +278,23 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
         "| the same, to every change sealed | {} | - |",
         summary(&sealed_all_s, 2)
     );
-    println!(
-        "| `verify` of the sealed trail (3 runs) | {} | {} |",
-        summary(&verify_s, 2),
-        summary(&rate(&verify_s), 0)
-    );
-    println!(
-        "| `verify`, per CPU second of the verifier process | {} | {} |",
-        summary(&verifier_cpu_s, 2),
-        summary(&rate(&verifier_cpu_s), 0)
-    );
-    println!(
-        "| `verify`, per CPU second of the whole machine (PostgreSQL included) | {} | {} |",
-        summary(&machine_cpu_s, 2),
-        summary(&rate(&machine_cpu_s), 0)
-    );
+    for (readers, verify_s, verifier_cpu_s, machine_cpu_s) in &verified {
+        println!(
+            "| `verify` over {readers} connection(s), wall time (3 runs) | {} | {} |",
+            summary(verify_s, 2),
+            summary(&rate(verify_s), 0)
+        );
+        println!(
+            "| the same, per CPU second of the verifier process | {} | {} |",
+            summary(verifier_cpu_s, 2),
+            summary(&rate(verifier_cpu_s), 0)
+        );
+        println!(
+            "| the same, per CPU second of the whole machine (PostgreSQL included) | {} | {} |",
+            summary(machine_cpu_s, 2),
+            summary(&rate(machine_cpu_s), 0)
+        );
+    }
     println!();
     println!(
         "- storing with sealing against without: {} (per repetition)",

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::Args;
+use clap::builder::TypedValueParser;
 
 /// Recompute the seals of the stored changes and name every change deleted, edited or
 /// inserted since it was sealed, and every seal that does not match.
@@ -19,6 +21,41 @@ pub(crate) struct VerifyArgs {
     anchor_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     anchor_nats: crate::anchor_args::AnchorNatsArgs,
+    /// Only the blocks holding changes committed from this time (`2026-11-01`: its start, or an
+    /// RFC 3339 time); every seal is still checked against its header and chained.
+    #[arg(long, value_parser = parse_from)]
+    from: Option<DateTime<Utc>>,
+    /// Only the blocks holding changes committed up to this time (`2026-11-30`: its end, or an
+    /// RFC 3339 time).
+    #[arg(long, value_parser = parse_to)]
+    to: Option<DateTime<Utc>>,
+    /// How many connections read the changes at once, in one snapshot.
+    #[arg(long, default_value_t = bemi_worker::seal::DEFAULT_READERS, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
+    readers: usize,
+}
+
+/// `--from`: a date is its first instant (UTC).
+fn parse_from(text: &str) -> Result<DateTime<Utc>, String> {
+    parse_time(text, |date| date.and_hms_opt(0, 0, 0))
+}
+
+/// `--to`: a date is its last instant (UTC).
+fn parse_to(text: &str) -> Result<DateTime<Utc>, String> {
+    parse_time(text, |date| date.and_hms_micro_opt(23, 59, 59, 999_999))
+}
+
+fn parse_time(
+    text: &str,
+    instant: impl Fn(NaiveDate) -> Option<chrono::NaiveDateTime>,
+) -> Result<DateTime<Utc>, String> {
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return instant(date)
+            .map(|time| time.and_utc())
+            .ok_or_else(|| format!("{text:?}: not a date"));
+    }
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|error| format!("{text:?}: expected 2026-11-30 or an RFC 3339 time ({error})"))
 }
 
 impl VerifyArgs {
@@ -32,19 +69,28 @@ impl VerifyArgs {
         if let Some(options) = self.anchor_nats.options() {
             anchors = anchors.nats(options);
         }
-        let report = bemi_worker::verify(
-            &destination,
-            &self.common.changes_table,
-            self.database.as_deref(),
-            &anchors,
-        )
-        .await?;
+        let mut options = bemi_worker::VerifyOptions::new()
+            .anchors(anchors)
+            .readers(self.readers);
+        if let Some(database) = self.database {
+            options = options.database(database);
+        }
+        if let Some(from) = self.from {
+            options = options.from(from);
+        }
+        if let Some(to) = self.to {
+            options = options.to(to);
+        }
+        let report =
+            bemi_worker::verify(&destination, &self.common.changes_table, &options).await?;
         println!(
             "verified {} blocks: {} changes intact; {} blocks expired by retention (seals checked); \
+             {} blocks outside --from/--to (seals checked, changes not read); \
              {} changes stored after the last seal, {} before the first; {} anchors checked",
             report.blocks,
             report.intact,
             report.expired_blocks,
+            report.outside_range,
             report.unsealed_after,
             report.unsealed_before,
             report.anchors

@@ -1,37 +1,27 @@
 //! `verify`: recomputes every seal from the changes table and names what does not match.
 
+use std::cell::Cell;
 use std::ops::Bound;
 use std::path::PathBuf;
 
 use bemi_core::QualifiedName;
 use chrono::{DateTime, Utc};
+use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use crate::seal::anchor;
-use crate::seal::encoding::{KNOWN_ENCODINGS, Leaf, SETTINGS, copy_query};
-use crate::seal::merkle::{BlockHeader, root};
-use crate::seal::sealer::{hash_of, read_leaves};
+use crate::seal::encoding::SETTINGS;
 use crate::{ConnectionOptions, Error, NatsOptions, Result};
 
 pub use report::{Finding, VerifyReport};
 
+mod block;
+mod chain;
 mod report;
 
-/// One stored seal.
-struct Seal {
-    block: i64,
-    first_id: Uuid,
-    last_id: Uuid,
-    last_committed_at: DateTime<Utc>,
-    first_committed_at: DateTime<Utc>,
-    changes: i32,
-    ids: Vec<Uuid>,
-    leaves: Vec<[u8; 32]>,
-    root: [u8; 32],
-    previous: [u8; 32],
-    hash: [u8; 32],
-    encoding: i16,
-}
+/// How many connections read the changes by default: PostgreSQL writing the rows out costs more
+/// than hashing them, so a second connection puts a second server core to work.
+pub const DEFAULT_READERS: usize = 2;
 
 /// The anchors `verify` checks the seals against: published outside the database as the seals
 /// were made.
@@ -65,8 +55,90 @@ impl AnchorSources {
     }
 }
 
-/// Recomputes the seals of `changes_table` in `destination` (every source database, or only
-/// `database`) and compares them with the stored changes, and with the `anchors`.
+/// What `verify` checks, and how it reads.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct VerifyOptions {
+    /// Only the chain of this source database; `None`: every chain.
+    pub database: Option<String>,
+    /// Only the blocks holding changes committed at or after this time (every block is still
+    /// checked against its header and chained).
+    pub from: Option<DateTime<Utc>>,
+    /// Only the blocks holding changes committed at or before this time.
+    pub to: Option<DateTime<Utc>>,
+    /// The anchors to check the seals against.
+    pub anchors: AnchorSources,
+    /// How many connections read blocks at once (at least 1), all in one snapshot.
+    pub readers: usize,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            database: None,
+            from: None,
+            to: None,
+            anchors: AnchorSources::none(),
+            readers: DEFAULT_READERS,
+        }
+    }
+}
+
+impl VerifyOptions {
+    /// Every chain, every block, no anchors, [`DEFAULT_READERS`] connections.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only the chain of the source database `database`.
+    #[must_use]
+    pub fn database(mut self, database: impl Into<String>) -> Self {
+        self.database = Some(database.into());
+        self
+    }
+
+    /// Only the blocks holding changes committed at or after `from`.
+    #[must_use]
+    pub fn from(mut self, from: DateTime<Utc>) -> Self {
+        self.from = Some(from);
+        self
+    }
+
+    /// Only the blocks holding changes committed at or before `to`.
+    #[must_use]
+    pub fn to(mut self, to: DateTime<Utc>) -> Self {
+        self.to = Some(to);
+        self
+    }
+
+    /// Checks the seals against `anchors` too.
+    #[must_use]
+    pub fn anchors(mut self, anchors: AnchorSources) -> Self {
+        self.anchors = anchors;
+        self
+    }
+
+    /// Reads blocks over `readers` connections at once (at least 1).
+    #[must_use]
+    pub fn readers(mut self, readers: usize) -> Self {
+        self.readers = readers.max(1);
+        self
+    }
+
+    /// Whether the block `seal` holds changes of the range.
+    fn covers(&self, seal: &chain::SealHeader) -> bool {
+        self.from.is_none_or(|from| seal.last_committed_at >= from)
+            && self.to.is_none_or(|to| seal.first_committed_at <= to)
+    }
+}
+
+/// Recomputes the seals of `changes_table` in `destination` and compares them with the stored
+/// changes and with the anchors, as `options` says.
+///
+/// Every seal of a chain is checked against its header and the block before it; the blocks in
+/// the range are also checked against their lists of changes and the changes stored in their
+/// range (and in the gap before it), read over `options.readers` connections that share one
+/// repeatable-read snapshot.
 ///
 /// # Errors
 ///
@@ -76,14 +148,13 @@ impl AnchorSources {
 pub async fn verify(
     destination: &ConnectionOptions,
     changes_table: &QualifiedName,
-    database: Option<&str>,
-    anchors: &AnchorSources,
+    options: &VerifyOptions,
 ) -> Result<VerifyReport> {
-    // One long read on one connection: on a runtime of its own thread, the connection's task
-    // and the reader share that thread, and each row costs no wake-up across threads (a third
-    // less CPU per change than on a multi-threaded runtime, measured).
+    // One long read: on a runtime of its own thread, the connections' tasks and the readers
+    // share that thread, and each row costs no wake-up across threads (a third less CPU per
+    // change than on a multi-threaded runtime, measured).
     let (destination, changes_table) = (destination.clone(), changes_table.clone());
-    let (database, anchors) = (database.map(str::to_owned), anchors.clone());
+    let options = options.clone();
     tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -95,8 +166,7 @@ pub async fn verify(
         runtime.block_on(verify_on_this_thread(
             &destination,
             &changes_table,
-            database.as_deref(),
-            &anchors,
+            &options,
         ))
     })
     .await
@@ -110,12 +180,11 @@ pub async fn verify(
 async fn verify_on_this_thread(
     destination: &ConnectionOptions,
     changes_table: &QualifiedName,
-    database: Option<&str>,
-    anchors: &AnchorSources,
+    options: &VerifyOptions,
 ) -> Result<VerifyReport> {
     let mut anchored = Vec::new();
     let mut unreadable_anchors = Vec::new();
-    if let Some(path) = &anchors.file {
+    if let Some(path) = &options.anchors.file {
         let (found, unreadable) = anchor::read(path)?;
         anchored.extend(found);
         unreadable_anchors.extend(
@@ -124,8 +193,8 @@ async fn verify_on_this_thread(
                 .map(|line| Finding::AnchorUnreadable { line }),
         );
     }
-    if let Some(options) = &anchors.nats {
-        let (found, unreadable) = crate::seal::nats_anchor::read(options).await?;
+    if let Some(nats) = &options.anchors.nats {
+        let (found, unreadable) = crate::seal::nats_anchor::read(nats).await?;
         anchored.extend(found);
         unreadable_anchors.extend(
             unreadable
@@ -152,6 +221,41 @@ async fn verify_on_this_thread(
                 .into(),
         ));
     }
+    // The other readers see what this transaction sees.
+    let mut others = Vec::new();
+    let snapshot: Option<String> = if options.readers > 1 {
+        for _ in 1..options.readers {
+            others.push(destination.connect("bemi-worker verify").await?);
+        }
+        Some(
+            transaction
+                .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+                .await
+                .map_err(Error::postgres("export verify's snapshot"))?
+                .get(0),
+        )
+    } else {
+        None
+    };
+    let mut readers = Vec::with_capacity(options.readers);
+    for other in &mut others {
+        let reader = other
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(Error::postgres("begin verifying"))?;
+        let snapshot = snapshot.as_deref().unwrap_or_default();
+        reader
+            .batch_execute(&format!(
+                "SET TRANSACTION SNAPSHOT {}; {SETTINGS}",
+                bemi_core::quote_literal(snapshot)
+            ))
+            .await
+            .map_err(Error::postgres("share verify's snapshot"))?;
+        readers.push(reader);
+    }
     let cutoff: Option<DateTime<Utc>> = transaction
         .query_one(
             "SELECT max((dropped_partition ->> 'to')::timestamptz) FROM bemi.retention_runs, \
@@ -166,7 +270,7 @@ async fn verify_on_this_thread(
         .query(
             "SELECT DISTINCT database FROM bemi.seals WHERE $1::text IS NULL OR database = $1 \
              ORDER BY database",
-            &[&database],
+            &[&options.database],
         )
         .await
         .map_err(Error::postgres("read the sealed databases"))?
@@ -174,85 +278,47 @@ async fn verify_on_this_thread(
         .map(|row| row.get(0))
         .collect();
     let mut report = VerifyReport::default();
+    readers.insert(0, transaction);
     for database in &databases {
-        verify_chain(&transaction, &stored, database, cutoff, &mut report).await?;
+        verify_chain(&readers, &stored, database, cutoff, options, &mut report).await?;
     }
+    let transaction = readers.swap_remove(0);
     report.findings.extend(unreadable_anchors);
-    {
-        for anchored in anchored
-            .iter()
-            .filter(|anchored| database.is_none_or(|only| only == anchored.database))
-        {
-            report.anchors += 1;
-            let found: Option<Vec<u8>> = transaction
-                .query_opt(
-                    "SELECT hash FROM bemi.seals WHERE database = $1 AND block = $2",
-                    &[&anchored.database, &anchored.block],
-                )
-                .await
-                .map_err(Error::postgres("read an anchored seal"))?
-                .map(|row| row.get(0));
-            let why = match found {
-                None => Some("the block is gone"),
-                Some(hash) if anchor::hex(&hash) != anchored.hash => {
-                    Some("its hash is not the anchored one: the chain was rewritten")
-                }
-                Some(_) => None,
-            };
-            if let Some(why) = why {
-                report.findings.push(Finding::AnchorMismatch {
-                    database: anchored.database.clone(),
-                    block: anchored.block,
-                    why,
-                });
+    for anchored in anchored.iter().filter(|anchored| {
+        options
+            .database
+            .as_deref()
+            .is_none_or(|only| only == anchored.database)
+    }) {
+        report.anchors += 1;
+        let found: Option<Vec<u8>> = transaction
+            .query_opt(
+                "SELECT hash FROM bemi.seals WHERE database = $1 AND block = $2",
+                &[&anchored.database, &anchored.block],
+            )
+            .await
+            .map_err(Error::postgres("read an anchored seal"))?
+            .map(|row| row.get(0));
+        let why = match found {
+            None => Some("the block is gone"),
+            Some(hash) if anchor::hex(&hash) != anchored.hash => {
+                Some("its hash is not the anchored one: the chain was rewritten")
             }
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            report.findings.push(Finding::AnchorMismatch {
+                database: anchored.database.clone(),
+                block: anchored.block,
+                why,
+            });
         }
     }
     Ok(report)
 }
 
-async fn load_seal(
-    transaction: &tokio_postgres::Transaction<'_>,
-    database: &str,
-    after_block: i64,
-) -> Result<Option<Seal>> {
-    let row = transaction
-        .query_opt(
-            "SELECT block, first_id, last_id, first_committed_at, last_committed_at, changes, ids, \
-             leaves, root, previous, hash, encoding FROM bemi.seals \
-             WHERE database = $1 AND block > $2 ORDER BY block LIMIT 1",
-            &[&database, &after_block],
-        )
-        .await
-        .map_err(Error::postgres("read a seal"))?;
-    Ok(row.map(|row| {
-        let ids: Vec<u8> = row.get(6);
-        let leaves: Vec<u8> = row.get(7);
-        Seal {
-            block: row.get(0),
-            first_id: row.get(1),
-            last_id: row.get(2),
-            first_committed_at: row.get(3),
-            last_committed_at: row.get(4),
-            changes: row.get(5),
-            ids: ids
-                .chunks(16)
-                .map(|chunk| Uuid::from_slice(chunk).unwrap_or_default())
-                .collect(),
-            leaves: leaves
-                .chunks(32)
-                .map(|chunk| hash_of(chunk.to_vec()))
-                .collect(),
-            root: hash_of(row.get(8)),
-            previous: hash_of(row.get(9)),
-            hash: hash_of(row.get(10)),
-            encoding: row.get(11),
-        }
-    }))
-}
-
 async fn count_range(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &Transaction<'_>,
     stored: &str,
     database: &str,
     above: Option<Uuid>,
@@ -272,151 +338,80 @@ async fn count_range(
     Ok(u64::try_from(count).unwrap_or_default())
 }
 
+/// Checks the chain of `database`: every header in block order, the blocks of the range over
+/// `readers` (the first of which reads the rest), findings put back in chain order.
 async fn verify_chain(
-    transaction: &tokio_postgres::Transaction<'_>,
+    readers: &[Transaction<'_>],
     stored: &str,
     database: &str,
     cutoff: Option<DateTime<Utc>>,
+    options: &VerifyOptions,
     report: &mut VerifyReport,
 ) -> Result<()> {
-    let mut previous_hash = [0_u8; 32];
-    let mut previous_block = 0_i64;
+    let Some(main) = readers.first() else {
+        return Ok(());
+    };
+    let seals = chain::headers(main, database).await?;
+    if let Some(first) = seals.first() {
+        report.unsealed_before +=
+            count_range(main, stored, database, None, Some(first.first_id)).await?;
+    }
+    let mut placed: Vec<(usize, Vec<Finding>)> = Vec::new();
+    let mut jobs = Vec::new();
+    let mut previous = chain::Previous::NONE;
     let mut previous_last: Option<Uuid> = None;
-    let mut first_seen = false;
-    while let Some(seal) = load_seal(transaction, database, previous_block).await? {
-        if !first_seen {
-            report.unsealed_before =
-                count_range(transaction, stored, database, None, Some(seal.first_id)).await?;
-            first_seen = true;
-        }
-        let trusted = check_seal(database, &seal, previous_block, previous_hash, report);
-        let expired = cutoff.is_some_and(|cutoff| seal.last_committed_at < cutoff);
-        if !trusted {
-            // Its list of changes cannot be trusted: the broken seal is the finding.
-        } else if expired {
-            report.expired_blocks += 1;
+    for (index, seal) in seals.iter().enumerate() {
+        if options.covers(seal) {
+            jobs.push(block::Job {
+                index,
+                seal,
+                previous,
+                lower: previous_last.map_or(Bound::Included(seal.first_id), Bound::Excluded),
+                expired: cutoff.is_some_and(|cutoff| seal.last_committed_at < cutoff),
+                straddles: cutoff.is_some_and(|cutoff| seal.first_committed_at < cutoff),
+            });
         } else {
-            report.blocks += 1;
-            // From just after the block before, so changes between blocks are seen too.
-            let lower = previous_last.map_or(Bound::Included(seal.first_id), Bound::Excluded);
-            let query = copy_query(stored, database, lower, Bound::Included(seal.last_id), None);
-            let current = read_leaves(transaction, &query).await?;
-            // A block straddling the cutoff may have lost changes to retention.
-            let straddles = cutoff.is_some_and(|cutoff| seal.first_committed_at < cutoff);
-            compare(database, &seal, &current, straddles, report);
+            report.outside_range += 1;
+            let (broken, _) = chain::check(database, seal, None, previous);
+            placed.push((index, broken.into_iter().collect()));
         }
-        previous_hash = seal.hash;
-        previous_block = seal.block;
+        previous = chain::Previous {
+            block: seal.block,
+            hash: seal.hash,
+        };
         previous_last = Some(seal.last_id);
     }
-    if let Some(last) = previous_last {
+    // Each reader takes the next block not taken yet: they run on this one thread, so a cell
+    // is the queue.
+    let next = Cell::new(0_usize);
+    let read = readers.iter().map(|reader| {
+        let (jobs, next) = (&jobs, &next);
+        async move {
+            let mut outcomes = Vec::new();
+            while let Some(job) = jobs.get(next.get()) {
+                next.set(next.get() + 1);
+                outcomes.push(block::check(reader, stored, database, job).await?);
+            }
+            Ok::<_, Error>(outcomes)
+        }
+    });
+    for outcome in futures_util::future::try_join_all(read)
+        .await?
+        .into_iter()
+        .flatten()
+    {
+        report.blocks += u64::from(outcome.compared);
+        report.expired_blocks += u64::from(outcome.expired);
+        report.intact += outcome.intact;
+        placed.push((outcome.index, outcome.findings));
+    }
+    placed.sort_by_key(|(index, _)| *index);
+    report
+        .findings
+        .extend(placed.into_iter().flat_map(|(_, findings)| findings));
+    if let Some(last) = seals.last() {
         report.unsealed_after +=
-            count_range(transaction, stored, database, Some(last), None).await?;
+            count_range(main, stored, database, Some(last.last_id), None).await?;
     }
     Ok(())
-}
-
-/// Checks a seal against itself and the block before it; returns whether its own content
-/// (changes, leaves, root, hash) holds together, so that its changes can be checked by it.
-fn check_seal(
-    database: &str,
-    seal: &Seal,
-    previous_block: i64,
-    previous_hash: [u8; 32],
-    report: &mut VerifyReport,
-) -> bool {
-    let broken = |why| Finding::SealBroken {
-        database: database.to_owned(),
-        block: seal.block,
-        why,
-    };
-    let header = BlockHeader {
-        encoding: seal.encoding,
-        database,
-        block: seal.block,
-        first_id: seal.first_id,
-        last_id: seal.last_id,
-        changes: seal.changes,
-        root: seal.root,
-        previous: seal.previous,
-    };
-    let own = if !KNOWN_ENCODINGS.contains(&seal.encoding) {
-        Some("an encoding this worker does not know")
-    } else if usize::try_from(seal.changes).ok() != Some(seal.ids.len())
-        || seal.ids.len() != seal.leaves.len()
-        || seal.ids.first() != Some(&seal.first_id)
-        || seal.ids.last() != Some(&seal.last_id)
-    {
-        Some("its list of changes does not match its bounds")
-    } else if root(&seal.leaves) != seal.root {
-        Some("its leaves do not make its root")
-    } else if header.hash() != seal.hash {
-        Some("its hash does not match its content")
-    } else {
-        None
-    };
-    if let Some(why) = own {
-        report.findings.push(broken(why));
-    } else if seal.block != previous_block + 1 {
-        report
-            .findings
-            .push(broken("the block before it is missing"));
-    } else if seal.previous != previous_hash {
-        report
-            .findings
-            .push(broken("it does not chain to the block before it"));
-    }
-    own.is_none()
-}
-
-/// Compares a block's sealed changes with the changes stored in its range (and the gap before
-/// it), both in id order.
-fn compare(
-    database: &str,
-    seal: &Seal,
-    current: &[Leaf],
-    straddles: bool,
-    report: &mut VerifyReport,
-) {
-    let mut sealed = seal.ids.iter().zip(&seal.leaves).peekable();
-    let mut found = current.iter().peekable();
-    loop {
-        match (sealed.peek(), found.peek()) {
-            (None, None) => break,
-            (Some((id, leaf)), Some(current)) if **id == current.id => {
-                if **leaf == current.hash {
-                    report.intact += 1;
-                } else {
-                    report.findings.push(Finding::Edited {
-                        database: database.to_owned(),
-                        block: seal.block,
-                        id: **id,
-                    });
-                }
-                sealed.next();
-                found.next();
-            }
-            (Some((id, _)), current) if current.is_none_or(|current| **id < current.id) => {
-                if !straddles {
-                    report.findings.push(Finding::Deleted {
-                        database: database.to_owned(),
-                        block: seal.block,
-                        id: **id,
-                    });
-                }
-                sealed.next();
-            }
-            (_, Some(current)) => {
-                report.findings.push(Finding::Inserted {
-                    database: database.to_owned(),
-                    block: (current.id >= seal.first_id).then_some(seal.block),
-                    id: current.id,
-                });
-                found.next();
-            }
-            (Some(_), None) => {
-                sealed.next();
-            }
-        }
-    }
 }

@@ -138,6 +138,9 @@ pub struct VerifyReport {
     /// of its range, as `bemi.retention_runs` recorded it): their seals are checked, not their
     /// changes.
     pub expired_blocks: u64,
+    /// Blocks outside `--from`/`--to`: checked against their headers and chained, their
+    /// changes not read.
+    pub outside_range: u64,
     /// Changes stored after the last seal (not sealed yet).
     pub unsealed_after: u64,
     /// Changes stored before the first seal (stored before sealing began).

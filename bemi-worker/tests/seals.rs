@@ -255,14 +255,14 @@ async fn verify_names_every_tampering_of_the_changes_and_the_seals() {
     };
     detects(
         &fixture,
-        "UPDATE bemi.seals SET leaves = overlay(leaves placing '\\x00'::bytea from 1) WHERE block = 1",
+        "UPDATE bemi.seals SET leaves = set_byte(leaves, 0, get_byte(leaves, 0) # 255) WHERE block = 1",
         "UPDATE bemi.seals c SET leaves = s.leaves FROM saved_seals s WHERE s.block = c.block",
         |_| broken(1, "its leaves do not make its root"),
     )
     .await;
     detects(
         &fixture,
-        "UPDATE bemi.seals SET hash = overlay(hash placing '\\x00'::bytea from 1) WHERE block = 1",
+        "UPDATE bemi.seals SET hash = set_byte(hash, 0, get_byte(hash, 0) # 255) WHERE block = 1",
         "UPDATE bemi.seals c SET hash = s.hash FROM saved_seals s WHERE s.block = c.block",
         |_| {
             let mut found = broken(1, "its hash does not match its content");
@@ -403,7 +403,7 @@ async fn verify_of_a_range_reads_its_blocks_and_chains_every_seal() {
     let early = run(options().to(first_to)).await;
     assert_eq!(early.findings.len(), 1, "{early:?}");
     fixture
-        .sql("UPDATE bemi.seals SET hash = overlay(hash placing '\\x00'::bytea from 1) WHERE block = 1")
+        .sql("UPDATE bemi.seals SET hash = set_byte(hash, 0, get_byte(hash, 0) # 255) WHERE block = 1")
         .await;
     // The first block's seal is outside the range, but its header and the chain are checked.
     let late = run(options().from(last_from)).await;

@@ -317,6 +317,7 @@ async fn verify_on_this_thread(
     Ok(report)
 }
 
+/// How many changes of `database` are stored with ids above `above` and below `below`.
 async fn count_range(
     transaction: &Transaction<'_>,
     stored: &str,
@@ -324,14 +325,22 @@ async fn count_range(
     above: Option<Uuid>,
     below: Option<Uuid>,
 ) -> Result<u64> {
+    let mut sql = format!("SELECT count(*) FROM {stored} WHERE database = $1");
+    let mut bounds = Vec::new();
+    for (bound, comparison) in [(above, '>'), (below, '<')] {
+        if let Some(bound) = bound {
+            bounds.push(bound);
+            sql.push_str(&format!(" AND id {comparison} ${}", bounds.len() + 1));
+        }
+    }
+    let mut parameters: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&database];
+    parameters.extend(
+        bounds
+            .iter()
+            .map(|bound| bound as &(dyn tokio_postgres::types::ToSql + Sync)),
+    );
     let count: i64 = transaction
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {stored} WHERE database = $1 \
-                 AND ($2::uuid IS NULL OR id > $2) AND ($3::uuid IS NULL OR id < $3)"
-            ),
-            &[&database, &above, &below],
-        )
+        .query_one(&sql, &parameters)
         .await
         .map_err(Error::postgres("count unsealed changes"))?
         .get(0);

@@ -381,4 +381,22 @@ async fn a_stopped_worker_carries_the_erasure_out_when_it_reaches_it() {
             .contains("erasures:            1 carried out\n"),
         "{status}"
     );
+
+    // Ann's row is still there under its new key; a worker started later learns that key from
+    // the stored key change, and erases what she writes meanwhile before storing it.
+    let stored: i64 = fixture
+        .client
+        .query_one("SELECT count(*) FROM bemi.changes_stored", &[])
+        .await
+        .unwrap()
+        .get(0);
+    fixture
+        .sql("UPDATE users SET phone = 'ann-after-restart' WHERE id = 4200")
+        .await;
+    let worker = RunningWorker::start(config(&fixture));
+    fixture.wait_for(usize::try_from(stored).unwrap() + 1).await;
+    wait_all_sealed(&fixture).await;
+    worker.stop().await.unwrap();
+    assert_eq!(holding(&fixture, "ann-after-restart").await, 0);
+    assert!(verify(&fixture).await.is_intact());
 }

@@ -191,12 +191,7 @@ pub(crate) struct Erased {
 impl Erased {
     /// Adds a subject of the source database `database`.
     pub(crate) fn add(&mut self, database: &str, subject: &Subject) {
-        self.rows.insert((
-            database.to_owned(),
-            subject.schema.clone(),
-            subject.table.clone(),
-            subject.key.clone(),
-        ));
+        self.add_row(database, &subject.schema, &subject.table, &subject.key);
         if let Some(context_key) = &subject.context_key {
             self.contexts.insert((
                 database.to_owned(),
@@ -204,6 +199,16 @@ impl Erased {
                 subject.key.clone(),
             ));
         }
+    }
+
+    /// Adds a key a subject's row had (or has since).
+    pub(crate) fn add_row(&mut self, database: &str, schema: &str, table: &str, key: &str) {
+        self.rows.insert((
+            database.to_owned(),
+            schema.to_owned(),
+            table.to_owned(),
+            key.to_owned(),
+        ));
     }
 
     /// Whether some of `rows` hold values of a known subject.

@@ -51,8 +51,14 @@ pub(crate) struct Erasure {
     pub(crate) subject: Subject,
 }
 
-/// Learns every erasure recorded so far, without erasing anything (their changes are erased).
-pub(crate) async fn learn(transaction: &Transaction<'_>, erased: &mut Erased) -> Result<()> {
+/// Learns every erasure recorded so far, without erasing anything (their changes are erased),
+/// with every key its subject's row had in the stored changes of `stored` (a key changed after
+/// the erasure is known again after a restart).
+pub(crate) async fn learn(
+    transaction: &Transaction<'_>,
+    stored: &str,
+    erased: &mut Erased,
+) -> Result<()> {
     let rows = transaction
         .query(
             "SELECT sequence, schema_name, table_name, key, context_key, database \
@@ -72,6 +78,9 @@ pub(crate) async fn learn(transaction: &Transaction<'_>, erased: &mut Erased) ->
             },
         );
         erased.sequence = row.get(0);
+    }
+    for key in subject_keys(transaction, stored, None).await? {
+        erased.add_row(&key.database, &key.schema, &key.table, &key.key);
     }
     Ok(())
 }
@@ -138,7 +147,12 @@ pub(crate) async fn catch_up(
                 context_key: row.get(6),
             },
         };
-        let changes = erase_stored(transaction, stored, &erasure).await?;
+        let keys: Vec<String> = subject_keys(transaction, stored, Some(erasure.request))
+            .await?
+            .into_iter()
+            .map(|key| key.key)
+            .collect();
+        let changes = erase_stored(transaction, stored, &erasure, &keys).await?;
         if requests.iter().any(|request| request.id == erasure.request) {
             transaction
                 .execute(
@@ -155,6 +169,14 @@ pub(crate) async fn catch_up(
             );
         }
         erased.add(&erasure.database, &erasure.subject);
+        for key in &keys {
+            erased.add_row(
+                &erasure.database,
+                &erasure.subject.schema,
+                &erasure.subject.table,
+                key,
+            );
+        }
         erased.sequence = erasure.sequence;
     }
     Ok(())
@@ -193,42 +215,52 @@ async fn record(transaction: &Transaction<'_>, row: &ChangeRow) -> Result<()> {
     Ok(())
 }
 
-/// Every key the subject's row had: the one named, and those an UPDATE changed it from or to,
-/// followed both ways (`previous_primary_key` links, by their partial index).
+/// A key an erased subject's row had.
+#[derive(Debug)]
+struct SubjectKey {
+    database: String,
+    schema: String,
+    table: String,
+    key: String,
+}
+
+/// Every key the rows of the subjects of `request` (or of every erasure) had: the one named, and
+/// those an UPDATE changed it from or to, followed both ways (`previous_primary_key` links, by
+/// their partial index), in one query.
 async fn subject_keys(
     transaction: &Transaction<'_>,
     stored: &str,
-    erasure: &Erasure,
-) -> Result<Vec<String>> {
-    let subject = &erasure.subject;
-    let mut keys = vec![subject.key.clone()];
-    let mut next = 0;
-    while let Some(key) = keys.get(next).cloned() {
-        next += 1;
-        let links = transaction
-            .query(
-                &format!(
-                    "SELECT primary_key, previous_primary_key FROM {stored} \
-                     WHERE database = $1 AND schema = $2 AND \"table\" = $3 \
-                     AND previous_primary_key IS NOT NULL \
-                     AND (previous_primary_key = $4 OR primary_key = $4)"
-                ),
-                &[&erasure.database, &subject.schema, &subject.table, &key],
-            )
-            .await
-            .map_err(Error::postgres("follow an erased subject's key changes"))?;
-        for link in links {
-            for linked in [link.get::<_, Option<String>>(0), link.get(1)]
-                .into_iter()
-                .flatten()
-            {
-                if !keys.contains(&linked) {
-                    keys.push(linked);
-                }
-            }
-        }
-    }
-    Ok(keys)
+    request: Option<Uuid>,
+) -> Result<Vec<SubjectKey>> {
+    let rows = transaction
+        .query(
+            &format!(
+                "WITH RECURSIVE keys (database, schema_name, table_name, key) AS ( \
+                   SELECT database, schema_name, table_name, key FROM bemi.erasures \
+                   WHERE $1::uuid IS NULL OR request = $1 \
+                 UNION \
+                   SELECT k.database, k.schema_name, k.table_name, \
+                     CASE WHEN c.previous_primary_key = k.key THEN c.primary_key \
+                       ELSE c.previous_primary_key END \
+                   FROM keys k JOIN {stored} c ON c.database = k.database \
+                     AND c.schema = k.schema_name AND c.\"table\" = k.table_name \
+                     AND c.previous_primary_key IS NOT NULL \
+                     AND (c.previous_primary_key = k.key OR c.primary_key = k.key)) \
+                 SELECT database, schema_name, table_name, key FROM keys WHERE key IS NOT NULL"
+            ),
+            &[&request],
+        )
+        .await
+        .map_err(Error::postgres("follow erased subjects' key changes"))?;
+    Ok(rows
+        .iter()
+        .map(|row| SubjectKey {
+            database: row.get(0),
+            schema: row.get(1),
+            table: row.get(2),
+            key: row.get(3),
+        })
+        .collect())
 }
 
 /// Erases the values of `erasure`'s subject from the stored changes of its database; returns
@@ -237,11 +269,11 @@ pub(crate) async fn erase_stored(
     transaction: &Transaction<'_>,
     stored: &str,
     erasure: &Erasure,
+    keys: &[String],
 ) -> Result<i32> {
     let columns = "id, committed_at, schema, \"table\", primary_key, previous_primary_key, \
          \"before\"::text, \"after\"::text, after_changed::text, context::text, personal::text";
     let subject = &erasure.subject;
-    let keys = subject_keys(transaction, stored, erasure).await?;
     // The subject's own changes, under each of its keys, by the (table, key) indexes; the
     // changes whose context names it, by the context index (a JSON number or string).
     let mut found = transaction

@@ -224,7 +224,7 @@ impl Store {
             .map_err(Error::postgres("begin reading erasures"))?;
         let installed = crate::postgres::table_exists(&transaction, "bemi.erasures").await?;
         if installed {
-            crate::erasure::stored::learn(&transaction, &mut self.erased).await?;
+            crate::erasure::stored::learn(&transaction, &self.changes, &mut self.erased).await?;
         }
         transaction
             .commit()

@@ -75,10 +75,6 @@ fn io(action: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { action, source }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// The SHA-256 and the line count of an archive file.
 fn read_back(path: &Path) -> Result<(String, u64)> {
     let mut hasher = Sha256::new();
@@ -99,7 +95,7 @@ fn read_back(path: &Path) -> Result<(String, u64)> {
         line.map_err(io(format!("decompress {}", path.display())))?;
         lines += 1;
     }
-    Ok((hex(&hasher.finalize()), lines))
+    Ok((hex::encode(hasher.finalize()), lines))
 }
 
 /// Writes the changes of `partition` (of `changes`, range `from`..`to`) into `folder`, then
@@ -152,7 +148,7 @@ pub(crate) async fn archive_partition(
     hashing
         .flush()
         .map_err(io(format!("write {}", partial.display())))?;
-    let sha256 = hex(&hashing.hasher.finalize());
+    let sha256 = hex::encode(hashing.hasher.finalize());
     let file = hashing.inner.into_inner().map_err(|error| Error::Io {
         action: format!("write {}", partial.display()),
         source: error.into_error(),

@@ -168,7 +168,7 @@ impl ContextValues {
         let values: Vec<PersonalValue> = personal::members(&row.context)
             .unwrap_or_default()
             .into_iter()
-            .filter(|(key, _)| self.keys.contains(key))
+            .filter(|(key, _)| self.keys.iter().any(|personal| personal == key))
             .map(|(key, _)| PersonalValue::fresh(Place::Context, &key))
             .collect();
         row.personal.extend(values.iter().cloned());
@@ -248,8 +248,11 @@ impl Erased {
                     // `42` and `"42"` both name the key 42.
                     let named =
                         serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned());
-                    self.contexts
-                        .contains(&(row.database.to_string(), context_key.clone(), named))
+                    self.contexts.contains(&(
+                        row.database.to_string(),
+                        context_key.to_string(),
+                        named,
+                    ))
                 })
             });
         (owned, named)

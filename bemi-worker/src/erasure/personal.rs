@@ -10,6 +10,7 @@
 //! (the seals still verify), and without the salt the commitment says nothing of the value, even
 //! of one guessed from a short list.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -208,21 +209,14 @@ pub(crate) fn commitment_of(value: &PersonalValue, raw: &str) -> Option<[u8; 32]
 
 /// Decodes lowercase or uppercase hex of exactly `N` bytes.
 fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 2 * N {
-        return None;
-    }
     let mut out = [0_u8; N];
-    for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        let digit = |c: u8| char::from(c).to_digit(16);
-        *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 
 /// The top-level members of the JSON object `text`, in order: each key and the byte range of its
 /// value's text in `text`. `None` when `text` is not an object.
-pub(crate) fn members(text: &str) -> Option<Vec<(String, Range<usize>)>> {
+pub(crate) fn members(text: &str) -> Option<Vec<(Cow<'_, str>, Range<usize>)>> {
     let Members(found) = serde_json::from_str(text).ok()?;
     let start = text.as_ptr() as usize;
     Some(
@@ -274,8 +268,41 @@ pub(crate) fn value_text<'t>(text: &'t str, key: &str) -> Option<&'t str> {
     text.get(range)
 }
 
-/// An object's members as read: keys and their values' raw text, in order.
-struct Members<'t>(Vec<(String, &'t RawValue)>);
+/// An object's members as read: keys (borrowed from the text unless they hold escapes) and
+/// their values' raw text, in order.
+struct Members<'t>(Vec<(Cow<'t, str>, &'t RawValue)>);
+
+/// A key as read: borrowed from the text when it can be.
+struct Key<'t>(Cow<'t, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Read;
+        impl<'de> Visitor<'de> for Read {
+            type Value = Key<'de>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                text: &'de str,
+            ) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(text.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Read)
+    }
+}
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -289,8 +316,8 @@ impl<'de> Deserialize<'de> for Members<'de> {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut found = Vec::new();
-                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
-                    found.push(entry);
+                while let Some((Key(key), raw)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    found.push((key, raw));
                 }
                 Ok(Members(found))
             }
@@ -309,7 +336,7 @@ mod tests {
         let found = members(text).unwrap_or_default();
         let pairs: Vec<(&str, &str)> = found
             .iter()
-            .map(|(key, range)| (key.as_str(), &text[range.clone()]))
+            .map(|(key, range)| (key.as_ref(), &text[range.clone()]))
             .collect();
         assert_eq!(
             pairs,

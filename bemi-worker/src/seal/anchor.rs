@@ -79,7 +79,7 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Anchor>, Vec<usize>)> {
 
 /// Lowercase hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    hex::encode(bytes)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //!
 //! Blocks sealed since personal values exist record encoding 2; `verify` reads both.
 
+use std::borrow::Cow;
 use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
@@ -154,10 +155,8 @@ fn committed_line(rest: &[u8], personal: &[u8]) -> Option<Vec<u8>> {
     use crate::erasure::{PersonalValue, Place};
 
     let values = from_stored(std::str::from_utf8(&unescape(personal)?).ok()?)?;
-    let mut fields: Vec<std::borrow::Cow<'_, [u8]>> = rest
-        .split(|byte| *byte == b'\t')
-        .map(std::borrow::Cow::Borrowed)
-        .collect();
+    let fields: Vec<&[u8]> = rest.split(|byte| *byte == b'\t').collect();
+    let mut replaced: Vec<(usize, Vec<u8>)> = Vec::with_capacity(4);
     for (place, index) in [
         (Place::Before, BEFORE),
         (Place::After, BEFORE + 1),
@@ -167,26 +166,36 @@ fn committed_line(rest: &[u8], personal: &[u8]) -> Option<Vec<u8>> {
         if !values.iter().any(|value| value.place == place) {
             continue;
         }
-        let text = String::from_utf8(unescape(fields.get(index)?)?).ok()?;
+        let bytes = unescape(fields.get(index)?)?;
+        let text = std::str::from_utf8(&bytes).ok()?;
         let here: Vec<&PersonalValue> =
             values.iter().filter(|value| value.place == place).collect();
         let keys: Vec<&str> = here.iter().map(|value| value.key.as_str()).collect();
-        let ranges = value_ranges(&text, &keys)?;
+        let ranges = value_ranges(text, &keys)?;
         let mut commitments = Vec::with_capacity(here.len());
         for (value, range) in here.iter().zip(&ranges) {
             let committed = commitment_of(value, text.get(range.clone())?)?;
-            commitments.push(format!("\"{}\"", crate::seal::anchor::hex(&committed)));
+            let mut quoted = [b'"'; 66];
+            hex::encode_to_slice(committed, &mut quoted[1..65]).ok()?;
+            commitments.push(quoted);
         }
-        let replaced = splice(
-            &text,
-            ranges
-                .into_iter()
-                .zip(commitments.iter().map(String::as_str))
-                .collect(),
-        )?;
-        *fields.get_mut(index)? = escape(&replaced).into();
+        let quoted: Vec<&str> = commitments
+            .iter()
+            .map(|quoted| std::str::from_utf8(quoted).ok())
+            .collect::<Option<_>>()?;
+        let spliced = splice(text, ranges.into_iter().zip(quoted).collect())?;
+        replaced.push((index, escape(&spliced).into_owned()));
     }
-    let mut out = fields.join(&b'\t');
+    let mut out = Vec::with_capacity(rest.len() + 64 * values.len());
+    for (index, field) in fields.iter().enumerate() {
+        if index > 0 {
+            out.push(b'\t');
+        }
+        match replaced.iter().find(|(at, _)| *at == index) {
+            Some((_, text)) => out.extend_from_slice(text),
+            None => out.extend_from_slice(field),
+        }
+    }
     out.push(b'\n');
     out.extend_from_slice(sealed_list(&values).as_bytes());
     Some(out)
@@ -195,10 +204,14 @@ fn committed_line(rest: &[u8], personal: &[u8]) -> Option<Vec<u8>> {
 /// The index of `before` among [`COLUMNS`] (`after`, `after_changed` and `context` follow).
 const BEFORE: usize = 7;
 
-/// A `COPY` text field's value; `None` for NULL (`\N`) or an escape `COPY` does not write.
-fn unescape(field: &[u8]) -> Option<Vec<u8>> {
+/// A `COPY` text field's value (borrowed when it holds no escape); `None` for NULL (`\N`) or an
+/// escape `COPY` does not write.
+fn unescape(field: &[u8]) -> Option<Cow<'_, [u8]>> {
     if field == b"\\N" {
         return None;
+    }
+    if memchr::memchr(b'\\', field).is_none() {
+        return Some(Cow::Borrowed(field));
     }
     let mut out = Vec::with_capacity(field.len());
     let mut bytes = field.iter();
@@ -218,13 +231,20 @@ fn unescape(field: &[u8]) -> Option<Vec<u8>> {
             _ => return None,
         });
     }
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
-/// Text escaped so that it holds no tab or newline (a field of a committed line).
-fn escape(text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + 8);
-    for &byte in text.as_bytes() {
+/// Text escaped so that it holds no tab or newline (a field of a committed line); borrowed when
+/// nothing needs escaping.
+fn escape(text: &str) -> Cow<'_, [u8]> {
+    let bytes = text.as_bytes();
+    if memchr::memchr3(b'\\', b'\t', b'\n', bytes).is_none()
+        && memchr::memchr(b'\r', bytes).is_none()
+    {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    for &byte in bytes {
         match byte {
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'\t' => out.extend_from_slice(b"\\t"),
@@ -233,7 +253,7 @@ fn escape(text: &str) -> Vec<u8> {
             _ => out.push(byte),
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 /// Splits `COPY` output into lines (a row never spans a line: newlines in values are escaped).
@@ -303,13 +323,13 @@ mod tests {
         let mut line =
             b"00000000-01a3-801f-8000-0000009b4ef5\tapp\tpublic\tusers\tCREATE\t1\t\\N\t{}\t"
                 .to_vec();
-        line.extend(escape(after));
+        line.extend_from_slice(&escape(after));
         line.extend(b"\t\\N\t");
-        line.extend(escape(context));
+        line.extend_from_slice(&escape(context));
         line.extend(
             b"\t2026-12-06 00:47:11.123456+00\t2026-12-06 00:47:11.2+00\t7\t100\t27000000\t0\t",
         );
-        line.extend(escape(&personal));
+        line.extend_from_slice(&escape(&personal));
         line
     }
 
@@ -366,11 +386,13 @@ mod tests {
     #[test]
     fn copy_fields_unescape_and_escape_back() {
         let field = b"a\\\\b\\tc\\nd\\re\\bf";
-        let text = unescape(field).unwrap_or_default();
+        let text = unescape(field).map(Cow::into_owned).unwrap_or_default();
         assert_eq!(text, b"a\\b\tc\nd\re\x08f");
+        assert!(matches!(unescape(b"plain"), Some(Cow::Borrowed(b"plain"))));
         assert_eq!(unescape(b"\\N"), None);
         assert_eq!(unescape(b"bad\\q"), None);
-        assert_eq!(escape("a\\b\tc\nd\re"), b"a\\\\b\\tc\\nd\\re");
+        assert_eq!(&*escape("a\\b\tc\nd\re"), b"a\\\\b\\tc\\nd\\re");
+        assert!(matches!(escape("plain"), Cow::Borrowed(b"plain")));
     }
 
     #[test]

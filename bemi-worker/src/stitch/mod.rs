@@ -672,7 +672,7 @@ fn personal_values(
             continue;
         };
         for (key, _) in members {
-            if personal.contains(&key.as_str()) {
+            if personal.contains(&key.as_ref()) {
                 values.push(PersonalValue::fresh(place, &key));
             }
         }

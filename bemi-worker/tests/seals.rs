@@ -426,6 +426,62 @@ async fn verify_of_a_range_reads_its_blocks_and_chains_every_seal() {
     );
 }
 
+/// A role that may write the changes table inserts a change with an id just ahead of the
+/// worker's (one the worker then passes): the sealer seals only row versions the worker's own
+/// transactions wrote, so the forged change is never sealed, and `verify` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_forged_ahead_of_the_worker_is_never_sealed() {
+    let fixture = fixture(test_database!(), ITEMS).await;
+    let mut config = fixture.config();
+    config.seal_interval = Some(Duration::from_millis(20));
+    let worker = RunningWorker::start(config);
+    fixture
+        .sql("INSERT INTO items VALUES (1, 'one'), (2, 'two')")
+        .await;
+    fixture.wait_for(2).await;
+    wait_sealed(&fixture, 2).await;
+    let last = *ids(&fixture).await.last().unwrap();
+    let forged_id = uuid::Uuid::from_u128(last.as_u128() + 1);
+    fixture
+        .sql(&format!(
+            "INSERT INTO bemi.changes_stored SELECT '{forged_id}', primary_key, \"before\", \
+             '{{\"id\": 3, \"title\": \"forged\"}}', context, database, schema, \"table\", \
+             operation, committed_at, queued_at, transaction_id, position, commit_lsn, sequence, \
+             previous_primary_key, created_at, after_changed FROM bemi.changes_stored \
+             WHERE id = '{last}'"
+        ))
+        .await;
+    // The worker stores and seals past it.
+    fixture
+        .sql("UPDATE items SET title = 'renamed' WHERE id = 1")
+        .await;
+    wait_sealed(&fixture, 3).await;
+    worker.stop().await.unwrap();
+    let (stored, sealed): (i64, i64) = {
+        let row = fixture
+            .client
+            .query_one(
+                "SELECT (SELECT count(*) FROM bemi.changes_stored), \
+                 (SELECT sum(changes)::int8 FROM bemi.seals)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((stored, sealed), (4, 3));
+    let report = verify(&fixture).await;
+    assert_eq!(
+        report.findings,
+        [Finding::Inserted {
+            database: fixture.database.name().to_owned(),
+            block: None,
+            id: forged_id,
+        }],
+        "{report:?}"
+    );
+}
+
 /// The binary: `verify` exits 0 on an intact trail and 2, naming the change, on a tampered one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verify_command_exits_2_and_names_the_change() {

@@ -218,7 +218,18 @@ async fn changes_postgresql_rejects_are_stored_with_their_images_as_text() {
     );
     // The next change is stored normally.
     assert_eq!(changes[1].after, json!({"id": 2, "payload": "fine"}));
+    // Rows stored one by one (each under a savepoint, a subtransaction of its own) are sealed
+    // like the others.
+    crate::support::wait_all_sealed(&fixture).await;
     worker.stop().await.unwrap();
+    let report = bemi_worker::verify(
+        &fixture.source,
+        fixture.setup.options().changes_table_name(),
+        &bemi_worker::VerifyOptions::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.is_intact() && report.intact == 2, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

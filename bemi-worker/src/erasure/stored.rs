@@ -87,13 +87,14 @@ pub(crate) async fn learn(
 
 /// Records the erasure requests among `rows` and erases, in the stored table `stored`, the
 /// values of every subject erased since `erased` was last brought up to date (by this
-/// transaction or another), which it then knows. Call after the batch before committed.
+/// transaction or another), which it then knows. Call after the batch before committed. Returns
+/// whether it rewrote stored changes.
 pub(crate) async fn catch_up(
     transaction: &Transaction<'_>,
     stored: &str,
     rows: &[ChangeRow],
     erased: &mut Erased,
-) -> Result<()> {
+) -> Result<bool> {
     let requests: Vec<&ChangeRow> = rows.iter().filter(|row| is_request(row)).collect();
     if requests.is_empty() {
         // The common case, in one round trip: nothing recorded since this writer last looked.
@@ -113,7 +114,7 @@ pub(crate) async fn catch_up(
             _ => None,
         });
         if newest.is_none_or(|newest| newest <= erased.sequence) {
-            return Ok(());
+            return Ok(false);
         }
     } else {
         transaction
@@ -135,6 +136,7 @@ pub(crate) async fn catch_up(
         )
         .await
         .map_err(Error::postgres("read new erasures"))?;
+    let mut rewrote = false;
     for row in new {
         let erasure = Erasure {
             request: row.get(0),
@@ -153,6 +155,7 @@ pub(crate) async fn catch_up(
             .map(|key| key.key)
             .collect();
         let changes = erase_stored(transaction, stored, &erasure, &keys).await?;
+        rewrote |= changes > 0;
         if requests.iter().any(|request| request.id == erasure.request) {
             transaction
                 .execute(
@@ -179,7 +182,7 @@ pub(crate) async fn catch_up(
         }
         erased.sequence = erasure.sequence;
     }
-    Ok(())
+    Ok(rewrote)
 }
 
 /// Records one request in `bemi.erasures` (once: a replayed batch records nothing more). A

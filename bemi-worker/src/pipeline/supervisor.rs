@@ -16,6 +16,7 @@ use crate::admin::install::{SlotState, server_facts, slot_state};
 use crate::pipeline::backoff::Backoff;
 use crate::pipeline::stream::{Stream, StreamStart};
 use crate::pipeline::{Metrics, OnSlotLost, Output, Stored, WorkerConfig};
+use crate::seal::written::Written;
 use crate::sink::Sink;
 use crate::sink::jetstream::Publisher;
 use crate::sink::preflight::check_destination_privileges;
@@ -47,6 +48,8 @@ struct Prepared {
     /// One sink per writer.
     sinks: Vec<Sink>,
     start: StreamStart,
+    /// The transactions the writers store changes in, for the sealer (when it seals).
+    written: Option<Arc<Written>>,
 }
 
 /// How a session's stream ended.
@@ -251,10 +254,14 @@ impl<'w> Supervisor<'w> {
         // destination, from the source's table of them.
         let mut recorded_shapes: Vec<(u32, RecordedShape)> = Vec::new();
         // Connected before streaming starts: a missing table or privilege fails the session here.
-        let (sinks, progress) = match &config.output {
+        let (sinks, progress, written) = match &config.output {
             Output::JetStream(nats) => {
                 recorded_shapes.extend(load_source_shapes(&catalog_client, &config.slot).await?);
-                (vec![Sink::JetStream(Publisher::connect(nats).await?)], None)
+                (
+                    vec![Sink::JetStream(Publisher::connect(nats).await?)],
+                    None,
+                    None,
+                )
             }
             Output::Store {
                 destination: options,
@@ -262,19 +269,35 @@ impl<'w> Supervisor<'w> {
             } => {
                 let destination = options.connect("bemi-worker").await?;
                 check_destination_privileges(&destination, options, changes_table).await?;
-                let store = Store::new(destination, changes_table, source_key.clone());
+                let mut store = Store::new(destination, changes_table, source_key.clone());
                 let progress = store.load_progress().await?;
                 recorded_shapes.extend(store.load_recorded_shapes(&database).await?);
+                // The sealer seals the row versions this session's transactions write; what was
+                // stored before it (up to its progress) is sealed as found.
+                let written = match config.seal_interval {
+                    Some(_) => Some(Arc::new(Written::new(match progress {
+                        Some(progress) => crate::change_row::change_id(
+                            0,
+                            progress.commit_lsn.saturating_add(1),
+                            0,
+                        ),
+                        None => store.id_above_stored(&database).await?,
+                    }))),
+                    None => None,
+                };
+                if let Some(written) = &written {
+                    store.record_written_in(Arc::clone(written));
+                }
                 let mut sinks = vec![Sink::Store(store)];
                 for _ in 1..config.writers {
                     let destination = options.connect("bemi-worker").await?;
-                    sinks.push(Sink::Store(Store::new(
-                        destination,
-                        changes_table,
-                        source_key.clone(),
-                    )));
+                    let mut store = Store::new(destination, changes_table, source_key.clone());
+                    if let Some(written) = &written {
+                        store.record_written_in(Arc::clone(written));
+                    }
+                    sinks.push(Sink::Store(store));
                 }
-                (sinks, progress)
+                (sinks, progress, written)
             }
         };
         replication.start().await.map_err(Error::Replication)?;
@@ -293,6 +316,7 @@ impl<'w> Supervisor<'w> {
             catalog_client,
             replication,
             sinks,
+            written,
             start: StreamStart {
                 progress,
                 recorded_shapes: recorded_shapes.into_iter().collect(),
@@ -315,6 +339,7 @@ impl<'w> Supervisor<'w> {
             self.own_walsender = Some(pid);
         }
         let database = prepared.start.database.clone();
+        let written = prepared.written.clone();
         let (mut stream, store_task) = Stream::start(
             config,
             self.metrics,
@@ -342,6 +367,7 @@ impl<'w> Supervisor<'w> {
                         config.anchor_file.clone(),
                         config.anchor_nats.clone(),
                     ),
+                    written,
                 )
                 .instrument(tracing::info_span!("stage", stage = "seal")),
             )),

@@ -50,16 +50,19 @@ pub(crate) const SETTINGS: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateSty
     SET LOCAL enable_seqscan = off";
 
 /// The `COPY` of the changes of `database` in the stored table `stored`, in id order, with ids
-/// within `lower` and `upper`, at most `limit`.
+/// within `lower` and `upper`, at most `limit`; with `with_xmin`, each line ends with one more
+/// field, the row version's `xmin` (see [`split_xmin`]).
 pub(crate) fn copy_query(
     stored: &str,
     database: &str,
     lower: Bound<Uuid>,
     upper: Bound<Uuid>,
     limit: Option<usize>,
+    with_xmin: bool,
 ) -> String {
+    let xmin = if with_xmin { ", xmin" } else { "" };
     let mut sql = format!(
-        "COPY (SELECT {COLUMNS} FROM {stored} WHERE database = {}",
+        "COPY (SELECT {COLUMNS}{xmin} FROM {stored} WHERE database = {}",
         bemi_core::quote_literal(database)
     );
     for (bound, inclusive, exclusive) in [(lower, ">=", ">"), (upper, "<=", "<")] {
@@ -75,6 +78,14 @@ pub(crate) fn copy_query(
     }
     sql.push_str(") TO STDOUT");
     sql
+}
+
+/// A line of a `COPY` with `xmin` cut into the change's line and the `xmin`; `None` when its last
+/// field is not a transaction id.
+pub(crate) fn split_xmin(line: &[u8]) -> Option<(&[u8], u32)> {
+    let tab = memchr::memrchr(b'\t', line)?;
+    let xmin = std::str::from_utf8(&line[tab + 1..]).ok()?.parse().ok()?;
+    Some((&line[..tab], xmin))
 }
 
 /// One change as read for sealing: its id, commit time and leaf hash.
@@ -404,13 +415,28 @@ mod tests {
             Bound::Excluded(id),
             Bound::Included(id),
             Some(5),
+            false,
         );
         assert!(query.contains("WHERE database = 'it''s' AND id > '00000000-0000-0000-0000-000000000000' AND id <= '00000000-0000-0000-0000-000000000000' ORDER BY id LIMIT 5"), "{query}");
-        let open = copy_query("s", "d", Bound::Unbounded, Bound::Unbounded, None);
+        let open = copy_query("s", "d", Bound::Unbounded, Bound::Unbounded, None, false);
         assert!(
             open.ends_with("WHERE database = 'd' ORDER BY id) TO STDOUT"),
             "{open}"
         );
+    }
+
+    #[test]
+    fn a_line_with_xmin_gives_the_change_and_the_transaction() {
+        let mut line = LINE.to_vec();
+        line.extend(b"\t4294967295");
+        assert_eq!(split_xmin(&line), Some((LINE, u32::MAX)));
+        assert_eq!(
+            split_xmin(LINE),
+            None,
+            "a line without xmin ends with personal (NULL)"
+        );
+        let with = copy_query("s", "d", Bound::Unbounded, Bound::Unbounded, None, true);
+        assert!(with.contains(", personal, xmin FROM s"), "{with}");
     }
 
     #[test]

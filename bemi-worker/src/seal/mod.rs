@@ -16,6 +16,7 @@ pub(crate) mod merkle;
 pub(crate) mod nats_anchor;
 pub(crate) mod sealer;
 pub mod verify;
+pub(crate) mod written;
 
 pub use nats_anchor::{DEFAULT_ANCHOR_STREAM, DEFAULT_ANCHOR_SUBJECT};
 pub use verify::{AnchorSources, DEFAULT_READERS, Finding, VerifyOptions, VerifyReport, verify};

@@ -11,20 +11,23 @@ use uuid::Uuid;
 
 use crate::pipeline::Stored;
 use crate::seal::anchor::{Anchor, AnchorFile, hex};
-use crate::seal::encoding::{ENCODING, Leaf, Lines, SETTINGS, copy_query};
+use crate::seal::encoding::{ENCODING, Leaf, Lines, SETTINGS, copy_query, split_xmin};
 use crate::seal::merkle::{BlockHeader, root};
 use crate::seal::nats_anchor::NatsAnchors;
+use crate::seal::written::Written;
 use crate::sink::jetstream::NatsOptions;
 use crate::{ConnectionOptions, Error, Result};
 
 /// The most changes one block seals.
 pub(crate) const BLOCK: usize = 10_000;
 
-/// Runs `query` (a `COPY` of [`copy_query`]) inside `transaction`; its changes as leaves.
+/// Runs `query` (a `COPY` of [`copy_query`], with `xmin` when `with_xmin`) inside
+/// `transaction`; its changes as leaves, with the `xmin` of each row version when asked.
 pub(crate) async fn read_leaves(
     transaction: &tokio_postgres::Transaction<'_>,
     query: &str,
-) -> Result<Vec<Leaf>> {
+    with_xmin: bool,
+) -> Result<Vec<(Leaf, Option<u32>)>> {
     let stream = transaction
         .copy_out(query)
         .await
@@ -35,9 +38,17 @@ pub(crate) async fn read_leaves(
     let mut unreadable = 0_usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(Error::postgres("read changes to seal"))?;
-        lines.feed(&chunk, |line| match Leaf::of_line(line) {
-            Some(leaf) => leaves.push(leaf),
-            None => unreadable += 1,
+        lines.feed(&chunk, |line| {
+            let read = if with_xmin {
+                split_xmin(line)
+                    .and_then(|(line, xmin)| Leaf::of_line(line).map(|leaf| (leaf, Some(xmin))))
+            } else {
+                Leaf::of_line(line).map(|leaf| (leaf, None))
+            };
+            match read {
+                Some(read) => leaves.push(read),
+                None => unreadable += 1,
+            }
         });
     }
     if lines.is_partial() || unreadable > 0 {
@@ -50,12 +61,14 @@ pub(crate) async fn read_leaves(
 
 /// Seals the changes of `database` in `stored` with ids within `upper` (every change there is
 /// stored: none with a lower id can come later) that no block seals yet; returns the blocks it
-/// sealed.
+/// sealed. With `written`, only the row versions the worker's transactions wrote are sealed
+/// (see [`Written`]); the others are left unsealed and logged.
 pub(crate) async fn seal_stored(
     client: &mut Client,
     stored: &str,
     database: &str,
     upper: Bound<Uuid>,
+    written: Option<&Written>,
 ) -> Result<Vec<Anchor>> {
     let mut sealed = Vec::new();
     loop {
@@ -91,17 +104,44 @@ pub(crate) async fn seal_stored(
             ),
             None => (1, None, [0; 32]),
         };
-        let leaves = read_leaves(
-            &transaction,
-            &copy_query(
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        // Rows no transaction of the worker wrote do not count towards a block: read past them.
+        let mut limit = BLOCK;
+        let (mut leaves, foreign, read_all) = loop {
+            let query = copy_query(
                 stored,
                 database,
-                after.map_or(Bound::Unbounded, Bound::Excluded),
+                lower,
                 upper,
-                Some(BLOCK),
-            ),
-        )
-        .await?;
+                Some(limit),
+                written.is_some(),
+            );
+            let rows = read_leaves(&transaction, &query, written.is_some()).await?;
+            let read = rows.len();
+            let (kept, foreign): (Vec<Leaf>, Vec<Uuid>) = match written {
+                None => (rows.into_iter().map(|(leaf, _)| leaf).collect(), Vec::new()),
+                Some(written) => {
+                    let writers = written.writers();
+                    let mut kept = Vec::with_capacity(read);
+                    let mut foreign = Vec::new();
+                    for (leaf, xmin) in rows {
+                        if writers.wrote(leaf.id, xmin.unwrap_or_default()) {
+                            kept.push(leaf);
+                        } else {
+                            foreign.push(leaf.id);
+                        }
+                    }
+                    (kept, foreign)
+                }
+            };
+            if kept.is_empty() && read == limit {
+                limit = limit.saturating_mul(2);
+                continue;
+            }
+            break (kept, foreign, read < limit);
+        };
+        let read_all = read_all && leaves.len() <= BLOCK;
+        leaves.truncate(BLOCK);
         let (Some(first), Some(last)) = (leaves.first(), leaves.last()) else {
             transaction
                 .commit()
@@ -109,6 +149,16 @@ pub(crate) async fn seal_stored(
                 .map_err(Error::postgres("end sealing"))?;
             return Ok(sealed);
         };
+        let skipped: Vec<&Uuid> = foreign.iter().filter(|id| **id < last.id).collect();
+        if let Some(first_skipped) = skipped.first() {
+            tracing::error!(
+                database,
+                changes = skipped.len(),
+                first = %first_skipped,
+                "stored changes that no transaction of this worker wrote (inserted or rewritten \
+                 by another role): left unsealed; `verify` names them"
+            );
+        }
         let (Some(first_committed_at), Some(last_committed_at)) =
             (first.committed_at(), last.committed_at())
         else {
@@ -162,7 +212,10 @@ pub(crate) async fn seal_stored(
             hash: hex(&header.hash()),
             changes: header.changes,
         });
-        if leaves.len() < BLOCK {
+        if let Some(written) = written {
+            written.forget_sealed(header.last_id);
+        }
+        if read_all {
             return Ok(sealed);
         }
     }
@@ -278,6 +331,7 @@ pub(crate) async fn run(
     mut stored: watch::Receiver<Stored>,
     interval: Duration,
     mut anchors: Anchors,
+    written: Option<std::sync::Arc<Written>>,
 ) {
     let mut client: Option<Client> = None;
     loop {
@@ -291,7 +345,12 @@ pub(crate) async fn run(
         if client.as_ref().is_none_or(Client::is_closed) {
             match connect(&destination, "bemi-worker sealer").await {
                 Connected::Ready(connected) => client = Some(connected),
-                Connected::NoSeals => return,
+                Connected::NoSeals => {
+                    if let Some(written) = &written {
+                        written.close();
+                    }
+                    return;
+                }
                 Connected::Later => {
                     tokio::time::sleep(interval).await;
                     continue;
@@ -302,7 +361,15 @@ pub(crate) async fn run(
             continue;
         };
         let below = Bound::Excluded(crate::change_row::change_id(0, below_lsn, 0));
-        match seal_stored(connected, &stored_table, &database, below).await {
+        match seal_stored(
+            connected,
+            &stored_table,
+            &database,
+            below,
+            written.as_deref(),
+        )
+        .await
+        {
             Ok(blocks) => anchors.publish(&blocks).await,
             Err(error) => tracing::warn!(
                 error = %crate::error_chain(&error),

@@ -47,12 +47,14 @@ impl PartitionUpkeep {
     /// # Errors
     ///
     /// Only a failure to read whether the table is partitioned (the connection is gone).
+    /// Returns whether it called `bemi.create_change_partitions` and the call succeeded (it may
+    /// have moved changes out of the default partition).
     pub(crate) async fn prepare(
         &mut self,
         client: &Client,
         changes: &str,
         rows: &[ChangeRow],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let stale = match self {
             PartitionUpkeep::Unknown => true,
             PartitionUpkeep::Unpartitioned { checked_at } => checked_at.elapsed() >= RECHECK_AFTER,
@@ -66,14 +68,14 @@ impl PartitionUpkeep {
             retry_at,
         } = self
         else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(newest) = rows.iter().map(|row| row.committed_at).max() else {
-            return Ok(());
+            return Ok(false);
         };
         let due = refresh_after.is_none_or(|after| newest >= after || Utc::now() >= after);
         if !due || retry_at.is_some_and(|at| Instant::now() < at) {
-            return Ok(());
+            return Ok(false);
         }
         let oldest = rows
             .iter()
@@ -91,6 +93,7 @@ impl PartitionUpkeep {
                 *refresh_after = Some(row.get(0));
                 *retry_at = None;
                 tracing::debug!(refresh_after = ?refresh_after, "partitions of the changes table are ready");
+                return Ok(true);
             }
             Err(source) => {
                 *retry_at = Some(Instant::now() + RETRY_AFTER);
@@ -105,7 +108,7 @@ impl PartitionUpkeep {
                 );
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Reads whether `changes` is a registered partitioned table.

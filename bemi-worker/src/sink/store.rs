@@ -22,12 +22,14 @@ use futures_util::SinkExt;
 use serde_json::json;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
+use uuid::Uuid;
 
 use crate::change_row::ChangeRow;
 use crate::erasure::Erased;
 use crate::error::{ErrorKind, sqlstate_kind};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::turn::Turn;
+use crate::seal::written::Written;
 use crate::sink::partitions::PartitionUpkeep;
 use crate::source::recorded_shape::RecordedShape;
 use crate::stitch::postgres_time;
@@ -87,6 +89,8 @@ pub(crate) struct Store {
     erasures: Option<bool>,
     /// The erasures this store knows of: it erases their subjects' values from what it writes.
     erased: Erased,
+    /// Where it records the transactions it writes changes in, for the sealer.
+    written: Option<Arc<Written>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -111,7 +115,32 @@ impl Store {
             last_context: None,
             erasures: None,
             erased: Erased::default(),
+            written: None,
         }
+    }
+
+    /// Records in `written` each transaction in which it writes stored changes.
+    pub(crate) fn record_written_in(&mut self, written: Arc<Written>) {
+        self.written = Some(written);
+    }
+
+    /// An id above every change of `database` stored so far (nil when there is none).
+    pub(crate) async fn id_above_stored(&self, database: &str) -> Result<Uuid> {
+        let highest: Option<Uuid> = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT id FROM {} WHERE database = $1 ORDER BY id DESC LIMIT 1",
+                    self.changes
+                ),
+                &[&database],
+            )
+            .await
+            .map_err(Error::postgres("read the newest stored change"))?
+            .map(|row| row.get(0));
+        Ok(highest.map_or(Uuid::nil(), |id| {
+            Uuid::from_u128(id.as_u128().saturating_add(1))
+        }))
     }
 
     /// The table shapes recorded per relation in `bemi.schema_versions` (the source's table of
@@ -170,9 +199,17 @@ impl Store {
         turn: &mut Turn,
     ) -> Result<()> {
         turn.wait_prepared().await?;
-        self.partitions
+        let upkept = self
+            .partitions
             .prepare(&self.client, &self.changes, rows)
             .await?;
+        // The call may have moved earlier changes into a new partition, in a subtransaction of
+        // its own: those row versions are sealed as found.
+        if let (true, Some(written), Some(first)) =
+            (upkept, &self.written, rows.iter().map(|row| row.id).min())
+        {
+            written.inherit_below(first);
+        }
         turn.prepared();
         if self.erasures.is_none() {
             self.erasures = Some(self.load_erasures().await?);
@@ -282,6 +319,7 @@ impl Store {
         target: CopyTarget,
         turn: &mut Turn,
     ) -> Result<()> {
+        let written = self.written.clone();
         let transaction = self
             .client
             .transaction()
@@ -331,9 +369,22 @@ impl Store {
             set_aside(&transaction, &self.source, row).await?;
         }
         turn.wait_committed().await?;
-        if self.erasures == Some(true) {
-            crate::erasure::stored::catch_up(&transaction, &self.changes, rows, &mut self.erased)
-                .await?;
+        let rewrote = self.erasures == Some(true)
+            && crate::erasure::stored::catch_up(
+                &transaction,
+                &self.changes,
+                rows,
+                &mut self.erased,
+            )
+            .await?;
+        if !data.is_empty() || rewrote {
+            let highest = rows.iter().map(|row| row.id).max();
+            record_written(
+                written.as_deref(),
+                &transaction,
+                highest.unwrap_or(Uuid::max()),
+            )
+            .await?;
         }
         save_progress(&transaction, &self.source, progress).await?;
         transaction
@@ -358,6 +409,14 @@ impl Store {
              $17::text::jsonb, $18::text::jsonb) ON CONFLICT DO NOTHING",
             self.changes
         );
+        // Each row goes in under a savepoint, a subtransaction with an id of its own: the
+        // sealer is told the row version's `xmin`, read back (a partitioned table cannot
+        // return it from the INSERT).
+        let read_xmin = format!(
+            "SELECT xmin::text::int8 FROM {} WHERE id = $1 AND committed_at = $2",
+            self.changes
+        );
+        let written = self.written.clone();
         let mut transaction = self
             .client
             .transaction()
@@ -367,6 +426,15 @@ impl Store {
             .prepare(&insert)
             .await
             .map_err(Error::postgres("prepare the row insert"))?;
+        let xmin_of = match written {
+            Some(_) => Some(
+                transaction
+                    .prepare(&read_xmin)
+                    .await
+                    .map_err(Error::postgres("prepare reading a row version's xmin"))?,
+            ),
+            None => None,
+        };
         for row in rows {
             if row.rejected.is_some() || is_schema_version(row) {
                 set_aside(&transaction, &self.source, row).await?;
@@ -378,10 +446,14 @@ impl Store {
                 .map_err(Error::postgres("create a savepoint"))?;
             let stored = insert_row(&savepoint, &statement, row).await;
             match stored {
-                Ok(()) => savepoint
-                    .commit()
-                    .await
-                    .map_err(Error::postgres("release a savepoint"))?,
+                Ok(inserted) => {
+                    let xmin = written_xmin(&savepoint, xmin_of.as_ref(), inserted, row).await?;
+                    savepoint
+                        .commit()
+                        .await
+                        .map_err(Error::postgres("release a savepoint"))?;
+                    note_written(written.as_deref(), xmin, row.id);
+                }
                 Err(source) if is_bad_data(&source) => {
                     savepoint
                         .rollback()
@@ -400,10 +472,15 @@ impl Store {
                         .await
                         .map_err(Error::postgres("create a savepoint"))?;
                     match insert_row(&savepoint, &statement, &kept).await {
-                        Ok(()) => savepoint
-                            .commit()
-                            .await
-                            .map_err(Error::postgres("release a savepoint"))?,
+                        Ok(inserted) => {
+                            let xmin =
+                                written_xmin(&savepoint, xmin_of.as_ref(), inserted, &kept).await?;
+                            savepoint
+                                .commit()
+                                .await
+                                .map_err(Error::postgres("release a savepoint"))?;
+                            note_written(written.as_deref(), xmin, kept.id);
+                        }
                         Err(again) if is_bad_data(&again) => {
                             savepoint
                                 .rollback()
@@ -433,15 +510,48 @@ impl Store {
             }
         }
         turn.wait_committed().await?;
-        if self.erasures == Some(true) {
-            crate::erasure::stored::catch_up(&transaction, &self.changes, rows, &mut self.erased)
-                .await?;
+        let rewrote = self.erasures == Some(true)
+            && crate::erasure::stored::catch_up(
+                &transaction,
+                &self.changes,
+                rows,
+                &mut self.erased,
+            )
+            .await?;
+        if rewrote {
+            record_written(written.as_deref(), &transaction, Uuid::max()).await?;
         }
         save_progress(&transaction, &self.source, progress).await?;
         transaction
             .commit()
             .await
             .map_err(Error::postgres("commit a batch of changes"))
+    }
+}
+
+/// Records the current transaction of `transaction` in `written` as one that wrote changes up
+/// to `highest`.
+async fn record_written(
+    written: Option<&Written>,
+    transaction: &tokio_postgres::Transaction<'_>,
+    highest: Uuid,
+) -> Result<()> {
+    let Some(written) = written else {
+        return Ok(());
+    };
+    let xid: i64 = transaction
+        .query_one("SELECT (pg_catalog.txid_current() % 4294967296)::int8", &[])
+        .await
+        .map_err(Error::postgres("read the transaction's id"))?
+        .get(0);
+    written.record(u32::try_from(xid).unwrap_or_default(), highest);
+    Ok(())
+}
+
+/// A row version with `xmin` was written for change `id` (`None`: it was stored already).
+fn note_written(written: Option<&Written>, xmin: Option<u32>, id: Uuid) {
+    if let (Some(written), Some(xmin)) = (written, xmin) {
+        written.record(xmin, id);
     }
 }
 
@@ -589,11 +699,12 @@ async fn park(
     Ok(())
 }
 
+/// Inserts `row`; whether it was inserted (not stored already).
 async fn insert_row(
     client: &impl tokio_postgres::GenericClient,
     statement: &tokio_postgres::Statement,
     row: &ChangeRow,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     client
         .execute(
             statement,
@@ -619,7 +730,26 @@ async fn insert_row(
             ],
         )
         .await
-        .map(|_| ())
+        .map(|inserted| inserted == 1)
+}
+
+/// The `xmin` of the row version just `inserted` for `row`, read with `xmin_of` (`None` when
+/// nothing was inserted or nobody asked).
+async fn written_xmin(
+    client: &impl tokio_postgres::GenericClient,
+    xmin_of: Option<&tokio_postgres::Statement>,
+    inserted: bool,
+    row: &ChangeRow,
+) -> Result<Option<u32>> {
+    let Some(statement) = xmin_of.filter(|_| inserted) else {
+        return Ok(None);
+    };
+    let xmin: Option<i64> = client
+        .query_opt(statement, &[&row.id, &row.committed_at])
+        .await
+        .map_err(Error::postgres("read a row version's xmin"))?
+        .map(|found| found.get(0));
+    Ok(xmin.and_then(|xmin| u32::try_from(xmin).ok()))
 }
 
 /// `row` with `before`/`after` emptied and their JSON text kept as strings in the context, which

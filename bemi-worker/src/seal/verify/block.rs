@@ -70,6 +70,7 @@ pub(super) async fn check(
         job.lower,
         Bound::Included(job.seal.last_id),
         None,
+        false,
     );
     let stream = transaction
         .copy_out(&query)

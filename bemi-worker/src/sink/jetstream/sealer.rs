@@ -134,7 +134,7 @@ async fn seal_once(
     };
     let mut sealed = Vec::new();
     for (database, upper) in bounds {
-        sealed.extend(seal_stored(client, stored, &database, upper).await?);
+        sealed.extend(seal_stored(client, stored, &database, upper, None).await?);
     }
     Ok(sealed)
 }

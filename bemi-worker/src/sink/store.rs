@@ -369,14 +369,14 @@ impl Store {
             set_aside(&transaction, &self.source, row).await?;
         }
         turn.wait_committed().await?;
-        let rewrote = self.erasures == Some(true)
-            && crate::erasure::stored::catch_up(
-                &transaction,
-                &self.changes,
-                rows,
-                &mut self.erased,
-            )
-            .await?;
+        let rewrote = catch_up_erasures(
+            self.erasures,
+            &transaction,
+            &self.changes,
+            rows,
+            &mut self.erased,
+        )
+        .await?;
         if !data.is_empty() || rewrote {
             let highest = rows.iter().map(|row| row.id).max();
             record_written(
@@ -510,14 +510,14 @@ impl Store {
             }
         }
         turn.wait_committed().await?;
-        let rewrote = self.erasures == Some(true)
-            && crate::erasure::stored::catch_up(
-                &transaction,
-                &self.changes,
-                rows,
-                &mut self.erased,
-            )
-            .await?;
+        let rewrote = catch_up_erasures(
+            self.erasures,
+            &transaction,
+            &self.changes,
+            rows,
+            &mut self.erased,
+        )
+        .await?;
         if rewrote {
             record_written(written.as_deref(), &transaction, Uuid::max()).await?;
         }
@@ -527,6 +527,22 @@ impl Store {
             .await
             .map_err(Error::postgres("commit a batch of changes"))
     }
+}
+
+/// In a batch's `transaction`, after its turn to commit came: records the erasure requests
+/// among `rows` and erases what erasures recorded since `erased` last looked, when the
+/// destination has erasures (`installed`); whether it rewrote stored changes.
+async fn catch_up_erasures(
+    installed: Option<bool>,
+    transaction: &tokio_postgres::Transaction<'_>,
+    changes: &str,
+    rows: &[ChangeRow],
+    erased: &mut Erased,
+) -> Result<bool> {
+    if installed != Some(true) {
+        return Ok(false);
+    }
+    crate::erasure::stored::catch_up(transaction, changes, rows, erased).await
 }
 
 /// Records the current transaction of `transaction` in `written` as one that wrote changes up

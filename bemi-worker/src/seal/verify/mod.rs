@@ -204,13 +204,7 @@ async fn verify_on_this_thread(
     }
     let mut client = destination.connect("bemi-worker verify").await?;
     let stored = bemi_core::setup::stored_changes_table(changes_table).to_string();
-    let transaction = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(Error::postgres("begin verifying"))?;
+    let transaction = begin_reading(&mut client).await?;
     transaction
         .batch_execute(SETTINGS)
         .await
@@ -239,13 +233,7 @@ async fn verify_on_this_thread(
     };
     let mut readers = Vec::with_capacity(options.readers);
     for other in &mut others {
-        let reader = other
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(Error::postgres("begin verifying"))?;
+        let reader = begin_reading(other).await?;
         let snapshot = snapshot.as_deref().unwrap_or_default();
         reader
             .batch_execute(&format!(
@@ -315,6 +303,17 @@ async fn verify_on_this_thread(
         }
     }
     Ok(report)
+}
+
+/// A read-only, repeatable-read transaction on `client`.
+async fn begin_reading(client: &mut tokio_postgres::Client) -> Result<Transaction<'_>> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(Error::postgres("begin verifying"))
 }
 
 /// How many changes of `database` are stored with ids above `above` and below `below`.

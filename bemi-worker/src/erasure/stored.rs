@@ -235,6 +235,12 @@ async fn subject_keys(
     stored: &str,
     request: Option<Uuid>,
 ) -> Result<Vec<SubjectKey>> {
+    // Each key's links by the two (table, key) indexes. The planner's guess for a recursive
+    // query is large enough to compile it (JIT), which took 0.4 s here for a 4 ms query.
+    transaction
+        .batch_execute("SET LOCAL jit = off")
+        .await
+        .map_err(Error::postgres("turn JIT off"))?;
     let rows = transaction
         .query(
             &format!(
@@ -242,13 +248,16 @@ async fn subject_keys(
                    SELECT database, schema_name, table_name, key FROM bemi.erasures \
                    WHERE $1::uuid IS NULL OR request = $1 \
                  UNION \
-                   SELECT k.database, k.schema_name, k.table_name, \
-                     CASE WHEN c.previous_primary_key = k.key THEN c.primary_key \
-                       ELSE c.previous_primary_key END \
-                   FROM keys k JOIN {stored} c ON c.database = k.database \
-                     AND c.schema = k.schema_name AND c.\"table\" = k.table_name \
-                     AND c.previous_primary_key IS NOT NULL \
-                     AND (c.previous_primary_key = k.key OR c.primary_key = k.key)) \
+                   SELECT k.database, k.schema_name, k.table_name, link.key \
+                   FROM keys k CROSS JOIN LATERAL ( \
+                     SELECT c.primary_key AS key FROM {stored} c \
+                     WHERE c.database = k.database AND c.schema = k.schema_name \
+                       AND c.\"table\" = k.table_name AND c.previous_primary_key = k.key \
+                     UNION ALL \
+                     SELECT c.previous_primary_key FROM {stored} c \
+                     WHERE c.database = k.database AND c.schema = k.schema_name \
+                       AND c.\"table\" = k.table_name AND c.primary_key = k.key \
+                       AND c.previous_primary_key IS NOT NULL) link) \
                  SELECT database, schema_name, table_name, key FROM keys WHERE key IS NOT NULL"
             ),
             &[&request],

@@ -6,8 +6,9 @@
 //! the item's `name` and `description` columns and the context's `user_id` declared personal
 //! (every change then holds personal values: its leaf is hashed from commitments). Each is timed
 //! until its slot confirmed the end, then until every change is sealed, and `verify` reads the
-//! trail back. Last, with the personal trail, a worker runs and one item is erased (with the
-//! contexts naming its author), timed from the request to the worker having carried it out.
+//! trail back. Last, with the personal trail, a worker runs and, once it has caught up, one item
+//! is erased (with the contexts naming its author), timed from the request to the worker having
+//! carried it out.
 
 use std::time::{Duration, Instant};
 
@@ -88,12 +89,19 @@ pub(crate) async fn run(changes: usize, repetitions: usize) -> anyhow::Result<()
         )
         .await?
         .get(0);
-    let worker = WorkerProcess::spawn_tuned(
-        &env.database.url(),
-        &format!("bench_personal_{}", repetitions - 1),
-        None,
-        personal,
-    )?;
+    let slot = format!("bench_personal_{}", repetitions - 1);
+    let worker = WorkerProcess::spawn_tuned(&env.database.url(), &slot, None, personal)?;
+    // Timed from a worker that is streaming and caught up: this bench's source is also its
+    // destination, so the slot has the other runs' writes to read through first.
+    let now = env.current_lsn().await?;
+    crate::worker_process::wait_confirmed(
+        &env.client,
+        &slot,
+        &now,
+        Instant::now(),
+        Duration::from_secs(120),
+    )
+    .await?;
     let source = bemi_worker::ConnectionOptions::parse(&env.database.url())?;
     let request = bemi_worker::ErasureRequest::new("public.item".parse()?, "17", "benchmark")
         .context_key("user_id");

@@ -402,6 +402,34 @@ async fn verify_of_a_range_reads_its_blocks_and_chains_every_seal() {
     }
     let early = run(options().to(first_to)).await;
     assert_eq!(early.findings.len(), 1, "{early:?}");
+    // A change forged between the first block and the second, outside the range: the gap after
+    // the range's last block is read too.
+    let first_last: uuid::Uuid = fixture
+        .client
+        .query_one("SELECT last_id FROM bemi.seals WHERE block = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let forged_id = uuid::Uuid::from_u128(first_last.as_u128() + 1);
+    fixture
+        .sql(&format!(
+            "INSERT INTO bemi.changes_stored SELECT '{forged_id}', primary_key, \"before\", \
+             \"after\", context, database, schema, \"table\", operation, committed_at, queued_at, \
+             transaction_id, position, commit_lsn, sequence, previous_primary_key, created_at, \
+             after_changed FROM bemi.changes_stored WHERE id = '{first_last}'"
+        ))
+        .await;
+    let early = run(options().to(first_to)).await;
+    assert_eq!(
+        early.findings.last(),
+        Some(&Finding::Inserted {
+            database: fixture.database.name().to_owned(),
+            block: None,
+            id: forged_id,
+        }),
+        "{early:?}"
+    );
+    assert_eq!(early.findings.len(), 2, "{early:?}");
     fixture
         .sql("UPDATE bemi.seals SET hash = set_byte(hash, 0, get_byte(hash, 0) # 255) WHERE block = 1")
         .await;

@@ -22,6 +22,9 @@ pub(super) struct Job<'a> {
     /// Where the changes to compare start: just after the block before, so that changes
     /// between blocks are seen too.
     pub(super) lower: Bound<Uuid>,
+    /// Where they end: its last change, or just before the next block when no job reads the
+    /// gap before that one.
+    pub(super) upper: Bound<Uuid>,
     /// Whether all its changes are older than what retention dropped: its seal is checked,
     /// its changes are not.
     pub(super) expired: bool,
@@ -64,14 +67,7 @@ pub(super) async fn check(
         return Ok(outcome);
     }
     outcome.compared = true;
-    let query = copy_query(
-        stored,
-        database,
-        job.lower,
-        Bound::Included(job.seal.last_id),
-        None,
-        false,
-    );
+    let query = copy_query(stored, database, job.lower, job.upper, None, false);
     let stream = transaction
         .copy_out(&query)
         .await
@@ -145,7 +141,9 @@ impl<'a> Merge<'a> {
             }
             _ => self.findings.push(Finding::Inserted {
                 database: self.database.to_owned(),
-                block: (id >= self.job.seal.first_id).then_some(self.job.seal.block),
+                block: (self.job.seal.first_id..=self.job.seal.last_id)
+                    .contains(&id)
+                    .then_some(self.job.seal.block),
                 id,
             }),
         }

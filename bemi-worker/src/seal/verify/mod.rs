@@ -370,11 +370,17 @@ async fn verify_chain(
     let mut previous_last: Option<Uuid> = None;
     for (index, seal) in seals.iter().enumerate() {
         if options.covers(seal) {
+            // The gap after it too when the next block is outside the range (no job reads it).
+            let upper = match seals.get(index + 1) {
+                Some(next) if !options.covers(next) => Bound::Excluded(next.first_id),
+                _ => Bound::Included(seal.last_id),
+            };
             jobs.push(block::Job {
                 index,
                 seal,
                 previous,
                 lower: previous_last.map_or(Bound::Included(seal.first_id), Bound::Excluded),
+                upper,
                 expired: cutoff.is_some_and(|cutoff| seal.last_committed_at < cutoff),
                 straddles: cutoff.is_some_and(|cutoff| seal.first_committed_at < cutoff),
             });

@@ -14,6 +14,13 @@ use std::sync::{Mutex, PoisonError};
 
 use uuid::Uuid;
 
+/// How many transactions are kept at most: past it (a sealer that has failed for hours), what
+/// was written so far is sealed as found, with a warning, rather than memory growing on.
+#[cfg(not(test))]
+const MOST_TRANSACTIONS: usize = 1_000_000;
+#[cfg(test)]
+const MOST_TRANSACTIONS: usize = 4;
+
 /// The transactions of one worker session that wrote stored changes, shared by its writers and
 /// its sealer.
 #[derive(Debug)]
@@ -76,6 +83,23 @@ impl Written {
         if state.closed {
             return;
         }
+        if state.transactions.len() >= MOST_TRANSACTIONS {
+            let below = state
+                .transactions
+                .values()
+                .copied()
+                .filter(|highest| *highest != Uuid::max())
+                .chain([highest])
+                .max()
+                .unwrap_or(highest);
+            tracing::warn!(
+                transactions = state.transactions.len(),
+                "the sealer is far behind: the changes stored so far will be sealed as found"
+            );
+            let above = Uuid::from_u128(below.as_u128().saturating_add(1));
+            state.inherited_below = state.inherited_below.max(above);
+            state.transactions.clear();
+        }
         let entry = state.transactions.entry(xid).or_insert(highest);
         *entry = (*entry).max(highest);
     }
@@ -127,10 +151,21 @@ mod tests {
         written.inherit_below(id(40));
         written.inherit_below(id(35));
         assert!(written.writers().wrote(id(39), 999));
-        written.close();
-        written.record(702, id(50));
+        // Too many transactions waiting for the sealer: what they wrote is inherited.
+        for xid in 800..805 {
+            written.record(xid, id(u128::from(xid)));
+        }
+        let writers = written.writers();
         assert!(
-            !written.writers().wrote(id(50), 702),
+            writers.wrote(id(803), 1),
+            "inherited once the record was full"
+        );
+        assert!(writers.wrote(id(900), 804), "the newest is still known");
+        assert!(!writers.wrote(id(900), 999));
+        written.close();
+        written.record(702, id(5_000));
+        assert!(
+            !written.writers().wrote(id(5_000), 702),
             "closed: nothing recorded"
         );
     }

@@ -21,6 +21,10 @@ use crate::{ConnectionOptions, Error, Result};
 /// The most changes one block seals.
 pub(crate) const BLOCK: usize = 10_000;
 
+/// The most changes one read goes through looking for the worker's own, past others' (bounding
+/// the memory a flood of forged rows could take).
+const MOST_READ: usize = 64 * BLOCK;
+
 /// Runs `query` (a `COPY` of [`copy_query`], with `xmin` when `with_xmin`) inside
 /// `transaction`; its changes as leaves, with the `xmin` of each row version when asked.
 pub(crate) async fn read_leaves(
@@ -135,6 +139,20 @@ pub(crate) async fn seal_stored(
                 }
             };
             if kept.is_empty() && read == limit {
+                if limit >= MOST_READ {
+                    tracing::error!(
+                        database,
+                        changes = read,
+                        "the next stored changes were all written by other transactions than \
+                         this worker's (inserted by another role): sealing stops here; `verify` \
+                         names them"
+                    );
+                    transaction
+                        .commit()
+                        .await
+                        .map_err(Error::postgres("end sealing"))?;
+                    return Ok(sealed);
+                }
                 limit = limit.saturating_mul(2);
                 continue;
             }

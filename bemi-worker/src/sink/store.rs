@@ -368,6 +368,11 @@ impl Store {
         for row in parked {
             set_aside(&transaction, &self.source, row).await?;
         }
+        // Before waiting for the turn to commit: the round trip is not in the ordered part.
+        let highest = rows.iter().map(|row| row.id).max();
+        if let (false, Some(highest)) = (data.is_empty(), highest) {
+            record_written(written.as_deref(), &transaction, highest).await?;
+        }
         turn.wait_committed().await?;
         let rewrote = catch_up_erasures(
             self.erasures,
@@ -377,14 +382,8 @@ impl Store {
             &mut self.erased,
         )
         .await?;
-        if !data.is_empty() || rewrote {
-            let highest = rows.iter().map(|row| row.id).max();
-            record_written(
-                written.as_deref(),
-                &transaction,
-                highest.unwrap_or(Uuid::max()),
-            )
-            .await?;
+        if rewrote && data.is_empty() {
+            record_written(written.as_deref(), &transaction, Uuid::max()).await?;
         }
         save_progress(&transaction, &self.source, progress).await?;
         transaction

@@ -16,6 +16,7 @@ mod anchor_args;
 mod console_args;
 mod erase_args;
 mod metrics_args;
+mod time_args;
 mod verify_args;
 
 use console_args::ConsoleArgs;
@@ -152,7 +153,7 @@ struct HoldArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// Place a hold until this date (`2027-06-30` or an RFC 3339 time).
-    #[arg(long, value_parser = parse_until, requires = "reason", conflicts_with_all = ["release", "list"])]
+    #[arg(long, value_parser = time_args::end_of, requires = "reason", conflicts_with_all = ["release", "list"])]
     until: Option<chrono::DateTime<chrono::Utc>>,
     /// Only the changes of this table (`table` or `schema.table`) [default: every change].
     #[arg(long, requires = "until")]
@@ -189,19 +190,6 @@ fn parse_window(text: &str) -> std::result::Result<Duration, String> {
         return Err(format!("{text:?}: a retention window is at least a day"));
     }
     Ok(window)
-}
-
-/// `2027-06-30` (the end of that day, UTC) or an RFC 3339 time.
-fn parse_until(text: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return date
-            .and_hms_opt(23, 59, 59)
-            .map(|time| time.and_utc())
-            .ok_or_else(|| format!("{text:?}: not a date"));
-    }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|time| time.with_timezone(&chrono::Utc))
-        .map_err(|error| format!("{text:?}: expected 2027-06-30 or an RFC 3339 time ({error})"))
 }
 
 #[derive(Debug, Args)]

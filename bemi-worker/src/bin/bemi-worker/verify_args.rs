@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use clap::Args;
 use clap::builder::TypedValueParser;
 
@@ -23,39 +23,15 @@ pub(crate) struct VerifyArgs {
     anchor_nats: crate::anchor_args::AnchorNatsArgs,
     /// Only the blocks holding changes committed from this time (`2026-11-01`: its start, or an
     /// RFC 3339 time); every seal is still checked against its header and chained.
-    #[arg(long, value_parser = parse_from)]
+    #[arg(long, value_parser = crate::time_args::start_of)]
     from: Option<DateTime<Utc>>,
     /// Only the blocks holding changes committed up to this time (`2026-11-30`: its end, or an
     /// RFC 3339 time).
-    #[arg(long, value_parser = parse_to)]
+    #[arg(long, value_parser = crate::time_args::end_of)]
     to: Option<DateTime<Utc>>,
     /// How many connections read the changes at once, in one snapshot.
     #[arg(long, default_value_t = bemi_worker::seal::DEFAULT_READERS, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
     readers: usize,
-}
-
-/// `--from`: a date is its first instant (UTC).
-fn parse_from(text: &str) -> Result<DateTime<Utc>, String> {
-    parse_time(text, |date| date.and_hms_opt(0, 0, 0))
-}
-
-/// `--to`: a date is its last instant (UTC).
-fn parse_to(text: &str) -> Result<DateTime<Utc>, String> {
-    parse_time(text, |date| date.and_hms_micro_opt(23, 59, 59, 999_999))
-}
-
-fn parse_time(
-    text: &str,
-    instant: impl Fn(NaiveDate) -> Option<chrono::NaiveDateTime>,
-) -> Result<DateTime<Utc>, String> {
-    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return instant(date)
-            .map(|time| time.and_utc())
-            .ok_or_else(|| format!("{text:?}: not a date"));
-    }
-    DateTime::parse_from_rfc3339(text)
-        .map(|time| time.with_timezone(&Utc))
-        .map_err(|error| format!("{text:?}: expected 2026-11-30 or an RFC 3339 time ({error})"))
 }
 
 impl VerifyArgs {

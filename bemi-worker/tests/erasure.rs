@@ -11,7 +11,7 @@ use bemi_test_harness::{test_database, wait_until_async};
 use bemi_worker::{ErasureOutcome, ErasureRequest, Finding, WorkerConfig};
 use serde_json::json;
 
-use crate::support::{Fixture, RunningWorker, TIMEOUT, fixture, wait_all_sealed};
+use crate::support::{Fixture, RunningWorker, TIMEOUT, fixture, verify, wait_all_sealed};
 
 const TABLES: &str = "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL, \
     email text, phone text, notes jsonb); \
@@ -51,16 +51,6 @@ async fn holding(fixture: &Fixture, text: &str) -> i64 {
         .await
         .unwrap()
         .get(0)
-}
-
-async fn verify(fixture: &Fixture) -> bemi_worker::VerifyReport {
-    bemi_worker::verify(
-        &fixture.source,
-        fixture.setup.options().changes_table_name(),
-        &bemi_worker::VerifyOptions::new(),
-    )
-    .await
-    .unwrap()
 }
 
 /// Ann's and Bob's rows, changed by themselves (the context names them) and by raw SQL.

@@ -129,13 +129,7 @@ async fn wait_for_count(
 /// Waits until every stored change is sealed (by the ingest processes), then verifies them.
 async fn wait_sealed_and_verified(fixture: &Fixture) {
     crate::support::wait_all_sealed(fixture).await;
-    let report = bemi_worker::verify(
-        &fixture.source,
-        fixture.setup.options().changes_table_name(),
-        &bemi_worker::VerifyOptions::new(),
-    )
-    .await
-    .unwrap();
+    let report = crate::support::verify(fixture).await;
     assert!(report.is_intact() && report.intact > 0, "{report:?}");
     assert_eq!(
         (report.unsealed_after, report.unsealed_before),

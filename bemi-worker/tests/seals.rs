@@ -8,7 +8,7 @@ use bemi_test_harness::{test_database, wait_until_async};
 use bemi_worker::seal::AnchorSources;
 use bemi_worker::{Finding, VerifyReport};
 
-use crate::support::{Fixture, RunningWorker, TIMEOUT, fixture};
+use crate::support::{Fixture, RunningWorker, TIMEOUT, fixture, verify, verify_with};
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, title text NOT NULL);";
 
@@ -32,26 +32,17 @@ async fn wait_sealed(fixture: &Fixture, count: i64) {
     .await;
 }
 
-async fn verify(fixture: &Fixture) -> VerifyReport {
-    verify_with(fixture, None).await
-}
-
-async fn verify_with(fixture: &Fixture, anchors: Option<&std::path::Path>) -> VerifyReport {
-    let mut sources = AnchorSources::none();
-    if let Some(path) = anchors {
-        sources = sources.file(path);
-    }
-    verify_anchored(fixture, &sources).await
+/// `verify` with the anchor file `anchors`.
+async fn verify_with_file(fixture: &Fixture, anchors: &std::path::Path) -> VerifyReport {
+    verify_anchored(fixture, &AnchorSources::none().file(anchors)).await
 }
 
 async fn verify_anchored(fixture: &Fixture, anchors: &AnchorSources) -> VerifyReport {
-    bemi_worker::verify(
-        &fixture.source,
-        fixture.setup.options().changes_table_name(),
+    verify_with(
+        fixture,
         &bemi_worker::VerifyOptions::new().anchors(anchors.clone()),
     )
     .await
-    .unwrap()
 }
 
 /// The ids of the stored changes, in id order.
@@ -340,15 +331,7 @@ async fn verify_of_a_range_reads_its_blocks_and_chains_every_seal() {
     let options = bemi_worker::VerifyOptions::new;
     let run = |options: bemi_worker::VerifyOptions| {
         let fixture = &fixture;
-        async move {
-            bemi_worker::verify(
-                &fixture.source,
-                fixture.setup.options().changes_table_name(),
-                &options,
-            )
-            .await
-            .unwrap()
-        }
+        async move { verify_with(fixture, &options).await }
     };
     for readers in [1, 3] {
         let whole = run(options().readers(readers)).await;
@@ -605,7 +588,7 @@ async fn a_chain_rewritten_whole_is_caught_by_its_anchors() {
     })
     .await;
     worker.stop().await.unwrap();
-    let report = verify_with(&fixture, Some(&anchors)).await;
+    let report = verify_with_file(&fixture, &anchors).await;
     assert!(report.is_intact(), "{report:?}");
     assert!(report.anchors >= 1, "{report:?}");
     let in_nats = AnchorSources::none().nats(stream_options.clone());
@@ -643,14 +626,14 @@ async fn a_chain_rewritten_whole_is_caught_by_its_anchors() {
         block: 1,
         why: "its hash is not the anchored one: the chain was rewritten",
     };
-    let report = verify_with(&fixture, Some(&anchors)).await;
+    let report = verify_with_file(&fixture, &anchors).await;
     assert!(report.findings.contains(&rewritten), "{report:?}");
     let report = verify_anchored(&fixture, &in_nats).await;
     assert!(report.findings.contains(&rewritten), "{report:?}");
 
     // A damaged anchor file says which line.
     std::fs::write(&anchors, format!("{anchored}garbage\n")).unwrap();
-    let report = verify_with(&fixture, Some(&anchors)).await;
+    let report = verify_with_file(&fixture, &anchors).await;
     let lines = anchored.lines().count();
     assert!(
         report

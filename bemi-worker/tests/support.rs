@@ -229,6 +229,25 @@ pub async fn wait_for_changes(
 }
 
 /// Waits until every stored change is sealed (at least one).
+/// `verify` of the fixture's trail with `options`.
+pub async fn verify_with(
+    fixture: &Fixture,
+    options: &bemi_worker::VerifyOptions,
+) -> bemi_worker::VerifyReport {
+    bemi_worker::verify(
+        &fixture.source,
+        fixture.setup.options().changes_table_name(),
+        options,
+    )
+    .await
+    .unwrap()
+}
+
+/// `verify` of the fixture's trail, every chain and block, no anchors.
+pub async fn verify(fixture: &Fixture) -> bemi_worker::VerifyReport {
+    verify_with(fixture, &bemi_worker::VerifyOptions::new()).await
+}
+
 pub async fn wait_all_sealed(fixture: &Fixture) {
     wait_until_async("every stored change sealed", TIMEOUT, || async {
         let row = fixture

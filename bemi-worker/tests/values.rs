@@ -222,13 +222,7 @@ async fn changes_postgresql_rejects_are_stored_with_their_images_as_text() {
     // like the others.
     crate::support::wait_all_sealed(&fixture).await;
     worker.stop().await.unwrap();
-    let report = bemi_worker::verify(
-        &fixture.source,
-        fixture.setup.options().changes_table_name(),
-        &bemi_worker::VerifyOptions::new(),
-    )
-    .await
-    .unwrap();
+    let report = crate::support::verify(&fixture).await;
     assert!(report.is_intact() && report.intact == 2, "{report:?}");
 }
 

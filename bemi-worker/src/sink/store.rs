@@ -374,17 +374,15 @@ impl Store {
             record_written(written.as_deref(), &transaction, highest).await?;
         }
         turn.wait_committed().await?;
-        let rewrote = catch_up_erasures(
+        catch_up_erasures(
             self.erasures,
             &transaction,
             &self.changes,
             rows,
             &mut self.erased,
+            written.as_deref().filter(|_| data.is_empty()),
         )
         .await?;
-        if rewrote && data.is_empty() {
-            record_written(written.as_deref(), &transaction, Uuid::max()).await?;
-        }
         save_progress(&transaction, &self.source, progress).await?;
         transaction
             .commit()
@@ -509,17 +507,15 @@ impl Store {
             }
         }
         turn.wait_committed().await?;
-        let rewrote = catch_up_erasures(
+        catch_up_erasures(
             self.erasures,
             &transaction,
             &self.changes,
             rows,
             &mut self.erased,
+            written.as_deref(),
         )
         .await?;
-        if rewrote {
-            record_written(written.as_deref(), &transaction, Uuid::max()).await?;
-        }
         save_progress(&transaction, &self.source, progress).await?;
         transaction
             .commit()
@@ -530,18 +526,22 @@ impl Store {
 
 /// In a batch's `transaction`, after its turn to commit came: records the erasure requests
 /// among `rows` and erases what erasures recorded since `erased` last looked, when the
-/// destination has erasures (`installed`); whether it rewrote stored changes.
+/// destination has erasures (`installed`). When it rewrote stored changes, records the
+/// transaction in `written` (`None` when it is recorded already, or nobody asks).
 async fn catch_up_erasures(
     installed: Option<bool>,
     transaction: &tokio_postgres::Transaction<'_>,
     changes: &str,
     rows: &[ChangeRow],
     erased: &mut Erased,
-) -> Result<bool> {
-    if installed != Some(true) {
-        return Ok(false);
+    written: Option<&Written>,
+) -> Result<()> {
+    if installed == Some(true)
+        && crate::erasure::stored::catch_up(transaction, changes, rows, erased).await?
+    {
+        record_written(written, transaction, Uuid::max()).await?;
     }
-    crate::erasure::stored::catch_up(transaction, changes, rows, erased).await
+    Ok(())
 }
 
 /// Records the current transaction of `transaction` in `written` as one that wrote changes up

@@ -23,6 +23,23 @@ pub use verify::{AnchorSources, DEFAULT_READERS, Finding, VerifyOptions, VerifyR
 
 use crate::Result;
 
+/// The highest id of the changes of `database` stored in `stored`, if any. (No `max(uuid)`
+/// before PostgreSQL 16: the id index read backwards.)
+pub(crate) async fn highest_stored<C: tokio_postgres::GenericClient>(
+    client: &C,
+    stored: &str,
+    database: &str,
+) -> Result<Option<uuid::Uuid>> {
+    Ok(client
+        .query_opt(
+            &format!("SELECT id FROM {stored} WHERE database = $1 ORDER BY id DESC LIMIT 1"),
+            &[&database],
+        )
+        .await
+        .map_err(crate::Error::postgres("read the newest stored change"))?
+        .map(|row| row.get(0)))
+}
+
 /// Whether the destination `client` is connected to has `bemi.seals` (setups before sealing
 /// do not).
 pub(crate) async fn installed<C: tokio_postgres::GenericClient>(client: &C) -> Result<bool> {

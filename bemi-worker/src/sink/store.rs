@@ -126,18 +126,7 @@ impl Store {
 
     /// An id above every change of `database` stored so far (nil when there is none).
     pub(crate) async fn id_above_stored(&self, database: &str) -> Result<Uuid> {
-        let highest: Option<Uuid> = self
-            .client
-            .query_opt(
-                &format!(
-                    "SELECT id FROM {} WHERE database = $1 ORDER BY id DESC LIMIT 1",
-                    self.changes
-                ),
-                &[&database],
-            )
-            .await
-            .map_err(Error::postgres("read the newest stored change"))?
-            .map(|row| row.get(0));
+        let highest = crate::seal::highest_stored(&self.client, &self.changes, database).await?;
         Ok(highest.map_or(Uuid::nil(), |id| {
             Uuid::from_u128(id.as_u128().saturating_add(1))
         }))

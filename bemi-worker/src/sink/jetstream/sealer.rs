@@ -82,21 +82,7 @@ async fn seal_once(
     // Read first: what is counted here is stored, whatever the stream shows next.
     let mut highest = Vec::new();
     for database in &known {
-        // (No max(uuid) before PostgreSQL 16: the id index read backwards.)
-        let top: Option<Uuid> = client
-            .query_opt(
-                &format!(
-                    "SELECT id FROM {stored} WHERE database = $1 AND id > coalesce(\
-                     (SELECT last_id FROM bemi.seals WHERE database = $1 \
-                      ORDER BY block DESC LIMIT 1), '00000000-0000-0000-0000-000000000000') \
-                     ORDER BY id DESC LIMIT 1"
-                ),
-                &[database],
-            )
-            .await
-            .map_err(Error::postgres("read the highest stored change"))?
-            .map(|row| row.get(0));
-        if let Some(top) = top {
+        if let Some(top) = crate::seal::highest_stored(client, stored, database).await? {
             highest.push((database.clone(), top));
         }
     }

@@ -22,7 +22,7 @@ pub(crate) mod stored;
 pub use personal::{PersonalValue, Place};
 pub use request::{ErasureOutcome, ErasureRequest, request_erasure};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::change_row::ChangeRow;
@@ -176,16 +176,20 @@ impl ContextValues {
     }
 }
 
+/// A table of a source database: database, schema, table.
+type TableOf = (Arc<str>, Arc<str>, Arc<str>);
+
 /// The erasures a writer knows of: the subjects whose later changes it erases before writing
 /// them.
 #[derive(Debug, Default)]
 pub(crate) struct Erased {
     /// The highest `bemi.erasures.sequence` read.
     pub(crate) sequence: i64,
-    /// Subjects by row: database, schema, table, key.
-    rows: HashSet<(String, String, String, String)>,
-    /// Subjects by context: database, context key, key.
-    contexts: HashSet<(String, String, String)>,
+    /// Subjects by row: their keys by database, schema and table (looked up for every change
+    /// with personal values without allocating).
+    rows: HashMap<TableOf, HashSet<String>>,
+    /// Subjects by context: their keys by database and context key.
+    contexts: HashMap<Arc<str>, HashMap<String, HashSet<String>>>,
 }
 
 impl Erased {
@@ -193,22 +197,21 @@ impl Erased {
     pub(crate) fn add(&mut self, database: &str, subject: &Subject) {
         self.add_row(database, &subject.schema, &subject.table, &subject.key);
         if let Some(context_key) = &subject.context_key {
-            self.contexts.insert((
-                database.to_owned(),
-                context_key.clone(),
-                subject.key.clone(),
-            ));
+            self.contexts
+                .entry(Arc::from(database))
+                .or_default()
+                .entry(context_key.clone())
+                .or_default()
+                .insert(subject.key.clone());
         }
     }
 
     /// Adds a key a subject's row had (or has since).
     pub(crate) fn add_row(&mut self, database: &str, schema: &str, table: &str, key: &str) {
-        self.rows.insert((
-            database.to_owned(),
-            schema.to_owned(),
-            table.to_owned(),
-            key.to_owned(),
-        ));
+        self.rows
+            .entry((Arc::from(database), Arc::from(schema), Arc::from(table)))
+            .or_default()
+            .insert(key.to_owned());
     }
 
     /// Whether some of `rows` hold values of a known subject.
@@ -225,34 +228,35 @@ impl Erased {
             return (false, false);
         }
         let owned = !self.rows.is_empty()
-            && [&row.primary_key, &row.previous_primary_key]
-                .into_iter()
-                .flatten()
-                .any(|key| {
-                    self.rows.contains(&(
-                        row.database.to_string(),
-                        row.schema.to_string(),
-                        row.table.to_string(),
-                        key.clone(),
-                    ))
+            && self
+                .rows
+                .get(&(
+                    Arc::clone(&row.database),
+                    Arc::clone(&row.schema),
+                    Arc::clone(&row.table),
+                ))
+                .is_some_and(|keys| {
+                    [&row.primary_key, &row.previous_primary_key]
+                        .into_iter()
+                        .flatten()
+                        .any(|key| keys.contains(key))
                 });
         // One parse of the context, whatever the number of subjects.
-        let named = !self.contexts.is_empty()
-            && row
-                .personal
-                .iter()
-                .any(|value| value.place == Place::Context)
-            && personal::members(&row.context).is_some_and(|members| {
-                members.iter().any(|(context_key, range)| {
-                    let raw = row.context.get(range.clone()).unwrap_or_default();
-                    // `42` and `"42"` both name the key 42.
-                    let named =
-                        serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned());
-                    self.contexts.contains(&(
-                        row.database.to_string(),
-                        context_key.to_string(),
-                        named,
-                    ))
+        let named = row
+            .personal
+            .iter()
+            .any(|value| value.place == Place::Context)
+            && self.contexts.get(&*row.database).is_some_and(|by_key| {
+                personal::members(&row.context).is_some_and(|members| {
+                    members.iter().any(|(context_key, range)| {
+                        by_key.get(context_key.as_ref()).is_some_and(|keys| {
+                            let raw = row.context.get(range.clone()).unwrap_or_default();
+                            // `42` and `"42"` both name the key 42.
+                            let named = serde_json::from_str::<String>(raw)
+                                .unwrap_or_else(|_| raw.to_owned());
+                            keys.contains(&named)
+                        })
+                    })
                 })
             });
         (owned, named)
@@ -266,16 +270,19 @@ impl Erased {
             return 0;
         }
         if owned {
+            let keys = self
+                .rows
+                .entry((
+                    Arc::clone(&row.database),
+                    Arc::clone(&row.schema),
+                    Arc::clone(&row.table),
+                ))
+                .or_default();
             for key in [&row.primary_key, &row.previous_primary_key]
                 .into_iter()
                 .flatten()
             {
-                self.rows.insert((
-                    row.database.to_string(),
-                    row.schema.to_string(),
-                    row.table.to_string(),
-                    key.clone(),
-                ));
+                keys.insert(key.clone());
             }
         }
         let compact = row.after_changed.is_some();

@@ -509,7 +509,8 @@ pub async fn status(
         && Utc::now() - *oldest > UNSEALED_WARNING
     {
         warnings.push(format!(
-            "{waiting} erasure requests wait since {}: the subjects' personal values stay stored              until the worker reaches them (is it stopped, or behind?)",
+            "{waiting} erasure requests wait since {}: the subjects' personal values stay stored \
+             until the worker reaches them (is it stopped, or behind?)",
             oldest.to_rfc3339()
         ));
     }
